@@ -1,0 +1,597 @@
+//! The file layer: every read, write, sync and truncate goes through glommio's
+//! io_uring ring on the calling shard. Directory listing and unlink, which io_uring
+//! does not cover here, run on glommio's blocking-thread pool (`spawn_blocking`) so the
+//! executor thread never blocks.
+//!
+//! glommio types stay inside this module: the rest of the crate sees
+//! [`SegmentFile`] (a read handle) and [`SegmentWriter`] (the active segment's writer).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
+
+use crate::error::{Error, Result};
+
+/// How the active segment is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// O_DIRECT writes from aligned buffers (the last partial block is kept in memory
+    /// and rewritten with the next write). The default: see docs/storage.md.
+    #[default]
+    Direct,
+    /// Writes through the page cache.
+    Buffered,
+}
+
+impl std::str::FromStr for IoMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "direct" => Ok(IoMode::Direct),
+            "buffered" => Ok(IoMode::Buffered),
+            other => Err(format!("unknown io mode {other:?}: expected direct or buffered")),
+        }
+    }
+}
+
+/// A read handle on a segment's log file. Reads of a deleted segment keep working
+/// while a handle is alive: the descriptor pins the inode.
+#[derive(Debug)]
+pub struct SegmentFile {
+    file: BufferedFile,
+    path: PathBuf,
+}
+
+impl SegmentFile {
+    pub(crate) async fn open(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .buffered_open(path)
+            .await
+            .map_err(|e| Error::io("opening segment", path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The descriptor, for zero-copy sends (splice or sendfile) by the network layer.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads exactly `len` bytes at `position` (copying into user space).
+    pub async fn read_exact(&self, position: u64, len: usize) -> Result<Bytes> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let pos = position + out.len() as u64;
+            let got = self
+                .file
+                .read_at(pos, len - out.len())
+                .await
+                .map_err(|e| Error::io("reading segment", &self.path, e))?;
+            if got.is_empty() {
+                return Err(Error::io(
+                    "short read of segment",
+                    &self.path,
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                ));
+            }
+            out.extend_from_slice(&got);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Reads up to `len` bytes at `position`; fewer at the end of the file.
+    pub(crate) async fn read_some(&self, position: u64, len: usize) -> Result<Vec<u8>> {
+        let got = self
+            .file
+            .read_at(position, len)
+            .await
+            .map_err(|e| Error::io("reading segment", &self.path, e))?;
+        Ok(got.to_vec())
+    }
+}
+
+enum WriterFile {
+    Direct {
+        file: DmaFile,
+        alignment: u64,
+        /// Bytes of the last, partial block: `[align_down(write_pos), write_pos)`.
+        tail_block: Vec<u8>,
+    },
+    Buffered(BufferedFile),
+}
+
+/// Appends to the active segment's log file. Owned by the partition's flush driver;
+/// nothing else writes the file.
+pub(crate) struct SegmentWriter {
+    file: WriterFile,
+    path: PathBuf,
+    write_pos: u64,
+    allocated: u64,
+    preallocate_step_bytes: u64,
+}
+
+/// A buffer being filled for one write.
+pub(crate) enum WriteBuf {
+    Direct { buf: DmaBuffer, len: usize, start: u64 },
+    Buffered { buf: Vec<u8> },
+}
+
+impl WriteBuf {
+    pub(crate) fn extend(&mut self, data: &[u8]) {
+        match self {
+            WriteBuf::Direct { buf, len, .. } => {
+                buf.as_bytes_mut()[*len..*len + data.len()].copy_from_slice(data);
+                *len += data.len();
+            }
+            WriteBuf::Buffered { buf } => buf.extend_from_slice(data),
+        }
+    }
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("path", &self.path)
+            .field("write_pos", &self.write_pos)
+            .finish()
+    }
+}
+
+impl SegmentWriter {
+    /// Opens (creating if needed) `path` for appending at `write_pos`, the logical end
+    /// found by recovery. Bytes beyond `write_pos` are cut off.
+    pub(crate) async fn open(
+        path: &Path,
+        mode: IoMode,
+        write_pos: u64,
+        preallocate_step_bytes: u64,
+    ) -> Result<Self> {
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(true);
+        let file = match mode {
+            IoMode::Direct => {
+                let file = opts
+                    .dma_open(path)
+                    .await
+                    .map_err(|e| Error::io("opening segment for direct writes", path, e))?;
+                let alignment = file.alignment().max(512);
+                let block_start = write_pos - write_pos % alignment;
+                let keep = (write_pos - block_start) as usize;
+                let tail_block = if keep > 0 {
+                    let r = file
+                        .read_at_aligned(block_start, alignment as usize)
+                        .await
+                        .map_err(|e| Error::io("reading segment tail", path, e))?;
+                    if r.len() < keep {
+                        return Err(Error::Corrupt {
+                            what: "segment tail shorter than its recovered size",
+                            path: path.to_owned(),
+                        });
+                    }
+                    r[..keep].to_vec()
+                } else {
+                    Vec::new()
+                };
+                WriterFile::Direct {
+                    file,
+                    alignment,
+                    tail_block,
+                }
+            }
+            IoMode::Buffered => WriterFile::Buffered(
+                opts.buffered_open(path)
+                    .await
+                    .map_err(|e| Error::io("opening segment", path, e))?,
+            ),
+        };
+        let mut w = Self {
+            file,
+            path: path.to_owned(),
+            write_pos,
+            allocated: 0,
+            preallocate_step_bytes: preallocate_step_bytes.max(4096),
+        };
+        w.truncate_file(write_pos).await?;
+        w.allocated = write_pos;
+        Ok(w)
+    }
+
+    /// Logical end of the data written so far.
+    pub(crate) fn write_pos(&self) -> u64 {
+        self.write_pos
+    }
+
+    /// A buffer for `len` more bytes at the current end.
+    pub(crate) fn buffer(&self, len: usize) -> WriteBuf {
+        match &self.file {
+            WriterFile::Direct {
+                file,
+                alignment,
+                tail_block,
+            } => {
+                let total = tail_block.len() + len;
+                let padded = total.div_ceil(*alignment as usize) * *alignment as usize;
+                let mut buf = file.alloc_dma_buffer(padded);
+                buf.as_bytes_mut()[..tail_block.len()].copy_from_slice(tail_block);
+                buf.as_bytes_mut()[total..].fill(0);
+                WriteBuf::Direct {
+                    buf,
+                    len: tail_block.len(),
+                    start: self.write_pos - tail_block.len() as u64,
+                }
+            }
+            WriterFile::Buffered(_) => WriteBuf::Buffered {
+                buf: Vec::with_capacity(len),
+            },
+        }
+    }
+
+    async fn ensure_allocated(&mut self, end: u64) -> Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let step = self.preallocate_step_bytes;
+        let target = end.div_ceil(step) * step;
+        let r = match &self.file {
+            WriterFile::Direct { file, .. } => file.pre_allocate(target, false).await,
+            WriterFile::Buffered(file) => file.pre_allocate(target, false).await,
+        };
+        match r {
+            Ok(()) => self.allocated = target,
+            // Filesystems without fallocate still work, just without preallocation.
+            Err(e) => {
+                let e: std::io::Error = e.into();
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+                    self.allocated = u64::MAX;
+                } else {
+                    return Err(Error::io("preallocating segment", &self.path, e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a filled buffer at the end. On error nothing past the old end counts as
+    /// written: the next write goes to the same position.
+    pub(crate) async fn write(&mut self, buf: WriteBuf) -> Result<()> {
+        let (data_len, new_end) = match &buf {
+            WriteBuf::Direct { len, start, .. } => {
+                let data = *len as u64 - (self.write_pos - start);
+                (data, self.write_pos + data)
+            }
+            WriteBuf::Buffered { buf } => (buf.len() as u64, self.write_pos + buf.len() as u64),
+        };
+        if data_len == 0 {
+            return Ok(());
+        }
+        self.ensure_allocated(new_end).await?;
+        match (&mut self.file, buf) {
+            (
+                WriterFile::Direct {
+                    file,
+                    alignment,
+                    tail_block,
+                },
+                WriteBuf::Direct { buf, len, start },
+            ) => {
+                let expect = buf.len();
+                // Keep the new partial block before the buffer moves into the ring.
+                let align = *alignment as usize;
+                let keep_from = len - len % align;
+                let new_tail = buf.as_bytes()[keep_from..len].to_vec();
+                let wrote = file
+                    .write_at(buf, start)
+                    .await
+                    .map_err(|e| Error::io("writing segment", &self.path, e))?;
+                if wrote != expect {
+                    return Err(Error::io(
+                        "short write to segment",
+                        &self.path,
+                        std::io::Error::from(std::io::ErrorKind::WriteZero),
+                    ));
+                }
+                *tail_block = new_tail;
+            }
+            (WriterFile::Buffered(file), WriteBuf::Buffered { buf }) => {
+                let mut buf = buf;
+                let mut pos = self.write_pos;
+                while !buf.is_empty() {
+                    let n = buf.len();
+                    let wrote = file
+                        .write_at(buf, pos)
+                        .await
+                        .map_err(|e| Error::io("writing segment", &self.path, e))?;
+                    if wrote == 0 {
+                        return Err(Error::io(
+                            "short write to segment",
+                            &self.path,
+                            std::io::Error::from(std::io::ErrorKind::WriteZero),
+                        ));
+                    }
+                    // The buffer moved into the ring; a short write (rare for regular
+                    // files) needs the remainder again, which we no longer hold.
+                    if wrote < n {
+                        return Err(Error::io(
+                            "short write to segment",
+                            &self.path,
+                            std::io::Error::from(std::io::ErrorKind::WriteZero),
+                        ));
+                    }
+                    pos += wrote as u64;
+                    buf = Vec::new();
+                }
+            }
+            _ => unreachable!("write buffer from another writer mode"),
+        }
+        self.write_pos = new_end;
+        Ok(())
+    }
+
+    /// fdatasync of everything written.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let r = match &self.file {
+            WriterFile::Direct { file, .. } => file.fdatasync().await,
+            WriterFile::Buffered(file) => file.fdatasync().await,
+        };
+        r.map_err(|e| Error::io("syncing segment", &self.path, e))
+    }
+
+    async fn truncate_file(&mut self, size: u64) -> Result<()> {
+        let r = match &self.file {
+            WriterFile::Direct { file, .. } => file.truncate(size).await,
+            WriterFile::Buffered(file) => file.truncate(size).await,
+        };
+        r.map_err(|e| Error::io("truncating segment", &self.path, e))
+    }
+
+    /// Cuts the file to its logical size, syncs and closes it (a segment roll or a
+    /// clean shutdown).
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        self.truncate_file(self.write_pos).await?;
+        self.sync().await?;
+        let r = match self.file {
+            WriterFile::Direct { file, .. } => file.close().await,
+            WriterFile::Buffered(file) => file.close().await,
+        };
+        r.map_err(|e| Error::io("closing segment", &self.path, e))
+    }
+}
+
+/// Writes a small file crash-safely: write to `<name>.tmp`, fdatasync, rename over the
+/// target, fsync the directory.
+pub(crate) async fn write_file_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(|e| Error::io("creating", &tmp, e))?;
+    if !data.is_empty() {
+        let wrote = file
+            .write_at(data.to_vec(), 0)
+            .await
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        if wrote != data.len() {
+            return Err(Error::io(
+                "short write",
+                &tmp,
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
+        }
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| Error::io("syncing", &tmp, e))?;
+    let mut file = file;
+    file.rename(path)
+        .await
+        .map_err(|e| Error::io("renaming into place", path, e))?;
+    file.close().await.map_err(|e| Error::io("closing", path, e))?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).await
+}
+
+/// Writes a rebuildable file (an index) without the rename dance, and syncs it.
+pub(crate) async fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(path)
+        .await
+        .map_err(|e| Error::io("creating", path, e))?;
+    let wrote = file
+        .write_at(data.to_vec(), 0)
+        .await
+        .map_err(|e| Error::io("writing", path, e))?;
+    if wrote != data.len() {
+        return Err(Error::io(
+            "short write",
+            path,
+            std::io::Error::from(std::io::ErrorKind::WriteZero),
+        ));
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| Error::io("syncing", path, e))?;
+    file.close().await.map_err(|e| Error::io("closing", path, e))
+}
+
+/// Reads a whole small file; `None` if it does not exist.
+pub(crate) async fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    let file = match OpenOptions::new().read(true).buffered_open(path).await {
+        Ok(f) => f,
+        Err(e) => {
+            let e: std::io::Error = e.into();
+            if e.kind() == std::io::ErrorKind::NotFound {
+                return Ok(None);
+            }
+            return Err(Error::io("opening", path, e));
+        }
+    };
+    let mut out = Vec::new();
+    loop {
+        let got = file
+            .read_at(out.len() as u64, 1 << 20)
+            .await
+            .map_err(|e| Error::io("reading", path, e))?;
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    file.close().await.map_err(|e| Error::io("closing", path, e))?;
+    Ok(Some(out))
+}
+
+/// fsync of a directory, so renames and unlinks in it are durable.
+pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
+    let d = glommio::io::Directory::open(dir)
+        .await
+        .map_err(|e| Error::io("opening directory", dir, e))?;
+    d.sync()
+        .await
+        .map_err(|e| Error::io("syncing directory", dir, e))?;
+    d.close()
+        .await
+        .map_err(|e| Error::io("closing directory", dir, e))
+}
+
+/// Runs a blocking filesystem call (readdir, unlink, mkdir) off the executor thread.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Creates `dir` and its parents.
+pub(crate) async fn create_dir_all(dir: &Path) -> Result<()> {
+    let d = dir.to_owned();
+    blocking(move || std::fs::create_dir_all(&d))
+        .await
+        .map_err(|e| Error::io("creating directory", dir, e))
+}
+
+/// Lists the file names in `dir`.
+pub(crate) async fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let d = dir.to_owned();
+    blocking(move || {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&d)? {
+            names.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    })
+    .await
+    .map_err(|e| Error::io("listing directory", dir, e))
+}
+
+/// Removes files, ignoring ones already gone.
+pub(crate) async fn remove_files(paths: Vec<PathBuf>) -> Result<()> {
+    let first = paths.first().cloned().unwrap_or_default();
+    blocking(move || {
+        for p in &paths {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| Error::io("removing", first, e))
+}
+
+/// Size of a file.
+pub(crate) async fn file_size(path: &Path) -> Result<u64> {
+    let p = path.to_owned();
+    blocking(move || std::fs::metadata(&p).map(|m| m.len()))
+        .await
+        .map_err(|e| Error::io("reading size of", path, e))
+}
+
+/// A closed segment opened for reading: its descriptor and its indexes.
+#[derive(Debug)]
+pub(crate) struct OpenSegment {
+    pub(crate) file: Rc<SegmentFile>,
+    pub(crate) index: crate::index::OffsetIndex,
+    pub(crate) time_index: crate::index::TimeIndex,
+}
+
+/// A bounded cache of open closed segments (descriptor and indexes), shared by the
+/// partitions of one shard (owned by that shard; not `Send`). Closed segments hold no
+/// descriptor and no index memory until read; the least recently used entry is dropped
+/// when the cache is full. A handle still used by an in-flight read stays open until
+/// that read drops it, so deleting or evicting a segment never breaks a read.
+#[derive(Debug)]
+pub struct SegmentCache {
+    open_segments_max: usize,
+    clock: Cell<u64>,
+    entries: RefCell<HashMap<PathBuf, (Rc<OpenSegment>, u64)>>,
+}
+
+impl SegmentCache {
+    /// A cache holding at most `open_segments_max` closed segments open.
+    pub fn new(open_segments_max: usize) -> Rc<Self> {
+        assert!(open_segments_max > 0);
+        Rc::new(Self {
+            open_segments_max,
+            clock: Cell::new(0),
+            entries: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Number of segments held open.
+    pub fn len(&self) -> usize {
+        self.entries.borrow().len()
+    }
+
+    /// True when no segment is held open.
+    pub fn is_empty(&self) -> bool {
+        self.entries.borrow().is_empty()
+    }
+
+    pub(crate) fn lookup(&self, path: &Path) -> Option<Rc<OpenSegment>> {
+        let tick = self.clock.get() + 1;
+        self.clock.set(tick);
+        let mut entries = self.entries.borrow_mut();
+        let (seg, used) = entries.get_mut(path)?;
+        *used = tick;
+        Some(seg.clone())
+    }
+
+    pub(crate) fn insert(&self, path: &Path, seg: Rc<OpenSegment>) {
+        let tick = self.clock.get() + 1;
+        self.clock.set(tick);
+        let mut entries = self.entries.borrow_mut();
+        if entries.len() >= self.open_segments_max && !entries.contains_key(path) {
+            let oldest = entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(p, _)| p.clone());
+            if let Some(p) = oldest {
+                entries.remove(&p);
+            }
+        }
+        entries.insert(path.to_owned(), (seg, tick));
+    }
+
+    pub(crate) fn evict(&self, path: &Path) {
+        self.entries.borrow_mut().remove(path);
+    }
+}

@@ -1,0 +1,1754 @@
+//! [`PartitionLog`]: one partition's segmented log.
+//!
+//! Owned by one shard (it is `!Send`); every method takes `&self` so the shard's tasks
+//! can share it through an `Rc`. No `RefCell` borrow is held across an `.await`.
+//!
+//! Appends are assigned offsets synchronously and queued; whichever waiting task finds
+//! no flush running becomes the flush driver: it writes every queued batch in one
+//! write, fdatasyncs once if the flush policy asks, and wakes everyone. Appends that
+//! arrive while it runs share the next round (group commit).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{self, BatchInfo, TimestampType};
+use crate::config::{FlushPolicy, LogConfig};
+use crate::error::{Error, Result};
+use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use crate::io::{self, OpenSegment, SegmentCache, SegmentFile, SegmentWriter};
+use crate::notify::Notify;
+
+const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
+const RECOVERY_POINT_FILE: &str = "recovery-point";
+const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+const HEADER_SCAN_CHUNK_BYTES: usize = 16 << 10;
+
+/// Milliseconds since the Unix epoch by the wall clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn segment_name(base_offset: i64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+fn parse_segment_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// Offsets assigned to an appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Offset of its last record.
+    pub last_offset: i64,
+    /// The broker's timestamp when the partition uses `LogAppendTime`, else -1.
+    pub log_append_time_ms: i64,
+    /// Size of the batch in bytes.
+    pub size_bytes: usize,
+}
+
+/// A piece of a read: bytes still in a segment file, or bytes in memory.
+#[derive(Debug, Clone)]
+pub enum ReadChunk {
+    /// `len` bytes at `position` of `file`: whole batches the network layer can send
+    /// without copying them through user space.
+    File {
+        /// The segment's read handle; holding it keeps the data readable even if
+        /// retention deletes the segment meanwhile.
+        file: Rc<SegmentFile>,
+        /// Byte position in the file.
+        position: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Whole batches from the tail cache.
+    Memory(Bytes),
+}
+
+impl ReadChunk {
+    /// Bytes in this chunk.
+    pub fn len(&self) -> usize {
+        match self {
+            ReadChunk::File { len, .. } => *len as usize,
+            ReadChunk::Memory(b) => b.len(),
+        }
+    }
+
+    /// True for an empty chunk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The chunk's bytes (a copy for file chunks).
+    pub async fn to_bytes(&self) -> Result<Bytes> {
+        match self {
+            ReadChunk::File {
+                file,
+                position,
+                len,
+            } => file.read_exact(*position, *len as usize).await,
+            ReadChunk::Memory(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// Whole batches returned by [`PartitionLog::read`].
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    /// The batches, in offset order.
+    pub chunks: Vec<ReadChunk>,
+    /// First offset after the returned batches (the requested offset if none).
+    pub next_offset: i64,
+}
+
+impl ReadResult {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(ReadChunk::len).sum()
+    }
+
+    /// True when no batch was returned.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// All bytes concatenated (copies file chunks).
+    pub async fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len());
+        for c in &self.chunks {
+            out.extend_from_slice(&c.to_bytes().await?);
+        }
+        Ok(out)
+    }
+}
+
+/// What [`PartitionLog::apply_retention`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Segments deleted.
+    pub segments_deleted: usize,
+    /// Bytes deleted.
+    pub bytes_deleted: u64,
+    /// Log start offset afterwards.
+    pub start_offset: i64,
+}
+
+/// What recovery did when the log was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The previous shutdown was clean (no scan past the last index entry).
+    pub clean_shutdown: bool,
+    /// Segments whose batches were validated one by one.
+    pub segments_scanned: usize,
+    /// Bytes cut from a torn or corrupt tail.
+    pub truncated_bytes: u64,
+    /// Segments deleted because they followed corrupt data.
+    pub segments_dropped: usize,
+    /// Index files rebuilt because they were missing or damaged.
+    pub indexes_rebuilt: usize,
+    /// Why the tail was cut, if it was.
+    pub truncation_reason: Option<String>,
+}
+
+/// Index state of the active segment, built while appending or scanning.
+#[derive(Debug, Default)]
+struct SegmentIndexBuilder {
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    bytes_since_entry: u64,
+    max_timestamp_ms: i64,
+    offset_of_max_timestamp: i64,
+}
+
+impl SegmentIndexBuilder {
+    fn new(base_offset: i64) -> Self {
+        Self {
+            max_timestamp_ms: -1,
+            offset_of_max_timestamp: base_offset,
+            ..Self::default()
+        }
+    }
+
+    fn on_batch(&mut self, segment_base: i64, position: u64, info: &BatchInfo, interval: u32) {
+        if info.max_timestamp > self.max_timestamp_ms {
+            self.max_timestamp_ms = info.max_timestamp;
+            self.offset_of_max_timestamp = info.base_offset;
+        }
+        if self.bytes_since_entry >= u64::from(interval) {
+            let relative_offset = (info.base_offset - segment_base) as u32;
+            self.index.push(OffsetEntry {
+                relative_offset,
+                position: position as u32,
+            });
+            self.time_index.push(TimeEntry {
+                timestamp_ms: self.max_timestamp_ms,
+                relative_offset: (self.offset_of_max_timestamp - segment_base) as u32,
+            });
+            self.bytes_since_entry = 0;
+        }
+        self.bytes_since_entry += info.size_bytes as u64;
+    }
+
+    /// Final time-index entry so a closed segment's max timestamp is its last entry.
+    fn seal(&mut self, segment_base: i64) {
+        if self.max_timestamp_ms >= 0 {
+            self.time_index.push(TimeEntry {
+                timestamp_ms: self.max_timestamp_ms,
+                relative_offset: (self.offset_of_max_timestamp - segment_base) as u32,
+            });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClosedSegment {
+    base_offset: i64,
+    next_offset: i64,
+    size_bytes: u64,
+    max_timestamp_ms: i64,
+}
+
+#[derive(Debug)]
+struct ActiveSegment {
+    base_offset: i64,
+    size_bytes: u64,
+    created_ms: i64,
+    builder: SegmentIndexBuilder,
+    reader: Rc<SegmentFile>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    bytes: Bytes,
+    info: BatchInfo,
+}
+
+#[derive(Debug, Default)]
+struct TailCache {
+    batches: VecDeque<(i64, i64, Bytes)>,
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl TailCache {
+    fn push(&mut self, base: i64, next: i64, data: Bytes) {
+        if data.len() > self.bytes_max {
+            self.clear();
+            return;
+        }
+        self.bytes += data.len();
+        self.batches.push_back((base, next, data));
+        while self.bytes > self.bytes_max {
+            let (_, _, d) = self.batches.pop_front().expect("non-empty over budget");
+            self.bytes -= d.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
+    }
+
+    fn read(&self, offset: i64, max_bytes: usize, upper: i64) -> Option<(Vec<ReadChunk>, i64)> {
+        let front = self.batches.front()?;
+        let back = self.batches.back()?;
+        if offset < front.0 || offset >= back.1 {
+            return None;
+        }
+        let first = self.batches.partition_point(|b| b.1 <= offset);
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut next = offset;
+        for (base, end, data) in self.batches.iter().skip(first) {
+            if *base >= upper || (!out.is_empty() && total + data.len() > max_bytes) {
+                break;
+            }
+            total += data.len();
+            next = *end;
+            out.push(ReadChunk::Memory(data.clone()));
+        }
+        Some((out, next))
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.bytes + self.batches.capacity() * std::mem::size_of::<(i64, i64, Bytes)>()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    closed: BTreeMap<i64, ClosedSegment>,
+    active: ActiveSegment,
+    writer: Option<SegmentWriter>,
+    start_offset: i64,
+    /// Next offset to assign (includes queued appends).
+    next_offset: i64,
+    /// End of what is written to the file.
+    written_offset: i64,
+    /// End of what is fdatasynced.
+    durable_offset: i64,
+    pending: VecDeque<Pending>,
+    pending_bytes: usize,
+    flushing: bool,
+    sync_requested: bool,
+    unsynced_bytes: u64,
+    last_sync_ms: i64,
+    abort_generation: u64,
+    abort_reason: String,
+    failed: Option<String>,
+    closed_for_writes: bool,
+    tail: TailCache,
+    leader_epochs: Vec<(i32, i64)>,
+    config: LogConfig,
+}
+
+/// One partition's log: a directory of segments. See the crate docs for the format.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    cache: Rc<SegmentCache>,
+    state: RefCell<State>,
+    changed: Notify,
+    recovery: RecoveryReport,
+}
+
+/// How a scan of a segment ended.
+#[derive(Debug)]
+struct ScanEnd {
+    valid_end: u64,
+    next_offset: i64,
+    /// Why the scan stopped before the end of the data, if it hit damage.
+    damage: Option<String>,
+}
+
+/// Walks batches from `start_pos`, validating each (frame, header, CRC32C, offsets),
+/// feeding the index builder, and stops at the first invalid one or at zeros.
+async fn scan_segment(
+    file: &SegmentFile,
+    segment_base: i64,
+    start_pos: u64,
+    start_offset: i64,
+    builder: &mut SegmentIndexBuilder,
+    interval: u32,
+) -> Result<ScanEnd> {
+    let mut pos = start_pos;
+    let mut expected = start_offset;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = pos;
+    let end = |pos: u64, expected: i64, damage: Option<String>| {
+        Ok(ScanEnd {
+            valid_end: pos,
+            next_offset: expected,
+            damage,
+        })
+    };
+    loop {
+        let mut rel = (pos - buf_start) as usize;
+        if buf.len() < rel + batch::LOG_OVERHEAD_BYTES {
+            buf = file.read_some(pos, SCAN_CHUNK_BYTES).await?;
+            buf_start = pos;
+            rel = 0;
+            if buf.len() < batch::LOG_OVERHEAD_BYTES {
+                let damage = (!buf.iter().all(|&b| b == 0))
+                    .then(|| format!("{} stray bytes at position {pos}", buf.len()));
+                return end(pos, expected, damage);
+            }
+        }
+        let head = &buf[rel..rel + batch::LOG_OVERHEAD_BYTES];
+        let Some((_, size)) = batch::peek_frame(&buf[rel..]) else {
+            let damage = (!head.iter().all(|&b| b == 0))
+                .then(|| format!("invalid batch frame at position {pos}"));
+            return end(pos, expected, damage);
+        };
+        if size > batch::LOG_OVERHEAD_BYTES + i32::MAX as usize / 2 {
+            return end(pos, expected, Some(format!("absurd batch size {size} at position {pos}")));
+        }
+        if buf.len() < rel + size {
+            buf = file.read_some(pos, size.max(SCAN_CHUNK_BYTES)).await?;
+            buf_start = pos;
+            rel = 0;
+            if buf.len() < size {
+                return end(
+                    pos,
+                    expected,
+                    Some(format!("batch at position {pos} is torn ({} of {size} bytes)", buf.len())),
+                );
+            }
+        }
+        let b = &buf[rel..rel + size];
+        let info = match batch::parse_header(b) {
+            Ok(info) => info,
+            Err(e) => return end(pos, expected, Some(format!("batch at position {pos}: {e}"))),
+        };
+        if !batch::crc_matches(b) {
+            return end(pos, expected, Some(format!("batch at position {pos} fails its CRC32C")));
+        }
+        if info.base_offset != expected || info.last_offset_delta < 0 {
+            return end(
+                pos,
+                expected,
+                Some(format!(
+                    "batch at position {pos} has base offset {} where {expected} was expected",
+                    info.base_offset
+                )),
+            );
+        }
+        builder.on_batch(segment_base, pos, &info, interval);
+        pos += size as u64;
+        expected = info.next_offset();
+    }
+}
+
+/// A batch header found by [`HeaderScan`].
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    position: u64,
+    info: BatchInfo,
+}
+
+/// Reads batch headers forward from a position, in chunks, without reading bodies
+/// it can skip.
+struct HeaderScan<'a> {
+    file: &'a SegmentFile,
+    pos: u64,
+    end: u64,
+    buf: Vec<u8>,
+    buf_start: u64,
+}
+
+impl<'a> HeaderScan<'a> {
+    fn new(file: &'a SegmentFile, pos: u64, end: u64) -> Self {
+        Self {
+            file,
+            pos,
+            end,
+            buf: Vec::new(),
+            buf_start: pos,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Header>> {
+        if self.pos + batch::HEADER_BYTES as u64 > self.end {
+            return Ok(None);
+        }
+        let in_buf = self.pos >= self.buf_start
+            && self.pos + batch::HEADER_BYTES as u64 <= self.buf_start + self.buf.len() as u64;
+        if !in_buf {
+            let want = HEADER_SCAN_CHUNK_BYTES.min((self.end - self.pos) as usize);
+            self.buf = self.file.read_some(self.pos, want).await?;
+            self.buf_start = self.pos;
+            if self.buf.len() < batch::HEADER_BYTES {
+                return Err(Error::Corrupt {
+                    what: "batch header beyond the end of the segment",
+                    path: self.file.path().to_owned(),
+                });
+            }
+        }
+        let rel = (self.pos - self.buf_start) as usize;
+        let info = batch::parse_header(&self.buf[rel..rel + batch::HEADER_BYTES]).map_err(|_| {
+            Error::Corrupt {
+                what: "batch header in a recovered segment",
+                path: self.file.path().to_owned(),
+            }
+        })?;
+        let h = Header {
+            position: self.pos,
+            info,
+        };
+        self.pos += info.size_bytes as u64;
+        Ok(Some(h))
+    }
+}
+
+/// Where to read in one segment: its file, index, bounds.
+struct SegmentView {
+    file: Rc<SegmentFile>,
+    size_bytes: u64,
+    /// Start position hint for `offset` (floor index entry).
+    start_hint: u64,
+    /// Start position hint for the end of the range (a batch start that is within
+    /// both the byte and the offset bound).
+    end_hint: u64,
+}
+
+impl PartitionLog {
+    /// Opens (creating if needed) the partition log in `dir` and recovers it: from the
+    /// last recovery checkpoint each batch is validated, a torn or corrupt tail is cut
+    /// at the last valid batch boundary, and missing or damaged indexes are rebuilt.
+    pub async fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        cache: Rc<SegmentCache>,
+    ) -> Result<Rc<Self>> {
+        config.validate()?;
+        let dir = dir.into();
+        io::create_dir_all(&dir).await?;
+        let names = io::list_dir(&dir).await?;
+        let stale: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| n.ends_with(".tmp"))
+            .map(|n| dir.join(n))
+            .collect();
+        if !stale.is_empty() {
+            io::remove_files(stale).await?;
+        }
+        let mut bases: Vec<i64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        bases.sort_unstable();
+        let clean = names.iter().any(|n| n == CLEAN_SHUTDOWN_FILE);
+        let recovery_point = read_recovery_point(&dir).await?;
+        let mut leader_epochs = read_leader_epochs(&dir).await?;
+        let mut report = RecoveryReport {
+            clean_shutdown: clean,
+            ..RecoveryReport::default()
+        };
+        if bases.is_empty() {
+            bases.push(0);
+        }
+        let interval = config.index_interval_bytes;
+        let mut closed = BTreeMap::new();
+        let mut active_base = *bases.last().expect("at least one segment");
+        // Closed segments: trusted before the recovery point, scanned from it.
+        let mut i = 0;
+        while i + 1 < bases.len() {
+            let base = bases[i];
+            let next_base = bases[i + 1];
+            let path = dir.join(segment_name(base, "log"));
+            let trusted = clean || base < recovery_point;
+            let time_index = if trusted {
+                io::read_file(&dir.join(segment_name(base, "timeindex")))
+                    .await?
+                    .and_then(|b| TimeIndex::decode(&b))
+            } else {
+                None
+            };
+            let seg = match time_index {
+                Some(t) => ClosedSegment {
+                    base_offset: base,
+                    next_offset: next_base,
+                    size_bytes: io::file_size(&path).await?,
+                    max_timestamp_ms: t.last().map(|e| e.timestamp_ms).unwrap_or(-1),
+                },
+                None => {
+                    let file = SegmentFile::open(&path).await?;
+                    let mut b = SegmentIndexBuilder::new(base);
+                    let scan = scan_segment(&file, base, 0, base, &mut b, interval).await?;
+                    report.segments_scanned += 1;
+                    let file_size = io::file_size(&path).await?;
+                    if scan.damage.is_some() || scan.next_offset != next_base {
+                        // Damage inside a closed segment: it becomes the end of the log.
+                        let reason = scan.damage.unwrap_or_else(|| {
+                            format!("segment ends at offset {} but the next starts at {next_base}", scan.next_offset)
+                        });
+                        tracing::warn!(dir = %dir.display(), segment = base, %reason, "corrupt segment: truncating the log here");
+                        report.truncated_bytes += file_size - scan.valid_end;
+                        report.truncation_reason = Some(reason);
+                        let dropped: Vec<i64> = bases[i + 1..].to_vec();
+                        report.segments_dropped += dropped.len();
+                        let mut paths = Vec::new();
+                        for d in dropped {
+                            for ext in ["log", "index", "timeindex"] {
+                                paths.push(dir.join(segment_name(d, ext)));
+                            }
+                        }
+                        io::remove_files(paths).await?;
+                        bases.truncate(i + 1);
+                        active_base = base;
+                        break;
+                    }
+                    b.seal(base);
+                    write_indexes(&dir, base, &b).await?;
+                    report.indexes_rebuilt += 1;
+                    ClosedSegment {
+                        base_offset: base,
+                        next_offset: next_base,
+                        size_bytes: scan.valid_end,
+                        max_timestamp_ms: b.max_timestamp_ms,
+                    }
+                }
+            };
+            closed.insert(base, seg);
+            i += 1;
+        }
+
+        // The active segment.
+        let path = dir.join(segment_name(active_base, "log"));
+        if !bases.contains(&active_base) || bases.is_empty() {
+            unreachable!("active segment comes from the listing");
+        }
+        let exists = names.iter().any(|n| parse_segment_name(n) == Some(active_base));
+        let mut builder = SegmentIndexBuilder::new(active_base);
+        let scan = if exists {
+            let file = SegmentFile::open(&path).await?;
+            let file_size = io::file_size(&path).await?;
+            // After a clean shutdown, resume from the last index entry; otherwise
+            // validate the whole segment.
+            let loaded = if clean {
+                load_indexes(&dir, active_base, file_size).await?
+            } else {
+                None
+            };
+            let scan = match loaded {
+                Some((index, time_index)) if clean => {
+                    let (start_pos, start_offset) = match index.floor_offset(u32::MAX) {
+                        Some(e) => (u64::from(e.position), active_base + i64::from(e.relative_offset)),
+                        None => (0, active_base),
+                    };
+                    builder.index = index;
+                    builder.time_index = time_index;
+                    if let Some(t) = builder.time_index.last() {
+                        builder.max_timestamp_ms = t.timestamp_ms;
+                        builder.offset_of_max_timestamp = active_base + i64::from(t.relative_offset);
+                    }
+                    // Entries at or past the start are re-added by the scan.
+                    builder.index.truncate_from((start_offset - active_base) as u32);
+                    builder.time_index.truncate_from((start_offset - active_base) as u32 + 1);
+                    builder.bytes_since_entry = u64::from(interval);
+                    if start_pos == 0 {
+                        builder.bytes_since_entry = 0;
+                    }
+                    scan_segment(&file, active_base, start_pos, start_offset, &mut builder, interval).await?
+                }
+                _ => {
+                    report.segments_scanned += 1;
+                    scan_segment(&file, active_base, 0, active_base, &mut builder, interval).await?
+                }
+            };
+            if let Some(reason) = &scan.damage {
+                report.truncated_bytes += file_size.saturating_sub(scan.valid_end);
+                report.truncation_reason = Some(reason.clone());
+                tracing::warn!(
+                    dir = %dir.display(),
+                    segment = active_base,
+                    position = scan.valid_end,
+                    %reason,
+                    "truncating torn or corrupt tail of the active segment"
+                );
+            }
+            scan
+        } else {
+            ScanEnd {
+                valid_end: 0,
+                next_offset: active_base,
+                damage: None,
+            }
+        };
+        let writer = SegmentWriter::open(
+            &path,
+            config.io_mode,
+            scan.valid_end,
+            config.preallocate_step_bytes.min(config.segment_bytes),
+        )
+        .await?;
+        let reader = Rc::new(SegmentFile::open(&path).await?);
+        if clean {
+            io::remove_files(vec![dir.join(CLEAN_SHUTDOWN_FILE)]).await?;
+        }
+        write_recovery_point(&dir, active_base).await?;
+        let next_offset = scan.next_offset;
+        leader_epochs.retain(|&(_, start)| start <= next_offset);
+        let start_offset = closed.keys().next().copied().unwrap_or(active_base);
+        if report.truncated_bytes > 0 || report.segments_scanned > 0 || report.indexes_rebuilt > 0 {
+            tracing::info!(
+                dir = %dir.display(),
+                clean = report.clean_shutdown,
+                scanned = report.segments_scanned,
+                truncated_bytes = report.truncated_bytes,
+                dropped = report.segments_dropped,
+                start_offset,
+                end_offset = next_offset,
+                "partition log recovered"
+            );
+        }
+        let tail = TailCache {
+            bytes_max: config.tail_cache_bytes_max,
+            ..TailCache::default()
+        };
+        let state = State {
+            closed,
+            active: ActiveSegment {
+                base_offset: active_base,
+                size_bytes: scan.valid_end,
+                created_ms: now_ms(),
+                builder,
+                reader,
+            },
+            writer: Some(writer),
+            start_offset,
+            next_offset,
+            written_offset: next_offset,
+            durable_offset: next_offset,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            flushing: false,
+            sync_requested: false,
+            unsynced_bytes: 0,
+            last_sync_ms: now_ms(),
+            abort_generation: 0,
+            abort_reason: String::new(),
+            failed: None,
+            closed_for_writes: false,
+            tail,
+            leader_epochs,
+            config,
+        };
+        Ok(Rc::new(Self {
+            dir,
+            cache,
+            state: RefCell::new(state),
+            changed: Notify::new(),
+            recovery: report,
+        }))
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What recovery did at open.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// First offset still in the log.
+    pub fn start_offset(&self) -> i64 {
+        self.state.borrow().start_offset
+    }
+
+    /// Log end offset: one past the last batch written to the segment file.
+    pub fn end_offset(&self) -> i64 {
+        self.state.borrow().written_offset
+    }
+
+    /// One past the last fdatasynced batch.
+    pub fn durable_offset(&self) -> i64 {
+        self.state.borrow().durable_offset
+    }
+
+    /// One past the last batch readers may see: the durable offset under
+    /// `every_batch`, the end offset under the other policies (which acknowledge at
+    /// write). On a single node this is the high watermark.
+    pub fn committed_offset(&self) -> i64 {
+        let s = self.state.borrow();
+        Self::committed(&s)
+    }
+
+    fn committed(s: &State) -> i64 {
+        match s.config.flush {
+            FlushPolicy::EveryBatch => s.durable_offset,
+            _ => s.written_offset,
+        }
+    }
+
+    /// Bytes on disk (all segments).
+    pub fn size_bytes(&self) -> u64 {
+        let s = self.state.borrow();
+        s.closed.values().map(|c| c.size_bytes).sum::<u64>() + s.active.size_bytes
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().closed.len() + 1
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> LogConfig {
+        self.state.borrow().config.clone()
+    }
+
+    /// Replaces the configuration (retention, flush, roll and cache settings take
+    /// effect from the next operation; `io_mode` from the next open).
+    pub fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let mut s = self.state.borrow_mut();
+        s.tail.bytes_max = config.tail_cache_bytes_max;
+        if s.tail.bytes > s.tail.bytes_max {
+            s.tail.clear();
+        }
+        s.config = config;
+        Ok(())
+    }
+
+    /// Heap bytes this partition holds: indexes of the active segment, tail cache,
+    /// queued appends and segment metadata. Closed segments' indexes live in the
+    /// shard's [`SegmentCache`], not here.
+    pub fn memory_bytes(&self) -> usize {
+        let s = self.state.borrow();
+        std::mem::size_of::<Self>()
+            + s.active.builder.index.memory_bytes()
+            + s.active.builder.time_index.memory_bytes()
+            + s.tail.memory_bytes()
+            + s.pending_bytes
+            + s.pending.capacity() * std::mem::size_of::<Pending>()
+            + s.closed.len() * (std::mem::size_of::<ClosedSegment>() + 16)
+            + s.leader_epochs.capacity() * 12
+    }
+
+    /// Drops what an idle partition does not need: the tail cache and spare capacity.
+    pub fn release_memory(&self) {
+        let mut s = self.state.borrow_mut();
+        s.tail.clear();
+        s.tail.batches.shrink_to_fit();
+        s.pending.shrink_to_fit();
+        s.active.builder.index.shrink();
+        s.active.builder.time_index.shrink();
+    }
+
+    fn check_writable(&self, s: &State) -> Result<()> {
+        if let Some(reason) = &s.failed {
+            return Err(Error::Failed {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            });
+        }
+        if s.closed_for_writes {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Validates and appends a producer's batch, assigning its offsets, and returns
+    /// once it is acknowledged by the flush policy: durable under `every_batch`,
+    /// written to the file otherwise. A refused batch leaves the log unchanged.
+    pub async fn append(&self, batch: BytesMut) -> Result<AppendInfo> {
+        self.append_at(batch, now_ms()).await
+    }
+
+    /// [`PartitionLog::append`] with the broker's clock given (`LogAppendTime`, rolls).
+    pub async fn append_at(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
+        let (message_bytes_max, write_buffer_max) = {
+            let s = self.state.borrow();
+            (s.config.message_bytes_max, s.config.write_buffer_bytes_max)
+        };
+        let info = batch::validate(&batch, message_bytes_max)?;
+        // Backpressure: wait while the queue is over its budget.
+        loop {
+            let changed = {
+                let s = self.state.borrow();
+                self.check_writable(&s)?;
+                if s.pending.is_empty() || s.pending_bytes + batch.len() <= write_buffer_max {
+                    break;
+                }
+                if s.flushing {
+                    Some(self.changed.changed())
+                } else {
+                    None
+                }
+            };
+            match changed {
+                Some(c) => c.await,
+                None => self.drive().await,
+            }
+        }
+        let (base_offset, end, generation, append_time, wait_durable) = {
+            let mut s = self.state.borrow_mut();
+            let base = s.next_offset;
+            batch::set_base_offset(&mut batch, base);
+            if let Some(&(epoch, _)) = s.leader_epochs.last() {
+                batch::set_leader_epoch(&mut batch, epoch);
+            }
+            let mut append_time = -1;
+            if s.config.timestamp_type == TimestampType::LogAppendTime {
+                batch::set_log_append_time(&mut batch, now_ms);
+                append_time = now_ms;
+            }
+            let mut info = info;
+            info.base_offset = base;
+            if append_time >= 0 {
+                info.max_timestamp = append_time;
+            }
+            let end = info.next_offset();
+            s.next_offset = end;
+            s.pending_bytes += batch.len();
+            s.pending.push_back(Pending {
+                bytes: batch.freeze(),
+                info,
+            });
+            (
+                base,
+                end,
+                s.abort_generation,
+                append_time,
+                s.config.flush == FlushPolicy::EveryBatch,
+            )
+        };
+        self.wait_for(end, generation, wait_durable).await?;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: end - 1,
+            log_append_time_ms: append_time,
+            size_bytes: info.size_bytes,
+        })
+    }
+
+    /// Waits until `end` is written (or durable), driving flushes when none runs.
+    async fn wait_for(&self, end: i64, generation: u64, durable: bool) -> Result<()> {
+        loop {
+            let changed = {
+                let s = self.state.borrow();
+                let reached = if durable {
+                    s.durable_offset
+                } else {
+                    s.written_offset
+                };
+                if reached >= end {
+                    return Ok(());
+                }
+                if let Some(reason) = &s.failed {
+                    return Err(Error::Failed {
+                        path: self.dir.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if s.written_offset < end && s.abort_generation > generation {
+                    return Err(Error::io(
+                        "append aborted by a failed write to",
+                        &self.dir,
+                        std::io::Error::other(s.abort_reason.clone()),
+                    ));
+                }
+                if s.flushing {
+                    Some(self.changed.changed())
+                } else {
+                    None
+                }
+            };
+            match changed {
+                Some(c) => c.await,
+                None => {
+                    if durable {
+                        self.state.borrow_mut().sync_requested = true;
+                    }
+                    self.drive().await
+                }
+            }
+        }
+    }
+
+    /// Makes everything appended so far durable.
+    pub async fn sync(&self) -> Result<()> {
+        let end = self.state.borrow().next_offset;
+        let generation = self.state.borrow().abort_generation;
+        self.state.borrow_mut().sync_requested = true;
+        self.wait_for(end, generation, true).await
+    }
+
+    /// Under `interval_ms`, syncs if the interval has passed since the last sync.
+    /// The shard calls this from its timer.
+    pub async fn sync_if_due(&self, now_ms: i64) -> Result<()> {
+        let due = {
+            let s = self.state.borrow();
+            match s.config.flush {
+                FlushPolicy::IntervalMs(ms) => {
+                    s.written_offset > s.durable_offset && now_ms - s.last_sync_ms >= ms as i64
+                }
+                _ => false,
+            }
+        };
+        if due { self.sync().await } else { Ok(()) }
+    }
+
+    /// The flush driver: one task at a time writes every queued batch and syncs as the
+    /// policy asks, until the queue is empty. Errors are recorded in the state and
+    /// reported to the waiting appends.
+    async fn drive(&self) {
+        {
+            let mut s = self.state.borrow_mut();
+            assert!(!s.flushing, "one flush driver at a time");
+            s.flushing = true;
+        }
+        struct Done<'a>(&'a PartitionLog);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.state.borrow_mut().flushing = false;
+                self.0.changed.notify_all();
+            }
+        }
+        let _done = Done(self);
+        loop {
+            let batches: Vec<Pending> = {
+                let mut s = self.state.borrow_mut();
+                if s.failed.is_some() {
+                    return;
+                }
+                s.pending_bytes = 0;
+                s.pending.drain(..).collect()
+            };
+            if !batches.is_empty()
+                && let Err(e) = self.write_batches(batches).await
+            {
+                let mut s = self.state.borrow_mut();
+                tracing::error!(dir = %self.dir.display(), error = %e, "write failed; queued appends aborted");
+                s.abort_generation += 1;
+                s.abort_reason = e.to_string();
+                s.next_offset = s.written_offset;
+                s.pending.clear();
+                s.pending_bytes = 0;
+                return;
+            }
+            let sync = {
+                let mut s = self.state.borrow_mut();
+                let now = now_ms();
+                let due = match s.config.flush {
+                    FlushPolicy::EveryBatch => true,
+                    FlushPolicy::IntervalMs(ms) => now - s.last_sync_ms >= ms as i64,
+                    FlushPolicy::Bytes(n) => s.unsynced_bytes >= n,
+                    FlushPolicy::Never => false,
+                };
+                let want = (due || s.sync_requested) && s.written_offset > s.durable_offset;
+                s.sync_requested = false;
+                want.then_some(s.written_offset)
+            };
+            if let Some(target) = sync {
+                let writer = self.state.borrow_mut().writer.take();
+                let writer = writer.expect("writer present while driving");
+                let r = writer.sync().await;
+                let mut s = self.state.borrow_mut();
+                s.writer = Some(writer);
+                match r {
+                    Ok(()) => {
+                        s.durable_offset = s.durable_offset.max(target);
+                        s.unsynced_bytes = 0;
+                        s.last_sync_ms = now_ms();
+                    }
+                    Err(e) => {
+                        // After a failed fdatasync the kernel may have dropped the
+                        // dirty pages: nothing unsynced can be trusted any more.
+                        tracing::error!(dir = %self.dir.display(), error = %e, "fdatasync failed; partition log is failed until reopened");
+                        s.failed = Some(e.to_string());
+                        return;
+                    }
+                }
+            }
+            self.changed.notify_all();
+            let s = self.state.borrow();
+            if s.pending.is_empty() && !s.sync_requested {
+                return;
+            }
+        }
+    }
+
+    /// Writes batches (in offset order) to the active segment, rolling as needed.
+    async fn write_batches(&self, batches: Vec<Pending>) -> Result<()> {
+        let mut i = 0;
+        while i < batches.len() {
+            let now = now_ms();
+            let (roll, segment_bytes) = {
+                let s = self.state.borrow();
+                let size = s.active.size_bytes;
+                let full = size > 0 && size + batches[i].bytes.len() as u64 > s.config.segment_bytes;
+                let old = size > 0 && now - s.active.created_ms >= s.config.segment_ms as i64;
+                (full || old, s.config.segment_bytes)
+            };
+            if roll {
+                self.roll(now).await?;
+            }
+            let (mut size, interval) = {
+                let s = self.state.borrow();
+                (s.active.size_bytes, s.config.index_interval_bytes)
+            };
+            let mut j = i;
+            let mut total = 0usize;
+            while j < batches.len()
+                && (j == i || size + batches[j].bytes.len() as u64 <= segment_bytes)
+            {
+                size += batches[j].bytes.len() as u64;
+                total += batches[j].bytes.len();
+                j += 1;
+            }
+            let mut writer = self
+                .state
+                .borrow_mut()
+                .writer
+                .take()
+                .expect("writer present while driving");
+            let mut buf = writer.buffer(total);
+            for b in &batches[i..j] {
+                buf.extend(&b.bytes);
+            }
+            let r = writer.write(buf).await;
+            let mut s = self.state.borrow_mut();
+            s.writer = Some(writer);
+            r?;
+            for b in &batches[i..j] {
+                let pos = s.active.size_bytes;
+                let base = s.active.base_offset;
+                s.active.builder.on_batch(base, pos, &b.info, interval);
+                s.active.size_bytes += b.bytes.len() as u64;
+                s.written_offset = b.info.next_offset();
+                s.unsynced_bytes += b.bytes.len() as u64;
+                s.tail.push(b.info.base_offset, b.info.next_offset(), b.bytes.clone());
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (cut to size, synced, indexes written) and starts a
+    /// new one at the next offset. Called only by the flush driver.
+    async fn roll(&self, now: i64) -> Result<()> {
+        let (writer, base, mut builder_index, mut builder_time, max_ts, offset_of_max, next, mode, step) = {
+            let mut s = self.state.borrow_mut();
+            let writer = s.writer.take().expect("writer present while driving");
+            let b = &s.active.builder;
+            (
+                writer,
+                s.active.base_offset,
+                b.index.clone(),
+                b.time_index.clone(),
+                b.max_timestamp_ms,
+                b.offset_of_max_timestamp,
+                s.written_offset,
+                s.config.io_mode,
+                s.config.preallocate_step_bytes.min(s.config.segment_bytes),
+            )
+        };
+        let size = writer.write_pos();
+        if let Err(e) = writer.finish().await {
+            // The old writer is gone; reopen so the log stays usable.
+            let path = self.dir.join(segment_name(base, "log"));
+            let w = SegmentWriter::open(&path, mode, size, step).await?;
+            self.state.borrow_mut().writer = Some(w);
+            return Err(e);
+        }
+        {
+            let mut s = self.state.borrow_mut();
+            s.durable_offset = s.durable_offset.max(next);
+            s.unsynced_bytes = 0;
+            s.last_sync_ms = now;
+        }
+        let mut sealed = SegmentIndexBuilder {
+            index: std::mem::take(&mut builder_index),
+            time_index: std::mem::take(&mut builder_time),
+            bytes_since_entry: 0,
+            max_timestamp_ms: max_ts,
+            offset_of_max_timestamp: offset_of_max,
+        };
+        sealed.seal(base);
+        write_indexes(&self.dir, base, &sealed).await?;
+        let path = self.dir.join(segment_name(next, "log"));
+        let writer = SegmentWriter::open(&path, mode, 0, step).await?;
+        let reader = Rc::new(SegmentFile::open(&path).await?);
+        io::sync_dir(&self.dir).await?;
+        {
+            let mut s = self.state.borrow_mut();
+            s.closed.insert(
+                base,
+                ClosedSegment {
+                    base_offset: base,
+                    next_offset: next,
+                    size_bytes: size,
+                    max_timestamp_ms: max_ts,
+                },
+            );
+            s.active = ActiveSegment {
+                base_offset: next,
+                size_bytes: 0,
+                created_ms: now,
+                builder: SegmentIndexBuilder::new(next),
+                reader,
+            };
+            s.writer = Some(writer);
+        }
+        write_recovery_point(&self.dir, next).await?;
+        tracing::debug!(dir = %self.dir.display(), segment = next, "rolled segment");
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to about
+    /// `max_bytes` (the first batch is returned whole even if larger), from one segment,
+    /// never past the committed offset. Recent batches come from memory, older ones as
+    /// file ranges.
+    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        let (view, upper) = {
+            let s = self.state.borrow();
+            let upper = Self::committed(&s);
+            if offset < s.start_offset || offset > s.written_offset {
+                return Err(Error::OffsetOutOfRange {
+                    offset,
+                    start: s.start_offset,
+                    end: s.written_offset,
+                });
+            }
+            if offset >= upper {
+                return Ok(ReadResult {
+                    chunks: Vec::new(),
+                    next_offset: offset,
+                });
+            }
+            if let Some((chunks, next_offset)) = s.tail.read(offset, max_bytes, upper) {
+                return Ok(ReadResult {
+                    chunks,
+                    next_offset,
+                });
+            }
+            if offset >= s.active.base_offset {
+                let a = &s.active;
+                let rel = (offset - a.base_offset) as u32;
+                let start_hint = a.builder.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
+                let upper_rel = (upper - 1 - a.base_offset).max(0) as u32;
+                let end_hint = end_hint(&a.builder.index, limit, upper_rel);
+                (
+                    Some(SegmentView {
+                        file: a.reader.clone(),
+                        size_bytes: a.size_bytes,
+                        start_hint,
+                        end_hint,
+                    }),
+                    upper,
+                )
+            } else {
+                (None, upper)
+            }
+        };
+        let view = match view {
+            Some(v) => v,
+            None => self.closed_view(offset, max_bytes, upper).await?,
+        };
+        read_from_segment(view, offset, max_bytes, upper).await
+    }
+
+    async fn closed_view(&self, offset: i64, max_bytes: usize, upper: i64) -> Result<SegmentView> {
+        let seg = {
+            let s = self.state.borrow();
+            *s.closed
+                .range(..=offset)
+                .next_back()
+                .map(|(_, c)| c)
+                .ok_or(Error::OffsetOutOfRange {
+                    offset,
+                    start: s.start_offset,
+                    end: s.written_offset,
+                })?
+        };
+        let open = self.open_closed(&seg).await?;
+        let rel = (offset - seg.base_offset) as u32;
+        let start_hint = open.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+        let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
+        let upper_rel = (upper.min(seg.next_offset) - 1 - seg.base_offset).max(0) as u32;
+        Ok(SegmentView {
+            file: open.file.clone(),
+            size_bytes: seg.size_bytes,
+            start_hint,
+            end_hint: end_hint(&open.index, limit, upper_rel),
+        })
+    }
+
+    /// A closed segment's handle and indexes, through the shard's cache; damaged or
+    /// missing index files are rebuilt from the log.
+    async fn open_closed(&self, seg: &ClosedSegment) -> Result<Rc<OpenSegment>> {
+        let path = self.dir.join(segment_name(seg.base_offset, "log"));
+        if let Some(open) = self.cache.lookup(&path) {
+            return Ok(open);
+        }
+        let file = Rc::new(SegmentFile::open(&path).await?);
+        let (index, time_index) = match load_indexes(&self.dir, seg.base_offset, seg.size_bytes).await? {
+            Some(ix) => ix,
+            None => {
+                tracing::warn!(dir = %self.dir.display(), segment = seg.base_offset, "index missing or damaged; rebuilding from the log");
+                let interval = self.state.borrow().config.index_interval_bytes;
+                let mut b = SegmentIndexBuilder::new(seg.base_offset);
+                let scan = scan_segment(&file, seg.base_offset, 0, seg.base_offset, &mut b, interval).await?;
+                if scan.damage.is_some() || scan.valid_end != seg.size_bytes {
+                    return Err(Error::Corrupt {
+                        what: "closed segment (batches fail validation)",
+                        path,
+                    });
+                }
+                b.seal(seg.base_offset);
+                write_indexes(&self.dir, seg.base_offset, &b).await?;
+                (b.index, b.time_index)
+            }
+        };
+        let open = Rc::new(OpenSegment {
+            file,
+            index,
+            time_index,
+        });
+        self.cache.insert(&path, open.clone());
+        Ok(open)
+    }
+
+    /// The first offset whose record timestamp is ≥ `timestamp_ms` (Kafka's
+    /// ListOffsets by timestamp), or `None` when every record is older. For compressed
+    /// batches the answer is the batch's base offset.
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        enum Target {
+            Active(Rc<SegmentFile>, u64, u64),
+            Closed(ClosedSegment),
+        }
+        let (target, upper) = {
+            let s = self.state.borrow();
+            let upper = Self::committed(&s);
+            let closed = s.closed.values().find(|c| c.max_timestamp_ms >= timestamp_ms).copied();
+            match closed {
+                Some(c) => (Target::Closed(c), upper),
+                None => {
+                    let a = &s.active;
+                    if a.builder.max_timestamp_ms < timestamp_ms {
+                        return Ok(None);
+                    }
+                    let rel = a.builder.time_index.scan_start(timestamp_ms);
+                    let pos = a.builder.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                    (Target::Active(a.reader.clone(), pos, a.size_bytes), upper)
+                }
+            }
+        };
+        let (file, end, pos) = match target {
+            Target::Active(file, pos, size) => (file, size, pos),
+            Target::Closed(c) => {
+                let open = self.open_closed(&c).await?;
+                let rel = open.time_index.scan_start(timestamp_ms);
+                let pos = open.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                (open.file.clone(), c.size_bytes, pos)
+            }
+        };
+        let mut scan = HeaderScan::new(&file, pos, end);
+        while let Some(h) = scan.next().await? {
+            if h.info.base_offset >= upper {
+                return Ok(None);
+            }
+            if h.info.max_timestamp < timestamp_ms {
+                continue;
+            }
+            if h.info.compression != batch::Compression::None
+                || self.state.borrow().config.timestamp_type == TimestampType::LogAppendTime
+            {
+                return Ok(Some(h.info.base_offset));
+            }
+            let body = file.read_exact(h.position, h.info.size_bytes).await?;
+            let records = batch::records(&body).map_err(|_| Error::Corrupt {
+                what: "records of a stored batch",
+                path: file.path().to_owned(),
+            })?;
+            for r in records {
+                if h.info.base_timestamp + r.timestamp_delta >= timestamp_ms {
+                    return Ok(Some(h.info.base_offset + i64::from(r.offset_delta)));
+                }
+            }
+            return Ok(Some(h.info.base_offset));
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole closed segments beyond `retention_bytes` or older than
+    /// `retention_ms`, oldest first, and advances the log start offset. Reads using a
+    /// deleted segment finish normally: their handle keeps the file alive.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let doomed: Vec<ClosedSegment> = {
+            let mut s = self.state.borrow_mut();
+            let mut total: u64 = s.closed.values().map(|c| c.size_bytes).sum::<u64>() + s.active.size_bytes;
+            let mut doomed = Vec::new();
+            for c in s.closed.values() {
+                let by_size = s.config.retention_bytes.is_some_and(|max| total - c.size_bytes >= max);
+                let by_time = s
+                    .config
+                    .retention_ms
+                    .is_some_and(|ms| c.max_timestamp_ms >= 0 && now_ms - c.max_timestamp_ms > ms as i64);
+                if !(by_size || by_time) {
+                    break;
+                }
+                total -= c.size_bytes;
+                doomed.push(*c);
+            }
+            for c in &doomed {
+                s.closed.remove(&c.base_offset);
+            }
+            if let Some(last) = doomed.last() {
+                s.start_offset = last.next_offset;
+                s.tail.batches.retain(|b| b.0 >= last.next_offset);
+                s.tail.bytes = s.tail.batches.iter().map(|b| b.2.len()).sum();
+            }
+            doomed
+        };
+        let mut outcome = RetentionOutcome {
+            start_offset: self.start_offset(),
+            ..RetentionOutcome::default()
+        };
+        if doomed.is_empty() {
+            return Ok(outcome);
+        }
+        let mut paths = Vec::new();
+        for c in &doomed {
+            let log = self.dir.join(segment_name(c.base_offset, "log"));
+            self.cache.evict(&log);
+            paths.push(log);
+            paths.push(self.dir.join(segment_name(c.base_offset, "index")));
+            paths.push(self.dir.join(segment_name(c.base_offset, "timeindex")));
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += c.size_bytes;
+        }
+        io::remove_files(paths).await?;
+        io::sync_dir(&self.dir).await?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            segments = outcome.segments_deleted,
+            bytes = outcome.bytes_deleted,
+            start_offset = outcome.start_offset,
+            "retention deleted segments"
+        );
+        Ok(outcome)
+    }
+
+    /// Cuts the log back so that `offset` is its end (a follower that diverged from
+    /// a new leader). `offset` must be a batch boundary within the log, and no append
+    /// may be in flight.
+    pub async fn truncate_to(&self, offset: i64) -> Result<()> {
+        let (start, end, busy) = {
+            let s = self.state.borrow();
+            self.check_writable(&s)?;
+            (s.start_offset, s.written_offset, s.flushing || !s.pending.is_empty())
+        };
+        if busy {
+            return Err(Error::InvalidConfig("truncate_to while appends are in flight".into()));
+        }
+        if offset < start || offset > end {
+            return Err(Error::OffsetOutOfRange { offset, start, end });
+        }
+        if offset == end {
+            return Ok(());
+        }
+        // Hold off appends while we work: mark as flushing.
+        self.state.borrow_mut().flushing = true;
+        let r = self.truncate_inner(offset).await;
+        self.state.borrow_mut().flushing = false;
+        self.changed.notify_all();
+        r
+    }
+
+    async fn truncate_inner(&self, offset: i64) -> Result<()> {
+        let (seg_base, seg_size, is_active, mode, step, interval) = {
+            let s = self.state.borrow();
+            let step = s.config.preallocate_step_bytes.min(s.config.segment_bytes);
+            if offset >= s.active.base_offset {
+                (s.active.base_offset, s.active.size_bytes, true, s.config.io_mode, step, s.config.index_interval_bytes)
+            } else {
+                let c = s.closed.range(..=offset).next_back().map(|(_, c)| *c).expect("offset within log");
+                (c.base_offset, c.size_bytes, false, s.config.io_mode, step, s.config.index_interval_bytes)
+            }
+        };
+        // Find the byte position of `offset` by rescanning the segment: this is rare
+        // and also rebuilds its index up to the cut.
+        let path = self.dir.join(segment_name(seg_base, "log"));
+        let file = SegmentFile::open(&path).await?;
+        let mut builder = SegmentIndexBuilder::new(seg_base);
+        let mut cut = None;
+        {
+            let mut scan = HeaderScan::new(&file, 0, seg_size);
+            while let Some(h) = scan.next().await? {
+                if h.info.base_offset == offset {
+                    cut = Some(h.position);
+                    break;
+                }
+                if h.info.base_offset > offset {
+                    break;
+                }
+                builder.on_batch(seg_base, h.position, &h.info, interval);
+            }
+        }
+        let cut = if offset == seg_base { Some(0) } else { cut };
+        let Some(cut) = cut else {
+            return Err(Error::InvalidConfig(format!("offset {offset} is not a batch boundary")));
+        };
+        // Drop the writer of the current active segment and every later segment.
+        let old_writer = self.state.borrow_mut().writer.take();
+        drop(old_writer);
+        let mut doomed = Vec::new();
+        {
+            let s = self.state.borrow();
+            for c in s.closed.range(seg_base + 1..) {
+                doomed.push(*c.0);
+            }
+            if !is_active {
+                doomed.push(s.active.base_offset);
+            }
+        }
+        let mut paths = Vec::new();
+        for b in &doomed {
+            let log = self.dir.join(segment_name(*b, "log"));
+            self.cache.evict(&log);
+            paths.push(log);
+            paths.push(self.dir.join(segment_name(*b, "index")));
+            paths.push(self.dir.join(segment_name(*b, "timeindex")));
+        }
+        self.cache.evict(&path);
+        if !is_active {
+            paths.push(self.dir.join(segment_name(seg_base, "index")));
+            paths.push(self.dir.join(segment_name(seg_base, "timeindex")));
+        }
+        io::remove_files(paths).await?;
+        let writer = SegmentWriter::open(&path, mode, cut, step).await?;
+        writer.sync().await?;
+        let reader = Rc::new(SegmentFile::open(&path).await?);
+        io::sync_dir(&self.dir).await?;
+        write_recovery_point(&self.dir, seg_base).await?;
+        let mut s = self.state.borrow_mut();
+        s.closed.retain(|&b, _| b < seg_base);
+        s.active = ActiveSegment {
+            base_offset: seg_base,
+            size_bytes: cut,
+            created_ms: now_ms(),
+            builder,
+            reader,
+        };
+        s.writer = Some(writer);
+        s.next_offset = offset;
+        s.written_offset = offset;
+        s.durable_offset = offset;
+        s.tail.clear();
+        s.leader_epochs.retain(|&(_, start)| start < offset);
+        let epochs = s.leader_epochs.clone();
+        drop(s);
+        write_leader_epochs(&self.dir, &epochs).await?;
+        tracing::warn!(dir = %self.dir.display(), offset, "log truncated");
+        Ok(())
+    }
+
+    /// Records that `epoch` starts at the current end of the log; later batches carry
+    /// it in their partition-leader-epoch field. Persisted (write-new, sync, rename).
+    pub async fn set_leader_epoch(&self, epoch: i32) -> Result<()> {
+        let epochs = {
+            let mut s = self.state.borrow_mut();
+            if let Some(&(last, _)) = s.leader_epochs.last()
+                && epoch <= last
+            {
+                if epoch == last {
+                    return Ok(());
+                }
+                return Err(Error::InvalidConfig(format!("leader epoch {epoch} is older than {last}")));
+            }
+            let start = s.next_offset;
+            s.leader_epochs.push((epoch, start));
+            s.leader_epochs.clone()
+        };
+        write_leader_epochs(&self.dir, &epochs).await
+    }
+
+    /// (epoch, start offset) pairs, oldest first.
+    pub fn leader_epochs(&self) -> Vec<(i32, i64)> {
+        self.state.borrow().leader_epochs.clone()
+    }
+
+    /// Flushes everything, writes the active segment's indexes, cuts its file to
+    /// size and marks the shutdown clean. The log refuses appends afterwards.
+    pub async fn close(&self) -> Result<()> {
+        self.sync().await?;
+        loop {
+            let c = {
+                let mut s = self.state.borrow_mut();
+                if !s.flushing {
+                    s.closed_for_writes = true;
+                    s.flushing = true;
+                    break;
+                }
+                self.changed.changed()
+            };
+            c.await;
+        }
+        let (writer, base, mut builder_index, builder_time) = {
+            let mut s = self.state.borrow_mut();
+            (
+                s.writer.take(),
+                s.active.base_offset,
+                std::mem::take(&mut s.active.builder.index),
+                std::mem::take(&mut s.active.builder.time_index),
+            )
+        };
+        builder_index.shrink();
+        let b = SegmentIndexBuilder {
+            index: builder_index,
+            time_index: builder_time,
+            ..SegmentIndexBuilder::default()
+        };
+        if let Some(w) = writer {
+            w.finish().await?;
+        }
+        write_indexes(&self.dir, base, &b).await?;
+        io::write_file_atomic(&self.dir.join(CLEAN_SHUTDOWN_FILE), b"").await?;
+        Ok(())
+    }
+}
+
+/// A batch start within both the byte limit and the offset bound, from the index.
+fn end_hint(index: &OffsetIndex, limit_pos: u32, upper_rel: u32) -> u64 {
+    let by_pos = index.floor_position(limit_pos).map(|e| e.position).unwrap_or(0);
+    let by_off = index.floor_offset(upper_rel).map(|e| e.position).unwrap_or(0);
+    u64::from(by_pos.min(by_off))
+}
+
+async fn read_from_segment(view: SegmentView, offset: i64, max_bytes: usize, upper: i64) -> Result<ReadResult> {
+    // Find the batch holding `offset`.
+    let mut scan = HeaderScan::new(&view.file, view.start_hint, view.size_bytes);
+    let mut first = None;
+    while let Some(h) = scan.next().await? {
+        if h.info.next_offset() > offset {
+            first = Some(h);
+            break;
+        }
+    }
+    let Some(first) = first else {
+        return Ok(ReadResult {
+            chunks: Vec::new(),
+            next_offset: offset,
+        });
+    };
+    if first.info.base_offset >= upper {
+        return Ok(ReadResult {
+            chunks: Vec::new(),
+            next_offset: offset,
+        });
+    }
+    let start = first.position;
+    let limit = start + (max_bytes as u64).max(first.info.size_bytes as u64);
+    let mut end = start + first.info.size_bytes as u64;
+    let mut next_offset = first.info.next_offset();
+    // Skip ahead with the index: every batch before the hint fits both bounds (see
+    // `end_hint`). Then walk headers to the last batch that fits.
+    let mut walk = HeaderScan::new(&view.file, end, view.size_bytes);
+    if view.end_hint > end {
+        walk = HeaderScan::new(&view.file, view.end_hint, view.size_bytes);
+        match walk.next().await? {
+            Some(h) if h.position + h.info.size_bytes as u64 <= limit && h.info.base_offset < upper => {
+                end = h.position + h.info.size_bytes as u64;
+                next_offset = h.info.next_offset();
+            }
+            Some(h) => {
+                end = h.position;
+                next_offset = h.info.base_offset;
+                walk = HeaderScan::new(&view.file, view.size_bytes, view.size_bytes);
+            }
+            None => {}
+        }
+    }
+    while let Some(h) = walk.next().await? {
+        if h.position + h.info.size_bytes as u64 > limit || h.info.base_offset >= upper {
+            break;
+        }
+        end = h.position + h.info.size_bytes as u64;
+        next_offset = h.info.next_offset();
+    }
+    Ok(ReadResult {
+        chunks: vec![ReadChunk::File {
+            file: view.file,
+            position: start,
+            len: end - start,
+        }],
+        next_offset,
+    })
+}
+
+async fn load_indexes(dir: &Path, base: i64, segment_bytes: u64) -> Result<Option<(OffsetIndex, TimeIndex)>> {
+    let ix = io::read_file(&dir.join(segment_name(base, "index"))).await?;
+    let tx = io::read_file(&dir.join(segment_name(base, "timeindex"))).await?;
+    let (Some(ix), Some(tx)) = (ix, tx) else {
+        return Ok(None);
+    };
+    match (OffsetIndex::decode(&ix, segment_bytes.max(1)), TimeIndex::decode(&tx)) {
+        (Some(i), Some(t)) => Ok(Some((i, t))),
+        _ => Ok(None),
+    }
+}
+
+async fn write_indexes(dir: &Path, base: i64, b: &SegmentIndexBuilder) -> Result<()> {
+    io::write_file(&dir.join(segment_name(base, "index")), &b.index.encode()).await?;
+    io::write_file(&dir.join(segment_name(base, "timeindex")), &b.time_index.encode()).await
+}
+
+async fn read_recovery_point(dir: &Path) -> Result<i64> {
+    let Some(bytes) = io::read_file(&dir.join(RECOVERY_POINT_FILE)).await? else {
+        return Ok(0);
+    };
+    let parsed = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<i64>().ok());
+    Ok(parsed.unwrap_or_else(|| {
+        tracing::warn!(dir = %dir.display(), "unreadable recovery point; validating every segment");
+        0
+    }))
+}
+
+async fn write_recovery_point(dir: &Path, offset: i64) -> Result<()> {
+    io::write_file_atomic(&dir.join(RECOVERY_POINT_FILE), format!("{offset}\n").as_bytes()).await
+}
+
+/// Kafka's leader-epoch-checkpoint format: version, count, then `epoch start` lines.
+async fn read_leader_epochs(dir: &Path) -> Result<Vec<(i32, i64)>> {
+    let path = dir.join(LEADER_EPOCH_FILE);
+    let Some(bytes) = io::read_file(&path).await? else {
+        return Ok(Vec::new());
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    let bad = || Error::Corrupt {
+        what: "leader epoch checkpoint",
+        path: path.clone(),
+    };
+    if lines.next() != Some("0") {
+        return Err(bad());
+    }
+    let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let line = lines.next().ok_or_else(bad)?;
+        let (e, o) = line.split_once(' ').ok_or_else(bad)?;
+        out.push((e.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?));
+    }
+    Ok(out)
+}
+
+async fn write_leader_epochs(dir: &Path, epochs: &[(i32, i64)]) -> Result<()> {
+    let mut text = format!("0\n{}\n", epochs.len());
+    for (e, o) in epochs {
+        text.push_str(&format!("{e} {o}\n"));
+    }
+    io::write_file_atomic(&dir.join(LEADER_EPOCH_FILE), text.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(42, "log"), "00000000000000000042.log");
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.index"), None);
+    }
+
+    #[test]
+    fn tail_cache_is_bounded_and_contiguous() {
+        let mut t = TailCache {
+            bytes_max: 100,
+            ..TailCache::default()
+        };
+        for i in 0..10i64 {
+            t.push(i * 2, i * 2 + 2, Bytes::from(vec![i as u8; 30]));
+        }
+        assert!(t.bytes <= 100);
+        assert_eq!(t.batches.front().unwrap().0, 14);
+        assert!(t.read(13, 1000, 100).is_none());
+        let (chunks, next) = t.read(15, 1000, 100).unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(next, 20);
+        let (chunks, next) = t.read(15, 10, 100).unwrap();
+        assert_eq!(chunks.len(), 1, "first batch is whole even past max_bytes");
+        assert_eq!(next, 16);
+        let (chunks, _) = t.read(15, 1000, 18).unwrap();
+        assert_eq!(chunks.len(), 2, "never past the committed offset");
+    }
+}
