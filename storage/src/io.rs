@@ -171,17 +171,17 @@ impl SegmentWriter {
                 let block_start = write_pos - write_pos % alignment;
                 let keep = (write_pos - block_start) as usize;
                 let tail_block = if keep > 0 {
-                    let r = file
-                        .read_at_aligned(block_start, alignment as usize)
-                        .await
-                        .map_err(|e| Error::io("reading segment tail", path, e))?;
+                    // Through the page cache: O_DIRECT reads of this block are not
+                    // supported on every filesystem, and this runs once per open.
+                    let reader = SegmentFile::open(path).await?;
+                    let r = reader.read_some(block_start, keep).await?;
                     if r.len() < keep {
                         return Err(Error::Corrupt {
                             what: "segment tail shorter than its recovered size",
                             path: path.to_owned(),
                         });
                     }
-                    r[..keep].to_vec()
+                    r
                 } else {
                     Vec::new()
                 };

@@ -315,6 +315,20 @@ struct State {
     tail: TailCache,
     leader_epochs: Vec<(i32, i64)>,
     config: LogConfig,
+    stats: LogStats,
+}
+
+/// Counters of one log since it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches appended.
+    pub appends: u64,
+    /// Writes to segment files (one per flush round and segment).
+    pub writes: u64,
+    /// fdatasync calls on segment files.
+    pub syncs: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
 }
 
 /// One partition's log: a directory of segments. See the crate docs for the format.
@@ -705,6 +719,7 @@ impl PartitionLog {
             tail,
             leader_epochs,
             config,
+            stats: LogStats::default(),
         };
         Ok(Rc::new(Self {
             dir,
@@ -753,6 +768,11 @@ impl PartitionLog {
             FlushPolicy::EveryBatch => s.durable_offset,
             _ => s.written_offset,
         }
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        self.state.borrow().stats
     }
 
     /// Bytes on disk (all segments).
@@ -1022,6 +1042,7 @@ impl PartitionLog {
                 s.writer = Some(writer);
                 match r {
                     Ok(()) => {
+                        s.stats.syncs += 1;
                         s.durable_offset = s.durable_offset.max(target);
                         s.unsynced_bytes = 0;
                         s.last_sync_ms = now_ms();
@@ -1085,6 +1106,9 @@ impl PartitionLog {
             let mut s = self.state.borrow_mut();
             s.writer = Some(writer);
             r?;
+            s.stats.writes += 1;
+            s.stats.bytes_written += total as u64;
+            s.stats.appends += (j - i) as u64;
             for b in &batches[i..j] {
                 let pos = s.active.size_bytes;
                 let base = s.active.base_offset;
@@ -1128,6 +1152,7 @@ impl PartitionLog {
         }
         {
             let mut s = self.state.borrow_mut();
+            s.stats.syncs += 1;
             s.durable_offset = s.durable_offset.max(next);
             s.unsynced_bytes = 0;
             s.last_sync_ms = now;

@@ -1,0 +1,377 @@
+//! Behaviour of `PartitionLog` through its public API, on real files.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use ringmq_storage::batch::{self, Record, TimestampType};
+use ringmq_storage::{BatchError, Error, ErrorKind, FlushPolicy, IoMode, LogConfig, ReadChunk};
+
+#[test]
+fn round_trip_across_segment_rolls_both_io_modes() {
+    for mode in [IoMode::Direct, IoMode::Buffered] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        run(move || async move {
+            let cfg = LogConfig {
+                io_mode: mode,
+                ..small_config()
+            };
+            let log = open(&path, cfg.clone()).await;
+            let mut sent = Vec::new();
+            for i in 0..200u64 {
+                let b = make_batch(i, 1 + (i % 5) as usize, 100 + (i as usize * 37) % 900, 1000 + i as i64);
+                let at = log.append(bm(&b)).await.unwrap();
+                sent.push((at.base_offset, b));
+            }
+            assert!(log.segment_count() > 3, "small segments rolled");
+            assert_eq!(log.durable_offset(), log.end_offset());
+            let got = read_all(&log).await;
+            assert_eq!(got.len(), sent.len());
+            for ((o1, b1), (o2, b2)) in sent.iter().zip(&got) {
+                assert_eq!(o1, o2);
+                assert_eq!(content_hash(b1), content_hash(b2));
+            }
+            log.close().await.unwrap();
+            // A clean reopen serves the same and continues the offsets.
+            let log = open(&path, cfg).await;
+            assert!(log.recovery_report().clean_shutdown);
+            assert_eq!(read_all(&log).await, got);
+            let at = log.append(bm(&make_batch(999, 2, 10, 5))).await.unwrap();
+            assert_eq!(at.base_offset, sent.last().map(|(o, b)| o + batch::parse_header(b).unwrap().record_count as i64).unwrap());
+        });
+    }
+}
+
+#[test]
+fn reads_return_whole_batches_from_file_ranges_and_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, small_config()).await;
+        for i in 0..100u64 {
+            log.append(bm(&make_batch(i, 3, 200, 0))).await.unwrap();
+        }
+        // Old data comes from a file range, recent data from memory.
+        let old = log.read(0, 4096).await.unwrap();
+        assert!(matches!(old.chunks[0], ReadChunk::File { .. }));
+        let recent = log.read(log.end_offset() - 1, 4096).await.unwrap();
+        assert!(matches!(recent.chunks[0], ReadChunk::Memory(_)));
+        // The batch holding a middle offset is returned from its start.
+        let r = log.read(31, 1).await.unwrap();
+        let bytes = r.to_bytes().await.unwrap();
+        let info = batch::validate(&bytes, usize::MAX).unwrap();
+        assert_eq!(info.base_offset, 30);
+        assert_eq!(r.next_offset, 33);
+        // Reading at the end returns nothing; past it is out of range.
+        assert!(log.read(log.end_offset(), 100).await.unwrap().is_empty());
+        let e = log.read(log.end_offset() + 1, 100).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OffsetOutOfRange);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// Any read returns whole consecutive batches starting with the one holding the
+    /// offset, within max_bytes unless a single batch is larger.
+    #[test]
+    fn reads_respect_batch_boundaries(sizes in proptest::collection::vec((1usize..6, 1usize..3000), 5..60), probes in proptest::collection::vec((any::<prop::sample::Index>(), 1usize..20_000), 1..20)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p");
+        run(move || async move {
+            let mut cfg = small_config();
+            cfg.tail_cache_bytes_max = 4096;
+            let log = open(&path, cfg).await;
+            let mut batches = Vec::new();
+            for (i, (n, sz)) in sizes.iter().enumerate() {
+                let b = make_batch(i as u64, *n, *sz, 0);
+                let at = log.append(bm(&b)).await.unwrap();
+                batches.push((at.base_offset, at.last_offset, b.len()));
+            }
+            let end = log.end_offset();
+            for (idx, max_bytes) in probes {
+                let offset = idx.index(end as usize) as i64;
+                let r = log.read(offset, max_bytes).await.unwrap();
+                let bytes = r.to_bytes().await.unwrap();
+                let first = batches.iter().position(|b| b.1 >= offset).unwrap();
+                let mut pos = 0;
+                let mut k = first;
+                while pos < bytes.len() {
+                    let size = batch::peek_frame(&bytes[pos..]).unwrap().1;
+                    let info = batch::validate(&bytes[pos..pos + size], usize::MAX).unwrap();
+                    assert_eq!(info.base_offset, batches[k].0);
+                    pos += size;
+                    k += 1;
+                }
+                assert!(k > first, "at least the batch holding the offset");
+                assert!(bytes.len() <= max_bytes || k == first + 1, "over max_bytes only for a single batch");
+                assert_eq!(r.next_offset, batches[k - 1].1 + 1);
+            }
+        });
+    }
+}
+
+#[test]
+fn bad_batches_are_refused_and_leave_the_log_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let cfg = LogConfig {
+            message_bytes_max: 4096,
+            ..small_config()
+        };
+        let log = open(&path, cfg).await;
+        log.append(bm(&make_batch(1, 2, 10, 0))).await.unwrap();
+        let before = read_all(&log).await;
+        let end = log.end_offset();
+        let good = make_batch(2, 2, 10, 0);
+
+        let mut wrong_crc = good.clone();
+        *wrong_crc.last_mut().unwrap() ^= 1;
+        let mut wrong_len = good.clone();
+        wrong_len.truncate(good.len() - 3);
+        let mut wrong_magic = good.clone();
+        wrong_magic[16] = 1;
+        let oversized = make_batch(3, 1, 5000, 0);
+        let mut zero = good.clone();
+        zero[57..61].copy_from_slice(&0i32.to_be_bytes());
+        batch::fix_crc(&mut zero);
+
+        let cases: Vec<(Vec<u8>, fn(&BatchError) -> bool)> = vec![
+            (wrong_crc, |e| matches!(e, BatchError::CrcMismatch { .. })),
+            (wrong_len, |e| matches!(e, BatchError::BadLength { .. })),
+            (wrong_magic, |e| matches!(e, BatchError::BadMagic { .. })),
+            (oversized, |e| matches!(e, BatchError::TooLarge { .. })),
+            (zero, |e| matches!(e, BatchError::NoRecords { .. })),
+            (vec![1, 2, 3], |e| matches!(e, BatchError::TooShort { .. })),
+        ];
+        for (b, is) in cases {
+            match log.append(bm(&b)).await {
+                Err(Error::InvalidBatch(e)) => assert!(is(&e), "wrong error {e}"),
+                other => panic!("expected an invalid batch error, got {other:?}"),
+            }
+            assert_eq!(log.end_offset(), end);
+        }
+        assert_eq!(read_all(&log).await, before);
+        let at = log.append(bm(&good)).await.unwrap();
+        assert_eq!(at.base_offset, end, "no offset was consumed by refused batches");
+    });
+}
+
+#[test]
+fn group_commit_shares_syncs_between_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, LogConfig { segment_bytes: 1 << 30, ..small_config() }).await;
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for i in 0..20u64 {
+                    let at = log.append(bm(&make_batch(t * 1000 + i, 1, 100, 0))).await.unwrap();
+                    // Acknowledged means durable.
+                    assert!(log.durable_offset() > at.last_offset);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await;
+        }
+        let st = log.stats();
+        assert_eq!(st.appends, 640);
+        assert!(st.syncs < st.appends / 4, "syncs {} for {} appends", st.syncs, st.appends);
+        assert_eq!(read_all(&log).await.len(), 640);
+    });
+}
+
+#[test]
+fn flush_policies_acknowledge_at_write_and_sync_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, LogConfig { flush: FlushPolicy::Never, ..small_config() }).await;
+        log.append(bm(&make_batch(1, 1, 100, 0))).await.unwrap();
+        assert_eq!(log.end_offset(), 1);
+        assert_eq!(log.durable_offset(), 0, "never: no sync");
+        assert_eq!(log.committed_offset(), 1, "readable once written");
+        log.sync().await.unwrap();
+        assert_eq!(log.durable_offset(), 1);
+
+        let mut cfg = log.config();
+        cfg.flush = FlushPolicy::Bytes(1000);
+        log.set_config(cfg.clone()).unwrap();
+        log.append(bm(&make_batch(2, 1, 100, 0))).await.unwrap();
+        assert_eq!(log.durable_offset(), 1, "below the byte threshold");
+        log.append(bm(&make_batch(3, 1, 1000, 0))).await.unwrap();
+        assert_eq!(log.durable_offset(), 3, "threshold reached");
+
+        cfg.flush = FlushPolicy::IntervalMs(60_000);
+        log.set_config(cfg).unwrap();
+        log.append(bm(&make_batch(4, 1, 100, 0))).await.unwrap();
+        assert_eq!(log.durable_offset(), 3);
+        log.sync_if_due(ringmq_storage::now_ms()).await.unwrap();
+        assert_eq!(log.durable_offset(), 3, "interval not yet passed");
+        log.sync_if_due(ringmq_storage::now_ms() + 60_001).await.unwrap();
+        assert_eq!(log.durable_offset(), 4);
+    });
+}
+
+#[test]
+fn timestamp_lookup_finds_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, small_config()).await;
+        // Timestamps rise with small dips, across several segments.
+        let mut all = Vec::new(); // (offset, timestamp)
+        let mut ts = 10_000i64;
+        for i in 0..150u64 {
+            let n = 1 + (i % 4) as usize;
+            let recs: Vec<Record> = (0..n)
+                .map(|j| {
+                    let t = ts + ((i * 7 + j as u64) % 13) as i64 - 6;
+                    Record { value: Some(vec![i as u8; 700]), timestamp_ms: t, ..Default::default() }
+                })
+                .collect();
+            let at = log.append(bm(&batch::encode_batch(&recs))).await.unwrap();
+            for (j, r) in recs.iter().enumerate() {
+                all.push((at.base_offset + j as i64, r.timestamp_ms));
+            }
+            ts += 20;
+        }
+        assert!(log.segment_count() > 2);
+        for target in (9_990..ts + 20).step_by(7) {
+            // Batch-level semantics: the first record with timestamp ≥ target within
+            // the first batch whose max timestamp reaches it.
+            let expect = all.iter().find(|(_, t)| *t >= target).map(|(o, _)| *o);
+            let got = log.offset_for_timestamp(target).await.unwrap();
+            match (expect, got) {
+                (None, None) => {}
+                (Some(e), Some(g)) => {
+                    let gt = all.iter().find(|(o, _)| *o == g).unwrap().1;
+                    assert!(gt >= target, "offset {g} has timestamp {gt} < {target}");
+                    assert!(g <= e + 4, "target {target}: expected about {e}, got {g}");
+                    assert!(all.iter().filter(|(o, _)| *o < g).all(|(_, t)| *t < target) || g <= e);
+                }
+                other => panic!("target {target}: {other:?}"),
+            }
+        }
+        assert_eq!(log.offset_for_timestamp(i64::MAX).await.unwrap(), None);
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+    });
+}
+
+#[test]
+fn log_append_time_stamps_batches_with_the_broker_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config() }).await;
+        let at = log.append_at(bm(&make_batch(1, 3, 10, 5)), 777_000).await.unwrap();
+        assert_eq!(at.log_append_time_ms, 777_000);
+        let stored = log.read(0, 1 << 20).await.unwrap().to_bytes().await.unwrap();
+        let info = batch::validate(&stored, usize::MAX).unwrap();
+        assert_eq!(info.max_timestamp, 777_000);
+        assert_eq!(log.offset_for_timestamp(700_000).await.unwrap(), Some(0));
+    });
+}
+
+#[test]
+fn retention_deletes_old_segments_without_breaking_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, small_config()).await;
+        for i in 0..400u64 {
+            log.append_at(bm(&make_batch(i, 2, 500, 1_000 + i as i64)), 0).await.unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(segments >= 5);
+        // A read of the oldest segment in progress.
+        let held = log.read(0, 4096).await.unwrap();
+        let expected = held.to_bytes().await.unwrap();
+
+        let mut cfg = log.config();
+        cfg.retention_bytes = Some(150 << 10);
+        log.set_config(cfg.clone()).unwrap();
+        let size_before = log.size_bytes();
+        let out = log.apply_retention(10_000).await.unwrap();
+        assert!(out.segments_deleted > 0);
+        assert!(log.size_bytes() >= 150 << 10, "never below the retained size");
+        assert!(log.size_bytes() - 0 < size_before);
+        assert_eq!(log.start_offset(), out.start_offset);
+        assert!(out.start_offset > 0);
+        // The read that held the deleted segment still completes with the same bytes.
+        assert_eq!(held.to_bytes().await.unwrap(), expected);
+        // Offsets below the start are now out of range.
+        assert_eq!(log.read(0, 10).await.unwrap_err().kind(), ErrorKind::OffsetOutOfRange);
+        // Retention by time: all closed segments are older than an hour at t = 1h + 2s.
+        cfg.retention_bytes = None;
+        cfg.retention_ms = Some(3_600_000);
+        log.set_config(cfg).unwrap();
+        let out = log.apply_retention(3_600_000 + 1_000 + 2_000).await.unwrap();
+        assert!(out.segments_deleted > 0);
+        assert_eq!(log.segment_count(), 1, "only the active segment is left");
+        let left = read_all(&log).await;
+        assert_eq!(left.first().unwrap().0, log.start_offset());
+        drop(log);
+        // The start offset survives a restart.
+        let log = open(&path, small_config()).await;
+        assert_eq!(read_all(&log).await, left);
+    });
+}
+
+#[test]
+fn truncate_to_and_leader_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(&path, small_config()).await;
+        log.set_leader_epoch(1).await.unwrap();
+        let mut bases = Vec::new();
+        for i in 0..120u64 {
+            if i == 60 {
+                log.set_leader_epoch(2).await.unwrap();
+            }
+            bases.push(log.append(bm(&make_batch(i, 2, 400, 0))).await.unwrap().base_offset);
+        }
+        assert_eq!(log.leader_epochs(), vec![(1, 0), (2, bases[60])]);
+        let stored = log.read(bases[70], 1).await.unwrap().to_bytes().await.unwrap();
+        assert_eq!(batch::parse_header(&stored).unwrap().leader_epoch, 2);
+        // Cut into an earlier, closed segment.
+        let cut = bases[30];
+        log.truncate_to(cut).await.unwrap();
+        assert_eq!(log.end_offset(), cut);
+        assert_eq!(log.leader_epochs(), vec![(1, 0)]);
+        assert!(log.truncate_to(cut + 100).await.is_err());
+        let got = read_all(&log).await;
+        assert_eq!(got.len(), 30);
+        let at = log.append(bm(&make_batch(500, 1, 10, 0))).await.unwrap();
+        assert_eq!(at.base_offset, cut);
+        drop(log);
+        let log = open(&path, small_config()).await;
+        assert_eq!(log.end_offset(), cut + 1);
+        assert_eq!(read_all(&log).await.len(), 31);
+        assert_eq!(log.leader_epochs(), vec![(1, 0)]);
+    });
+}
+
+#[test]
+fn idle_partition_stays_within_64_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        // Default settings (1 GiB segments, 1 MiB tail cache), 16 MiB of data.
+        let log = open(&path, LogConfig::default()).await;
+        for i in 0..17u64 {
+            log.append(bm(&make_batch(i, 15, 64 << 10, 0))).await.unwrap();
+        }
+        assert!(log.memory_bytes() > 64 << 10, "the tail cache is in use while hot");
+        log.release_memory();
+        let idle = log.memory_bytes();
+        assert!(idle <= 64 << 10, "idle partition holds {idle} bytes");
+        // Still fully readable after releasing.
+        assert_eq!(read_all(&log).await.len(), 17);
+    });
+}
