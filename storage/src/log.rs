@@ -359,6 +359,7 @@ async fn scan_segment(
     start_offset: i64,
     builder: &mut SegmentIndexBuilder,
     interval: u32,
+    leader_epochs: &[(i32, i64)],
 ) -> Result<ScanEnd> {
     let mut pos = start_pos;
     let mut expected = start_offset;
@@ -422,10 +423,31 @@ async fn scan_segment(
                 )),
             );
         }
+        let epoch = epoch_at(leader_epochs, info.base_offset);
+        if info.leader_epoch != epoch {
+            return end(
+                pos,
+                expected,
+                Some(format!(
+                    "batch at position {pos} carries leader epoch {} where the checkpoint says {epoch}",
+                    info.leader_epoch
+                )),
+            );
+        }
         builder.on_batch(segment_base, pos, &info, interval);
         pos += size as u64;
         expected = info.next_offset();
     }
+}
+
+/// The leader epoch in force at `offset` by the checkpoint, -1 before the first.
+fn epoch_at(leader_epochs: &[(i32, i64)], offset: i64) -> i32 {
+    leader_epochs
+        .iter()
+        .rev()
+        .find(|&&(_, start)| start <= offset)
+        .map(|&(e, _)| e)
+        .unwrap_or(-1)
 }
 
 /// A batch header found by [`HeaderScan`].
@@ -560,7 +582,7 @@ impl PartitionLog {
                 None => {
                     let file = SegmentFile::open(&path).await?;
                     let mut b = SegmentIndexBuilder::new(base);
-                    let scan = scan_segment(&file, base, 0, base, &mut b, interval).await?;
+                    let scan = scan_segment(&file, base, 0, base, &mut b, interval, &leader_epochs).await?;
                     report.segments_scanned += 1;
                     let file_size = io::file_size(&path).await?;
                     if scan.damage.is_some() || scan.next_offset != next_base {
@@ -635,11 +657,11 @@ impl PartitionLog {
                     if start_pos == 0 {
                         builder.bytes_since_entry = 0;
                     }
-                    scan_segment(&file, active_base, start_pos, start_offset, &mut builder, interval).await?
+                    scan_segment(&file, active_base, start_pos, start_offset, &mut builder, interval, &leader_epochs).await?
                 }
                 _ => {
                     report.segments_scanned += 1;
-                    scan_segment(&file, active_base, 0, active_base, &mut builder, interval).await?
+                    scan_segment(&file, active_base, 0, active_base, &mut builder, interval, &leader_epochs).await?
                 }
             };
             if let Some(reason) = &scan.damage {
@@ -879,9 +901,10 @@ impl PartitionLog {
             let mut s = self.state.borrow_mut();
             let base = s.next_offset;
             batch::set_base_offset(&mut batch, base);
-            if let Some(&(epoch, _)) = s.leader_epochs.last() {
-                batch::set_leader_epoch(&mut batch, epoch);
-            }
+            // Always stamped, so recovery can check every batch against the
+            // leader-epoch checkpoint (the field lies outside the CRC).
+            let epoch = s.leader_epochs.last().map(|&(e, _)| e).unwrap_or(-1);
+            batch::set_leader_epoch(&mut batch, epoch);
             let mut append_time = -1;
             if s.config.timestamp_type == TimestampType::LogAppendTime {
                 batch::set_log_append_time(&mut batch, now_ms);
@@ -1287,9 +1310,12 @@ impl PartitionLog {
             Some(ix) => ix,
             None => {
                 tracing::warn!(dir = %self.dir.display(), segment = seg.base_offset, "index missing or damaged; rebuilding from the log");
-                let interval = self.state.borrow().config.index_interval_bytes;
+                let (interval, epochs) = {
+                    let s = self.state.borrow();
+                    (s.config.index_interval_bytes, s.leader_epochs.clone())
+                };
                 let mut b = SegmentIndexBuilder::new(seg.base_offset);
-                let scan = scan_segment(&file, seg.base_offset, 0, seg.base_offset, &mut b, interval).await?;
+                let scan = scan_segment(&file, seg.base_offset, 0, seg.base_offset, &mut b, interval, &epochs).await?;
                 if scan.damage.is_some() || scan.valid_end != seg.size_bytes {
                     return Err(Error::Corrupt {
                         what: "closed segment (batches fail validation)",

@@ -48,10 +48,11 @@ pub fn bm(b: &[u8]) -> BytesMut {
     BytesMut::from(b)
 }
 
-/// Hash of a batch's bytes ignoring the broker-assigned base offset.
+/// Hash of a batch's bytes ignoring the broker-assigned base offset and leader epoch.
 pub fn content_hash(b: &[u8]) -> u64 {
     let mut c = b.to_vec();
     batch::set_base_offset(&mut c, 0);
+    batch::set_leader_epoch(&mut c, -1);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     c.hash(&mut h);
     h.finish()
