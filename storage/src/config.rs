@@ -75,7 +75,7 @@ pub struct LogConfig {
     /// Recent batches kept in memory to serve hot reads. Default 1 MiB.
     pub tail_cache_bytes_max: usize,
     /// Appended bytes waiting for the flush driver; appends wait beyond this.
-    /// Default 8 MiB.
+    /// Default 32 MiB.
     pub write_buffer_bytes_max: usize,
     /// Direct or buffered writes.
     pub io_mode: IoMode,

@@ -532,7 +532,9 @@ impl PartitionLog {
         cache: Rc<SegmentCache>,
     ) -> Result<Rc<Self>> {
         config.validate()?;
-        let dir = dir.into();
+        // glommio opens files relative to no directory (dirfd -1): paths must be
+        // absolute. `absolute` only consults the working directory.
+        let dir = std::path::absolute(dir.into()).map_err(|e| Error::io("resolving", ".", e))?;
         io::create_dir_all(&dir).await?;
         let names = io::list_dir(&dir).await?;
         let stale: Vec<PathBuf> = names
@@ -1080,6 +1082,16 @@ impl PartitionLog {
                 }
             }
             self.changed.notify_all();
+            if self.state.borrow().pending.is_empty() {
+                // Acknowledged: extend the segment's runway off the append path.
+                let writer = self.state.borrow_mut().writer.take();
+                let mut writer = writer.expect("writer present while driving");
+                let r = writer.prepare_ahead().await;
+                self.state.borrow_mut().writer = Some(writer);
+                if let Err(e) = r {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "segment preallocation failed");
+                }
+            }
             let s = self.state.borrow();
             if s.pending.is_empty() && !s.sync_requested {
                 return;
