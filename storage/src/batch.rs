@@ -412,7 +412,11 @@ pub struct Record {
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch holds at least one record");
     let base_ts = records[0].timestamp_ms;
-    let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(base_ts);
+    let max_ts = records
+        .iter()
+        .map(|r| r.timestamp_ms)
+        .max()
+        .unwrap_or(base_ts);
     let mut out = vec![0u8; HEADER_BYTES];
     let mut rec = Vec::new();
     for (i, r) in records.iter().enumerate() {

@@ -24,7 +24,9 @@ impl std::str::FromStr for FlushPolicy {
     type Err = String;
     /// `every_batch`, `never`, `interval_ms:N`, `bytes:N`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("bad flush policy {s:?}: expected every_batch, interval_ms:N, bytes:N or never");
+        let bad = || {
+            format!("bad flush policy {s:?}: expected every_batch, interval_ms:N, bytes:N or never")
+        };
         match s {
             "every_batch" => Ok(FlushPolicy::EveryBatch),
             "never" => Ok(FlushPolicy::Never),
@@ -123,7 +125,10 @@ impl LogConfig {
             ));
         }
         if self.message_bytes_max as u64 > SEGMENT_BYTES_LIMIT {
-            return fail(format!("message_bytes_max {} is too large", self.message_bytes_max));
+            return fail(format!(
+                "message_bytes_max {} is too large",
+                self.message_bytes_max
+            ));
         }
         if self.write_buffer_bytes_max < self.message_bytes_max {
             return fail(format!(

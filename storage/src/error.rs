@@ -172,7 +172,11 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(context: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+    pub(crate) fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
         Error::Io {
             context,
             path: path.into(),

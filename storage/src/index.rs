@@ -295,10 +295,22 @@ mod tests {
     #[test]
     fn time_index_scan_start() {
         let mut t = TimeIndex::new();
-        assert!(t.push(TimeEntry { timestamp_ms: 100, relative_offset: 0 }));
-        assert!(t.push(TimeEntry { timestamp_ms: 200, relative_offset: 5 }));
-        assert!(!t.push(TimeEntry { timestamp_ms: 150, relative_offset: 7 }));
-        assert!(t.push(TimeEntry { timestamp_ms: 300, relative_offset: 9 }));
+        assert!(t.push(TimeEntry {
+            timestamp_ms: 100,
+            relative_offset: 0
+        }));
+        assert!(t.push(TimeEntry {
+            timestamp_ms: 200,
+            relative_offset: 5
+        }));
+        assert!(!t.push(TimeEntry {
+            timestamp_ms: 150,
+            relative_offset: 7
+        }));
+        assert!(t.push(TimeEntry {
+            timestamp_ms: 300,
+            relative_offset: 9
+        }));
         assert_eq!(t.scan_start(50), 0);
         assert_eq!(t.scan_start(100), 0);
         assert_eq!(t.scan_start(101), 0);

@@ -48,6 +48,7 @@ pub use config::{FlushPolicy, LogConfig, SEGMENT_BYTES_LIMIT};
 pub use error::{BatchError, Error, ErrorKind, Result};
 pub use io::{IoMode, SegmentCache, SegmentFile};
 pub use log::{
-    AppendInfo, LogStats, PartitionLog, ReadChunk, ReadResult, RecoveryReport, RetentionOutcome, now_ms,
+    AppendInfo, LogStats, PartitionLog, ReadChunk, ReadResult, RecoveryReport, RetentionOutcome,
+    now_ms,
 };
 pub use notify::Notify;

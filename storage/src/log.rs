@@ -391,7 +391,11 @@ async fn scan_segment(
             return end(pos, expected, damage);
         };
         if size > batch::LOG_OVERHEAD_BYTES + i32::MAX as usize / 2 {
-            return end(pos, expected, Some(format!("absurd batch size {size} at position {pos}")));
+            return end(
+                pos,
+                expected,
+                Some(format!("absurd batch size {size} at position {pos}")),
+            );
         }
         if buf.len() < rel + size {
             buf = file.read_some(pos, size.max(SCAN_CHUNK_BYTES)).await?;
@@ -401,7 +405,10 @@ async fn scan_segment(
                 return end(
                     pos,
                     expected,
-                    Some(format!("batch at position {pos} is torn ({} of {size} bytes)", buf.len())),
+                    Some(format!(
+                        "batch at position {pos} is torn ({} of {size} bytes)",
+                        buf.len()
+                    )),
                 );
             }
         }
@@ -411,7 +418,11 @@ async fn scan_segment(
             Err(e) => return end(pos, expected, Some(format!("batch at position {pos}: {e}"))),
         };
         if !batch::crc_matches(b) {
-            return end(pos, expected, Some(format!("batch at position {pos} fails its CRC32C")));
+            return end(
+                pos,
+                expected,
+                Some(format!("batch at position {pos} fails its CRC32C")),
+            );
         }
         if info.base_offset != expected || info.last_offset_delta < 0 {
             return end(
@@ -496,12 +507,13 @@ impl<'a> HeaderScan<'a> {
             }
         }
         let rel = (self.pos - self.buf_start) as usize;
-        let info = batch::parse_header(&self.buf[rel..rel + batch::HEADER_BYTES]).map_err(|_| {
-            Error::Corrupt {
-                what: "batch header in a recovered segment",
-                path: self.file.path().to_owned(),
-            }
-        })?;
+        let info =
+            batch::parse_header(&self.buf[rel..rel + batch::HEADER_BYTES]).map_err(|_| {
+                Error::Corrupt {
+                    what: "batch header in a recovered segment",
+                    path: self.file.path().to_owned(),
+                }
+            })?;
         let h = Header {
             position: self.pos,
             info,
@@ -584,13 +596,17 @@ impl PartitionLog {
                 None => {
                     let file = SegmentFile::open(&path).await?;
                     let mut b = SegmentIndexBuilder::new(base);
-                    let scan = scan_segment(&file, base, 0, base, &mut b, interval, &leader_epochs).await?;
+                    let scan = scan_segment(&file, base, 0, base, &mut b, interval, &leader_epochs)
+                        .await?;
                     report.segments_scanned += 1;
                     let file_size = io::file_size(&path).await?;
                     if scan.damage.is_some() || scan.next_offset != next_base {
                         // Damage inside a closed segment: it becomes the end of the log.
                         let reason = scan.damage.unwrap_or_else(|| {
-                            format!("segment ends at offset {} but the next starts at {next_base}", scan.next_offset)
+                            format!(
+                                "segment ends at offset {} but the next starts at {next_base}",
+                                scan.next_offset
+                            )
                         });
                         tracing::warn!(dir = %dir.display(), segment = base, %reason, "corrupt segment: truncating the log here");
                         report.truncated_bytes += file_size - scan.valid_end;
@@ -628,7 +644,9 @@ impl PartitionLog {
         if !bases.contains(&active_base) || bases.is_empty() {
             unreachable!("active segment comes from the listing");
         }
-        let exists = names.iter().any(|n| parse_segment_name(n) == Some(active_base));
+        let exists = names
+            .iter()
+            .any(|n| parse_segment_name(n) == Some(active_base));
         let mut builder = SegmentIndexBuilder::new(active_base);
         let scan = if exists {
             let file = SegmentFile::open(&path).await?;
@@ -643,27 +661,53 @@ impl PartitionLog {
             let scan = match loaded {
                 Some((index, time_index)) if clean => {
                     let (start_pos, start_offset) = match index.floor_offset(u32::MAX) {
-                        Some(e) => (u64::from(e.position), active_base + i64::from(e.relative_offset)),
+                        Some(e) => (
+                            u64::from(e.position),
+                            active_base + i64::from(e.relative_offset),
+                        ),
                         None => (0, active_base),
                     };
                     builder.index = index;
                     builder.time_index = time_index;
                     if let Some(t) = builder.time_index.last() {
                         builder.max_timestamp_ms = t.timestamp_ms;
-                        builder.offset_of_max_timestamp = active_base + i64::from(t.relative_offset);
+                        builder.offset_of_max_timestamp =
+                            active_base + i64::from(t.relative_offset);
                     }
                     // Entries at or past the start are re-added by the scan.
-                    builder.index.truncate_from((start_offset - active_base) as u32);
-                    builder.time_index.truncate_from((start_offset - active_base) as u32 + 1);
+                    builder
+                        .index
+                        .truncate_from((start_offset - active_base) as u32);
+                    builder
+                        .time_index
+                        .truncate_from((start_offset - active_base) as u32 + 1);
                     builder.bytes_since_entry = u64::from(interval);
                     if start_pos == 0 {
                         builder.bytes_since_entry = 0;
                     }
-                    scan_segment(&file, active_base, start_pos, start_offset, &mut builder, interval, &leader_epochs).await?
+                    scan_segment(
+                        &file,
+                        active_base,
+                        start_pos,
+                        start_offset,
+                        &mut builder,
+                        interval,
+                        &leader_epochs,
+                    )
+                    .await?
                 }
                 _ => {
                     report.segments_scanned += 1;
-                    scan_segment(&file, active_base, 0, active_base, &mut builder, interval, &leader_epochs).await?
+                    scan_segment(
+                        &file,
+                        active_base,
+                        0,
+                        active_base,
+                        &mut builder,
+                        interval,
+                        &leader_epochs,
+                    )
+                    .await?
                 }
             };
             if let Some(reason) = &scan.damage {
@@ -1107,7 +1151,8 @@ impl PartitionLog {
             let (roll, segment_bytes) = {
                 let s = self.state.borrow();
                 let size = s.active.size_bytes;
-                let full = size > 0 && size + batches[i].bytes.len() as u64 > s.config.segment_bytes;
+                let full =
+                    size > 0 && size + batches[i].bytes.len() as u64 > s.config.segment_bytes;
                 let old = size > 0 && now - s.active.created_ms >= s.config.segment_ms as i64;
                 (full || old, s.config.segment_bytes)
             };
@@ -1151,7 +1196,8 @@ impl PartitionLog {
                 s.active.size_bytes += b.bytes.len() as u64;
                 s.written_offset = b.info.next_offset();
                 s.unsynced_bytes += b.bytes.len() as u64;
-                s.tail.push(b.info.base_offset, b.info.next_offset(), b.bytes.clone());
+                s.tail
+                    .push(b.info.base_offset, b.info.next_offset(), b.bytes.clone());
             }
             i = j;
         }
@@ -1161,7 +1207,17 @@ impl PartitionLog {
     /// Closes the active segment (cut to size, synced, indexes written) and starts a
     /// new one at the next offset. Called only by the flush driver.
     async fn roll(&self, now: i64) -> Result<()> {
-        let (writer, base, mut builder_index, mut builder_time, max_ts, offset_of_max, next, mode, step) = {
+        let (
+            writer,
+            base,
+            mut builder_index,
+            mut builder_time,
+            max_ts,
+            offset_of_max,
+            next,
+            mode,
+            step,
+        ) = {
             let mut s = self.state.borrow_mut();
             let writer = s.writer.take().expect("writer present while driving");
             let b = &s.active.builder;
@@ -1260,7 +1316,12 @@ impl PartitionLog {
             if offset >= s.active.base_offset {
                 let a = &s.active;
                 let rel = (offset - a.base_offset) as u32;
-                let start_hint = a.builder.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                let start_hint = a
+                    .builder
+                    .index
+                    .floor_offset(rel)
+                    .map(|e| u64::from(e.position))
+                    .unwrap_or(0);
                 let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
                 let upper_rel = (upper - 1 - a.base_offset).max(0) as u32;
                 let end_hint = end_hint(&a.builder.index, limit, upper_rel);
@@ -1299,7 +1360,11 @@ impl PartitionLog {
         };
         let open = self.open_closed(&seg).await?;
         let rel = (offset - seg.base_offset) as u32;
-        let start_hint = open.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+        let start_hint = open
+            .index
+            .floor_offset(rel)
+            .map(|e| u64::from(e.position))
+            .unwrap_or(0);
         let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
         let upper_rel = (upper.min(seg.next_offset) - 1 - seg.base_offset).max(0) as u32;
         Ok(SegmentView {
@@ -1318,7 +1383,9 @@ impl PartitionLog {
             return Ok(open);
         }
         let file = Rc::new(SegmentFile::open(&path).await?);
-        let (index, time_index) = match load_indexes(&self.dir, seg.base_offset, seg.size_bytes).await? {
+        let (index, time_index) = match load_indexes(&self.dir, seg.base_offset, seg.size_bytes)
+            .await?
+        {
             Some(ix) => ix,
             None => {
                 tracing::warn!(dir = %self.dir.display(), segment = seg.base_offset, "index missing or damaged; rebuilding from the log");
@@ -1327,7 +1394,16 @@ impl PartitionLog {
                     (s.config.index_interval_bytes, s.leader_epochs.clone())
                 };
                 let mut b = SegmentIndexBuilder::new(seg.base_offset);
-                let scan = scan_segment(&file, seg.base_offset, 0, seg.base_offset, &mut b, interval, &epochs).await?;
+                let scan = scan_segment(
+                    &file,
+                    seg.base_offset,
+                    0,
+                    seg.base_offset,
+                    &mut b,
+                    interval,
+                    &epochs,
+                )
+                .await?;
                 if scan.damage.is_some() || scan.valid_end != seg.size_bytes {
                     return Err(Error::Corrupt {
                         what: "closed segment (batches fail validation)",
@@ -1359,7 +1435,11 @@ impl PartitionLog {
         let (target, upper) = {
             let s = self.state.borrow();
             let upper = Self::committed(&s);
-            let closed = s.closed.values().find(|c| c.max_timestamp_ms >= timestamp_ms).copied();
+            let closed = s
+                .closed
+                .values()
+                .find(|c| c.max_timestamp_ms >= timestamp_ms)
+                .copied();
             match closed {
                 Some(c) => (Target::Closed(c), upper),
                 None => {
@@ -1368,7 +1448,12 @@ impl PartitionLog {
                         return Ok(None);
                     }
                     let rel = a.builder.time_index.scan_start(timestamp_ms);
-                    let pos = a.builder.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                    let pos = a
+                        .builder
+                        .index
+                        .floor_offset(rel)
+                        .map(|e| u64::from(e.position))
+                        .unwrap_or(0);
                     (Target::Active(a.reader.clone(), pos, a.size_bytes), upper)
                 }
             }
@@ -1378,7 +1463,11 @@ impl PartitionLog {
             Target::Closed(c) => {
                 let open = self.open_closed(&c).await?;
                 let rel = open.time_index.scan_start(timestamp_ms);
-                let pos = open.index.floor_offset(rel).map(|e| u64::from(e.position)).unwrap_or(0);
+                let pos = open
+                    .index
+                    .floor_offset(rel)
+                    .map(|e| u64::from(e.position))
+                    .unwrap_or(0);
                 (open.file.clone(), c.size_bytes, pos)
             }
         };
@@ -1416,14 +1505,17 @@ impl PartitionLog {
     pub async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let doomed: Vec<ClosedSegment> = {
             let mut s = self.state.borrow_mut();
-            let mut total: u64 = s.closed.values().map(|c| c.size_bytes).sum::<u64>() + s.active.size_bytes;
+            let mut total: u64 =
+                s.closed.values().map(|c| c.size_bytes).sum::<u64>() + s.active.size_bytes;
             let mut doomed = Vec::new();
             for c in s.closed.values() {
-                let by_size = s.config.retention_bytes.is_some_and(|max| total - c.size_bytes >= max);
-                let by_time = s
+                let by_size = s
                     .config
-                    .retention_ms
-                    .is_some_and(|ms| c.max_timestamp_ms >= 0 && now_ms - c.max_timestamp_ms > ms as i64);
+                    .retention_bytes
+                    .is_some_and(|max| total - c.size_bytes >= max);
+                let by_time = s.config.retention_ms.is_some_and(|ms| {
+                    c.max_timestamp_ms >= 0 && now_ms - c.max_timestamp_ms > ms as i64
+                });
                 if !(by_size || by_time) {
                     break;
                 }
@@ -1476,10 +1568,16 @@ impl PartitionLog {
         let (start, end, busy) = {
             let s = self.state.borrow();
             self.check_writable(&s)?;
-            (s.start_offset, s.written_offset, s.flushing || !s.pending.is_empty())
+            (
+                s.start_offset,
+                s.written_offset,
+                s.flushing || !s.pending.is_empty(),
+            )
         };
         if busy {
-            return Err(Error::InvalidConfig("truncate_to while appends are in flight".into()));
+            return Err(Error::InvalidConfig(
+                "truncate_to while appends are in flight".into(),
+            ));
         }
         if offset < start || offset > end {
             return Err(Error::OffsetOutOfRange { offset, start, end });
@@ -1500,10 +1598,29 @@ impl PartitionLog {
             let s = self.state.borrow();
             let step = s.config.preallocate_step_bytes.min(s.config.segment_bytes);
             if offset >= s.active.base_offset {
-                (s.active.base_offset, s.active.size_bytes, true, s.config.io_mode, step, s.config.index_interval_bytes)
+                (
+                    s.active.base_offset,
+                    s.active.size_bytes,
+                    true,
+                    s.config.io_mode,
+                    step,
+                    s.config.index_interval_bytes,
+                )
             } else {
-                let c = s.closed.range(..=offset).next_back().map(|(_, c)| *c).expect("offset within log");
-                (c.base_offset, c.size_bytes, false, s.config.io_mode, step, s.config.index_interval_bytes)
+                let c = s
+                    .closed
+                    .range(..=offset)
+                    .next_back()
+                    .map(|(_, c)| *c)
+                    .expect("offset within log");
+                (
+                    c.base_offset,
+                    c.size_bytes,
+                    false,
+                    s.config.io_mode,
+                    step,
+                    s.config.index_interval_bytes,
+                )
             }
         };
         // Find the byte position of `offset` by rescanning the segment: this is rare
@@ -1527,7 +1644,9 @@ impl PartitionLog {
         }
         let cut = if offset == seg_base { Some(0) } else { cut };
         let Some(cut) = cut else {
-            return Err(Error::InvalidConfig(format!("offset {offset} is not a batch boundary")));
+            return Err(Error::InvalidConfig(format!(
+                "offset {offset} is not a batch boundary"
+            )));
         };
         // Drop the writer of the current active segment and every later segment.
         let old_writer = self.state.borrow_mut().writer.take();
@@ -1561,23 +1680,24 @@ impl PartitionLog {
         let reader = Rc::new(SegmentFile::open(&path).await?);
         io::sync_dir(&self.dir).await?;
         write_recovery_point(&self.dir, seg_base).await?;
-        let mut s = self.state.borrow_mut();
-        s.closed.retain(|&b, _| b < seg_base);
-        s.active = ActiveSegment {
-            base_offset: seg_base,
-            size_bytes: cut,
-            created_ms: now_ms(),
-            builder,
-            reader,
+        let epochs = {
+            let mut s = self.state.borrow_mut();
+            s.closed.retain(|&b, _| b < seg_base);
+            s.active = ActiveSegment {
+                base_offset: seg_base,
+                size_bytes: cut,
+                created_ms: now_ms(),
+                builder,
+                reader,
+            };
+            s.writer = Some(writer);
+            s.next_offset = offset;
+            s.written_offset = offset;
+            s.durable_offset = offset;
+            s.tail.clear();
+            s.leader_epochs.retain(|&(_, start)| start < offset);
+            s.leader_epochs.clone()
         };
-        s.writer = Some(writer);
-        s.next_offset = offset;
-        s.written_offset = offset;
-        s.durable_offset = offset;
-        s.tail.clear();
-        s.leader_epochs.retain(|&(_, start)| start < offset);
-        let epochs = s.leader_epochs.clone();
-        drop(s);
         write_leader_epochs(&self.dir, &epochs).await?;
         tracing::warn!(dir = %self.dir.display(), offset, "log truncated");
         Ok(())
@@ -1594,7 +1714,9 @@ impl PartitionLog {
                 if epoch == last {
                     return Ok(());
                 }
-                return Err(Error::InvalidConfig(format!("leader epoch {epoch} is older than {last}")));
+                return Err(Error::InvalidConfig(format!(
+                    "leader epoch {epoch} is older than {last}"
+                )));
             }
             let start = s.next_offset;
             s.leader_epochs.push((epoch, start));
@@ -1650,12 +1772,23 @@ impl PartitionLog {
 
 /// A batch start within both the byte limit and the offset bound, from the index.
 fn end_hint(index: &OffsetIndex, limit_pos: u32, upper_rel: u32) -> u64 {
-    let by_pos = index.floor_position(limit_pos).map(|e| e.position).unwrap_or(0);
-    let by_off = index.floor_offset(upper_rel).map(|e| e.position).unwrap_or(0);
+    let by_pos = index
+        .floor_position(limit_pos)
+        .map(|e| e.position)
+        .unwrap_or(0);
+    let by_off = index
+        .floor_offset(upper_rel)
+        .map(|e| e.position)
+        .unwrap_or(0);
     u64::from(by_pos.min(by_off))
 }
 
-async fn read_from_segment(view: SegmentView, offset: i64, max_bytes: usize, upper: i64) -> Result<ReadResult> {
+async fn read_from_segment(
+    view: SegmentView,
+    offset: i64,
+    max_bytes: usize,
+    upper: i64,
+) -> Result<ReadResult> {
     // Find the batch holding `offset`.
     let mut scan = HeaderScan::new(&view.file, view.start_hint, view.size_bytes);
     let mut first = None;
@@ -1687,7 +1820,9 @@ async fn read_from_segment(view: SegmentView, offset: i64, max_bytes: usize, upp
     if view.end_hint > end {
         walk = HeaderScan::new(&view.file, view.end_hint, view.size_bytes);
         match walk.next().await? {
-            Some(h) if h.position + h.info.size_bytes as u64 <= limit && h.info.base_offset < upper => {
+            Some(h)
+                if h.position + h.info.size_bytes as u64 <= limit && h.info.base_offset < upper =>
+            {
                 end = h.position + h.info.size_bytes as u64;
                 next_offset = h.info.next_offset();
             }
@@ -1716,13 +1851,20 @@ async fn read_from_segment(view: SegmentView, offset: i64, max_bytes: usize, upp
     })
 }
 
-async fn load_indexes(dir: &Path, base: i64, segment_bytes: u64) -> Result<Option<(OffsetIndex, TimeIndex)>> {
+async fn load_indexes(
+    dir: &Path,
+    base: i64,
+    segment_bytes: u64,
+) -> Result<Option<(OffsetIndex, TimeIndex)>> {
     let ix = io::read_file(&dir.join(segment_name(base, "index"))).await?;
     let tx = io::read_file(&dir.join(segment_name(base, "timeindex"))).await?;
     let (Some(ix), Some(tx)) = (ix, tx) else {
         return Ok(None);
     };
-    match (OffsetIndex::decode(&ix, segment_bytes.max(1)), TimeIndex::decode(&tx)) {
+    match (
+        OffsetIndex::decode(&ix, segment_bytes.max(1)),
+        TimeIndex::decode(&tx),
+    ) {
         (Some(i), Some(t)) => Ok(Some((i, t))),
         _ => Ok(None),
     }
@@ -1730,14 +1872,20 @@ async fn load_indexes(dir: &Path, base: i64, segment_bytes: u64) -> Result<Optio
 
 async fn write_indexes(dir: &Path, base: i64, b: &SegmentIndexBuilder) -> Result<()> {
     io::write_file(&dir.join(segment_name(base, "index")), &b.index.encode()).await?;
-    io::write_file(&dir.join(segment_name(base, "timeindex")), &b.time_index.encode()).await
+    io::write_file(
+        &dir.join(segment_name(base, "timeindex")),
+        &b.time_index.encode(),
+    )
+    .await
 }
 
 async fn read_recovery_point(dir: &Path) -> Result<i64> {
     let Some(bytes) = io::read_file(&dir.join(RECOVERY_POINT_FILE)).await? else {
         return Ok(0);
     };
-    let parsed = std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<i64>().ok());
+    let parsed = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok());
     Ok(parsed.unwrap_or_else(|| {
         tracing::warn!(dir = %dir.display(), "unreadable recovery point; validating every segment");
         0
@@ -1745,7 +1893,11 @@ async fn read_recovery_point(dir: &Path) -> Result<i64> {
 }
 
 async fn write_recovery_point(dir: &Path, offset: i64) -> Result<()> {
-    io::write_file_atomic(&dir.join(RECOVERY_POINT_FILE), format!("{offset}\n").as_bytes()).await
+    io::write_file_atomic(
+        &dir.join(RECOVERY_POINT_FILE),
+        format!("{offset}\n").as_bytes(),
+    )
+    .await
 }
 
 /// Kafka's leader-epoch-checkpoint format: version, count, then `epoch start` lines.

@@ -80,7 +80,13 @@ fn acknowledged_batches_survive_sigkill() {
     for cycle in 0..cycles {
         let mode = if cycle % 2 == 0 { "direct" } else { "buffered" };
         let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DIR_ENV, &path)
             .env(CHILD_SEED_ENV, cycle.to_string())
             .env(CHILD_MODE_ENV, mode)
@@ -110,7 +116,10 @@ fn acknowledged_batches_survive_sigkill() {
         });
         let started = Instant::now();
         let first = rx.recv_timeout(Duration::from_secs(30));
-        assert!(first.is_ok(), "child produced no acknowledgement within 30 s");
+        assert!(
+            first.is_ok(),
+            "child produced no acknowledgement within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -139,7 +148,9 @@ fn acknowledged_batches_survive_sigkill() {
             assert_eq!(next, log.end_offset(), "the log ends on a batch boundary");
             for (o, h) in &want {
                 match seen.get(o) {
-                    Some(got) => assert_eq!(got, h, "batch at {o} differs from what was acknowledged"),
+                    Some(got) => {
+                        assert_eq!(got, h, "batch at {o} differs from what was acknowledged")
+                    }
                     None => panic!("acknowledged batch at offset {o} is missing after SIGKILL"),
                 }
             }
@@ -160,13 +171,22 @@ fn acknowledged_batches_survive_sigkill() {
 /// Builds a log of `n` batches without a clean shutdown; returns each batch's
 /// (base offset, end position in the active segment, content hash) for batches in the
 /// active segment and the active segment's path.
-async fn build_unclean(path: &std::path::Path, n: u64, seed: u64) -> (Vec<(i64, u64, u64)>, std::path::PathBuf) {
+async fn build_unclean(
+    path: &std::path::Path,
+    n: u64,
+    seed: u64,
+) -> (Vec<(i64, u64, u64)>, std::path::PathBuf) {
     let log = open(path, crash_config(IoMode::Direct)).await;
     log.set_leader_epoch(3).await.unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut batches = Vec::new();
     for i in 0..n {
-        let b = make_batch(seed * 1000 + i, rng.random_range(1..5), rng.random_range(50..2000), 0);
+        let b = make_batch(
+            seed * 1000 + i,
+            rng.random_range(1..5),
+            rng.random_range(50..2000),
+            0,
+        );
         let at = log.append(bm(&b)).await.unwrap();
         batches.push((at.base_offset, b.len() as u64, content_hash(&b)));
     }
@@ -178,7 +198,13 @@ async fn build_unclean(path: &std::path::Path, n: u64, seed: u64) -> (Vec<(i64, 
         .collect();
     logs.sort();
     let active = logs.pop().unwrap();
-    let active_base: i64 = active.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let active_base: i64 = active
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     drop(log); // no close(): the next open is an unclean recovery
     let mut pos = 0;
     let mut out = Vec::new();
@@ -205,7 +231,10 @@ fn torn_or_flipped_active_tail_keeps_exactly_the_batches_before_the_damage() {
         let damage_at = rng.random_range(0..data_end);
         let truncate = round % 2 == 0;
         if truncate {
-            let f = std::fs::OpenOptions::new().write(true).open(&active).unwrap();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&active)
+                .unwrap();
             f.set_len(damage_at).unwrap();
         } else {
             let mut bytes = std::fs::read(&active).unwrap();
@@ -221,7 +250,10 @@ fn torn_or_flipped_active_tail_keeps_exactly_the_batches_before_the_damage() {
             let active_first = want[0].0;
             let kept: Vec<_> = got.iter().filter(|(o, _)| *o >= active_first).collect();
             // Batches ending at or before the damage stay, the rest go.
-            let survivors: Vec<_> = want.iter().filter(|(_, end, _)| *end <= damage_at).collect();
+            let survivors: Vec<_> = want
+                .iter()
+                .filter(|(_, end, _)| *end <= damage_at)
+                .collect();
             assert_eq!(
                 kept.len(),
                 survivors.len(),
@@ -233,7 +265,10 @@ fn torn_or_flipped_active_tail_keeps_exactly_the_batches_before_the_damage() {
                 assert_eq!(content_hash(b), *wh);
             }
             if survivors.len() < want.len() {
-                assert!(report.truncated_bytes > 0 || truncate, "round {round}: truncation is reported");
+                assert!(
+                    report.truncated_bytes > 0 || truncate,
+                    "round {round}: truncation is reported"
+                );
             }
             // The log keeps working: the next append follows the last survivor.
             let expect_next = survivors.last().map(|(o, _, _)| *o).map(|o| {
@@ -266,7 +301,10 @@ fn damaged_index_files_are_rebuilt_and_reads_stay_correct() {
         let mut index_files: Vec<_> = std::fs::read_dir(&path)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "index" || e == "timeindex"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "index" || e == "timeindex")
+            })
             .collect();
         index_files.sort();
         assert!(index_files.len() >= 4);
@@ -288,7 +326,10 @@ fn damaged_index_files_are_rebuilt_and_reads_stay_correct() {
             let log = open(&p, crash_config(IoMode::Direct)).await;
             assert_eq!(read_all(&log).await, expected, "round {round}");
             // Timestamp lookups use the rebuilt time indexes.
-            assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(log.start_offset()));
+            assert_eq!(
+                log.offset_for_timestamp(0).await.unwrap(),
+                Some(log.start_offset())
+            );
         });
     }
 }

@@ -20,7 +20,12 @@ fn round_trip_across_segment_rolls_both_io_modes() {
             let log = open(&path, cfg.clone()).await;
             let mut sent = Vec::new();
             for i in 0..200u64 {
-                let b = make_batch(i, 1 + (i % 5) as usize, 100 + (i as usize * 37) % 900, 1000 + i as i64);
+                let b = make_batch(
+                    i,
+                    1 + (i % 5) as usize,
+                    100 + (i as usize * 37) % 900,
+                    1000 + i as i64,
+                );
                 let at = log.append(bm(&b)).await.unwrap();
                 sent.push((at.base_offset, b));
             }
@@ -38,7 +43,12 @@ fn round_trip_across_segment_rolls_both_io_modes() {
             assert!(log.recovery_report().clean_shutdown);
             assert_eq!(read_all(&log).await, got);
             let at = log.append(bm(&make_batch(999, 2, 10, 5))).await.unwrap();
-            assert_eq!(at.base_offset, sent.last().map(|(o, b)| o + batch::parse_header(b).unwrap().record_count as i64).unwrap());
+            assert_eq!(
+                at.base_offset,
+                sent.last()
+                    .map(|(o, b)| o + batch::parse_header(b).unwrap().record_count as i64)
+                    .unwrap()
+            );
         });
     }
 }
@@ -154,7 +164,10 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
         }
         assert_eq!(read_all(&log).await, before);
         let at = log.append(bm(&good)).await.unwrap();
-        assert_eq!(at.base_offset, end, "no offset was consumed by refused batches");
+        assert_eq!(
+            at.base_offset, end,
+            "no offset was consumed by refused batches"
+        );
     });
 }
 
@@ -163,13 +176,23 @@ fn group_commit_shares_syncs_between_concurrent_appends() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
     run(move || async move {
-        let log = open(&path, LogConfig { segment_bytes: 1 << 30, ..small_config() }).await;
+        let log = open(
+            &path,
+            LogConfig {
+                segment_bytes: 1 << 30,
+                ..small_config()
+            },
+        )
+        .await;
         let mut tasks = Vec::new();
         for t in 0..32u64 {
             let log = log.clone();
             tasks.push(glommio::spawn_local(async move {
                 for i in 0..20u64 {
-                    let at = log.append(bm(&make_batch(t * 1000 + i, 1, 100, 0))).await.unwrap();
+                    let at = log
+                        .append(bm(&make_batch(t * 1000 + i, 1, 100, 0)))
+                        .await
+                        .unwrap();
                     // Acknowledged means durable.
                     assert!(log.durable_offset() > at.last_offset);
                 }
@@ -180,7 +203,12 @@ fn group_commit_shares_syncs_between_concurrent_appends() {
         }
         let st = log.stats();
         assert_eq!(st.appends, 640);
-        assert!(st.syncs < st.appends / 4, "syncs {} for {} appends", st.syncs, st.appends);
+        assert!(
+            st.syncs < st.appends / 4,
+            "syncs {} for {} appends",
+            st.syncs,
+            st.appends
+        );
         assert_eq!(read_all(&log).await.len(), 640);
     });
 }
@@ -190,7 +218,14 @@ fn flush_policies_acknowledge_at_write_and_sync_when_due() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
     run(move || async move {
-        let log = open(&path, LogConfig { flush: FlushPolicy::Never, ..small_config() }).await;
+        let log = open(
+            &path,
+            LogConfig {
+                flush: FlushPolicy::Never,
+                ..small_config()
+            },
+        )
+        .await;
         log.append(bm(&make_batch(1, 1, 100, 0))).await.unwrap();
         assert_eq!(log.end_offset(), 1);
         assert_eq!(log.durable_offset(), 0, "never: no sync");
@@ -212,7 +247,9 @@ fn flush_policies_acknowledge_at_write_and_sync_when_due() {
         assert_eq!(log.durable_offset(), 3);
         log.sync_if_due(ringmq_storage::now_ms()).await.unwrap();
         assert_eq!(log.durable_offset(), 3, "interval not yet passed");
-        log.sync_if_due(ringmq_storage::now_ms() + 60_001).await.unwrap();
+        log.sync_if_due(ringmq_storage::now_ms() + 60_001)
+            .await
+            .unwrap();
         assert_eq!(log.durable_offset(), 4);
     });
 }
@@ -231,7 +268,11 @@ fn timestamp_lookup_finds_first_record_at_or_after() {
             let recs: Vec<Record> = (0..n)
                 .map(|j| {
                     let t = ts + ((i * 7 + j as u64) % 13) as i64 - 6;
-                    Record { value: Some(vec![i as u8; 700]), timestamp_ms: t, ..Default::default() }
+                    Record {
+                        value: Some(vec![i as u8; 700]),
+                        timestamp_ms: t,
+                        ..Default::default()
+                    }
                 })
                 .collect();
             let at = log.append(bm(&batch::encode_batch(&recs))).await.unwrap();
@@ -267,10 +308,26 @@ fn log_append_time_stamps_batches_with_the_broker_clock() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
     run(move || async move {
-        let log = open(&path, LogConfig { timestamp_type: TimestampType::LogAppendTime, ..small_config() }).await;
-        let at = log.append_at(bm(&make_batch(1, 3, 10, 5)), 777_000).await.unwrap();
+        let log = open(
+            &path,
+            LogConfig {
+                timestamp_type: TimestampType::LogAppendTime,
+                ..small_config()
+            },
+        )
+        .await;
+        let at = log
+            .append_at(bm(&make_batch(1, 3, 10, 5)), 777_000)
+            .await
+            .unwrap();
         assert_eq!(at.log_append_time_ms, 777_000);
-        let stored = log.read(0, 1 << 20).await.unwrap().to_bytes().await.unwrap();
+        let stored = log
+            .read(0, 1 << 20)
+            .await
+            .unwrap()
+            .to_bytes()
+            .await
+            .unwrap();
         let info = batch::validate(&stored, usize::MAX).unwrap();
         assert_eq!(info.max_timestamp, 777_000);
         assert_eq!(log.offset_for_timestamp(700_000).await.unwrap(), Some(0));
@@ -284,7 +341,9 @@ fn retention_deletes_old_segments_without_breaking_reads() {
     run(move || async move {
         let log = open(&path, small_config()).await;
         for i in 0..400u64 {
-            log.append_at(bm(&make_batch(i, 2, 500, 1_000 + i as i64)), 0).await.unwrap();
+            log.append_at(bm(&make_batch(i, 2, 500, 1_000 + i as i64)), 0)
+                .await
+                .unwrap();
         }
         let segments = log.segment_count();
         assert!(segments >= 5);
@@ -298,19 +357,28 @@ fn retention_deletes_old_segments_without_breaking_reads() {
         let size_before = log.size_bytes();
         let out = log.apply_retention(10_000).await.unwrap();
         assert!(out.segments_deleted > 0);
-        assert!(log.size_bytes() >= 150 << 10, "never below the retained size");
+        assert!(
+            log.size_bytes() >= 150 << 10,
+            "never below the retained size"
+        );
         assert!(log.size_bytes() - 0 < size_before);
         assert_eq!(log.start_offset(), out.start_offset);
         assert!(out.start_offset > 0);
         // The read that held the deleted segment still completes with the same bytes.
         assert_eq!(held.to_bytes().await.unwrap(), expected);
         // Offsets below the start are now out of range.
-        assert_eq!(log.read(0, 10).await.unwrap_err().kind(), ErrorKind::OffsetOutOfRange);
+        assert_eq!(
+            log.read(0, 10).await.unwrap_err().kind(),
+            ErrorKind::OffsetOutOfRange
+        );
         // Retention by time: all closed segments are older than an hour at t = 1h + 2s.
         cfg.retention_bytes = None;
         cfg.retention_ms = Some(3_600_000);
         log.set_config(cfg).unwrap();
-        let out = log.apply_retention(3_600_000 + 1_000 + 2_000).await.unwrap();
+        let out = log
+            .apply_retention(3_600_000 + 1_000 + 2_000)
+            .await
+            .unwrap();
         assert!(out.segments_deleted > 0);
         assert_eq!(log.segment_count(), 1, "only the active segment is left");
         let left = read_all(&log).await;
@@ -334,10 +402,21 @@ fn truncate_to_and_leader_epochs() {
             if i == 60 {
                 log.set_leader_epoch(2).await.unwrap();
             }
-            bases.push(log.append(bm(&make_batch(i, 2, 400, 0))).await.unwrap().base_offset);
+            bases.push(
+                log.append(bm(&make_batch(i, 2, 400, 0)))
+                    .await
+                    .unwrap()
+                    .base_offset,
+            );
         }
         assert_eq!(log.leader_epochs(), vec![(1, 0), (2, bases[60])]);
-        let stored = log.read(bases[70], 1).await.unwrap().to_bytes().await.unwrap();
+        let stored = log
+            .read(bases[70], 1)
+            .await
+            .unwrap()
+            .to_bytes()
+            .await
+            .unwrap();
         assert_eq!(batch::parse_header(&stored).unwrap().leader_epoch, 2);
         // Cut into an earlier, closed segment.
         let cut = bases[30];
@@ -365,9 +444,14 @@ fn idle_partition_stays_within_64_kib() {
         // Default settings (1 GiB segments, 1 MiB tail cache), 16 MiB of data.
         let log = open(&path, LogConfig::default()).await;
         for i in 0..17u64 {
-            log.append(bm(&make_batch(i, 15, 64 << 10, 0))).await.unwrap();
+            log.append(bm(&make_batch(i, 15, 64 << 10, 0)))
+                .await
+                .unwrap();
         }
-        assert!(log.memory_bytes() > 64 << 10, "the tail cache is in use while hot");
+        assert!(
+            log.memory_bytes() > 64 << 10,
+            "the tail cache is in use while hot"
+        );
         log.release_memory();
         let idle = log.memory_bytes();
         assert!(idle <= 64 << 10, "idle partition holds {idle} bytes");

@@ -131,7 +131,8 @@ async fn run(args: Args, io_mode: IoMode) -> anyhow::Result<()> {
             let log = log.clone();
             let batch = batch.clone();
             tasks.push(glommio::spawn_local(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let mut h =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
                 let mut bytes = 0u64;
                 while Instant::now() < deadline {
                     let t = Instant::now();
@@ -191,7 +192,10 @@ async fn run(args: Args, io_mode: IoMode) -> anyhow::Result<()> {
             appends as f64 / secs,
             mbps,
             syncs as f64 / appends.max(1) as f64,
-            p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            p.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     Ok(())

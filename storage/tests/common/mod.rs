@@ -83,12 +83,18 @@ pub async fn read_all(log: &PartitionLog) -> Vec<(i64, Vec<u8>)> {
     let end = log.committed_offset();
     while offset < end {
         let r = log.read(offset, 16 << 10).await.expect("read");
-        assert!(!r.is_empty(), "read at {offset} below committed {end} returned nothing");
+        assert!(
+            !r.is_empty(),
+            "read at {offset} below committed {end} returned nothing"
+        );
         let bytes = r.to_bytes().await.expect("bytes");
         let mut pos = 0;
         while pos < bytes.len() {
-            let info = batch::validate(&bytes[pos..pos + batch::peek_frame(&bytes[pos..]).unwrap().1], usize::MAX)
-                .expect("stored batch is valid");
+            let info = batch::validate(
+                &bytes[pos..pos + batch::peek_frame(&bytes[pos..]).unwrap().1],
+                usize::MAX,
+            )
+            .expect("stored batch is valid");
             out.push((info.base_offset, bytes[pos..pos + info.size_bytes].to_vec()));
             pos += info.size_bytes;
         }
