@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
 #[derive(Parser)]
-#[command(name = "ringmq", version, about = "A durable, partitioned message log: thread-per-core on io_uring")]
+#[command(
+    name = "ringmq",
+    version,
+    about = "A durable, partitioned message log: thread-per-core on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

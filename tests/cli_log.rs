@@ -17,9 +17,15 @@ fn log_reports_offsets_and_recovery() {
     let p = path.clone();
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
-            let log = PartitionLog::open(&p, LogConfig::default(), SegmentCache::new(4)).await.unwrap();
+            let log = PartitionLog::open(&p, LogConfig::default(), SegmentCache::new(4))
+                .await
+                .unwrap();
             for i in 0..10 {
-                let r = Record { value: Some(vec![i; 100]), timestamp_ms: 1, ..Default::default() };
+                let r = Record {
+                    value: Some(vec![i; 100]),
+                    timestamp_ms: 1,
+                    ..Default::default()
+                };
                 let b = encode_batch(&vec![r; 3]);
                 log.append(BytesMut::from(&b[..])).await.unwrap();
             }
@@ -36,23 +42,39 @@ fn log_reports_offsets_and_recovery() {
     std::fs::write(&seg, &bytes).unwrap();
 
     let out = ringmq().arg("log").arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("start offset    0"), "{text}");
-    assert!(text.contains("end offset      27"), "the torn last batch is cut: {text}");
+    assert!(
+        text.contains("end offset      27"),
+        "the torn last batch is cut: {text}"
+    );
     assert!(text.contains("clean shutdown  false"), "{text}");
     assert!(text.contains("fails its CRC32C"), "{text}");
     // The tool closed the log cleanly: a second look scans nothing.
     let text = String::from_utf8(ringmq().arg("log").arg(&path).output().unwrap().stdout).unwrap();
-    assert!(text.contains("clean shutdown  true") && text.contains("end offset      27"), "{text}");
+    assert!(
+        text.contains("clean shutdown  true") && text.contains("end offset      27"),
+        "{text}"
+    );
 }
 
 #[test]
 fn log_on_a_missing_directory_is_a_clear_error() {
-    let out = ringmq().args(["log", "/nonexistent/ringmq/dir"]).output().unwrap();
+    let out = ringmq()
+        .args(["log", "/nonexistent/ringmq/dir"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("error: /nonexistent/ringmq/dir is not a directory"), "{err}");
+    assert!(
+        err.contains("error: /nonexistent/ringmq/dir is not a directory"),
+        "{err}"
+    );
 }
 
 #[test]
