@@ -147,7 +147,8 @@ fn bad_batches_are_refused_and_leave_the_log_unchanged() {
         zero[57..61].copy_from_slice(&0i32.to_be_bytes());
         batch::fix_crc(&mut zero);
 
-        let cases: Vec<(Vec<u8>, fn(&BatchError) -> bool)> = vec![
+        type Check = fn(&BatchError) -> bool;
+        let cases: Vec<(Vec<u8>, Check)> = vec![
             (wrong_crc, |e| matches!(e, BatchError::CrcMismatch { .. })),
             (wrong_len, |e| matches!(e, BatchError::BadLength { .. })),
             (wrong_magic, |e| matches!(e, BatchError::BadMagic { .. })),
@@ -361,7 +362,7 @@ fn retention_deletes_old_segments_without_breaking_reads() {
             log.size_bytes() >= 150 << 10,
             "never below the retained size"
         );
-        assert!(log.size_bytes() - 0 < size_before);
+        assert!(log.size_bytes() < size_before);
         assert_eq!(log.start_offset(), out.start_offset);
         assert!(out.start_offset > 0);
         // The read that held the deleted segment still completes with the same bytes.
