@@ -59,6 +59,17 @@ for mode in $IO_MODES; do
 done
 
 echo
+echo "== the same with 4 appends in flight on the partition (group commit shares fdatasyncs; fio still syncs each write)"
+printf '%-9s %-9s %12s %12s\n' batch io ringmq_MB/s syncs/append
+for mode in $IO_MODES; do
+  for spec in "16k 16384" "1M 1048576"; do
+    set -- $spec
+    "$BIN" --mode throughput --io-mode "$mode" --batch-bytes "$2" --appenders-per-partition 4 --duration "$DURATION" --dir "$DATA_DIR/log" --json |
+      python3 -c 'import json,sys; j=json.load(sys.stdin); print("%-9s %-9s %12.1f %12.3f" % (sys.argv[1], j["io_mode"], j["bytes_per_sec"]/1e6, j["syncs_per_append"]))' "$1"
+  done
+done
+
+echo
 echo "== append-to-durable latency, one shard, 4 appenders per partition, 16 KiB batches"
 printf '%-10s %-9s %10s %9s %12s %8s %8s %8s %8s\n' partitions io appends/s MB/s syncs/append p50_us p99_us p99.9_us max_us
 for mode in $IO_MODES; do

@@ -1,9 +1,10 @@
 //! Append throughput and append-to-durable latency of `PartitionLog` on one shard.
 //!
 //! Two modes:
-//! * `throughput`: one appender, one partition, batches of `--batch-bytes` made of
-//!   1 KiB records, each append waiting for its fdatasync (`every_batch`): the same
-//!   work as `fio --rw=write --direct=1 --fdatasync=1 --bs=<batch>`.
+//! * `throughput`: one partition, batches of `--batch-bytes` made of 1 KiB records,
+//!   each append waiting for its fdatasync (`every_batch`). With one appender (the
+//!   default) this is the same work as `fio --rw=write --direct=1 --fdatasync=1
+//!   --bs=<batch>`; with more, appends in flight share fdatasyncs (group commit).
 //! * `latency`: `--partitions N` partitions with `--appenders-per-partition K` tasks
 //!   each, all on one shard; reports appends/s, syncs per append and the latency from
 //!   the call to `append` until it returns (durable).
@@ -45,8 +46,9 @@ struct Args {
     /// Partitions appended to concurrently (latency mode).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
-    /// Concurrent appenders per partition (latency mode).
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent appenders per partition (appends in flight, as a producer with
+    /// several requests in flight has).
+    #[arg(long, default_value_t = 1)]
     appenders_per_partition: usize,
     /// direct or buffered writes.
     #[arg(long, default_value = "direct")]
@@ -113,10 +115,7 @@ async fn run(args: Args, io_mode: IoMode) -> anyhow::Result<()> {
         Mode::Throughput => 1,
         Mode::Latency => args.partitions,
     };
-    let appenders = match args.mode {
-        Mode::Throughput => 1,
-        Mode::Latency => args.appenders_per_partition,
-    };
+    let appenders = args.appenders_per_partition;
     let mut logs = Vec::new();
     for p in 0..parts {
         let dir = args.dir.join(format!("bench-{p}"));
