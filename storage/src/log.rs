@@ -316,6 +316,8 @@ struct State {
     leader_epochs: Vec<(i32, i64)>,
     config: LogConfig,
     stats: LogStats,
+    /// The active segment's indexes are in their files, not in memory.
+    active_index_spilled: bool,
 }
 
 /// Counters of one log since it was opened.
@@ -788,6 +790,7 @@ impl PartitionLog {
             leader_epochs,
             config,
             stats: LogStats::default(),
+            active_index_spilled: false,
         };
         Ok(Rc::new(Self {
             dir,
@@ -887,14 +890,78 @@ impl PartitionLog {
             + s.leader_epochs.capacity() * 12
     }
 
-    /// Drops what an idle partition does not need: the tail cache and spare capacity.
-    pub fn release_memory(&self) {
+    /// Drops what an idle partition does not need: the tail cache, spare capacity and
+    /// the active segment's indexes, which are written to their files and read back
+    /// when next needed. Does nothing while appends are in flight.
+    pub async fn release_memory(&self) -> Result<()> {
+        let (base, snapshot, written) = {
+            let mut s = self.state.borrow_mut();
+            if s.flushing || !s.pending.is_empty() || s.closed_for_writes {
+                return Ok(());
+            }
+            s.tail.clear();
+            s.tail.batches.shrink_to_fit();
+            s.pending.shrink_to_fit();
+            if s.active_index_spilled
+                || s.active.builder.index.is_empty() && s.active.builder.time_index.is_empty()
+            {
+                return Ok(());
+            }
+            let b = &s.active.builder;
+            (
+                s.active.base_offset,
+                SegmentIndexBuilder {
+                    index: b.index.clone(),
+                    time_index: b.time_index.clone(),
+                    ..SegmentIndexBuilder::default()
+                },
+                s.written_offset,
+            )
+        };
+        write_indexes(&self.dir, base, &snapshot).await?;
         let mut s = self.state.borrow_mut();
-        s.tail.clear();
-        s.tail.batches.shrink_to_fit();
-        s.pending.shrink_to_fit();
-        s.active.builder.index.shrink();
-        s.active.builder.time_index.shrink();
+        // Only if nothing was appended meanwhile and the segment is the same.
+        if s.written_offset == written && s.active.base_offset == base && !s.flushing {
+            s.active.builder.index = OffsetIndex::new();
+            s.active.builder.time_index = TimeIndex::new();
+            s.active_index_spilled = true;
+        }
+        Ok(())
+    }
+
+    /// Reads the active segment's indexes back after [`PartitionLog::release_memory`]
+    /// (rebuilding them from the segment if their files are damaged).
+    async fn ensure_active_index(&self) -> Result<()> {
+        let (base, size, interval, epochs) = {
+            let s = self.state.borrow();
+            if !s.active_index_spilled {
+                return Ok(());
+            }
+            (
+                s.active.base_offset,
+                s.active.size_bytes,
+                s.config.index_interval_bytes,
+                s.leader_epochs.clone(),
+            )
+        };
+        let loaded = load_indexes(&self.dir, base, size.max(1)).await?;
+        let (index, time_index) = match loaded {
+            Some(ix) => ix,
+            None => {
+                tracing::warn!(dir = %self.dir.display(), segment = base, "spilled index damaged; rebuilding from the log");
+                let reader = self.state.borrow().active.reader.clone();
+                let mut b = SegmentIndexBuilder::new(base);
+                scan_segment(&reader, base, 0, base, &mut b, interval, &epochs).await?;
+                (b.index, b.time_index)
+            }
+        };
+        let mut s = self.state.borrow_mut();
+        if s.active_index_spilled && s.active.base_offset == base {
+            s.active.builder.index = index;
+            s.active.builder.time_index = time_index;
+            s.active_index_spilled = false;
+        }
+        Ok(())
     }
 
     fn check_writable(&self, s: &State) -> Result<()> {
@@ -1079,7 +1146,10 @@ impl PartitionLog {
                 s.pending.drain(..).collect()
             };
             if !batches.is_empty()
-                && let Err(e) = self.write_batches(batches).await
+                && let Err(e) = match self.ensure_active_index().await {
+                    Ok(()) => self.write_batches(batches).await,
+                    Err(e) => Err(e),
+                }
             {
                 let mut s = self.state.borrow_mut();
                 tracing::error!(dir = %self.dir.display(), error = %e, "write failed; queued appends aborted");
@@ -1291,6 +1361,7 @@ impl PartitionLog {
     /// never past the committed offset. Recent batches come from memory, older ones as
     /// file ranges.
     pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.ensure_active_index().await?;
         let (view, upper) = {
             let s = self.state.borrow();
             let upper = Self::committed(&s);
@@ -1428,6 +1499,7 @@ impl PartitionLog {
     /// ListOffsets by timestamp), or `None` when every record is older. For compressed
     /// batches the answer is the batch's base offset.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        self.ensure_active_index().await?;
         enum Target {
             Active(Rc<SegmentFile>, u64, u64),
             Closed(ClosedSegment),
@@ -1565,6 +1637,7 @@ impl PartitionLog {
     /// a new leader). `offset` must be a batch boundary within the log, and no append
     /// may be in flight.
     pub async fn truncate_to(&self, offset: i64) -> Result<()> {
+        self.ensure_active_index().await?;
         let (start, end, busy) = {
             let s = self.state.borrow();
             self.check_writable(&s)?;
@@ -1733,6 +1806,7 @@ impl PartitionLog {
     /// Flushes everything, writes the active segment's indexes, cuts its file to
     /// size and marks the shutdown clean. The log refuses appends afterwards.
     pub async fn close(&self) -> Result<()> {
+        self.ensure_active_index().await?;
         self.sync().await?;
         loop {
             let c = {

@@ -442,21 +442,68 @@ fn idle_partition_stays_within_64_kib() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
     run(move || async move {
-        // Default settings (1 GiB segments, 1 MiB tail cache), 16 MiB of data.
-        let log = open(&path, LogConfig::default()).await;
-        for i in 0..17u64 {
-            log.append(bm(&make_batch(i, 15, 64 << 10, 0)))
-                .await
-                .unwrap();
+        // Default settings (1 GiB segments, 1 MiB tail cache) but an index entry every
+        // 64 bytes, so 16 MiB of small batches make the active indexes as large as a
+        // full 1 GiB segment's at the default interval (several MiB).
+        let config = LogConfig {
+            index_interval_bytes: 64,
+            ..LogConfig::default()
+        };
+        let log = open(&path, config.clone()).await;
+        let b = make_batch(1, 1, 900, 0);
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let log = log.clone();
+            let b = b.clone();
+            tasks.push(glommio::spawn_local(async move {
+                for _ in 0..1024 {
+                    log.append(bm(&b)).await.unwrap();
+                }
+            }));
         }
+        for t in tasks {
+            t.await;
+        }
+        assert!(log.memory_bytes() > 1 << 20, "{}", log.memory_bytes());
         assert!(
             log.memory_bytes() > 64 << 10,
             "the tail cache is in use while hot"
         );
-        log.release_memory();
+        log.release_memory().await.unwrap();
         let idle = log.memory_bytes();
         assert!(idle <= 64 << 10, "idle partition holds {idle} bytes");
-        // Still fully readable after releasing.
-        assert_eq!(read_all(&log).await.len(), 17);
+        // Still fully readable, searchable and appendable after releasing.
+        assert_eq!(read_all(&log).await.len(), 16384);
+        log.release_memory().await.unwrap();
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some(0));
+        log.release_memory().await.unwrap();
+        log.append(bm(&make_batch(99, 1, 10, 0))).await.unwrap();
+        assert_eq!(read_all(&log).await.len(), 16385);
+        log.close().await.unwrap();
+        let log = open(&path, config).await;
+        assert_eq!(read_all(&log).await.len(), 16385);
+    });
+}
+
+#[test]
+fn segments_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let log = open(
+            &path,
+            LogConfig {
+                segment_ms: 20,
+                ..small_config()
+            },
+        )
+        .await;
+        log.append(bm(&make_batch(1, 1, 10, 0))).await.unwrap();
+        log.append(bm(&make_batch(2, 1, 10, 0))).await.unwrap();
+        assert_eq!(log.segment_count(), 1, "young segment, no roll");
+        glommio::timer::sleep(std::time::Duration::from_millis(30)).await;
+        log.append(bm(&make_batch(3, 1, 10, 0))).await.unwrap();
+        assert_eq!(log.segment_count(), 2, "rolled once older than segment_ms");
+        assert_eq!(read_all(&log).await.len(), 3);
     });
 }
