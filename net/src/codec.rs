@@ -1,0 +1,1024 @@
+//! The native protocol v1: frames, requests and responses. Pure code over byte
+//! buffers; documented in docs/protocol.md.
+//!
+//! Every frame starts with a 4-byte big-endian length that counts the bytes after it.
+//! A request frame continues with `api key: u16`, `api version: u16`,
+//! `request id: u32`, then the body; a response frame with `request id: u32` and the
+//! body. Strings are `u16 length + UTF-8`, byte fields `u32 length + bytes` (`u32::MAX`
+//! for none), arrays `u32 count + items`, integers big-endian.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Largest frame accepted by default (64 MiB); larger frames close the connection.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 64 << 20;
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+/// Bytes of a request header after the length: api key, version, request id.
+pub const REQUEST_HEADER_BYTES: usize = 8;
+
+/// The protocol version this code speaks for every API.
+pub const VERSION_1: u16 = 1;
+
+/// Request kinds and their keys on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ApiKey {
+    /// Version negotiation.
+    ApiVersions = 0,
+    /// Create a topic.
+    CreateTopic = 1,
+    /// Delete a topic.
+    DeleteTopic = 2,
+    /// List topic names.
+    ListTopics = 3,
+    /// Describe one topic.
+    DescribeTopic = 4,
+    /// Append batches.
+    Produce = 5,
+    /// Read batches.
+    Fetch = 6,
+    /// Earliest, latest or by-timestamp offsets.
+    ListOffsets = 7,
+}
+
+impl ApiKey {
+    /// Every API, in key order.
+    pub const ALL: [ApiKey; 8] = [
+        ApiKey::ApiVersions,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    /// The key for a wire value.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+}
+
+/// Error codes on the wire. 0 is success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// Success.
+    None = 0,
+    /// The frame or body could not be decoded.
+    Malformed = 1,
+    /// Unknown API key or unsupported version.
+    UnsupportedVersion = 2,
+    /// No such topic.
+    UnknownTopic = 3,
+    /// No such partition.
+    UnknownPartition = 4,
+    /// The topic exists already.
+    TopicExists = 5,
+    /// A batch failed validation (CRC, length, magic, records).
+    CorruptBatch = 6,
+    /// A batch exceeds the partition's `message_bytes_max`.
+    MessageTooLarge = 7,
+    /// The offset is outside the log.
+    OffsetOutOfRange = 8,
+    /// Invalid argument (partition count, config value, acks, name).
+    InvalidRequest = 9,
+    /// Storage failure; the request may be retried.
+    StorageError = 10,
+    /// The broker is shutting down or the shard is overloaded; retry.
+    Unavailable = 11,
+    /// The request timed out.
+    Timeout = 12,
+}
+
+impl ErrorCode {
+    /// The code for a wire value (unknown values read as `Malformed`).
+    pub fn from_u16(v: u16) -> Self {
+        use ErrorCode::*;
+        [
+            None,
+            Malformed,
+            UnsupportedVersion,
+            UnknownTopic,
+            UnknownPartition,
+            TopicExists,
+            CorruptBatch,
+            MessageTooLarge,
+            OffsetOutOfRange,
+            InvalidRequest,
+            StorageError,
+            Unavailable,
+            Timeout,
+        ]
+        .get(v as usize)
+        .copied()
+        .unwrap_or(Malformed)
+    }
+
+    /// Whether a client may retry the same request.
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::StorageError | ErrorCode::Unavailable | ErrorCode::Timeout
+        )
+    }
+}
+
+/// An error code with a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError {
+    /// The code.
+    pub code: ErrorCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Success.
+    pub fn none() -> Self {
+        Self::new(ErrorCode::None, "")
+    }
+
+    /// True for success.
+    pub fn is_ok(&self) -> bool {
+        self.code == ErrorCode::None
+    }
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body ended early.
+    #[error("truncated {0}")]
+    Truncated(&'static str),
+    /// A string was not UTF-8.
+    #[error("{0} is not UTF-8")]
+    BadUtf8(&'static str),
+    /// Bytes left after the body.
+    #[error("{0} unexpected bytes after the body")]
+    Trailing(usize),
+    /// A field's value is out of range.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// Unknown API key.
+    #[error("unknown api key {0}")]
+    UnknownApi(u16),
+    /// Version not supported.
+    #[error("api {api:?} version {version} is not supported (supported: {min}..={max})")]
+    UnsupportedVersion {
+        /// The API.
+        api: ApiKey,
+        /// Version asked for.
+        version: u16,
+        /// Lowest supported.
+        min: u16,
+        /// Highest supported.
+        max: u16,
+    },
+}
+
+/// Topic settings in requests and descriptions, as `key=value` strings
+/// (`retention_ms`, `retention_bytes`, `segment_bytes`, `segment_ms`, `flush`, ...).
+pub type Configs = Vec<(String, String)>;
+
+/// A partition of a produce request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducePartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// One RecordBatch v2.
+    pub batch: Bytes,
+}
+
+/// A partition of a fetch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition index.
+    pub partition: u32,
+    /// First offset wanted.
+    pub offset: i64,
+    /// Bytes wanted from this partition at most (a first batch is returned whole).
+    pub max_bytes: u32,
+}
+
+/// What to look up in ListOffsets.
+pub const OFFSET_EARLIEST: i64 = -2;
+/// What to look up in ListOffsets.
+pub const OFFSET_LATEST: i64 = -1;
+
+/// A request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Which APIs and versions the broker speaks.
+    ApiVersions {
+        /// Client name, for logs.
+        client: String,
+    },
+    /// Create a topic.
+    CreateTopic {
+        /// Name: 1 to 200 of `[A-Za-z0-9._-]`.
+        name: String,
+        /// Partition count, at least 1.
+        partitions: u32,
+        /// Settings.
+        configs: Configs,
+    },
+    /// Delete a topic and its data.
+    DeleteTopic {
+        /// Name.
+        name: String,
+    },
+    /// Every topic's name.
+    ListTopics,
+    /// One topic's partitions and settings.
+    DescribeTopic {
+        /// Name.
+        name: String,
+    },
+    /// Append batches.
+    Produce {
+        /// 0: answer at once; 1: answer once durable (per the flush policy).
+        acks: u8,
+        /// Per-partition batches.
+        partitions: Vec<ProducePartition>,
+    },
+    /// Read batches.
+    Fetch {
+        /// Longest wait for `min_bytes`.
+        max_wait_ms: u32,
+        /// Answer as soon as this many bytes are available.
+        min_bytes: u32,
+        /// Bytes in the whole answer at most.
+        max_bytes: u32,
+        /// Per-partition positions.
+        partitions: Vec<FetchPartition>,
+    },
+    /// Offsets by position or time.
+    ListOffsets {
+        /// (topic, partition, `OFFSET_EARLIEST` | `OFFSET_LATEST` | timestamp ms).
+        partitions: Vec<(String, u32, i64)>,
+    },
+}
+
+impl Request {
+    /// The API of this request.
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::ApiVersions { .. } => ApiKey::ApiVersions,
+            Request::CreateTopic { .. } => ApiKey::CreateTopic,
+            Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
+            Request::ListTopics => ApiKey::ListTopics,
+            Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
+            Request::Produce { .. } => ApiKey::Produce,
+            Request::Fetch { .. } => ApiKey::Fetch,
+            Request::ListOffsets { .. } => ApiKey::ListOffsets,
+        }
+    }
+}
+
+/// One partition of a topic description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// Partition index.
+    pub partition: u32,
+    /// Shard that owns it.
+    pub shard: u32,
+    /// Log start offset.
+    pub start_offset: i64,
+    /// High watermark (what consumers can read up to).
+    pub high_watermark: i64,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+}
+
+/// Result of producing to one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProduceResult {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Success or why not.
+    pub error: WireError,
+    /// Offset of the batch's first record (-1 on error or acks 0).
+    pub base_offset: i64,
+}
+
+/// Result of fetching from one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResult {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: u32,
+    /// Success or why not.
+    pub error: WireError,
+    /// High watermark.
+    pub high_watermark: i64,
+    /// Log start offset.
+    pub start_offset: i64,
+    /// Whole batches, concatenated.
+    pub records: Bytes,
+}
+
+/// A response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Request-level error (malformed frame, unsupported API or version).
+    Error(WireError),
+    /// (api key, min version, max version) for each API.
+    ApiVersions(Vec<(u16, u16, u16)>),
+    /// Result of create, delete.
+    Done(WireError),
+    /// Topic names.
+    Topics(Vec<String>),
+    /// A topic.
+    Topic {
+        /// Success or why not.
+        error: WireError,
+        /// Name.
+        name: String,
+        /// Partitions.
+        partitions: Vec<PartitionInfo>,
+        /// Settings.
+        configs: Configs,
+    },
+    /// Per-partition produce results.
+    Produce(Vec<ProduceResult>),
+    /// Per-partition fetch results.
+    Fetch(Vec<FetchResult>),
+    /// (topic, partition, error, offset) per partition.
+    Offsets(Vec<(String, u32, WireError, i64)>),
+}
+
+// ---- encoding primitives
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let b = s.as_bytes();
+    let len = b.len().min(u16::MAX as usize);
+    out.put_u16(len as u16);
+    out.put_slice(&b[..len]);
+}
+
+fn put_bytes(out: &mut BytesMut, b: &[u8]) {
+    out.put_u32(b.len() as u32);
+    out.put_slice(b);
+}
+
+fn put_err(out: &mut BytesMut, e: &WireError) {
+    out.put_u16(e.code as u16);
+    put_str(out, &e.message);
+}
+
+fn put_configs(out: &mut BytesMut, c: &Configs) {
+    out.put_u32(c.len() as u32);
+    for (k, v) in c {
+        put_str(out, k);
+        put_str(out, v);
+    }
+}
+
+/// A cursor over a frame body.
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a Bytes) -> Self {
+        Self { buf, pos: 0 }
+    }
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(DecodeError::Truncated(what))?;
+        if end > self.buf.len() {
+            return Err(DecodeError::Truncated(what));
+        }
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
+        Ok(self.u64(what)? as i64)
+    }
+    fn str(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        let n = self.u16(what)? as usize;
+        let b = self.take(n, what)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::BadUtf8(what))
+    }
+    /// A byte field, sliced from the frame without copying.
+    fn bytes(&mut self, what: &'static str) -> Result<Bytes, DecodeError> {
+        let n = self.u32(what)? as usize;
+        let start = self.pos;
+        self.take(n, what)?;
+        Ok(self.buf.slice(start..start + n))
+    }
+    /// An array count, checked against the bytes left (each item takes at least
+    /// `item_bytes_min`), so a hostile count cannot make us allocate.
+    fn count(&mut self, what: &'static str, item_bytes_min: usize) -> Result<usize, DecodeError> {
+        let n = self.u32(what)? as usize;
+        if n.saturating_mul(item_bytes_min) > self.buf.len() - self.pos {
+            return Err(DecodeError::Truncated(what));
+        }
+        Ok(n)
+    }
+    fn err(&mut self) -> Result<WireError, DecodeError> {
+        let code = ErrorCode::from_u16(self.u16("error code")?);
+        Ok(WireError {
+            code,
+            message: self.str("error message")?,
+        })
+    }
+    fn configs(&mut self) -> Result<Configs, DecodeError> {
+        let n = self.count("configs", 4)?;
+        let mut c = Vec::with_capacity(n);
+        for _ in 0..n {
+            c.push((self.str("config key")?, self.str("config value")?));
+        }
+        Ok(c)
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos != self.buf.len() {
+            return Err(DecodeError::Trailing(self.buf.len() - self.pos));
+        }
+        Ok(())
+    }
+}
+
+/// A decoded request frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// API key (maybe unknown to us).
+    pub api_key: u16,
+    /// API version.
+    pub api_version: u16,
+    /// Echoed in the response.
+    pub request_id: u32,
+}
+
+/// Reads the length prefix of the frame at the start of `buf`: `Ok(None)` if fewer
+/// than 4 bytes are buffered, `Err` if the frame is larger than `frame_bytes_max`.
+pub fn frame_len(buf: &[u8], frame_bytes_max: usize) -> Result<Option<usize>, usize> {
+    if buf.len() < LENGTH_PREFIX_BYTES {
+        return Ok(None);
+    }
+    let n = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if n > frame_bytes_max {
+        return Err(n);
+    }
+    Ok(Some(n))
+}
+
+/// Encodes a request frame (with its length prefix).
+pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u32(0);
+    out.put_u16(req.api_key() as u16);
+    out.put_u16(VERSION_1);
+    out.put_u32(request_id);
+    match req {
+        Request::ApiVersions { client } => put_str(&mut out, client),
+        Request::CreateTopic {
+            name,
+            partitions,
+            configs,
+        } => {
+            put_str(&mut out, name);
+            out.put_u32(*partitions);
+            put_configs(&mut out, configs);
+        }
+        Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
+        Request::ListTopics => {}
+        Request::Produce { acks, partitions } => {
+            out.put_u8(*acks);
+            out.put_u32(partitions.len() as u32);
+            for p in partitions {
+                put_str(&mut out, &p.topic);
+                out.put_u32(p.partition);
+                put_bytes(&mut out, &p.batch);
+            }
+        }
+        Request::Fetch {
+            max_wait_ms,
+            min_bytes,
+            max_bytes,
+            partitions,
+        } => {
+            out.put_u32(*max_wait_ms);
+            out.put_u32(*min_bytes);
+            out.put_u32(*max_bytes);
+            out.put_u32(partitions.len() as u32);
+            for p in partitions {
+                put_str(&mut out, &p.topic);
+                out.put_u32(p.partition);
+                out.put_i64(p.offset);
+                out.put_u32(p.max_bytes);
+            }
+        }
+        Request::ListOffsets { partitions } => {
+            out.put_u32(partitions.len() as u32);
+            for (t, p, spec) in partitions {
+                put_str(&mut out, t);
+                out.put_u32(*p);
+                out.put_i64(*spec);
+            }
+        }
+    }
+    let len = (out.len() - LENGTH_PREFIX_BYTES) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Decodes a request frame body (the bytes after the length prefix). The header is
+/// returned even when the body fails, so the error can answer the right request id.
+pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, DecodeError>) {
+    let mut r = Reader::new(&frame);
+    let header = match (r.u16("api key"), r.u16("api version"), r.u32("request id")) {
+        (Ok(api_key), Ok(api_version), Ok(request_id)) => RequestHeader {
+            api_key,
+            api_version,
+            request_id,
+        },
+        _ => return (None, Err(DecodeError::Truncated("request header"))),
+    };
+    let result = (|| {
+        let api =
+            ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApi(header.api_key))?;
+        if header.api_version != VERSION_1 {
+            return Err(DecodeError::UnsupportedVersion {
+                api,
+                version: header.api_version,
+                min: VERSION_1,
+                max: VERSION_1,
+            });
+        }
+        let req = match api {
+            ApiKey::ApiVersions => Request::ApiVersions {
+                client: r.str("client")?,
+            },
+            ApiKey::CreateTopic => Request::CreateTopic {
+                name: r.str("topic")?,
+                partitions: r.u32("partitions")?,
+                configs: r.configs()?,
+            },
+            ApiKey::DeleteTopic => Request::DeleteTopic {
+                name: r.str("topic")?,
+            },
+            ApiKey::ListTopics => Request::ListTopics,
+            ApiKey::DescribeTopic => Request::DescribeTopic {
+                name: r.str("topic")?,
+            },
+            ApiKey::Produce => {
+                let acks = r.u8("acks")?;
+                let n = r.count("partitions", 10)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push(ProducePartition {
+                        topic: r.str("topic")?,
+                        partition: r.u32("partition")?,
+                        batch: r.bytes("batch")?,
+                    });
+                }
+                Request::Produce { acks, partitions }
+            }
+            ApiKey::Fetch => {
+                let max_wait_ms = r.u32("max wait")?;
+                let min_bytes = r.u32("min bytes")?;
+                let max_bytes = r.u32("max bytes")?;
+                let n = r.count("partitions", 18)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push(FetchPartition {
+                        topic: r.str("topic")?,
+                        partition: r.u32("partition")?,
+                        offset: r.i64("offset")?,
+                        max_bytes: r.u32("partition max bytes")?,
+                    });
+                }
+                Request::Fetch {
+                    max_wait_ms,
+                    min_bytes,
+                    max_bytes,
+                    partitions,
+                }
+            }
+            ApiKey::ListOffsets => {
+                let n = r.count("partitions", 14)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push((r.str("topic")?, r.u32("partition")?, r.i64("offset spec")?));
+                }
+                Request::ListOffsets { partitions }
+            }
+        };
+        r.finish()?;
+        Ok(req)
+    })();
+    (Some(header), result)
+}
+
+/// Encodes a response frame (with its length prefix). The response's kind is implied
+/// by the request it answers; a request-level error is tag 1, a body tag 0.
+pub fn encode_response(request_id: u32, resp: &Response) -> BytesMut {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u32(0);
+    out.put_u32(request_id);
+    match resp {
+        Response::Error(e) => {
+            out.put_u8(1);
+            put_err(&mut out, e);
+        }
+        other => {
+            out.put_u8(0);
+            encode_response_body(&mut out, other);
+        }
+    }
+    let len = (out.len() - LENGTH_PREFIX_BYTES) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+fn encode_response_body(out: &mut BytesMut, resp: &Response) {
+    match resp {
+        Response::Error(_) => unreachable!("handled by the caller"),
+        Response::ApiVersions(v) => {
+            out.put_u32(v.len() as u32);
+            for (k, lo, hi) in v {
+                out.put_u16(*k);
+                out.put_u16(*lo);
+                out.put_u16(*hi);
+            }
+        }
+        Response::Done(e) => put_err(out, e),
+        Response::Topics(names) => {
+            out.put_u32(names.len() as u32);
+            for n in names {
+                put_str(out, n);
+            }
+        }
+        Response::Topic {
+            error,
+            name,
+            partitions,
+            configs,
+        } => {
+            put_err(out, error);
+            put_str(out, name);
+            out.put_u32(partitions.len() as u32);
+            for p in partitions {
+                out.put_u32(p.partition);
+                out.put_u32(p.shard);
+                out.put_i64(p.start_offset);
+                out.put_i64(p.high_watermark);
+                out.put_u64(p.size_bytes);
+            }
+            put_configs(out, configs);
+        }
+        Response::Produce(results) => {
+            out.put_u32(results.len() as u32);
+            for r in results {
+                put_str(out, &r.topic);
+                out.put_u32(r.partition);
+                put_err(out, &r.error);
+                out.put_i64(r.base_offset);
+            }
+        }
+        Response::Fetch(results) => {
+            out.put_u32(results.len() as u32);
+            for r in results {
+                put_str(out, &r.topic);
+                out.put_u32(r.partition);
+                put_err(out, &r.error);
+                out.put_i64(r.high_watermark);
+                out.put_i64(r.start_offset);
+                put_bytes(out, &r.records);
+            }
+        }
+        Response::Offsets(v) => {
+            out.put_u32(v.len() as u32);
+            for (t, p, e, o) in v {
+                put_str(out, t);
+                out.put_u32(*p);
+                put_err(out, e);
+                out.put_i64(*o);
+            }
+        }
+    }
+}
+
+/// Decodes a response frame body (after the length prefix) for a request of `api`.
+pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), DecodeError> {
+    let mut r = Reader::new(&frame);
+    let request_id = r.u32("request id")?;
+    let tag = r.u8("response tag")?;
+    if tag == 1 {
+        let e = r.err()?;
+        r.finish()?;
+        return Ok((request_id, Response::Error(e)));
+    }
+    if tag != 0 {
+        return Err(DecodeError::Invalid("response tag"));
+    }
+    let resp = match api {
+        ApiKey::ApiVersions => {
+            let n = r.count("apis", 6)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((r.u16("api")?, r.u16("min")?, r.u16("max")?));
+            }
+            Response::ApiVersions(v)
+        }
+        ApiKey::CreateTopic | ApiKey::DeleteTopic => Response::Done(r.err()?),
+        ApiKey::ListTopics => {
+            let n = r.count("topics", 2)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(r.str("topic")?);
+            }
+            Response::Topics(v)
+        }
+        ApiKey::DescribeTopic => {
+            let error = r.err()?;
+            let name = r.str("topic")?;
+            let n = r.count("partitions", 32)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                partitions.push(PartitionInfo {
+                    partition: r.u32("partition")?,
+                    shard: r.u32("shard")?,
+                    start_offset: r.i64("start offset")?,
+                    high_watermark: r.i64("high watermark")?,
+                    size_bytes: r.u64("size")?,
+                });
+            }
+            Response::Topic {
+                error,
+                name,
+                partitions,
+                configs: r.configs()?,
+            }
+        }
+        ApiKey::Produce => {
+            let n = r.count("results", 16)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(ProduceResult {
+                    topic: r.str("topic")?,
+                    partition: r.u32("partition")?,
+                    error: r.err()?,
+                    base_offset: r.i64("base offset")?,
+                });
+            }
+            Response::Produce(v)
+        }
+        ApiKey::Fetch => {
+            let n = r.count("results", 28)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(FetchResult {
+                    topic: r.str("topic")?,
+                    partition: r.u32("partition")?,
+                    error: r.err()?,
+                    high_watermark: r.i64("high watermark")?,
+                    start_offset: r.i64("start offset")?,
+                    records: r.bytes("records")?,
+                });
+            }
+            Response::Fetch(v)
+        }
+        ApiKey::ListOffsets => {
+            let n = r.count("results", 16)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((
+                    r.str("topic")?,
+                    r.u32("partition")?,
+                    r.err()?,
+                    r.i64("offset")?,
+                ));
+            }
+            Response::Offsets(v)
+        }
+    };
+    r.finish()?;
+    Ok((request_id, resp))
+}
+
+/// The APIs and versions this broker speaks, for `ApiVersions`.
+pub fn supported_versions() -> Vec<(u16, u16, u16)> {
+    ApiKey::ALL
+        .iter()
+        .map(|k| (*k as u16, VERSION_1, VERSION_1))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body(frame: &BytesMut) -> Bytes {
+        Bytes::copy_from_slice(&frame[LENGTH_PREFIX_BYTES..])
+    }
+
+    fn sample_requests() -> Vec<Request> {
+        vec![
+            Request::ApiVersions { client: "t".into() },
+            Request::CreateTopic {
+                name: "orders".into(),
+                partitions: 8,
+                configs: vec![("retention_ms".into(), "1000".into())],
+            },
+            Request::DeleteTopic { name: "x".into() },
+            Request::ListTopics,
+            Request::DescribeTopic { name: "y".into() },
+            Request::Produce {
+                acks: 1,
+                partitions: vec![ProducePartition {
+                    topic: "orders".into(),
+                    partition: 3,
+                    batch: Bytes::from_static(b"batch-bytes"),
+                }],
+            },
+            Request::Fetch {
+                max_wait_ms: 500,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                partitions: vec![FetchPartition {
+                    topic: "orders".into(),
+                    partition: 3,
+                    offset: 42,
+                    max_bytes: 4096,
+                }],
+            },
+            Request::ListOffsets {
+                partitions: vec![
+                    ("orders".into(), 0, OFFSET_EARLIEST),
+                    ("orders".into(), 1, 1234),
+                ],
+            },
+        ]
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for (i, req) in sample_requests().into_iter().enumerate() {
+            let f = encode_request(i as u32, &req);
+            assert_eq!(frame_len(&f, 1 << 20), Ok(Some(f.len() - 4)));
+            let (h, got) = decode_request(body(&f));
+            assert_eq!(h.unwrap().request_id, i as u32);
+            assert_eq!(got.unwrap(), req);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let cases = vec![
+            (
+                ApiKey::ApiVersions,
+                Response::ApiVersions(supported_versions()),
+            ),
+            (
+                ApiKey::CreateTopic,
+                Response::Done(WireError::new(ErrorCode::TopicExists, "exists")),
+            ),
+            (
+                ApiKey::ListTopics,
+                Response::Topics(vec!["a".into(), "b".into()]),
+            ),
+            (
+                ApiKey::DescribeTopic,
+                Response::Topic {
+                    error: WireError::none(),
+                    name: "a".into(),
+                    partitions: vec![PartitionInfo {
+                        partition: 0,
+                        shard: 1,
+                        start_offset: 0,
+                        high_watermark: 10,
+                        size_bytes: 999,
+                    }],
+                    configs: vec![("flush".into(), "every_batch".into())],
+                },
+            ),
+            (
+                ApiKey::Produce,
+                Response::Produce(vec![ProduceResult {
+                    topic: "a".into(),
+                    partition: 0,
+                    error: WireError::none(),
+                    base_offset: 7,
+                }]),
+            ),
+            (
+                ApiKey::Fetch,
+                Response::Fetch(vec![FetchResult {
+                    topic: "a".into(),
+                    partition: 0,
+                    error: WireError::none(),
+                    high_watermark: 9,
+                    start_offset: 0,
+                    records: Bytes::from_static(b"xyz"),
+                }]),
+            ),
+            (
+                ApiKey::ListOffsets,
+                Response::Offsets(vec![("a".into(), 0, WireError::none(), 5)]),
+            ),
+            (
+                ApiKey::Fetch,
+                Response::Error(WireError::new(ErrorCode::Malformed, "bad")),
+            ),
+        ];
+        for (api, resp) in cases {
+            let f = encode_response(77, &resp);
+            let (id, got) = decode_response(api, body(&f)).unwrap();
+            assert_eq!(id, 77);
+            assert_eq!(got, resp);
+        }
+    }
+
+    #[test]
+    fn unknown_api_and_version_keep_the_request_id() {
+        let mut f = encode_request(5, &Request::ListTopics);
+        f[4..6].copy_from_slice(&99u16.to_be_bytes());
+        let (h, r) = decode_request(body(&f));
+        assert_eq!(h.unwrap().request_id, 5);
+        assert_eq!(r, Err(DecodeError::UnknownApi(99)));
+        let mut f = encode_request(6, &Request::ListTopics);
+        f[6..8].copy_from_slice(&2u16.to_be_bytes());
+        let (h, r) = decode_request(body(&f));
+        assert_eq!(h.unwrap().request_id, 6);
+        assert!(matches!(
+            r,
+            Err(DecodeError::UnsupportedVersion { version: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_before_reading() {
+        let f = [0x7f, 0xff, 0xff, 0xff];
+        assert_eq!(frame_len(&f, 1 << 20), Err(0x7fff_ffff));
+        assert_eq!(frame_len(&f[..3], 1 << 20), Ok(None));
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let b = Bytes::from(bytes);
+            let _ = decode_request(b.clone());
+            for api in ApiKey::ALL {
+                let _ = decode_response(api, b.clone());
+            }
+        }
+
+        #[test]
+        fn every_truncation_of_a_valid_request_is_an_error(cut in 0usize..100, which in 0usize..8) {
+            let req = &sample_requests()[which];
+            let f = encode_request(1, req);
+            let b = body(&f);
+            prop_assume!(cut < b.len());
+            let (_, r) = decode_request(b.slice(..cut));
+            prop_assert!(r.is_err());
+        }
+
+        #[test]
+        fn produce_round_trips(topic in "[a-z]{1,20}", partition in any::<u32>(), batch in proptest::collection::vec(any::<u8>(), 0..500)) {
+            let req = Request::Produce { acks: 1, partitions: vec![ProducePartition { topic, partition, batch: Bytes::from(batch) }] };
+            let f = encode_request(9, &req);
+            prop_assert_eq!(decode_request(body(&f)).1.unwrap(), req);
+        }
+    }
+}

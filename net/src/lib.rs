@@ -1,0 +1,16 @@
+//! ringmq's native protocol.
+//!
+//! [`codec`] holds the frame format, the [`codec::Request`] and [`codec::Response`]
+//! types and their encoders and decoders: pure code over byte buffers, used by the
+//! broker and by clients alike. The wire format is described in `docs/protocol.md`.
+//!
+//! ```
+//! use ringmq_net::codec::{decode_request, encode_request, Request};
+//! let frame = encode_request(7, &Request::ListTopics);
+//! let (header, req) = decode_request(frame.freeze().slice(4..));
+//! assert_eq!(header.unwrap().request_id, 7);
+//! assert_eq!(req.unwrap(), Request::ListTopics);
+//! ```
+#![deny(missing_docs)]
+
+pub mod codec;

@@ -1,0 +1,4 @@
+//! ringmq's shards.
+#![deny(missing_docs)]
+
+pub mod wheel;
