@@ -7,6 +7,8 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
+mod serve;
+
 #[derive(Parser)]
 #[command(
     name = "ringmq",
@@ -20,6 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker: one shard per core, native protocol listener, data under
+    /// --data-dir. Stops cleanly on SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
     /// Inspect a partition directory offline: recover it (as the broker does at
     /// start) and print its offsets, segments and what recovery did.
     Log {
@@ -39,15 +44,20 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Serve(a) => serve::log_level(a),
+        _ => "info".to_string(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => serve::serve(a),
         Command::Log { dir } => inspect_log(dir),
     }
 }

@@ -3,6 +3,8 @@
 //! [`codec`] holds the frame format, the [`codec::Request`] and [`codec::Response`]
 //! types and their encoders and decoders: pure code over byte buffers, used by the
 //! broker and by clients alike. The wire format is described in `docs/protocol.md`.
+//! [`conn::serve_connection`] runs one connection on a shard: pipelined requests,
+//! responses in request order, backpressure by in-flight count and memory budget.
 //!
 //! ```
 //! use ringmq_net::codec::{decode_request, encode_request, Request};
@@ -14,3 +16,4 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+pub mod conn;

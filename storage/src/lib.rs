@@ -47,6 +47,23 @@ mod notify;
 pub use config::{FlushPolicy, LogConfig, SEGMENT_BYTES_LIMIT};
 pub use error::{BatchError, Error, ErrorKind, Result};
 pub use io::{IoMode, SegmentCache, SegmentFile};
+
+/// Writes a small file crash-safely from a shard: write `<name>.tmp`, fdatasync,
+/// rename over the target, fsync the directory. All through io_uring.
+pub async fn write_file_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
+    io::write_file_atomic(path, data).await
+}
+
+/// Removes a directory tree from a shard, off the executor thread.
+pub async fn remove_dir_all(path: &std::path::Path) -> Result<()> {
+    let p = path.to_owned();
+    io::blocking(move || match std::fs::remove_dir_all(&p) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    })
+    .await
+    .map_err(|e| Error::io("removing", path, e))
+}
 pub use log::{
     AppendInfo, LogStats, PartitionLog, ReadChunk, ReadResult, RecoveryReport, RetentionOutcome,
     now_ms,

@@ -1,0 +1,214 @@
+//! The connection loop of the native protocol, on a shard's glommio executor.
+//!
+//! One task reads frames and starts a handler task per request (pipelining: up to
+//! `inflight_max` per connection); a second task writes the responses in request
+//! order. When the connection's in-flight limit or the shard's memory budget for
+//! buffered requests is reached, the reader stops reading the socket until responses
+//! drain: backpressure, not growth.
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+
+use crate::codec::{self, DecodeError, ErrorCode, Request, Response, WireError};
+
+/// A boxed, shard-local future.
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// What answers requests: the shard's broker.
+pub trait Handler: 'static {
+    /// Answers one request.
+    fn handle(self: Rc<Self>, request: Request) -> LocalFuture<Response>;
+}
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Requests of one connection being handled at once.
+    pub inflight_max: usize,
+    /// Largest frame; a larger one closes the connection.
+    pub frame_bytes_max: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            inflight_max: 64,
+            frame_bytes_max: codec::FRAME_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// A shard's budget for the bytes of requests read but not yet answered, shared by its
+/// connections (shard-local): a glommio semaphore counting bytes.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    bytes: glommio::sync::Semaphore,
+    max: usize,
+}
+
+impl MemoryBudget {
+    /// A budget of `max` bytes.
+    pub fn new(max: usize) -> Rc<Self> {
+        assert!(max > 0);
+        Rc::new(Self {
+            bytes: glommio::sync::Semaphore::new(max as u64),
+            max,
+        })
+    }
+
+    /// Bytes in use.
+    pub fn used(&self) -> usize {
+        self.max - self.bytes.available() as usize
+    }
+
+    /// Waits until `bytes` fit; returns what was taken (a request larger than the whole
+    /// budget takes all of it).
+    async fn acquire(&self, bytes: usize) -> usize {
+        let take = bytes.min(self.max);
+        // The semaphore is never closed, so acquire cannot fail.
+        let _ = self.bytes.acquire(take as u64).await;
+        take
+    }
+
+    fn release(&self, taken: usize) {
+        self.bytes.signal(taken as u64);
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum ConnEnd {
+    /// The client closed it.
+    Closed,
+    /// An I/O error.
+    Io(std::io::Error),
+    /// A frame over the size limit: the connection was closed.
+    Oversized(usize),
+}
+
+/// Serves one connection until it closes. Every request gets a response or, for a
+/// frame that cannot be delimited (oversized), the connection is closed.
+pub async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    handler: Rc<H>,
+    limits: ConnLimits,
+    budget: Rc<MemoryBudget>,
+) -> ConnEnd {
+    let _ = stream.set_nodelay(true);
+    // SAFETY: `dup` returns a new descriptor for the same socket, owned from here on
+    // by the write half (closed when it drops); the read half keeps the original.
+    let writer = unsafe {
+        let fd = libc::dup(stream.as_raw_fd());
+        if fd < 0 {
+            return ConnEnd::Io(std::io::Error::last_os_error());
+        }
+        TcpStream::from_raw_fd(fd)
+    };
+    let (tx, rx) =
+        local_channel::new_bounded::<(glommio::Task<BytesMut>, usize)>(limits.inflight_max.max(1));
+    let write_budget = budget.clone();
+    let write_task = glommio::spawn_local(async move {
+        let mut writer = writer;
+        while let Some((task, cost)) = rx.recv().await {
+            let frame = task.await;
+            write_budget.release(cost);
+            if let Err(e) = writer.write_all(&frame).await {
+                return Some(e);
+            }
+        }
+        let _ = writer.flush().await;
+        None
+    });
+    let end = read_loop(stream, handler, limits, budget, tx).await;
+    // The sender is dropped: the writer finishes the queued responses, then stops.
+    let write_err = write_task.await;
+    match (end, write_err) {
+        (ConnEnd::Closed, Some(e)) => ConnEnd::Io(e),
+        (end, _) => end,
+    }
+}
+
+async fn read_loop<H: Handler>(
+    mut stream: TcpStream,
+    handler: Rc<H>,
+    limits: ConnLimits,
+    budget: Rc<MemoryBudget>,
+    tx: local_channel::LocalSender<(glommio::Task<BytesMut>, usize)>,
+) -> ConnEnd {
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    loop {
+        // Every complete frame in the buffer first.
+        loop {
+            let len = match codec::frame_len(&buf, limits.frame_bytes_max) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(n) => {
+                    tracing::warn!(
+                        frame_bytes = n,
+                        max = limits.frame_bytes_max,
+                        "oversized frame; closing connection"
+                    );
+                    return ConnEnd::Oversized(n);
+                }
+            };
+            if buf.len() < codec::LENGTH_PREFIX_BYTES + len {
+                buf.reserve(codec::LENGTH_PREFIX_BYTES + len - buf.len());
+                break;
+            }
+            let mut frame = buf.split_to(codec::LENGTH_PREFIX_BYTES + len);
+            let body = frame.split_off(codec::LENGTH_PREFIX_BYTES).freeze();
+            let cost = budget.acquire(body.len()).await;
+            let (header, request) = codec::decode_request(body);
+            let task = match (header, request) {
+                (Some(h), Ok(req)) => {
+                    let handler = handler.clone();
+                    glommio::spawn_local(async move {
+                        let resp = handler.handle(req).await;
+                        codec::encode_response(h.request_id, &resp)
+                    })
+                }
+                (header, Err(e)) => {
+                    let id = header.map(|h| h.request_id).unwrap_or(0);
+                    tracing::info!(error = %e, "bad request");
+                    let code = match e {
+                        DecodeError::UnknownApi(_) | DecodeError::UnsupportedVersion { .. } => {
+                            ErrorCode::UnsupportedVersion
+                        }
+                        _ => ErrorCode::Malformed,
+                    };
+                    let resp = Response::Error(WireError::new(code, e.to_string()));
+                    glommio::spawn_local(async move { codec::encode_response(id, &resp) })
+                }
+                (None, Ok(_)) => unreachable!("a decoded request has a header"),
+            };
+            // A full channel (inflight_max pending) blocks here: backpressure.
+            if tx.send((task, cost)).await.is_err() {
+                return ConnEnd::Closed;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 << 10);
+        }
+        let start = buf.len();
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match stream.read(&mut buf[start..]).await {
+            Ok(0) => {
+                buf.truncate(start);
+                return ConnEnd::Closed;
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(e) => {
+                buf.truncate(start);
+                return ConnEnd::Io(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,1020 @@
+//! [`Shard`]: one core's broker. It owns the partitions placed on it, answers
+//! requests from the connections it accepted, and forwards the parts of a request that
+//! belong to other shards over bounded cross-shard channels.
+//!
+//! Shard-local state only: a `Shard` is created on its executor and never leaves it.
+//! Its copy of the topic table is replaced whole when shard 0 (the metadata owner)
+//! broadcasts a change. Nothing here takes a lock or touches another shard's memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel;
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use ringmq_net::codec::{
+    self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
+    ProducePartition, ProduceResult, Request, Response, WireError,
+};
+use ringmq_net::conn::{Handler, LocalFuture};
+use ringmq_storage::{BatchError, LogConfig, Notify, PartitionLog, SegmentCache};
+
+use crate::placement::place;
+use crate::timers::Timers;
+use crate::topics::{self, TopicMeta, TopicTable};
+
+/// Capacity of each cross-shard channel (messages).
+pub const CROSS_SHARD_CHANNEL_MAX: usize = 1024;
+/// Shard that owns topic metadata changes.
+pub const METADATA_SHARD: u32 = 0;
+
+/// Settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardOptions {
+    /// This shard's index.
+    pub shard_id: u32,
+    /// Number of shards.
+    pub shard_count: u32,
+    /// The data directory (partitions in `<data-dir>/<topic>/<partition>`).
+    pub data_dir: PathBuf,
+    /// Log settings a topic's configs start from.
+    pub log_defaults: LogConfig,
+    /// Closed segments held open per shard.
+    pub open_segments_max: usize,
+}
+
+/// A call from one shard to another.
+#[derive(Debug)]
+pub enum Call {
+    /// A request (or the part of one) for partitions the callee owns.
+    Request(Request),
+    /// Replace the topic table and open or close partitions to match.
+    ApplyTopics(TopicTable),
+    /// Describe these partitions.
+    Stats(Vec<(String, u32)>),
+}
+
+/// The answer to a [`Call`].
+#[derive(Debug)]
+pub enum Reply {
+    /// Answer to `Call::Request`.
+    Response(Response),
+    /// Answer to `Call::ApplyTopics`.
+    Applied(Result<(), String>),
+    /// Answer to `Call::Stats`.
+    Stats(Vec<PartitionInfo>),
+}
+
+/// What travels on a cross-shard channel.
+#[derive(Debug)]
+pub enum Envelope {
+    /// A call, with the id its reply will carry.
+    Call {
+        /// Caller-chosen id.
+        id: u64,
+        /// Calling shard.
+        from: u32,
+        /// The call.
+        call: Call,
+    },
+    /// A reply to call `id`.
+    Reply {
+        /// The call's id.
+        id: u64,
+        /// The reply.
+        reply: Reply,
+    },
+}
+
+/// One shard's ends of the cross-shard channels: `senders[j]` goes to shard `j`,
+/// `receivers[j]` comes from shard `j` (`None` at the shard's own index).
+pub struct Links {
+    senders: Vec<Option<SharedSender<Envelope>>>,
+    receivers: Vec<Option<SharedReceiver<Envelope>>>,
+}
+
+/// Bounded channels between every pair of shards, one `Links` per shard.
+pub fn links(shard_count: usize) -> Vec<Links> {
+    let mut all: Vec<Links> = (0..shard_count)
+        .map(|_| Links {
+            senders: (0..shard_count).map(|_| None).collect(),
+            receivers: (0..shard_count).map(|_| None).collect(),
+        })
+        .collect();
+    for from in 0..shard_count {
+        for to in 0..shard_count {
+            if from != to {
+                let (tx, rx) = shared_channel::new_bounded(CROSS_SHARD_CHANNEL_MAX);
+                all[from].senders[to] = Some(tx);
+                all[to].receivers[from] = Some(rx);
+            }
+        }
+    }
+    all
+}
+
+/// One core's broker.
+pub struct Shard {
+    opts: ShardOptions,
+    cache: Rc<SegmentCache>,
+    timers: Rc<Timers>,
+    topics: RefCell<TopicTable>,
+    partitions: RefCell<HashMap<(String, u32), Rc<PartitionLog>>>,
+    data_arrived: Notify,
+    peers: RefCell<Vec<Option<ConnectedSender<Envelope>>>>,
+    pending: RefCell<HashMap<u64, local_channel::LocalSender<Reply>>>,
+    next_call_id: Cell<u64>,
+    metadata_lock: glommio::sync::Semaphore,
+    stopping: Cell<bool>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("shard_id", &self.opts.shard_id)
+            .finish()
+    }
+}
+
+fn storage_error(e: &ringmq_storage::Error) -> WireError {
+    use ringmq_storage::Error as E;
+    let code = match e {
+        E::InvalidBatch(BatchError::TooLarge { .. }) => ErrorCode::MessageTooLarge,
+        E::InvalidBatch(_) => ErrorCode::CorruptBatch,
+        E::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        E::Closed => ErrorCode::Unavailable,
+        _ => ErrorCode::StorageError,
+    };
+    WireError::new(code, e.to_string())
+}
+
+impl Shard {
+    /// Starts the shard on the current executor: connects its cross-shard channels,
+    /// opens the partitions `table` places on it and starts its timer and
+    /// housekeeping tasks.
+    pub async fn start(
+        opts: ShardOptions,
+        table: TopicTable,
+        links: Links,
+    ) -> Result<Rc<Self>, String> {
+        let shard = Rc::new(Self {
+            cache: SegmentCache::new(opts.open_segments_max),
+            timers: Timers::new(),
+            topics: RefCell::new(TopicTable::default()),
+            partitions: RefCell::new(HashMap::new()),
+            data_arrived: Notify::new(),
+            peers: RefCell::new(Vec::new()),
+            pending: RefCell::new(HashMap::new()),
+            next_call_id: Cell::new(1),
+            metadata_lock: glommio::sync::Semaphore::new(1),
+            stopping: Cell::new(false),
+            opts,
+        });
+        // Connect every end at once: a sender's connect waits for its receiver.
+        let mut sender_tasks = Vec::new();
+        for s in links.senders {
+            sender_tasks.push(glommio::spawn_local(async move {
+                match s {
+                    Some(s) => Some(s.connect().await),
+                    None => None,
+                }
+            }));
+        }
+        let mut receiver_tasks = Vec::new();
+        for (from, r) in links.receivers.into_iter().enumerate() {
+            if let Some(r) = r {
+                receiver_tasks.push((from, glommio::spawn_local(r.connect())));
+            }
+        }
+        let mut peers = Vec::new();
+        for t in sender_tasks {
+            peers.push(t.await);
+        }
+        *shard.peers.borrow_mut() = peers;
+        for (from, t) in receiver_tasks {
+            let rx = t.await;
+            let me = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(env) = rx.recv().await {
+                    let me2 = me.clone();
+                    glommio::spawn_local(async move { me2.on_envelope(env).await }).detach();
+                }
+                tracing::debug!(shard = me.opts.shard_id, from, "cross-shard channel closed");
+            })
+            .detach();
+        }
+        glommio::spawn_local(shard.timers.clone().run()).detach();
+        shard.apply_topics(table).await?;
+        let me = shard.clone();
+        glommio::spawn_local(async move { me.housekeeping().await }).detach();
+        Ok(shard)
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> u32 {
+        self.opts.shard_id
+    }
+
+    /// The shard's timers.
+    pub fn timers(&self) -> &Rc<Timers> {
+        &self.timers
+    }
+
+    /// Number of partitions this shard owns.
+    pub fn partition_count(&self) -> usize {
+        self.partitions.borrow().len()
+    }
+
+    async fn housekeeping(self: Rc<Self>) {
+        let mut last_retention = Instant::now();
+        while !self.stopping.get() {
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+            let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
+            let now = ringmq_storage::now_ms();
+            let retention_due = last_retention.elapsed() >= Duration::from_secs(30);
+            for log in logs {
+                if let Err(e) = log.sync_if_due(now).await {
+                    tracing::warn!(dir = %log.dir().display(), error = %e, "interval flush failed");
+                }
+                if retention_due && let Err(e) = log.apply_retention(now).await {
+                    tracing::warn!(dir = %log.dir().display(), error = %e, "retention failed");
+                }
+            }
+            if retention_due {
+                last_retention = Instant::now();
+            }
+        }
+    }
+
+    /// Flushes and closes every partition this shard owns (clean shutdown).
+    pub async fn shutdown(&self) {
+        self.stopping.set(true);
+        self.timers.stop();
+        let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
+        for log in logs {
+            if let Err(e) = log.close().await {
+                tracing::error!(dir = %log.dir().display(), error = %e, "closing partition failed");
+            }
+        }
+    }
+
+    async fn call(&self, to: u32, call: Call) -> Option<Reply> {
+        let id = self.next_call_id.get();
+        self.next_call_id.set(id + 1);
+        let (tx, rx) = local_channel::new_bounded(1);
+        self.pending.borrow_mut().insert(id, tx);
+        let sender = {
+            let peers = self.peers.borrow();
+            peers
+                .get(to as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| p as *const ConnectedSender<Envelope>)
+        };
+        let Some(sender) = sender else {
+            self.pending.borrow_mut().remove(&id);
+            return None;
+        };
+        // SAFETY: `peers` is filled once in `start` and never changed afterwards, so
+        // the sender outlives this call; the pointer avoids holding the RefCell borrow
+        // across the send's await.
+        let sender = unsafe { &*sender };
+        let env = Envelope::Call {
+            id,
+            from: self.opts.shard_id,
+            call,
+        };
+        if sender.send(env).await.is_err() {
+            self.pending.borrow_mut().remove(&id);
+            return None;
+        }
+        rx.recv().await
+    }
+
+    async fn reply(&self, to: u32, id: u64, reply: Reply) {
+        let sender = {
+            let peers = self.peers.borrow();
+            peers
+                .get(to as usize)
+                .and_then(|p| p.as_ref())
+                .map(|p| p as *const ConnectedSender<Envelope>)
+        };
+        if let Some(sender) = sender {
+            // SAFETY: as in `call`: `peers` never changes after `start`.
+            let sender = unsafe { &*sender };
+            let _ = sender.send(Envelope::Reply { id, reply }).await;
+        }
+    }
+
+    async fn on_envelope(self: Rc<Self>, env: Envelope) {
+        match env {
+            Envelope::Reply { id, reply } => {
+                let tx = self.pending.borrow_mut().remove(&id);
+                if let Some(tx) = tx {
+                    let _ = tx.try_send(reply);
+                }
+            }
+            Envelope::Call { id, from, call } => {
+                let reply = match call {
+                    Call::Request(req) => Reply::Response(self.clone().handle_owned(req).await),
+                    Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
+                    Call::Stats(parts) => Reply::Stats(self.local_stats(&parts)),
+                };
+                self.reply(from, id, reply).await;
+            }
+        }
+    }
+
+    /// Replaces the topic table and opens or closes this shard's partitions to match.
+    async fn apply_topics(&self, table: TopicTable) -> Result<(), String> {
+        let me = self.opts.shard_id;
+        let mut wanted: Vec<(String, u32, LogConfig)> = Vec::new();
+        for (name, t) in &table.topics {
+            let config = topics::log_config(&t.configs, &self.opts.log_defaults)?;
+            for (p, owner) in t.placement.iter().enumerate() {
+                if *owner == me {
+                    wanted.push((name.clone(), p as u32, config.clone()));
+                }
+            }
+        }
+        // Close and forget partitions no longer ours (deleted topics lose their data).
+        let gone: Vec<(String, u32)> = self
+            .partitions
+            .borrow()
+            .keys()
+            .filter(|(t, p)| !wanted.iter().any(|(wt, wp, _)| wt == t && wp == p))
+            .cloned()
+            .collect();
+        for key in gone {
+            let log = self.partitions.borrow_mut().remove(&key);
+            if let Some(log) = log {
+                let _ = log.close().await;
+                if !table.topics.contains_key(&key.0) {
+                    let dir = self.partition_dir(&key.0, key.1);
+                    if let Err(e) = ringmq_storage::remove_dir_all(&dir).await {
+                        tracing::error!(dir = %dir.display(), error = %e, "removing deleted partition failed");
+                    }
+                    let topic_dir = self.opts.data_dir.join(&key.0);
+                    let _ = ringmq_storage::remove_dir_all(&topic_dir).await;
+                }
+            }
+        }
+        for (name, p, config) in wanted {
+            let key = (name.clone(), p);
+            let existing = self.partitions.borrow().get(&key).cloned();
+            match existing {
+                Some(log) => log.set_config(config).map_err(|e| e.to_string())?,
+                None => {
+                    let dir = self.partition_dir(&name, p);
+                    let log = PartitionLog::open(&dir, config, self.cache.clone())
+                        .await
+                        .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                    self.partitions.borrow_mut().insert(key, log);
+                }
+            }
+        }
+        *self.topics.borrow_mut() = table;
+        Ok(())
+    }
+
+    fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.opts.data_dir.join(topic).join(partition.to_string())
+    }
+
+    fn local_stats(&self, parts: &[(String, u32)]) -> Vec<PartitionInfo> {
+        let logs = self.partitions.borrow();
+        parts
+            .iter()
+            .map(|(t, p)| match logs.get(&(t.clone(), *p)) {
+                Some(log) => PartitionInfo {
+                    partition: *p,
+                    shard: self.opts.shard_id,
+                    start_offset: log.start_offset(),
+                    high_watermark: log.committed_offset(),
+                    size_bytes: log.size_bytes(),
+                },
+                None => PartitionInfo {
+                    partition: *p,
+                    shard: self.opts.shard_id,
+                    start_offset: -1,
+                    high_watermark: -1,
+                    size_bytes: 0,
+                },
+            })
+            .collect()
+    }
+
+    /// Answers a request that arrived on one of this shard's connections.
+    pub async fn handle_request(self: Rc<Self>, req: Request) -> Response {
+        match req {
+            Request::ApiVersions { .. } => Response::ApiVersions(codec::supported_versions()),
+            Request::ListTopics => {
+                Response::Topics(self.topics.borrow().topics.keys().cloned().collect())
+            }
+            Request::DescribeTopic { name } => self.describe(name).await,
+            Request::CreateTopic { .. } | Request::DeleteTopic { .. } => {
+                if self.opts.shard_id == METADATA_SHARD {
+                    self.change_metadata(req).await
+                } else {
+                    match self.call(METADATA_SHARD, Call::Request(req)).await {
+                        Some(Reply::Response(r)) => r,
+                        _ => Response::Done(WireError::new(
+                            ErrorCode::Unavailable,
+                            "metadata shard unavailable",
+                        )),
+                    }
+                }
+            }
+            Request::Produce { acks, partitions } => self.produce(acks, partitions).await,
+            Request::Fetch {
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                partitions,
+            } => {
+                self.fetch(max_wait_ms, min_bytes, max_bytes, partitions)
+                    .await
+            }
+            Request::ListOffsets { partitions } => self.list_offsets(partitions).await,
+        }
+    }
+
+    /// Answers the part of a request forwarded to this shard as the owner.
+    async fn handle_owned(self: Rc<Self>, req: Request) -> Response {
+        match req {
+            Request::Produce { acks, partitions } => {
+                Response::Produce(self.produce_local(acks, partitions).await)
+            }
+            Request::Fetch {
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
+                partitions,
+            } => Response::Fetch(
+                self.fetch_local(max_wait_ms, min_bytes, max_bytes, partitions)
+                    .await,
+            ),
+            Request::ListOffsets { partitions } => {
+                Response::Offsets(self.list_offsets_local(partitions).await)
+            }
+            Request::CreateTopic { .. } | Request::DeleteTopic { .. }
+                if self.opts.shard_id == METADATA_SHARD =>
+            {
+                self.change_metadata(req).await
+            }
+            other => Response::Error(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("{:?} cannot be forwarded", other.api_key()),
+            )),
+        }
+    }
+
+    async fn describe(self: Rc<Self>, name: String) -> Response {
+        let meta = self.topics.borrow().topics.get(&name).cloned();
+        let Some(meta) = meta else {
+            return Response::Topic {
+                error: WireError::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")),
+                name,
+                partitions: Vec::new(),
+                configs: Vec::new(),
+            };
+        };
+        let mut by_shard: HashMap<u32, Vec<(String, u32)>> = HashMap::new();
+        for (p, owner) in meta.placement.iter().enumerate() {
+            by_shard
+                .entry(*owner)
+                .or_default()
+                .push((name.clone(), p as u32));
+        }
+        let mut infos = Vec::new();
+        for (owner, parts) in by_shard {
+            if owner == self.opts.shard_id {
+                infos.extend(self.local_stats(&parts));
+            } else if let Some(Reply::Stats(s)) = self.call(owner, Call::Stats(parts)).await {
+                infos.extend(s);
+            }
+        }
+        infos.sort_by_key(|i| i.partition);
+        Response::Topic {
+            error: WireError::none(),
+            name,
+            partitions: infos,
+            configs: meta.configs.into_iter().collect(),
+        }
+    }
+
+    /// Create or delete a topic: on the metadata shard only, one change at a time:
+    /// persist the new table, then have every shard apply it before answering.
+    async fn change_metadata(self: Rc<Self>, req: Request) -> Response {
+        let _permit = self.metadata_lock.acquire_permit(1).await;
+        let mut table = self.topics.borrow().clone();
+        let what = match req {
+            Request::CreateTopic {
+                name,
+                partitions,
+                configs,
+            } => {
+                if let Err(e) = topics::validate_name(&name) {
+                    return Response::Done(WireError::new(ErrorCode::InvalidRequest, e));
+                }
+                if table.topics.contains_key(&name) {
+                    return Response::Done(WireError::new(
+                        ErrorCode::TopicExists,
+                        format!("topic {name:?} exists"),
+                    ));
+                }
+                if partitions == 0 || partitions > topics::PARTITIONS_MAX {
+                    return Response::Done(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("partition count must be 1 to {}", topics::PARTITIONS_MAX),
+                    ));
+                }
+                let configs: std::collections::BTreeMap<String, String> =
+                    configs.into_iter().collect();
+                if let Err(e) = topics::log_config(&configs, &self.opts.log_defaults) {
+                    return Response::Done(WireError::new(ErrorCode::InvalidRequest, e));
+                }
+                let id = table.next_id;
+                table.next_id += 1;
+                let placement = (0..partitions)
+                    .map(|p| place(id, p, self.opts.shard_count))
+                    .collect();
+                table.topics.insert(
+                    name.clone(),
+                    TopicMeta {
+                        id,
+                        partitions,
+                        configs,
+                        placement,
+                    },
+                );
+                tracing::info!(topic = %name, partitions, "topic created");
+                name
+            }
+            Request::DeleteTopic { name } => {
+                if table.topics.remove(&name).is_none() {
+                    return Response::Done(WireError::new(
+                        ErrorCode::UnknownTopic,
+                        format!("unknown topic {name:?}"),
+                    ));
+                }
+                tracing::info!(topic = %name, "topic deleted");
+                name
+            }
+            _ => unreachable!("only create and delete change metadata"),
+        };
+        let path = self.opts.data_dir.join(topics::TOPICS_FILE);
+        if let Err(e) = ringmq_storage::write_file_atomic(&path, &table.to_json()).await {
+            return Response::Done(WireError::new(
+                ErrorCode::StorageError,
+                format!("saving topic table: {e}"),
+            ));
+        }
+        let mut errors = Vec::new();
+        for shard in 0..self.opts.shard_count {
+            let r = if shard == self.opts.shard_id {
+                self.apply_topics(table.clone()).await
+            } else {
+                match self.call(shard, Call::ApplyTopics(table.clone())).await {
+                    Some(Reply::Applied(r)) => r,
+                    _ => Err(format!("shard {shard} did not answer")),
+                }
+            };
+            if let Err(e) = r {
+                errors.push(format!("shard {shard}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Response::Done(WireError::none())
+        } else {
+            tracing::error!(topic = %what, errors = ?errors, "applying topic change failed");
+            Response::Done(WireError::new(ErrorCode::StorageError, errors.join("; ")))
+        }
+    }
+
+    /// Owner shard of a partition, or the error to answer.
+    fn owner(&self, topic: &str, partition: u32) -> Result<u32, WireError> {
+        let t = self.topics.borrow();
+        match t.topics.get(topic) {
+            None => Err(WireError::new(
+                ErrorCode::UnknownTopic,
+                format!("unknown topic {topic:?}"),
+            )),
+            Some(m) => m.placement.get(partition as usize).copied().ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownPartition,
+                    format!(
+                        "topic {topic:?} has {} partitions; {partition} does not exist",
+                        m.partitions
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// Splits items by owner shard (keeping each item's position), runs `local` on this
+    /// shard's part and `remote` calls for the others concurrently, and puts the results
+    /// back in request order.
+    async fn scatter<I, R>(
+        self: &Rc<Self>,
+        items: Vec<I>,
+        key: impl Fn(&I) -> (&str, u32),
+        unknown: impl Fn(&I, WireError) -> R,
+        run: impl Fn(Rc<Self>, u32, Vec<I>) -> LocalFuture<Vec<R>>,
+    ) -> Vec<R>
+    where
+        I: 'static,
+        R: 'static,
+    {
+        let n = items.len();
+        let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
+        let mut groups: HashMap<u32, (Vec<usize>, Vec<I>)> = HashMap::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let (t, p) = key(&item);
+            match self.owner(t, p) {
+                Ok(owner) => {
+                    let g = groups.entry(owner).or_default();
+                    g.0.push(i);
+                    g.1.push(item);
+                }
+                Err(e) => out[i] = Some(unknown(&item, e)),
+            }
+        }
+        let mut tasks = Vec::new();
+        for (owner, (positions, group)) in groups {
+            tasks.push((
+                positions,
+                glommio::spawn_local(run(self.clone(), owner, group)),
+            ));
+        }
+        for (positions, task) in tasks {
+            let results = task.await;
+            for (pos, r) in positions.into_iter().zip(results) {
+                out[pos] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every item answered"))
+            .collect()
+    }
+
+    async fn produce(self: Rc<Self>, acks: u8, partitions: Vec<ProducePartition>) -> Response {
+        if acks > 1 {
+            return Response::Error(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!("acks {acks}: expected 0 (none) or 1 (durable)"),
+            ));
+        }
+        let results = self
+            .scatter(
+                partitions,
+                |p| (p.topic.as_str(), p.partition),
+                |p, e| ProduceResult {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    error: e,
+                    base_offset: -1,
+                },
+                move |me, owner, group| {
+                    Box::pin(async move {
+                        if owner == me.opts.shard_id {
+                            return me.produce_local(acks, group).await;
+                        }
+                        let fallback: Vec<(String, u32)> = group
+                            .iter()
+                            .map(|p| (p.topic.clone(), p.partition))
+                            .collect();
+                        match me
+                            .call(
+                                owner,
+                                Call::Request(Request::Produce {
+                                    acks,
+                                    partitions: group,
+                                }),
+                            )
+                            .await
+                        {
+                            Some(Reply::Response(Response::Produce(r)))
+                                if r.len() == fallback.len() =>
+                            {
+                                r
+                            }
+                            _ => fallback
+                                .into_iter()
+                                .map(|(topic, partition)| ProduceResult {
+                                    topic,
+                                    partition,
+                                    error: WireError::new(
+                                        ErrorCode::Unavailable,
+                                        format!("shard {owner} did not answer"),
+                                    ),
+                                    base_offset: -1,
+                                })
+                                .collect(),
+                        }
+                    })
+                },
+            )
+            .await;
+        Response::Produce(results)
+    }
+
+    async fn produce_local(
+        self: &Rc<Self>,
+        acks: u8,
+        partitions: Vec<ProducePartition>,
+    ) -> Vec<ProduceResult> {
+        let mut tasks = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let log = self
+                .partitions
+                .borrow()
+                .get(&(p.topic.clone(), p.partition))
+                .cloned();
+            let me = self.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let Some(log) = log else {
+                    return ProduceResult {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: WireError::new(ErrorCode::UnknownPartition, "partition is not on this shard"),
+                        base_offset: -1,
+                    };
+                };
+                let batch = BytesMut::from(&p.batch[..]);
+                if acks == 0 {
+                    // Fire and forget: the append still runs to completion.
+                    let me2 = me.clone();
+                    glommio::spawn_local(async move {
+                        if log.append(batch).await.is_ok() {
+                            me2.data_arrived.notify_all();
+                        }
+                    })
+                    .detach();
+                    return ProduceResult {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: WireError::none(),
+                        base_offset: -1,
+                    };
+                }
+                match log.append(batch).await {
+                    Ok(at) => {
+                        me.data_arrived.notify_all();
+                        ProduceResult {
+                            topic: p.topic,
+                            partition: p.partition,
+                            error: WireError::none(),
+                            base_offset: at.base_offset,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::info!(topic = %p.topic, partition = p.partition, error = %e, "produce refused");
+                        ProduceResult {
+                            topic: p.topic,
+                            partition: p.partition,
+                            error: storage_error(&e),
+                            base_offset: -1,
+                        }
+                    }
+                }
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            out.push(t.await);
+        }
+        out
+    }
+
+    async fn fetch(
+        self: Rc<Self>,
+        max_wait_ms: u32,
+        min_bytes: u32,
+        max_bytes: u32,
+        partitions: Vec<FetchPartition>,
+    ) -> Response {
+        let results = self
+            .scatter(
+                partitions,
+                |p| (p.topic.as_str(), p.partition),
+                |p, e| FetchResult {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    error: e,
+                    high_watermark: -1,
+                    start_offset: -1,
+                    records: Bytes::new(),
+                },
+                move |me, owner, group| {
+                    Box::pin(async move {
+                        if owner == me.opts.shard_id {
+                            return me
+                                .fetch_local(max_wait_ms, min_bytes, max_bytes, group)
+                                .await;
+                        }
+                        let fallback: Vec<(String, u32)> = group
+                            .iter()
+                            .map(|p| (p.topic.clone(), p.partition))
+                            .collect();
+                        let req = Request::Fetch {
+                            max_wait_ms,
+                            min_bytes,
+                            max_bytes,
+                            partitions: group,
+                        };
+                        match me.call(owner, Call::Request(req)).await {
+                            Some(Reply::Response(Response::Fetch(r)))
+                                if r.len() == fallback.len() =>
+                            {
+                                r
+                            }
+                            _ => fallback
+                                .into_iter()
+                                .map(|(topic, partition)| FetchResult {
+                                    topic,
+                                    partition,
+                                    error: WireError::new(
+                                        ErrorCode::Unavailable,
+                                        format!("shard {owner} did not answer"),
+                                    ),
+                                    high_watermark: -1,
+                                    start_offset: -1,
+                                    records: Bytes::new(),
+                                })
+                                .collect(),
+                        }
+                    })
+                },
+            )
+            .await;
+        Response::Fetch(results)
+    }
+
+    /// Reads the partitions; if fewer than `min_bytes` came back, waits on the timing
+    /// wheel until data arrives on this shard or `max_wait_ms` passes, and reads again.
+    async fn fetch_local(
+        self: &Rc<Self>,
+        max_wait_ms: u32,
+        min_bytes: u32,
+        max_bytes: u32,
+        partitions: Vec<FetchPartition>,
+    ) -> Vec<FetchResult> {
+        let deadline = Instant::now() + Duration::from_millis(u64::from(max_wait_ms));
+        loop {
+            // Register interest before reading, so an append in between is not missed.
+            let arrived = self.data_arrived.changed();
+            let mut total = 0usize;
+            let mut out = Vec::with_capacity(partitions.len());
+            for p in &partitions {
+                let log = self
+                    .partitions
+                    .borrow()
+                    .get(&(p.topic.clone(), p.partition))
+                    .cloned();
+                let Some(log) = log else {
+                    out.push(FetchResult {
+                        topic: p.topic.clone(),
+                        partition: p.partition,
+                        error: WireError::new(
+                            ErrorCode::UnknownPartition,
+                            "partition is not on this shard",
+                        ),
+                        high_watermark: -1,
+                        start_offset: -1,
+                        records: Bytes::new(),
+                    });
+                    continue;
+                };
+                let budget = (max_bytes as usize)
+                    .saturating_sub(total)
+                    .min(p.max_bytes as usize);
+                let (error, records) = if budget == 0 && total > 0 {
+                    (WireError::none(), Bytes::new())
+                } else {
+                    match log.read(p.offset, budget.max(1)).await {
+                        Ok(r) => match r.to_bytes().await {
+                            Ok(b) => (WireError::none(), Bytes::from(b)),
+                            Err(e) => (storage_error(&e), Bytes::new()),
+                        },
+                        Err(e) => (storage_error(&e), Bytes::new()),
+                    }
+                };
+                total += records.len();
+                out.push(FetchResult {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    error,
+                    high_watermark: log.committed_offset(),
+                    start_offset: log.start_offset(),
+                    records,
+                });
+            }
+            let any_error = out.iter().any(|r| !r.error.is_ok());
+            if total >= min_bytes as usize
+                || any_error
+                || Instant::now() >= deadline
+                || self.stopping.get()
+            {
+                return out;
+            }
+            futures_lite::future::or(arrived, self.timers.sleep_until(deadline)).await;
+        }
+    }
+
+    async fn list_offsets(self: Rc<Self>, partitions: Vec<(String, u32, i64)>) -> Response {
+        let results = self
+            .scatter(
+                partitions,
+                |p| (p.0.as_str(), p.1),
+                |p, e| (p.0.clone(), p.1, e, -1),
+                |me, owner, group| {
+                    Box::pin(async move {
+                        if owner == me.opts.shard_id {
+                            return me.list_offsets_local(group).await;
+                        }
+                        let fallback: Vec<(String, u32)> =
+                            group.iter().map(|p| (p.0.clone(), p.1)).collect();
+                        match me
+                            .call(
+                                owner,
+                                Call::Request(Request::ListOffsets { partitions: group }),
+                            )
+                            .await
+                        {
+                            Some(Reply::Response(Response::Offsets(r)))
+                                if r.len() == fallback.len() =>
+                            {
+                                r
+                            }
+                            _ => fallback
+                                .into_iter()
+                                .map(|(t, p)| {
+                                    (
+                                        t,
+                                        p,
+                                        WireError::new(
+                                            ErrorCode::Unavailable,
+                                            format!("shard {owner} did not answer"),
+                                        ),
+                                        -1,
+                                    )
+                                })
+                                .collect(),
+                        }
+                    })
+                },
+            )
+            .await;
+        Response::Offsets(results)
+    }
+
+    async fn list_offsets_local(
+        self: &Rc<Self>,
+        partitions: Vec<(String, u32, i64)>,
+    ) -> Vec<(String, u32, WireError, i64)> {
+        let mut out = Vec::with_capacity(partitions.len());
+        for (t, p, spec) in partitions {
+            let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
+            let Some(log) = log else {
+                out.push((
+                    t,
+                    p,
+                    WireError::new(
+                        ErrorCode::UnknownPartition,
+                        "partition is not on this shard",
+                    ),
+                    -1,
+                ));
+                continue;
+            };
+            let r = match spec {
+                OFFSET_EARLIEST => Ok(log.start_offset()),
+                OFFSET_LATEST => Ok(log.committed_offset()),
+                ts if ts >= 0 => log.offset_for_timestamp(ts).await.map(|o| o.unwrap_or(-1)),
+                other => {
+                    out.push((
+                        t,
+                        p,
+                        WireError::new(ErrorCode::InvalidRequest, format!("offset spec {other}")),
+                        -1,
+                    ));
+                    continue;
+                }
+            };
+            match r {
+                Ok(o) => out.push((t, p, WireError::none(), o)),
+                Err(e) => out.push((t, p, storage_error(&e), -1)),
+            }
+        }
+        out
+    }
+}
+
+impl Handler for Shard {
+    fn handle(self: Rc<Self>, request: Request) -> LocalFuture<Response> {
+        Box::pin(self.handle_request(request))
+    }
+}

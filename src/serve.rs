@@ -1,0 +1,354 @@
+//! `ringmq serve`: one shard per core, each a pinned glommio executor with its own
+//! SO_REUSEPORT listener. Settings: defaults < `--config FILE` < `RINGMQ_*` < flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use glommio::{LocalExecutorBuilder, Placement};
+use ringmq_net::conn::{ConnEnd, ConnLimits, MemoryBudget, serve_connection};
+use ringmq_shard::broker::{Shard, ShardOptions, links};
+use ringmq_shard::topics::TopicTable;
+use ringmq_storage::LogConfig;
+use serde::Deserialize;
+
+/// Flags of `ringmq serve`. Every setting can also come from `RINGMQ_<NAME>` and from
+/// the TOML file given with `--config`.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Data directory [default: ./data]
+    #[arg(long, env = "RINGMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Native protocol listen address [default: 127.0.0.1:9093]
+    #[arg(long, env = "RINGMQ_NATIVE_LISTEN")]
+    native_listen: Option<SocketAddr>,
+    /// TOML file with any of these settings (keys as the flags, with _ for -)
+    #[arg(long, env = "RINGMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Run shards on the first N online cores [default: all online cores]
+    #[arg(long, env = "RINGMQ_SHARDS")]
+    shards: Option<usize>,
+    /// Run shards on these cores, e.g. 0,2 (overrides --shards)
+    #[arg(long, env = "RINGMQ_CPUS", value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Log level: error, warn, info, debug, trace (RUST_LOG takes precedence) [default: info]
+    #[arg(long, env = "RINGMQ_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Default segment size of new topics, bytes [default: 1073741824]
+    #[arg(long, env = "RINGMQ_SEGMENT_BYTES")]
+    segment_bytes: Option<u64>,
+    /// Default retention of new topics, ms; -1 keeps forever [default: 604800000]
+    #[arg(long, env = "RINGMQ_RETENTION_MS", allow_hyphen_values = true)]
+    retention_ms: Option<i64>,
+    /// Default flush policy: every_batch | interval_ms:N | bytes:N | never [default: every_batch]
+    #[arg(long, env = "RINGMQ_FLUSH")]
+    flush: Option<String>,
+    /// Largest batch accepted, bytes [default: 1048588]
+    #[arg(long, env = "RINGMQ_MESSAGE_BYTES_MAX")]
+    message_bytes_max: Option<usize>,
+    /// Requests in flight per connection [default: 64]
+    #[arg(long, env = "RINGMQ_INFLIGHT_MAX")]
+    inflight_max: Option<usize>,
+    /// Per-shard memory for requests read but not yet answered, bytes [default: 268435456]
+    #[arg(long, env = "RINGMQ_REQUEST_MEMORY_BYTES_MAX")]
+    request_memory_bytes_max: Option<usize>,
+}
+
+/// The same settings as the TOML file spells them.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    native_listen: Option<SocketAddr>,
+    shards: Option<usize>,
+    cpus: Option<Vec<usize>>,
+    log_level: Option<String>,
+    segment_bytes: Option<u64>,
+    retention_ms: Option<i64>,
+    flush: Option<String>,
+    message_bytes_max: Option<usize>,
+    inflight_max: Option<usize>,
+    request_memory_bytes_max: Option<usize>,
+}
+
+/// Settings after merging.
+#[derive(Debug, Clone)]
+struct Settings {
+    data_dir: PathBuf,
+    native_listen: SocketAddr,
+    cpus: Vec<usize>,
+    log_defaults: LogConfig,
+    limits: ConnLimits,
+    request_memory_bytes_max: usize,
+}
+
+fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let online = num_cpus::get();
+    let cpus = match args.cpus.or(file.cpus) {
+        Some(c) => {
+            if c.is_empty() {
+                bail!("--cpus names no core");
+            }
+            if let Some(bad) = c.iter().find(|&&c| c >= online) {
+                bail!(
+                    "--cpus names core {bad}, but this machine has {online} online cores (0..{})",
+                    online - 1
+                );
+            }
+            c
+        }
+        None => {
+            let n = args.shards.or(file.shards).unwrap_or(online);
+            if n == 0 || n > online {
+                bail!("--shards {n}: must be 1 to {online} (online cores)");
+            }
+            (0..n).collect()
+        }
+    };
+    let mut log_defaults = LogConfig::default();
+    if let Some(v) = args.segment_bytes.or(file.segment_bytes) {
+        log_defaults.segment_bytes = v;
+    }
+    if let Some(v) = args.retention_ms.or(file.retention_ms) {
+        log_defaults.retention_ms = u64::try_from(v).ok();
+    }
+    if let Some(v) = args.flush.or(file.flush) {
+        log_defaults.flush = v.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = args.message_bytes_max.or(file.message_bytes_max) {
+        log_defaults.message_bytes_max = v;
+        log_defaults.write_buffer_bytes_max = log_defaults.write_buffer_bytes_max.max(v);
+    }
+    log_defaults.validate().context("invalid log settings")?;
+    Ok(Settings {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data")),
+        native_listen: args
+            .native_listen
+            .or(file.native_listen)
+            .unwrap_or_else(|| "127.0.0.1:9093".parse().expect("valid default address")),
+        cpus,
+        log_defaults,
+        limits: ConnLimits {
+            inflight_max: args.inflight_max.or(file.inflight_max).unwrap_or(64).max(1),
+            ..ConnLimits::default()
+        },
+        request_memory_bytes_max: args
+            .request_memory_bytes_max
+            .or(file.request_memory_bytes_max)
+            .unwrap_or(256 << 20)
+            .max(1 << 20),
+    })
+}
+
+/// Whether glommio can register (lock) its I/O buffers: root or CAP_IPC_LOCK, or a
+/// locked-memory limit of at least 512 KiB per shard.
+fn buffer_registration(shards: usize) -> (bool, String) {
+    // SAFETY: geteuid and getrlimit only read process state into a local struct.
+    let (euid, memlock) = unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r);
+        (libc::geteuid(), r.rlim_cur)
+    };
+    let needed = 512u64 * 1024 * shards as u64;
+    if euid == 0 {
+        (
+            true,
+            "running as root (CAP_IPC_LOCK): io_uring buffers are registered".into(),
+        )
+    } else if memlock >= needed {
+        (
+            true,
+            format!("locked-memory limit {memlock} bytes: io_uring buffers are registered"),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "WARNING: locked-memory limit {memlock} bytes < {needed} needed: io_uring buffers are NOT registered (raise `ulimit -l` or grant CAP_IPC_LOCK)"
+            ),
+        )
+    }
+}
+
+/// The log level to start with: the flag or variable, else the file's, else info.
+pub fn log_level(args: &ServeArgs) -> String {
+    if let Some(l) = &args.log_level {
+        return l.clone();
+    }
+    args.config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| toml::from_str::<FileConfig>(&t).ok())
+        .and_then(|f| f.log_level)
+        .unwrap_or_else(|| "info".into())
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let s = settings(args)?;
+    std::fs::create_dir_all(&s.data_dir)
+        .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
+    let data_dir = std::path::absolute(&s.data_dir)?;
+    let shard_count = s.cpus.len() as u32;
+    let mut table = TopicTable::load(&data_dir).map_err(anyhow::Error::msg)?;
+    let moves = table.fit_to_shards(shard_count);
+    if !moves.is_empty() {
+        for (t, p, from, to) in &moves {
+            tracing::warn!(topic = %t, partition = p, from, to, "shard {from} no longer exists: partition moves to shard {to}");
+        }
+        let path = data_dir.join(ringmq_shard::topics::TOPICS_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, table.to_json())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&data_dir)?.sync_all()?;
+    }
+    let (_, registration) = buffer_registration(s.cpus.len());
+    // Bind once here to report a busy port clearly; the shards bind their own.
+    match std::net::TcpListener::bind(s.native_listen) {
+        Ok(l) => drop(l),
+        Err(e) => bail!("cannot listen on {}: {e}", s.native_listen),
+    }
+    println!("ringmq {} starting", env!("CARGO_PKG_VERSION"));
+    println!("  data directory   {}", data_dir.display());
+    println!("  native listener  {}", s.native_listen);
+    println!(
+        "  shards           {} on cores {}",
+        s.cpus.len(),
+        s.cpus
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    println!("  io_uring         {registration}");
+    println!("  topics           {}", table.topics.len());
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut handles = Vec::new();
+    let all_links = links(s.cpus.len());
+    for (i, (cpu, l)) in s.cpus.iter().copied().zip(all_links).enumerate() {
+        let opts = ShardOptions {
+            shard_id: i as u32,
+            shard_count,
+            data_dir: data_dir.clone(),
+            log_defaults: s.log_defaults.clone(),
+            open_segments_max: 256,
+        };
+        let table = table.clone();
+        let stop = stop.clone();
+        let addr = s.native_listen;
+        let limits = s.limits;
+        let memory = s.request_memory_bytes_max;
+        let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("shard-{i}"))
+            .spawn(
+                move || async move { run_shard(opts, table, l, addr, limits, memory, stop).await },
+            )
+            .map_err(|e| anyhow::anyhow!("starting shard {i} on core {cpu}: {e}"))?;
+        handles.push(h);
+    }
+    let mut failed = None;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(format!("shard {i}: {e}")),
+            Err(e) => failed = Some(format!("shard {i} panicked: {e}")),
+        }
+    }
+    if let Some(e) = failed {
+        bail!(e);
+    }
+    println!("ringmq stopped cleanly");
+    Ok(())
+}
+
+async fn run_shard(
+    opts: ShardOptions,
+    table: TopicTable,
+    l: ringmq_shard::broker::Links,
+    addr: SocketAddr,
+    limits: ConnLimits,
+    memory: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let id = opts.shard_id;
+    let shard = Shard::start(opts, table, l).await?;
+    let listener = glommio::net::TcpListener::bind(addr)
+        .map_err(|e| format!("shard {id}: listening on {addr}: {e}"))?;
+    tracing::info!(shard = id, partitions = shard.partition_count(), %addr, "shard ready");
+    let budget = MemoryBudget::new(memory);
+    let conns = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let accept = listener.accept();
+        let tick = glommio::timer::sleep(Duration::from_millis(100));
+        let accepted = futures_lite::future::or(async { Some(accept.await) }, async {
+            tick.await;
+            None
+        })
+        .await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match accepted {
+            None => continue,
+            Some(Err(e)) => {
+                tracing::warn!(shard = id, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Some(Ok(stream)) => {
+                let peer = stream.peer_addr().ok();
+                let shard = shard.clone();
+                let budget = budget.clone();
+                let conns = conns.clone();
+                conns.set(conns.get() + 1);
+                glommio::spawn_local(async move {
+                    let end = serve_connection(stream, shard, limits, budget).await;
+                    conns.set(conns.get() - 1);
+                    match end {
+                        ConnEnd::Closed => tracing::debug!(shard = id, ?peer, "connection closed"),
+                        ConnEnd::Io(e) => {
+                            tracing::info!(shard = id, ?peer, error = %e, "connection error")
+                        }
+                        ConnEnd::Oversized(n) => tracing::warn!(
+                            shard = id,
+                            ?peer,
+                            frame_bytes = n,
+                            "closed connection: oversized frame"
+                        ),
+                    }
+                })
+                .detach();
+            }
+        }
+    }
+    tracing::info!(
+        shard = id,
+        connections = conns.get(),
+        "stopping: flushing and closing partitions"
+    );
+    drop(listener);
+    shard.shutdown().await;
+    Ok(())
+}
