@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Run the broker: one shard per core, native protocol listener, data under
     /// --data-dir. Stops cleanly on SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Inspect a partition directory offline: recover it (as the broker does at
     /// start) and print its offsets, segments and what recovery did.
     Log {
@@ -57,7 +57,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(a) => serve::serve(a),
+        Command::Serve(a) => serve::serve(*a),
         Command::Log { dir } => inspect_log(dir),
     }
 }

@@ -1,0 +1,496 @@
+//! End-to-end: `ringmq serve` with 2 shards on 127.0.0.1 and a free port, spoken to
+//! over real sockets with the native protocol.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringmq_net::codec::{
+    self, ApiKey, ErrorCode, FetchPartition, OFFSET_EARLIEST, OFFSET_LATEST, ProducePartition,
+    Request, Response,
+};
+use ringmq_storage::batch::{self, Record};
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Broker {
+    fn start(data: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args([
+                "serve",
+                "--shards",
+                "2",
+                "--log-level",
+                "warn",
+                "--native-listen",
+            ])
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "broker did not listen within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: sending SIGTERM to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean shutdown: {status}");
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    s: TcpStream,
+    next_id: u32,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Self { s, next_id: 1 }
+    }
+
+    fn send(&mut self, req: &Request) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.s.write_all(&codec::encode_request(id, req)).unwrap();
+        id
+    }
+
+    fn recv(&mut self, api: ApiKey) -> (u32, Response) {
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut body).unwrap();
+        codec::decode_response(api, Bytes::from(body)).unwrap()
+    }
+
+    fn call(&mut self, req: Request) -> Response {
+        let api = req.api_key();
+        let id = self.send(&req);
+        let (got, resp) = self.recv(api);
+        assert_eq!(got, id);
+        resp
+    }
+}
+
+fn batch_for(topic: &str, partition: u32, seq: u32) -> Vec<u8> {
+    let recs: Vec<Record> = (0..3)
+        .map(|i| Record {
+            key: Some(format!("{topic}-{partition}-{seq}-{i}").into_bytes()),
+            value: Some(vec![(seq % 251) as u8; 100 + i]),
+            headers: vec![("h".into(), b"v".to_vec())],
+            timestamp_ms: 1_000 + i64::from(seq),
+        })
+        .collect();
+    batch::encode_batch(&recs)
+}
+
+fn create(c: &mut Client, name: &str, partitions: u32) {
+    match c.call(Request::CreateTopic {
+        name: name.into(),
+        partitions,
+        configs: vec![],
+    }) {
+        Response::Done(e) => assert!(e.is_ok(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn produce(c: &mut Client, topic: &str, partition: u32, b: &[u8]) -> i64 {
+    match c.call(Request::Produce {
+        acks: 1,
+        partitions: vec![ProducePartition {
+            topic: topic.into(),
+            partition,
+            batch: Bytes::copy_from_slice(b),
+        }],
+    }) {
+        Response::Produce(r) => {
+            assert!(r[0].error.is_ok(), "{:?}", r[0].error);
+            r[0].base_offset
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every batch of a partition, fetched from offset 0, with base offsets reset.
+fn fetch_all(c: &mut Client, topic: &str, partition: u32) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = match c.call(Request::Fetch {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: topic.into(),
+                partition,
+                offset,
+                max_bytes: 64 << 10,
+            }],
+        }) {
+            Response::Fetch(mut r) => r.remove(0),
+            other => panic!("{other:?}"),
+        };
+        assert!(r.error.is_ok(), "{:?}", r.error);
+        if r.records.is_empty() {
+            return out;
+        }
+        let mut pos = 0;
+        while pos < r.records.len() {
+            let (_, size) = batch::peek_frame(&r.records[pos..]).unwrap();
+            let mut b = r.records[pos..pos + size].to_vec();
+            let info = batch::validate(&b, usize::MAX).unwrap();
+            offset = info.next_offset();
+            batch::set_base_offset(&mut b, 0);
+            batch::set_leader_epoch(&mut b, -1);
+            out.push(b);
+            pos += size;
+        }
+    }
+}
+
+#[test]
+fn produce_fetch_forwarding_long_poll_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data);
+    let mut c = Client::connect(broker.addr);
+
+    match c.call(Request::ApiVersions {
+        client: "test".into(),
+    }) {
+        Response::ApiVersions(v) => assert_eq!(v.len(), ApiKey::ALL.len()),
+        other => panic!("{other:?}"),
+    }
+    create(&mut c, "orders", 8);
+    // Created from any shard's connection, visible to all.
+    match c.call(Request::CreateTopic {
+        name: "orders".into(),
+        partitions: 8,
+        configs: vec![],
+    }) {
+        Response::Done(e) => assert_eq!(e.code, ErrorCode::TopicExists),
+        other => panic!("{other:?}"),
+    }
+    // 8 partitions over 2 shards: this connection's shard forwards half the requests.
+    let mut sent: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    for seq in 0..20 {
+        for p in 0..8 {
+            let b = batch_for("orders", p, seq);
+            let base = produce(&mut c, "orders", p, &b);
+            assert_eq!(
+                base,
+                i64::from(seq) * 3,
+                "offsets are per partition and dense"
+            );
+            sent.entry(p).or_default().push(b);
+        }
+    }
+    for p in 0..8 {
+        assert_eq!(
+            fetch_all(&mut c, "orders", p),
+            sent[&p],
+            "partition {p} byte-identical"
+        );
+    }
+    match c.call(Request::DescribeTopic {
+        name: "orders".into(),
+    }) {
+        Response::Topic {
+            error, partitions, ..
+        } => {
+            assert!(error.is_ok());
+            assert_eq!(partitions.len(), 8);
+            let shards: std::collections::BTreeSet<u32> =
+                partitions.iter().map(|p| p.shard).collect();
+            assert_eq!(shards.len(), 2, "partitions on both shards");
+            assert!(partitions.iter().all(|p| p.high_watermark == 60));
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.call(Request::ListOffsets {
+        partitions: vec![
+            ("orders".into(), 1, OFFSET_EARLIEST),
+            ("orders".into(), 2, OFFSET_LATEST),
+            ("orders".into(), 3, 1_010),
+        ],
+    }) {
+        Response::Offsets(v) => {
+            assert_eq!(v.iter().map(|x| x.3).collect::<Vec<_>>(), vec![0, 60, 30]);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Long poll: a fetch at the end waits, and a produce from another connection wakes it.
+    for p in [0u32, 1] {
+        let mut waiter = Client::connect(broker.addr);
+        let started = Instant::now();
+        let id = waiter.send(&Request::Fetch {
+            max_wait_ms: 10_000,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            partitions: vec![FetchPartition {
+                topic: "orders".into(),
+                partition: p,
+                offset: 60,
+                max_bytes: 1 << 20,
+            }],
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mut other = Client::connect(broker.addr);
+        produce(&mut other, "orders", p, &batch_for("orders", p, 99));
+        let (got, resp) = waiter.recv(ApiKey::Fetch);
+        assert_eq!(got, id);
+        let waited = started.elapsed();
+        match resp {
+            Response::Fetch(r) => assert!(!r[0].records.is_empty(), "woken with data"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken by the produce, not the 10 s max wait ({waited:?})"
+        );
+        sent.get_mut(&p).unwrap().push(batch_for("orders", p, 99));
+    }
+    // An empty long poll returns at max wait.
+    let started = Instant::now();
+    match c.call(Request::Fetch {
+        max_wait_ms: 300,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        partitions: vec![FetchPartition {
+            topic: "orders".into(),
+            partition: 5,
+            offset: 60,
+            max_bytes: 1 << 20,
+        }],
+    }) {
+        Response::Fetch(r) => assert!(r[0].records.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(290));
+
+    // Clean restart: everything is served again.
+    broker.stop();
+    let broker = Broker::start(&data);
+    let mut c = Client::connect(broker.addr);
+    for p in 0..8 {
+        assert_eq!(
+            fetch_all(&mut c, "orders", p),
+            sent[&p],
+            "partition {p} after restart"
+        );
+    }
+    broker.stop();
+}
+
+#[test]
+fn bad_input_gets_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "t", 2);
+    // Unknown topic and partition.
+    match c.call(Request::Produce {
+        acks: 1,
+        partitions: vec![
+            ProducePartition {
+                topic: "nope".into(),
+                partition: 0,
+                batch: Bytes::from(batch_for("x", 0, 0)),
+            },
+            ProducePartition {
+                topic: "t".into(),
+                partition: 9,
+                batch: Bytes::from(batch_for("x", 0, 0)),
+            },
+        ],
+    }) {
+        Response::Produce(r) => {
+            assert_eq!(r[0].error.code, ErrorCode::UnknownTopic);
+            assert_eq!(r[1].error.code, ErrorCode::UnknownPartition);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Corrupt batch.
+    let mut b = batch_for("t", 0, 0);
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    match c.call(Request::Produce {
+        acks: 1,
+        partitions: vec![ProducePartition {
+            topic: "t".into(),
+            partition: 0,
+            batch: Bytes::from(b),
+        }],
+    }) {
+        Response::Produce(r) => {
+            assert_eq!(r[0].error.code, ErrorCode::CorruptBatch, "{:?}", r[0].error)
+        }
+        other => panic!("{other:?}"),
+    }
+    // Invalid names and counts.
+    for (name, parts) in [("bad/name", 1), ("ok", 0)] {
+        match c.call(Request::CreateTopic {
+            name: name.into(),
+            partitions: parts,
+            configs: vec![],
+        }) {
+            Response::Done(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Unknown API and version: an error response with the request id, connection kept.
+    let mut f = codec::encode_request(77, &Request::ListTopics);
+    f[4..6].copy_from_slice(&200u16.to_be_bytes());
+    c.s.write_all(&f).unwrap();
+    let (id, r) = c.recv(ApiKey::ListTopics);
+    assert_eq!(id, 77);
+    assert!(matches!(r, Response::Error(e) if e.code == ErrorCode::UnsupportedVersion));
+    // Garbage body: error response; the connection still works.
+    let mut f = codec::encode_request(78, &Request::DescribeTopic { name: "t".into() });
+    f.truncate(f.len() - 1);
+    let len = (f.len() - 4) as u32;
+    f[..4].copy_from_slice(&len.to_be_bytes());
+    c.s.write_all(&f).unwrap();
+    let (id, r) = c.recv(ApiKey::DescribeTopic);
+    assert_eq!(id, 78);
+    assert!(matches!(r, Response::Error(e) if e.code == ErrorCode::Malformed));
+    assert!(
+        matches!(c.call(Request::ListTopics), Response::Topics(t) if t == vec!["t".to_string()])
+    );
+    // Oversized frame and random bytes: the connection is closed, the broker lives.
+    let mut bad = TcpStream::connect(broker.addr).unwrap();
+    bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+    let mut sink = [0u8; 16];
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(bad.read(&mut sink).unwrap_or(0), 0, "closed");
+    for seed in 0..20u8 {
+        let mut s = TcpStream::connect(broker.addr).unwrap();
+        let junk: Vec<u8> = (0..200u32)
+            .map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed))
+            .collect();
+        let _ = s.write_all(&junk);
+        drop(s); // vanish mid-request
+    }
+    let mut c2 = Client::connect(broker.addr);
+    assert!(matches!(c2.call(Request::ListTopics), Response::Topics(_)));
+    broker.stop();
+}
+
+#[test]
+fn durable_acks_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data);
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "k", 4);
+    let addr = broker.addr;
+    // Producers on two connections; the broker is killed while they run.
+    let producers: Vec<_> = (0..2u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut acked = Vec::new();
+                for seq in 0.. {
+                    let p = (seq + t) % 4;
+                    let b = batch_for("k", p, seq * 2 + t);
+                    let id = c.send(&Request::Produce {
+                        acks: 1,
+                        partitions: vec![ProducePartition {
+                            topic: "k".into(),
+                            partition: p,
+                            batch: Bytes::from(b.clone()),
+                        }],
+                    });
+                    let mut len = [0u8; 4];
+                    if c.s.read_exact(&mut len).is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if c.s.read_exact(&mut body).is_err() {
+                        break;
+                    }
+                    let (got, r) =
+                        codec::decode_response(ApiKey::Produce, Bytes::from(body)).unwrap();
+                    assert_eq!(got, id);
+                    if let Response::Produce(r) = r
+                        && r[0].error.is_ok()
+                    {
+                        acked.push((p, r[0].base_offset, b));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    broker.kill();
+    let acked: Vec<_> = producers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 10,
+        "producers made progress ({})",
+        acked.len()
+    );
+    let broker = Broker::start(&data);
+    let mut c = Client::connect(broker.addr);
+    let mut stored: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    for p in 0..4 {
+        stored.insert(p, fetch_all(&mut c, "k", p));
+    }
+    for (p, base, b) in &acked {
+        let mut offset = 0;
+        let found = stored[p].iter().any(|s| {
+            let hit = offset == *base && s == b;
+            offset += i64::from(batch::parse_header(s).unwrap().record_count);
+            hit
+        });
+        assert!(
+            found,
+            "acknowledged batch at partition {p} offset {base} is missing after SIGKILL"
+        );
+    }
+    broker.stop();
+}
