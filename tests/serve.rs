@@ -22,6 +22,10 @@ struct Broker {
 
 impl Broker {
     fn start(data: &Path) -> Self {
+        Self::start_with(data, 2)
+    }
+
+    fn start_with(data: &Path, shards: u32) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -29,15 +33,10 @@ impl Broker {
             .port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args([
-                "serve",
-                "--shards",
-                "2",
-                "--log-level",
-                "warn",
-                "--native-listen",
-            ])
+            .args(["serve", "--log-level", "warn", "--native-listen"])
             .arg(addr.to_string())
+            .arg("--shards")
+            .arg(shards.to_string())
             .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::null())
@@ -492,5 +491,111 @@ fn durable_acks_survive_sigkill() {
             "acknowledged batch at partition {p} offset {base} is missing after SIGKILL"
         );
     }
+    broker.stop();
+}
+
+fn shards_of(c: &mut Client, topic: &str) -> Vec<u32> {
+    match c.call(Request::DescribeTopic { name: topic.into() }) {
+        Response::Topic { partitions, .. } => partitions.iter().map(|p| p.shard).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn restart_on_fewer_cores_moves_partitions_and_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start_with(&data, 2);
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "m", 4);
+    let mut sent: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    for p in 0..4 {
+        for seq in 0..5 {
+            let b = batch_for("m", p, seq);
+            produce(&mut c, "m", p, &b);
+            sent.entry(p).or_default().push(b);
+        }
+    }
+    let before = shards_of(&mut c, "m");
+    assert!(before.contains(&1));
+    broker.stop();
+
+    let broker = Broker::start_with(&data, 1);
+    let mut c = Client::connect(broker.addr);
+    assert_eq!(
+        shards_of(&mut c, "m"),
+        vec![0, 0, 0, 0],
+        "shard 1 is gone: its partitions moved"
+    );
+    for p in 0..4 {
+        assert_eq!(fetch_all(&mut c, "m", p), sent[&p]);
+    }
+    broker.stop();
+
+    // Back to two shards: placement stays where it is now (stable), data intact.
+    let broker = Broker::start_with(&data, 2);
+    let mut c = Client::connect(broker.addr);
+    assert_eq!(shards_of(&mut c, "m"), vec![0, 0, 0, 0]);
+    for p in 0..4 {
+        assert_eq!(fetch_all(&mut c, "m", p), sent[&p]);
+    }
+    broker.stop();
+}
+
+#[test]
+fn many_concurrent_pipelined_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "busy", 6);
+    let addr = broker.addr;
+    let clients = 16u32;
+    let per_client = 60u32;
+    let handles: Vec<_> = (0..clients)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut ids = std::collections::VecDeque::new();
+                for seq in 0..per_client {
+                    let p = (t + seq) % 6;
+                    ids.push_back(c.send(&Request::Produce {
+                        acks: 1,
+                        partitions: vec![ProducePartition {
+                            topic: "busy".into(),
+                            partition: p,
+                            batch: Bytes::from(batch_for("busy", p, seq)),
+                        }],
+                    }));
+                    // Up to 8 requests in flight per connection.
+                    if ids.len() == 8 {
+                        let (id, r) = c.recv(ApiKey::Produce);
+                        assert_eq!(Some(id), ids.pop_front(), "responses in request order");
+                        assert!(matches!(r, Response::Produce(r) if r[0].error.is_ok()));
+                    }
+                }
+                while let Some(want) = ids.pop_front() {
+                    let (id, r) = c.recv(ApiKey::Produce);
+                    assert_eq!(id, want);
+                    assert!(matches!(r, Response::Produce(r) if r[0].error.is_ok()));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let total: i64 = match c.call(Request::ListOffsets {
+        partitions: (0..6)
+            .map(|p| ("busy".to_string(), p, OFFSET_LATEST))
+            .collect(),
+    }) {
+        Response::Offsets(v) => v.iter().map(|x| x.3).sum(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        total,
+        i64::from(clients * per_client * 3),
+        "every record of every client"
+    );
     broker.stop();
 }

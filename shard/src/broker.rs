@@ -194,8 +194,15 @@ impl Shard {
             peers.push(t.await);
         }
         *shard.peers.borrow_mut() = peers;
+        let mut receivers = Vec::new();
         for (from, t) in receiver_tasks {
-            let rx = t.await;
+            receivers.push((from, t.await));
+        }
+        glommio::spawn_local(shard.timers.clone().run()).detach();
+        // Open our partitions before serving calls from other shards: until then their
+        // calls wait in the bounded channels.
+        shard.apply_topics(table).await?;
+        for (from, rx) in receivers {
             let me = shard.clone();
             glommio::spawn_local(async move {
                 while let Some(env) = rx.recv().await {
@@ -206,8 +213,6 @@ impl Shard {
             })
             .detach();
         }
-        glommio::spawn_local(shard.timers.clone().run()).detach();
-        shard.apply_topics(table).await?;
         let me = shard.clone();
         glommio::spawn_local(async move { me.housekeeping().await }).detach();
         Ok(shard)
