@@ -1,0 +1,206 @@
+//! Produce load against a running broker over the native protocol: throughput at max
+//! rate, or ack latency at a fixed rate (latency counted from each request's intended
+//! send time, so a stall cannot hide behind a slowed-down sender).
+//!
+//! Run by `benches/broker.sh`, which starts the broker and measures iperf3 and fio
+//! beside it.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use ringmq_net::codec::{self, ApiKey, ProducePartition, Request, Response};
+use ringmq_storage::batch::{Record, encode_batch};
+
+#[derive(Parser, Debug)]
+#[command(about = "Produce load against a ringmq broker (native protocol)")]
+struct Args {
+    /// Broker address.
+    #[arg(long, default_value = "127.0.0.1:9093")]
+    broker: SocketAddr,
+    /// Topic (created if missing).
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Partitions of the topic when created.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Record size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    /// Records per batch (one batch per produce request).
+    #[arg(long, default_value_t = 64)]
+    batch_records: usize,
+    /// Connections (one thread each).
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    inflight: usize,
+    /// Records per second over all connections; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Seconds to measure (after warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body)?;
+    Ok(Bytes::from(body))
+}
+
+fn call(s: &mut TcpStream, req: &Request) -> anyhow::Result<Response> {
+    s.write_all(&codec::encode_request(0, req))?;
+    Ok(codec::decode_response(req.api_key(), read_frame(s)?)?.1)
+}
+
+struct Outcome {
+    hist: Histogram<u64>,
+    bytes: u64,
+    records: u64,
+}
+
+fn run_connection(args: &Args, index: usize, start: Instant, measure_from: Instant, end: Instant) -> anyhow::Result<Outcome> {
+    let mut s = TcpStream::connect(args.broker)?;
+    s.set_nodelay(true)?;
+    let batch = Bytes::from(encode_batch(
+        &(0..args.batch_records)
+            .map(|i| Record {
+                value: Some(vec![(i % 251) as u8; args.record_bytes.saturating_sub(8)]),
+                timestamp_ms: 1,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    ));
+    let per_conn_rate = args.rate as f64 / args.connections as f64 / args.batch_records as f64;
+    let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut bytes, mut records) = (0u64, 0u64);
+    let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
+    let mut next_id = 0u32;
+    let mut n = 0u64;
+    loop {
+        let now = Instant::now();
+        let can_send = now < end && inflight.len() < args.inflight;
+        let intended = interval.map(|iv| start + iv.mul_f64(n as f64 + index as f64 / args.connections as f64));
+        let due = intended.is_none_or(|t| t <= now);
+        if can_send && due {
+            let partition = (n as u32 + index as u32) % args.partitions;
+            let req = Request::Produce {
+                acks: 1,
+                partitions: vec![ProducePartition {
+                    topic: args.topic.clone(),
+                    partition,
+                    batch: batch.clone(),
+                }],
+            };
+            s.write_all(&codec::encode_request(next_id, &req))?;
+            inflight.push_back((next_id, intended.unwrap_or(now)));
+            next_id = next_id.wrapping_add(1);
+            n += 1;
+            continue;
+        }
+        if inflight.is_empty() {
+            if now >= end {
+                break;
+            }
+            if let Some(t) = intended {
+                std::thread::sleep(t.saturating_duration_since(now).min(Duration::from_millis(1)));
+            }
+            continue;
+        }
+        // Wait for the oldest answer (responses come in request order).
+        let frame = read_frame(&mut s)?;
+        let (id, resp) = codec::decode_response(ApiKey::Produce, frame)?;
+        let (want, sent_at) = inflight.pop_front().expect("in flight");
+        anyhow::ensure!(id == want, "response {id} for request {want}");
+        match resp {
+            Response::Produce(r) if r[0].error.is_ok() => {}
+            other => anyhow::bail!("produce failed: {other:?}"),
+        }
+        if sent_at >= measure_from {
+            hist.record(sent_at.elapsed().as_micros().max(1) as u64)?;
+            bytes += batch.len() as u64;
+            records += args.batch_records as u64;
+        }
+    }
+    Ok(Outcome { hist, bytes, records })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut admin = TcpStream::connect(args.broker)?;
+    match call(
+        &mut admin,
+        &Request::CreateTopic {
+            name: args.topic.clone(),
+            partitions: args.partitions,
+            configs: vec![],
+        },
+    )? {
+        Response::Done(e) if e.is_ok() || e.code == codec::ErrorCode::TopicExists => {}
+        other => anyhow::bail!("creating topic: {other:?}"),
+    }
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs_f64(args.warmup);
+    let end = measure_from + Duration::from_secs_f64(args.duration);
+    let outcomes: Vec<anyhow::Result<Outcome>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..args.connections)
+            .map(|i| {
+                let args = &args;
+                sc.spawn(move || run_connection(args, i, start, measure_from, end))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+    });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let (mut bytes, mut records) = (0u64, 0u64);
+    for o in outcomes {
+        let o = o?;
+        hist.add(o.hist)?;
+        bytes += o.bytes;
+        records += o.records;
+    }
+    let secs = args.duration;
+    let p = ringmq_bench::percentiles_us(&hist);
+    if args.json {
+        let mut lat = serde_json::Map::new();
+        for (k, v) in p {
+            lat.insert(k.to_string(), v.into());
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "records_per_sec": records as f64 / secs,
+                "bytes_per_sec": bytes as f64 / secs,
+                "ack_latency_us": lat,
+                "rate": args.rate,
+                "connections": args.connections,
+                "inflight": args.inflight,
+                "batch_records": args.batch_records,
+                "record_bytes": args.record_bytes,
+            })
+        );
+    } else {
+        println!(
+            "{:.0} records/s, {:.1} MB/s, ack latency us {}",
+            records as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
