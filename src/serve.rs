@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Per-shard memory for requests read but not yet answered, bytes [default: 268435456]
     #[arg(long, env = "RINGMQ_REQUEST_MEMORY_BYTES_MAX")]
     request_memory_bytes_max: Option<usize>,
+    /// Close connections idle this long, ms; 0 never [default: 600000]
+    #[arg(long, env = "RINGMQ_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// A request part forwarded to another shard gets Unavailable after this long, ms
+    /// (plus a fetch's max wait) [default: 30000]
+    #[arg(long, env = "RINGMQ_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
 }
 
 /// The same settings as the TOML file spells them.
@@ -74,6 +81,8 @@ struct FileConfig {
     message_bytes_max: Option<usize>,
     inflight_max: Option<usize>,
     request_memory_bytes_max: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
 }
 
 /// Settings after merging.
@@ -85,6 +94,7 @@ struct Settings {
     log_defaults: LogConfig,
     limits: ConnLimits,
     request_memory_bytes_max: usize,
+    request_timeout_ms: u64,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -146,8 +156,21 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         log_defaults,
         limits: ConnLimits {
             inflight_max: args.inflight_max.or(file.inflight_max).unwrap_or(64).max(1),
+            idle_timeout: match args
+                .idle_timeout_ms
+                .or(file.idle_timeout_ms)
+                .unwrap_or(600_000)
+            {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             ..ConnLimits::default()
         },
+        request_timeout_ms: args
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(30_000)
+            .max(1),
         request_memory_bytes_max: args
             .request_memory_bytes_max
             .or(file.request_memory_bytes_max)
@@ -255,6 +278,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
             log_defaults: s.log_defaults.clone(),
             open_segments_max: 256,
+            call_timeout: Duration::from_millis(s.request_timeout_ms),
         };
         let table = table.clone();
         let stop = stop.clone();
@@ -330,6 +354,9 @@ async fn run_shard(
                         ConnEnd::Closed => tracing::debug!(shard = id, ?peer, "connection closed"),
                         ConnEnd::Io(e) => {
                             tracing::info!(shard = id, ?peer, error = %e, "connection error")
+                        }
+                        ConnEnd::Idle => {
+                            tracing::debug!(shard = id, ?peer, "closed idle connection")
                         }
                         ConnEnd::Oversized(n) => tracing::warn!(
                             shard = id,

@@ -26,6 +26,10 @@ impl Broker {
     }
 
     fn start_with(data: &Path, shards: u32) -> Self {
+        Self::start_args(data, shards, &[])
+    }
+
+    fn start_args(data: &Path, shards: u32, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -39,6 +43,7 @@ impl Broker {
             .arg(shards.to_string())
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -597,5 +602,34 @@ fn many_concurrent_pipelined_clients() {
         i64::from(clients * per_client * 3),
         "every record of every client"
     );
+    broker.stop();
+}
+
+#[test]
+fn idle_connections_are_closed_but_long_polls_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_args(&dir.path().join("data"), 2, &["--idle-timeout-ms", "300"]);
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "i", 1);
+    // A long poll longer than the idle timeout is not idleness.
+    match c.call(Request::Fetch {
+        max_wait_ms: 800,
+        min_bytes: 1,
+        max_bytes: 1024,
+        partitions: vec![FetchPartition {
+            topic: "i".into(),
+            partition: 0,
+            offset: 0,
+            max_bytes: 1024,
+        }],
+    }) {
+        Response::Fetch(r) => assert!(r[0].error.is_ok()),
+        other => panic!("{other:?}"),
+    }
+    // Then silence: the broker closes the connection.
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut b = [0u8; 1];
+    c.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.s.read(&mut b).unwrap(), 0, "closed by the broker");
     broker.stop();
 }

@@ -6,10 +6,12 @@
 //! buffered requests is reached, the reader stops reading the socket until responses
 //! drain: backpressure, not growth.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +27,10 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 pub trait Handler: 'static {
     /// Answers one request.
     fn handle(self: Rc<Self>, request: Request) -> LocalFuture<Response>;
+
+    /// Resolves at `deadline`: the shard's timer (its timing wheel), used to close
+    /// idle connections.
+    fn sleep_until(&self, deadline: Instant) -> LocalFuture<()>;
 }
 
 /// Limits of one connection.
@@ -34,6 +40,9 @@ pub struct ConnLimits {
     pub inflight_max: usize,
     /// Largest frame; a larger one closes the connection.
     pub frame_bytes_max: usize,
+    /// A connection with no request in flight and nothing received for this long is
+    /// closed (Kafka's `connections.max.idle.ms`). `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ConnLimits {
@@ -41,6 +50,7 @@ impl Default for ConnLimits {
         Self {
             inflight_max: 64,
             frame_bytes_max: codec::FRAME_BYTES_MAX_DEFAULT,
+            idle_timeout: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -91,6 +101,8 @@ pub enum ConnEnd {
     Io(std::io::Error),
     /// A frame over the size limit: the connection was closed.
     Oversized(usize),
+    /// Idle past the limit: the connection was closed.
+    Idle,
 }
 
 /// Serves one connection until it closes. Every request gets a response or, for a
@@ -114,11 +126,17 @@ pub async fn serve_connection<H: Handler>(
     let (tx, rx) =
         local_channel::new_bounded::<(glommio::Task<BytesMut>, usize)>(limits.inflight_max.max(1));
     let write_budget = budget.clone();
+    let inflight = Rc::new(Cell::new(0usize));
+    let write_inflight = inflight.clone();
+    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let write_activity = last_activity.clone();
     let write_task = glommio::spawn_local(async move {
         let mut writer = writer;
         while let Some((task, cost)) = rx.recv().await {
             let frame = task.await;
             write_budget.release(cost);
+            write_inflight.set(write_inflight.get() - 1);
+            write_activity.set(Instant::now());
             if let Err(e) = writer.write_all(&frame).await {
                 return Some(e);
             }
@@ -126,7 +144,7 @@ pub async fn serve_connection<H: Handler>(
         let _ = writer.flush().await;
         None
     });
-    let end = read_loop(stream, handler, limits, budget, tx).await;
+    let end = read_loop(stream, handler, limits, budget, tx, inflight, last_activity).await;
     // The sender is dropped: the writer finishes the queued responses, then stops.
     let write_err = write_task.await;
     match (end, write_err) {
@@ -141,6 +159,8 @@ async fn read_loop<H: Handler>(
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
     tx: local_channel::LocalSender<(glommio::Task<BytesMut>, usize)>,
+    inflight: Rc<Cell<usize>>,
+    last_activity: Rc<Cell<Instant>>,
 ) -> ConnEnd {
     let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
@@ -189,6 +209,7 @@ async fn read_loop<H: Handler>(
                 (None, Ok(_)) => unreachable!("a decoded request has a header"),
             };
             // A full channel (inflight_max pending) blocks here: backpressure.
+            inflight.set(inflight.get() + 1);
             if tx.send((task, cost)).await.is_err() {
                 return ConnEnd::Closed;
             }
@@ -199,7 +220,41 @@ async fn read_loop<H: Handler>(
         let start = buf.len();
         let cap = buf.capacity();
         buf.resize(cap, 0);
-        match stream.read(&mut buf[start..]).await {
+        let mut read = Box::pin(stream.read(&mut buf[start..]));
+        let got = match limits.idle_timeout {
+            None => (&mut read).await,
+            Some(idle) => loop {
+                // Idle means nothing in flight (a long-poll fetch is not idleness) and
+                // nothing received or answered for `idle`.
+                let deadline = last_activity.get() + idle;
+                let timeout = handler.sleep_until(deadline);
+                let r = futures_lite::future::or(&mut read, async {
+                    timeout.await;
+                    Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+                })
+                .await;
+                match r {
+                    Err(ref e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        let quiet =
+                            inflight.get() == 0 && last_activity.get() + idle <= Instant::now();
+                        if quiet {
+                            break r;
+                        }
+                        if inflight.get() > 0 {
+                            last_activity.set(Instant::now());
+                        }
+                    }
+                    other => break other,
+                }
+            },
+        };
+        drop(read);
+        last_activity.set(Instant::now());
+        match got {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                buf.truncate(start);
+                return ConnEnd::Idle;
+            }
             Ok(0) => {
                 buf.truncate(start);
                 return ConnEnd::Closed;

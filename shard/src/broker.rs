@@ -44,6 +44,9 @@ pub struct ShardOptions {
     pub log_defaults: LogConfig,
     /// Closed segments held open per shard.
     pub open_segments_max: usize,
+    /// How long a call to another shard may take before the request gets
+    /// `Unavailable` (fetch calls get their max wait on top).
+    pub call_timeout: Duration,
 }
 
 /// A call from one shard to another.
@@ -267,6 +270,12 @@ impl Shard {
     }
 
     async fn call(&self, to: u32, call: Call) -> Option<Reply> {
+        let extra = match &call {
+            Call::Request(Request::Fetch { max_wait_ms, .. }) => {
+                Duration::from_millis(u64::from(*max_wait_ms))
+            }
+            _ => Duration::ZERO,
+        };
         let id = self.next_call_id.get();
         self.next_call_id.set(id + 1);
         let (tx, rx) = local_channel::new_bounded(1);
@@ -295,7 +304,21 @@ impl Shard {
             self.pending.borrow_mut().remove(&id);
             return None;
         }
-        rx.recv().await
+        // A shard that does not answer in time (a stalled disk) gets the caller an
+        // `Unavailable`, not a hang; a late reply finds no one waiting and is dropped.
+        let timeout = self
+            .timers
+            .sleep_until(Instant::now() + self.opts.call_timeout + extra);
+        let reply = futures_lite::future::or(rx.recv(), async {
+            timeout.await;
+            None
+        })
+        .await;
+        if reply.is_none() {
+            self.pending.borrow_mut().remove(&id);
+            tracing::warn!(shard = self.opts.shard_id, to, "cross-shard call timed out");
+        }
+        reply
     }
 
     async fn reply(&self, to: u32, id: u64, reply: Reply) {
@@ -1021,5 +1044,9 @@ impl Shard {
 impl Handler for Shard {
     fn handle(self: Rc<Self>, request: Request) -> LocalFuture<Response> {
         Box::pin(self.handle_request(request))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
+        Box::pin(self.timers.sleep_until(deadline))
     }
 }

@@ -73,7 +73,13 @@ struct Outcome {
     records: u64,
 }
 
-fn run_connection(args: &Args, index: usize, start: Instant, measure_from: Instant, end: Instant) -> anyhow::Result<Outcome> {
+fn run_connection(
+    args: &Args,
+    index: usize,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+) -> anyhow::Result<Outcome> {
     let mut s = TcpStream::connect(args.broker)?;
     s.set_nodelay(true)?;
     let batch = Bytes::from(encode_batch(
@@ -95,7 +101,8 @@ fn run_connection(args: &Args, index: usize, start: Instant, measure_from: Insta
     loop {
         let now = Instant::now();
         let can_send = now < end && inflight.len() < args.inflight;
-        let intended = interval.map(|iv| start + iv.mul_f64(n as f64 + index as f64 / args.connections as f64));
+        let intended = interval
+            .map(|iv| start + iv.mul_f64(n as f64 + index as f64 / args.connections as f64));
         let due = intended.is_none_or(|t| t <= now);
         if can_send && due {
             let partition = (n as u32 + index as u32) % args.partitions;
@@ -118,7 +125,10 @@ fn run_connection(args: &Args, index: usize, start: Instant, measure_from: Insta
                 break;
             }
             if let Some(t) = intended {
-                std::thread::sleep(t.saturating_duration_since(now).min(Duration::from_millis(1)));
+                std::thread::sleep(
+                    t.saturating_duration_since(now)
+                        .min(Duration::from_millis(1)),
+                );
             }
             continue;
         }
@@ -137,7 +147,11 @@ fn run_connection(args: &Args, index: usize, start: Instant, measure_from: Insta
             records += args.batch_records as u64;
         }
     }
-    Ok(Outcome { hist, bytes, records })
+    Ok(Outcome {
+        hist,
+        bytes,
+        records,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -164,7 +178,10 @@ fn main() -> anyhow::Result<()> {
                 sc.spawn(move || run_connection(args, i, start, measure_from, end))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut bytes, mut records) = (0u64, 0u64);
@@ -199,7 +216,10 @@ fn main() -> anyhow::Result<()> {
             "{:.0} records/s, {:.1} MB/s, ack latency us {}",
             records as f64 / secs,
             bytes as f64 / secs / 1e6,
-            p.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            p.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     Ok(())
