@@ -15,3 +15,12 @@ pub fn percentiles_us(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
         ("max", h.max()),
     ]
 }
+
+/// The percentiles of [`percentiles_us`] as a JSON object, for `--json` outputs.
+pub fn percentiles_json(h: &Histogram<u64>) -> serde_json::Value {
+    let mut lat = serde_json::Map::new();
+    for (k, v) in percentiles_us(h) {
+        lat.insert(k.to_string(), v.into());
+    }
+    serde_json::Value::Object(lat)
+}

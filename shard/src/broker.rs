@@ -119,6 +119,24 @@ pub fn links(shard_count: usize) -> Vec<Links> {
     all
 }
 
+type KeyFn<I> = Box<dyn Fn(&I) -> (&str, u32)>;
+type FailedFn<I, R> = Box<dyn Fn(&I, WireError) -> R>;
+type LocalFn<I, R> = Box<dyn Fn(Rc<Shard>, Vec<I>) -> LocalFuture<Vec<R>>>;
+
+/// How [`Shard::scatter`] handles one kind of per-partition request.
+struct Scatter<I, R> {
+    /// The partition an item is for.
+    key: KeyFn<I>,
+    /// The result for an item that failed before reaching its owner.
+    failed: FailedFn<I, R>,
+    /// Runs this shard's part.
+    local: LocalFn<I, R>,
+    /// The request that forwards another shard's part.
+    request: Box<dyn Fn(Vec<I>) -> Request>,
+    /// The results in that shard's response.
+    answer: Rc<dyn Fn(Response) -> Option<Vec<R>>>,
+}
+
 /// One core's broker.
 pub struct Shard {
     opts: ShardOptions,
@@ -643,19 +661,22 @@ impl Shard {
     }
 
     /// Splits items by owner shard (keeping each item's position), runs `local` on this
-    /// shard's part and `remote` calls for the others concurrently, and puts the results
-    /// back in request order.
-    async fn scatter<I, R>(
-        self: &Rc<Self>,
-        items: Vec<I>,
-        key: impl Fn(&I) -> (&str, u32),
-        unknown: impl Fn(&I, WireError) -> R,
-        run: impl Fn(Rc<Self>, u32, Vec<I>) -> LocalFuture<Vec<R>>,
-    ) -> Vec<R>
+    /// shard's part and forwards the other parts (built into requests by `request`,
+    /// answered through `answer`) concurrently, and puts the results back in request
+    /// order. An unknown partition, or a part whose shard does not answer, gets
+    /// `failed(item, error)`.
+    async fn scatter<I, R>(self: &Rc<Self>, items: Vec<I>, ops: Scatter<I, R>) -> Vec<R>
     where
         I: 'static,
         R: 'static,
     {
+        let Scatter {
+            key,
+            failed,
+            local,
+            request,
+            answer,
+        } = ops;
         let n = items.len();
         let mut out: Vec<Option<R>> = (0..n).map(|_| None).collect();
         let mut groups: HashMap<u32, (Vec<usize>, Vec<I>)> = HashMap::new();
@@ -667,15 +688,36 @@ impl Shard {
                     g.0.push(i);
                     g.1.push(item);
                 }
-                Err(e) => out[i] = Some(unknown(&item, e)),
+                Err(e) => out[i] = Some(failed(&item, e)),
             }
         }
         let mut tasks = Vec::new();
         for (owner, (positions, group)) in groups {
-            tasks.push((
-                positions,
-                glommio::spawn_local(run(self.clone(), owner, group)),
-            ));
+            let me = self.clone();
+            let task: LocalFuture<Vec<R>> = if owner == self.opts.shard_id {
+                local(me, group)
+            } else {
+                let unavailable = WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("shard {owner} did not answer"),
+                );
+                let fallback: Vec<R> = group
+                    .iter()
+                    .map(|i| failed(i, unavailable.clone()))
+                    .collect();
+                let req = request(group);
+                let answer = answer.clone();
+                Box::pin(async move {
+                    match me.call(owner, Call::Request(req)).await {
+                        Some(Reply::Response(r)) => match answer(r) {
+                            Some(v) if v.len() == fallback.len() => v,
+                            _ => fallback,
+                        },
+                        _ => fallback,
+                    }
+                })
+            };
+            tasks.push((positions, glommio::spawn_local(task)));
         }
         for (positions, task) in tasks {
             let results = task.await;
@@ -695,58 +737,24 @@ impl Shard {
                 format!("acks {acks}: expected 0 (none) or 1 (durable)"),
             ));
         }
-        let results = self
-            .scatter(
-                partitions,
-                |p| (p.topic.as_str(), p.partition),
-                |p, e| ProduceResult {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    error: e,
-                    base_offset: -1,
-                },
-                move |me, owner, group| {
-                    Box::pin(async move {
-                        if owner == me.opts.shard_id {
-                            return me.produce_local(acks, group).await;
-                        }
-                        let fallback: Vec<(String, u32)> = group
-                            .iter()
-                            .map(|p| (p.topic.clone(), p.partition))
-                            .collect();
-                        match me
-                            .call(
-                                owner,
-                                Call::Request(Request::Produce {
-                                    acks,
-                                    partitions: group,
-                                }),
-                            )
-                            .await
-                        {
-                            Some(Reply::Response(Response::Produce(r)))
-                                if r.len() == fallback.len() =>
-                            {
-                                r
-                            }
-                            _ => fallback
-                                .into_iter()
-                                .map(|(topic, partition)| ProduceResult {
-                                    topic,
-                                    partition,
-                                    error: WireError::new(
-                                        ErrorCode::Unavailable,
-                                        format!("shard {owner} did not answer"),
-                                    ),
-                                    base_offset: -1,
-                                })
-                                .collect(),
-                        }
-                    })
-                },
-            )
-            .await;
-        Response::Produce(results)
+        let ops = Scatter {
+            key: Box::new(|p: &ProducePartition| (p.topic.as_str(), p.partition)),
+            failed: Box::new(|p: &ProducePartition, error| ProduceResult {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                error,
+                base_offset: -1,
+            }),
+            local: Box::new(move |me, group| {
+                Box::pin(async move { me.produce_local(acks, group).await })
+            }),
+            request: Box::new(move |partitions| Request::Produce { acks, partitions }),
+            answer: Rc::new(|r| match r {
+                Response::Produce(v) => Some(v),
+                _ => None,
+            }),
+        };
+        Response::Produce(self.scatter(partitions, ops).await)
     }
 
     async fn produce_local(
@@ -824,61 +832,34 @@ impl Shard {
         max_bytes: u32,
         partitions: Vec<FetchPartition>,
     ) -> Response {
-        let results = self
-            .scatter(
+        let ops = Scatter {
+            key: Box::new(|p: &FetchPartition| (p.topic.as_str(), p.partition)),
+            failed: Box::new(|p: &FetchPartition, error| FetchResult {
+                topic: p.topic.clone(),
+                partition: p.partition,
+                error,
+                high_watermark: -1,
+                start_offset: -1,
+                records: Bytes::new(),
+            }),
+            local: Box::new(move |me, group| {
+                Box::pin(async move {
+                    me.fetch_local(max_wait_ms, min_bytes, max_bytes, group)
+                        .await
+                })
+            }),
+            request: Box::new(move |partitions| Request::Fetch {
+                max_wait_ms,
+                min_bytes,
+                max_bytes,
                 partitions,
-                |p| (p.topic.as_str(), p.partition),
-                |p, e| FetchResult {
-                    topic: p.topic.clone(),
-                    partition: p.partition,
-                    error: e,
-                    high_watermark: -1,
-                    start_offset: -1,
-                    records: Bytes::new(),
-                },
-                move |me, owner, group| {
-                    Box::pin(async move {
-                        if owner == me.opts.shard_id {
-                            return me
-                                .fetch_local(max_wait_ms, min_bytes, max_bytes, group)
-                                .await;
-                        }
-                        let fallback: Vec<(String, u32)> = group
-                            .iter()
-                            .map(|p| (p.topic.clone(), p.partition))
-                            .collect();
-                        let req = Request::Fetch {
-                            max_wait_ms,
-                            min_bytes,
-                            max_bytes,
-                            partitions: group,
-                        };
-                        match me.call(owner, Call::Request(req)).await {
-                            Some(Reply::Response(Response::Fetch(r)))
-                                if r.len() == fallback.len() =>
-                            {
-                                r
-                            }
-                            _ => fallback
-                                .into_iter()
-                                .map(|(topic, partition)| FetchResult {
-                                    topic,
-                                    partition,
-                                    error: WireError::new(
-                                        ErrorCode::Unavailable,
-                                        format!("shard {owner} did not answer"),
-                                    ),
-                                    high_watermark: -1,
-                                    start_offset: -1,
-                                    records: Bytes::new(),
-                                })
-                                .collect(),
-                        }
-                    })
-                },
-            )
-            .await;
-        Response::Fetch(results)
+            }),
+            answer: Rc::new(|r| match r {
+                Response::Fetch(v) => Some(v),
+                _ => None,
+            }),
+        };
+        Response::Fetch(self.scatter(partitions, ops).await)
     }
 
     /// Reads the partitions; if fewer than `min_bytes` came back, waits on the timing
@@ -953,50 +934,19 @@ impl Shard {
     }
 
     async fn list_offsets(self: Rc<Self>, partitions: Vec<(String, u32, i64)>) -> Response {
-        let results = self
-            .scatter(
-                partitions,
-                |p| (p.0.as_str(), p.1),
-                |p, e| (p.0.clone(), p.1, e, -1),
-                |me, owner, group| {
-                    Box::pin(async move {
-                        if owner == me.opts.shard_id {
-                            return me.list_offsets_local(group).await;
-                        }
-                        let fallback: Vec<(String, u32)> =
-                            group.iter().map(|p| (p.0.clone(), p.1)).collect();
-                        match me
-                            .call(
-                                owner,
-                                Call::Request(Request::ListOffsets { partitions: group }),
-                            )
-                            .await
-                        {
-                            Some(Reply::Response(Response::Offsets(r)))
-                                if r.len() == fallback.len() =>
-                            {
-                                r
-                            }
-                            _ => fallback
-                                .into_iter()
-                                .map(|(t, p)| {
-                                    (
-                                        t,
-                                        p,
-                                        WireError::new(
-                                            ErrorCode::Unavailable,
-                                            format!("shard {owner} did not answer"),
-                                        ),
-                                        -1,
-                                    )
-                                })
-                                .collect(),
-                        }
-                    })
-                },
-            )
-            .await;
-        Response::Offsets(results)
+        let ops = Scatter {
+            key: Box::new(|p: &(String, u32, i64)| (p.0.as_str(), p.1)),
+            failed: Box::new(|p: &(String, u32, i64), error| (p.0.clone(), p.1, error, -1)),
+            local: Box::new(|me, group| {
+                Box::pin(async move { me.list_offsets_local(group).await })
+            }),
+            request: Box::new(|partitions| Request::ListOffsets { partitions }),
+            answer: Rc::new(|r| match r {
+                Response::Offsets(v) => Some(v),
+                _ => None,
+            }),
+        };
+        Response::Offsets(self.scatter(partitions, ops).await)
     }
 
     async fn list_offsets_local(

@@ -52,6 +52,14 @@ impl OffsetIndex {
         i.checked_sub(1).map(|i| self.entries[i])
     }
 
+    /// Byte position to start a forward scan for `relative_offset`: the floor entry's
+    /// position, or 0 (the segment's start) when there is none.
+    pub fn scan_position(&self, relative_offset: u32) -> u64 {
+        self.floor_offset(relative_offset)
+            .map(|e| u64::from(e.position))
+            .unwrap_or(0)
+    }
+
     /// The entry with the largest position ≤ `position`, if any.
     pub fn floor_position(&self, position: u32) -> Option<OffsetEntry> {
         let i = self.entries.partition_point(|e| e.position <= position);

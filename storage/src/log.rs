@@ -1387,12 +1387,7 @@ impl PartitionLog {
             if offset >= s.active.base_offset {
                 let a = &s.active;
                 let rel = (offset - a.base_offset) as u32;
-                let start_hint = a
-                    .builder
-                    .index
-                    .floor_offset(rel)
-                    .map(|e| u64::from(e.position))
-                    .unwrap_or(0);
+                let start_hint = a.builder.index.scan_position(rel);
                 let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
                 let upper_rel = (upper - 1 - a.base_offset).max(0) as u32;
                 let end_hint = end_hint(&a.builder.index, limit, upper_rel);
@@ -1431,11 +1426,7 @@ impl PartitionLog {
         };
         let open = self.open_closed(&seg).await?;
         let rel = (offset - seg.base_offset) as u32;
-        let start_hint = open
-            .index
-            .floor_offset(rel)
-            .map(|e| u64::from(e.position))
-            .unwrap_or(0);
+        let start_hint = open.index.scan_position(rel);
         let limit = (start_hint + max_bytes as u64).min(u32::MAX as u64) as u32;
         let upper_rel = (upper.min(seg.next_offset) - 1 - seg.base_offset).max(0) as u32;
         Ok(SegmentView {
@@ -1520,12 +1511,7 @@ impl PartitionLog {
                         return Ok(None);
                     }
                     let rel = a.builder.time_index.scan_start(timestamp_ms);
-                    let pos = a
-                        .builder
-                        .index
-                        .floor_offset(rel)
-                        .map(|e| u64::from(e.position))
-                        .unwrap_or(0);
+                    let pos = a.builder.index.scan_position(rel);
                     (Target::Active(a.reader.clone(), pos, a.size_bytes), upper)
                 }
             }
@@ -1535,11 +1521,7 @@ impl PartitionLog {
             Target::Closed(c) => {
                 let open = self.open_closed(&c).await?;
                 let rel = open.time_index.scan_start(timestamp_ms);
-                let pos = open
-                    .index
-                    .floor_offset(rel)
-                    .map(|e| u64::from(e.position))
-                    .unwrap_or(0);
+                let pos = open.index.scan_position(rel);
                 (open.file.clone(), c.size_bytes, pos)
             }
         };

@@ -194,10 +194,7 @@ fn main() -> anyhow::Result<()> {
     let secs = args.duration;
     let p = ringmq_bench::percentiles_us(&hist);
     if args.json {
-        let mut lat = serde_json::Map::new();
-        for (k, v) in p {
-            lat.insert(k.to_string(), v.into());
-        }
+        let lat = ringmq_bench::percentiles_json(&hist);
         println!(
             "{}",
             serde_json::json!({

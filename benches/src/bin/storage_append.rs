@@ -161,10 +161,7 @@ async fn run(args: Args, io_mode: IoMode) -> anyhow::Result<()> {
     let mbps = bytes as f64 / secs / 1e6;
     let p = ringmq_bench::percentiles_us(&hist);
     if args.json {
-        let mut lat = serde_json::Map::new();
-        for (k, v) in p {
-            lat.insert(k.to_string(), v.into());
-        }
+        let lat = ringmq_bench::percentiles_json(&hist);
         println!(
             "{}",
             serde_json::json!({
