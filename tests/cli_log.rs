@@ -83,3 +83,60 @@ fn help_lists_subcommands() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("log"));
 }
+
+#[test]
+fn serve_refuses_bad_settings_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--shards".into(), "999".into()],
+            "--shards 999: must be 1 to",
+        ),
+        (vec!["--cpus".into(), "0,77".into()], "names core 77"),
+        (
+            vec!["--flush".into(), "sometimes".into()],
+            "bad flush policy",
+        ),
+        (
+            vec!["--segment-bytes".into(), "10".into()],
+            "segment_bytes 10 must be between",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = ringmq()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // A config file with an unknown key, and one whose value a flag overrides.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "sharts = 2\n").unwrap();
+    let out = ringmq()
+        .arg("serve")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `sharts`"));
+    let file = dir.path().join("ok.toml");
+    std::fs::write(&file, "shards = 999\n").unwrap();
+    let out = ringmq()
+        .arg("serve")
+        .arg("--config")
+        .arg(&file)
+        .args(["--cpus", "0,88"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("names core 88"),
+        "the flag wins over the file: {err}"
+    );
+}
