@@ -91,6 +91,23 @@ fn run_connection(
             })
             .collect::<Vec<_>>(),
     ));
+    // The client must not be the bottleneck: encode each partition's request once.
+    let mut frames: Vec<Vec<u8>> = (0..args.partitions)
+        .map(|partition| {
+            codec::encode_request(
+                0,
+                &Request::Produce {
+                    acks: 1,
+                    partitions: vec![ProducePartition {
+                        topic: args.topic.clone(),
+                        partition,
+                        batch: batch.clone(),
+                    }],
+                },
+            )
+            .to_vec()
+        })
+        .collect();
     let per_conn_rate = args.rate as f64 / args.connections as f64 / args.batch_records as f64;
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -106,15 +123,10 @@ fn run_connection(
         let due = intended.is_none_or(|t| t <= now);
         if can_send && due {
             let partition = (n as u32 + index as u32) % args.partitions;
-            let req = Request::Produce {
-                acks: 1,
-                partitions: vec![ProducePartition {
-                    topic: args.topic.clone(),
-                    partition,
-                    batch: batch.clone(),
-                }],
-            };
-            s.write_all(&codec::encode_request(next_id, &req))?;
+            // Pre-encoded per partition; only the request id changes (bytes 8..12).
+            let frame = &mut frames[partition as usize];
+            frame[8..12].copy_from_slice(&next_id.to_be_bytes());
+            s.write_all(frame)?;
             inflight.push_back((next_id, intended.unwrap_or(now)));
             next_id = next_id.wrapping_add(1);
             n += 1;
