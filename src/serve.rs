@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// (plus a fetch's max wait) [default: 30000]
     #[arg(long, env = "RINGMQ_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
+    /// Send fetched data that is on disk file → socket without a copy through user space
+    /// (splice on a second io_uring ring per shard); false copies through memory
+    /// [default: true]
+    #[arg(long, env = "RINGMQ_ZERO_COPY", action = clap::ArgAction::Set)]
+    zero_copy: Option<bool>,
 }
 
 /// The same settings as the TOML file spells them.
@@ -83,6 +88,7 @@ struct FileConfig {
     request_memory_bytes_max: Option<usize>,
     idle_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
+    zero_copy: Option<bool>,
 }
 
 /// Settings after merging.
@@ -95,6 +101,7 @@ struct Settings {
     limits: ConnLimits,
     request_memory_bytes_max: usize,
     request_timeout_ms: u64,
+    zero_copy: bool,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -176,6 +183,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.request_memory_bytes_max)
             .unwrap_or(256 << 20)
             .max(1 << 20),
+        zero_copy: args.zero_copy.or(file.zero_copy).unwrap_or(true),
     })
 }
 
@@ -264,6 +272,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .join(",")
     );
     println!("  io_uring         {registration}");
+    println!(
+        "  zero-copy fetch  {}",
+        if s.zero_copy {
+            "on (splice on a second io_uring ring per shard)"
+        } else {
+            "off (fetched file data is copied through memory)"
+        }
+    );
     println!("  topics           {}", table.topics.len());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -279,6 +295,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             log_defaults: s.log_defaults.clone(),
             open_segments_max: 256,
             call_timeout: Duration::from_millis(s.request_timeout_ms),
+            zero_copy: s.zero_copy,
         };
         let table = table.clone();
         let stop = stop.clone();
@@ -345,10 +362,11 @@ async fn run_shard(
                 let peer = stream.peer_addr().ok();
                 let shard = shard.clone();
                 let budget = budget.clone();
+                let files = shard.file_sender();
                 let conns = conns.clone();
                 conns.set(conns.get() + 1);
                 glommio::spawn_local(async move {
-                    let end = serve_connection(stream, shard, limits, budget).await;
+                    let end = serve_connection(stream, shard, limits, budget, files).await;
                     conns.set(conns.get() - 1);
                     match end {
                         ConnEnd::Closed => tracing::debug!(shard = id, ?peer, "connection closed"),

@@ -175,13 +175,14 @@ fn fetch_all(c: &mut Client, topic: &str, partition: u32) -> Vec<Vec<u8>> {
             other => panic!("{other:?}"),
         };
         assert!(r.error.is_ok(), "{:?}", r.error);
-        if r.records.is_empty() {
+        let records = r.records.in_memory().expect("a decoded response is in memory");
+        if records.is_empty() {
             return out;
         }
         let mut pos = 0;
-        while pos < r.records.len() {
-            let (_, size) = batch::peek_frame(&r.records[pos..]).unwrap();
-            let mut b = r.records[pos..pos + size].to_vec();
+        while pos < records.len() {
+            let (_, size) = batch::peek_frame(&records[pos..]).unwrap();
+            let mut b = records[pos..pos + size].to_vec();
             let info = batch::validate(&b, usize::MAX).unwrap();
             offset = info.next_offset();
             batch::set_base_offset(&mut b, 0);

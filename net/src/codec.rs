@@ -9,6 +9,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use crate::zerocopy::FileRange;
+
 /// Largest frame accepted by default (64 MiB); larger frames close the connection.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 64 << 20;
 /// Bytes of the length prefix.
@@ -39,11 +41,13 @@ pub enum ApiKey {
     Fetch = 6,
     /// Earliest, latest or by-timestamp offsets.
     ListOffsets = 7,
+    /// The broker's counters, summed over its shards.
+    BrokerStats = 8,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -52,6 +56,7 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::BrokerStats,
     ];
 
     /// The key for a wire value.
@@ -271,6 +276,8 @@ pub enum Request {
         /// (topic, partition, `OFFSET_EARLIEST` | `OFFSET_LATEST` | timestamp ms).
         partitions: Vec<(String, u32, i64)>,
     },
+    /// The broker's counters.
+    BrokerStats,
 }
 
 impl Request {
@@ -285,6 +292,7 @@ impl Request {
             Request::Produce { .. } => ApiKey::Produce,
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
+            Request::BrokerStats => ApiKey::BrokerStats,
         }
     }
 }
@@ -330,8 +338,86 @@ pub struct FetchResult {
     pub high_watermark: i64,
     /// Log start offset.
     pub start_offset: i64,
-    /// Whole batches, concatenated.
-    pub records: Bytes,
+    /// Whole batches, in offset order.
+    pub records: Records,
+}
+
+/// One piece of [`Records`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordsChunk {
+    /// Batches in memory.
+    Memory(Bytes),
+    /// Batches in a file, sent file → socket without a copy through user space.
+    File(FileRange),
+}
+
+impl RecordsChunk {
+    /// Bytes in the chunk.
+    pub fn len(&self) -> usize {
+        match self {
+            RecordsChunk::Memory(b) => b.len(),
+            RecordsChunk::File(r) => r.len as usize,
+        }
+    }
+
+    /// True for an empty chunk.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The batches of a fetch result: what the broker found in memory and in segment files,
+/// concatenated on the wire. A decoded response holds one memory chunk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Records {
+    chunks: Vec<RecordsChunk>,
+}
+
+impl Records {
+    /// No batches.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a chunk (empty ones are dropped).
+    pub fn push(&mut self, chunk: RecordsChunk) {
+        if !chunk.is_empty() {
+            self.chunks.push(chunk);
+        }
+    }
+
+    /// The chunks.
+    pub fn chunks(&self) -> &[RecordsChunk] {
+        &self.chunks
+    }
+
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(RecordsChunk::len).sum()
+    }
+
+    /// True when there are no batches.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The bytes, when they are all in one memory chunk (as in a decoded response) or
+    /// there are none; `None` when part of them is in a file.
+    pub fn in_memory(&self) -> Option<Bytes> {
+        match self.chunks.as_slice() {
+            [] => Some(Bytes::new()),
+            [RecordsChunk::Memory(b)] => Some(b.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl From<Bytes> for Records {
+    fn from(b: Bytes) -> Self {
+        let mut r = Records::new();
+        r.push(RecordsChunk::Memory(b));
+        r
+    }
 }
 
 /// A response body.
@@ -345,6 +431,8 @@ pub enum Response {
     Done(WireError),
     /// Topic names.
     Topics(Vec<String>),
+    /// Counters by name, summed over the broker's shards.
+    Stats(Vec<(String, u64)>),
     /// A topic.
     Topic {
         /// Success or why not.
@@ -520,7 +608,7 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
             put_configs(&mut out, configs);
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
-        Request::ListTopics => {}
+        Request::ListTopics | Request::BrokerStats => {}
         Request::Produce { acks, partitions } => {
             out.put_u8(*acks);
             out.put_u32(partitions.len() as u32);
@@ -597,6 +685,7 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
                 name: r.str("topic")?,
             },
             ApiKey::ListTopics => Request::ListTopics,
+            ApiKey::BrokerStats => Request::BrokerStats,
             ApiKey::DescribeTopic => Request::DescribeTopic {
                 name: r.str("topic")?,
             },
@@ -651,26 +740,128 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
 
 /// Encodes a response frame (with its length prefix). The response's kind is implied
 /// by the request it answers; a request-level error is tag 1, a body tag 0.
-pub fn encode_response(request_id: u32, resp: &Response) -> BytesMut {
-    let mut out = BytesMut::with_capacity(64);
-    out.put_u32(0);
-    out.put_u32(request_id);
+pub fn encode_response(request_id: u32, resp: &Response) -> OutFrame {
+    let mut out = OutFrame {
+        parts: Vec::new(),
+        buf: BytesMut::with_capacity(64),
+        len: 0,
+    };
+    out.buf.put_u32(0);
+    out.buf.put_u32(request_id);
     match resp {
         Response::Error(e) => {
-            out.put_u8(1);
-            put_err(&mut out, e);
+            out.buf.put_u8(1);
+            put_err(&mut out.buf, e);
         }
         other => {
-            out.put_u8(0);
+            out.buf.put_u8(0);
             encode_response_body(&mut out, other);
         }
     }
-    let len = (out.len() - LENGTH_PREFIX_BYTES) as u32;
-    out[..4].copy_from_slice(&len.to_be_bytes());
-    out
+    out.finish()
 }
 
-fn encode_response_body(out: &mut BytesMut, resp: &Response) {
+/// An encoded response frame: bytes in memory and file ranges, in wire order. File
+/// ranges are sent file → socket by the connection (see [`crate::zerocopy`]).
+#[derive(Debug, Default)]
+pub struct OutFrame {
+    parts: Vec<OutPart>,
+    buf: BytesMut,
+    len: usize,
+}
+
+/// A piece of an [`OutFrame`].
+#[derive(Debug)]
+pub enum OutPart {
+    /// Encoded bytes.
+    Bytes(Bytes),
+    /// Record bytes to send from a file.
+    File(FileRange),
+}
+
+impl OutFrame {
+    /// The pieces, in wire order.
+    pub fn parts(&self) -> &[OutPart] {
+        &self.parts
+    }
+
+    /// Total bytes on the wire, length prefix included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a frame with no bytes (never produced by the encoder).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The frame as one buffer, when it has no file ranges.
+    pub fn into_memory(self) -> Option<Bytes> {
+        let mut out = BytesMut::with_capacity(self.len);
+        for p in self.parts {
+            match p {
+                OutPart::Bytes(b) => out.extend_from_slice(&b),
+                OutPart::File(_) => return None,
+            }
+        }
+        Some(out.freeze())
+    }
+
+    fn put_records(&mut self, records: &Records) {
+        self.buf.put_u32(records.len() as u32);
+        for c in records.chunks() {
+            match c {
+                RecordsChunk::Memory(b) => self.buf.put_slice(b),
+                RecordsChunk::File(r) => {
+                    self.flush_buf();
+                    self.len += r.len as usize;
+                    self.parts.push(OutPart::File(r.clone()));
+                }
+            }
+        }
+    }
+
+    fn flush_buf(&mut self) {
+        if !self.buf.is_empty() {
+            let b = self.buf.split().freeze();
+            self.len += b.len();
+            self.parts.push(OutPart::Bytes(b));
+        }
+    }
+
+    /// Writes the length prefix and seals the frame.
+    fn finish(mut self) -> Self {
+        let body = self.len + self.buf.len() - LENGTH_PREFIX_BYTES;
+        let prefix = (body as u32).to_be_bytes();
+        match self.parts.first_mut() {
+            // The prefix is in the first part, already frozen: rebuild that part.
+            Some(OutPart::Bytes(first)) => {
+                let mut b = BytesMut::from(&first[..]);
+                b[..4].copy_from_slice(&prefix);
+                *first = b.freeze();
+            }
+            Some(OutPart::File(_)) => unreachable!("a frame starts with its header"),
+            None => self.buf[..4].copy_from_slice(&prefix),
+        }
+        self.flush_buf();
+        self
+    }
+}
+
+fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
+    if let Response::Fetch(results) = resp {
+        frame.buf.put_u32(results.len() as u32);
+        for r in results {
+            put_str(&mut frame.buf, &r.topic);
+            frame.buf.put_u32(r.partition);
+            put_err(&mut frame.buf, &r.error);
+            frame.buf.put_i64(r.high_watermark);
+            frame.buf.put_i64(r.start_offset);
+            frame.put_records(&r.records);
+        }
+        return;
+    }
+    let out = &mut frame.buf;
     match resp {
         Response::Error(_) => unreachable!("handled by the caller"),
         Response::ApiVersions(v) => {
@@ -686,6 +877,13 @@ fn encode_response_body(out: &mut BytesMut, resp: &Response) {
             out.put_u32(names.len() as u32);
             for n in names {
                 put_str(out, n);
+            }
+        }
+        Response::Stats(counters) => {
+            out.put_u32(counters.len() as u32);
+            for (name, v) in counters {
+                put_str(out, name);
+                out.put_u64(*v);
             }
         }
         Response::Topic {
@@ -715,17 +913,7 @@ fn encode_response_body(out: &mut BytesMut, resp: &Response) {
                 out.put_i64(r.base_offset);
             }
         }
-        Response::Fetch(results) => {
-            out.put_u32(results.len() as u32);
-            for r in results {
-                put_str(out, &r.topic);
-                out.put_u32(r.partition);
-                put_err(out, &r.error);
-                out.put_i64(r.high_watermark);
-                out.put_i64(r.start_offset);
-                put_bytes(out, &r.records);
-            }
-        }
+        Response::Fetch(_) => unreachable!("encoded above"),
         Response::Offsets(v) => {
             out.put_u32(v.len() as u32);
             for (t, p, e, o) in v {
@@ -768,6 +956,14 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
                 v.push(r.str("topic")?);
             }
             Response::Topics(v)
+        }
+        ApiKey::BrokerStats => {
+            let n = r.count("counters", 10)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push((r.str("counter")?, r.u64("value")?));
+            }
+            Response::Stats(v)
         }
         ApiKey::DescribeTopic => {
             let error = r.err()?;
@@ -813,7 +1009,7 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
                     error: r.err()?,
                     high_watermark: r.i64("high watermark")?,
                     start_offset: r.i64("start offset")?,
-                    records: r.bytes("records")?,
+                    records: Records::from(r.bytes("records")?),
                 });
             }
             Response::Fetch(v)
@@ -863,6 +1059,7 @@ mod tests {
             },
             Request::DeleteTopic { name: "x".into() },
             Request::ListTopics,
+            Request::BrokerStats,
             Request::DescribeTopic { name: "y".into() },
             Request::Produce {
                 acks: 1,
@@ -915,6 +1112,10 @@ mod tests {
                 Response::Done(WireError::new(ErrorCode::TopicExists, "exists")),
             ),
             (
+                ApiKey::BrokerStats,
+                Response::Stats(vec![("fetch_file_bytes_spliced".into(), 7)]),
+            ),
+            (
                 ApiKey::ListTopics,
                 Response::Topics(vec!["a".into(), "b".into()]),
             ),
@@ -950,7 +1151,7 @@ mod tests {
                     error: WireError::none(),
                     high_watermark: 9,
                     start_offset: 0,
-                    records: Bytes::from_static(b"xyz"),
+                    records: Records::from(Bytes::from_static(b"xyz")),
                 }]),
             ),
             (
@@ -963,8 +1164,8 @@ mod tests {
             ),
         ];
         for (api, resp) in cases {
-            let f = encode_response(77, &resp);
-            let (id, got) = decode_response(api, body(&f)).unwrap();
+            let f = encode_response(77, &resp).into_memory().unwrap();
+            let (id, got) = decode_response(api, f.slice(4..)).unwrap();
             assert_eq!(id, 77);
             assert_eq!(got, resp);
         }

@@ -18,7 +18,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
-use crate::codec::{self, DecodeError, ErrorCode, Request, Response, WireError};
+use crate::codec::{self, DecodeError, ErrorCode, OutFrame, OutPart, Request, Response, WireError};
+use crate::zerocopy::FileSender;
 
 /// A boxed, shard-local future.
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -112,6 +113,7 @@ pub async fn serve_connection<H: Handler>(
     handler: Rc<H>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
+    files: Rc<FileSender>,
 ) -> ConnEnd {
     let _ = stream.set_nodelay(true);
     // SAFETY: `dup` returns a new descriptor for the same socket, owned from here on
@@ -124,7 +126,7 @@ pub async fn serve_connection<H: Handler>(
         TcpStream::from_raw_fd(fd)
     };
     let (tx, rx) =
-        local_channel::new_bounded::<(glommio::Task<BytesMut>, usize)>(limits.inflight_max.max(1));
+        local_channel::new_bounded::<(glommio::Task<OutFrame>, usize)>(limits.inflight_max.max(1));
     let write_budget = budget.clone();
     let inflight = Rc::new(Cell::new(0usize));
     let write_inflight = inflight.clone();
@@ -137,7 +139,7 @@ pub async fn serve_connection<H: Handler>(
             write_budget.release(cost);
             write_inflight.set(write_inflight.get() - 1);
             write_activity.set(Instant::now());
-            if let Err(e) = writer.write_all(&frame).await {
+            if let Err(e) = write_frame(&mut writer, &frame, &files).await {
                 return Some(e);
             }
         }
@@ -153,12 +155,29 @@ pub async fn serve_connection<H: Handler>(
     }
 }
 
+/// Writes one response: encoded bytes from memory, record ranges of files through
+/// `files` (zero-copy when it can).
+async fn write_frame(
+    writer: &mut TcpStream,
+    frame: &OutFrame,
+    files: &FileSender,
+) -> std::io::Result<()> {
+    let parts = frame.parts();
+    for (i, part) in parts.iter().enumerate() {
+        match part {
+            OutPart::Bytes(b) => writer.write_all(b).await?,
+            OutPart::File(r) => files.send(writer, r, i + 1 < parts.len()).await?,
+        }
+    }
+    Ok(())
+}
+
 async fn read_loop<H: Handler>(
     mut stream: TcpStream,
     handler: Rc<H>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
-    tx: local_channel::LocalSender<(glommio::Task<BytesMut>, usize)>,
+    tx: local_channel::LocalSender<(glommio::Task<OutFrame>, usize)>,
     inflight: Rc<Cell<usize>>,
     last_activity: Rc<Cell<Instant>>,
 ) -> ConnEnd {

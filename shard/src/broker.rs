@@ -12,15 +12,18 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use ringmq_net::codec::{
     self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
-    ProducePartition, ProduceResult, Request, Response, WireError,
+    ProducePartition, ProduceResult, Records, RecordsChunk, Request, Response, WireError,
 };
+use ringmq_net::zerocopy::{FileRange, FileSender};
 use ringmq_net::conn::{Handler, LocalFuture};
-use ringmq_storage::{BatchError, LogConfig, Notify, PartitionLog, SegmentCache};
+use ringmq_storage::{
+    BatchError, LogConfig, Notify, PartitionLog, ReadChunk, ReadResult, SegmentCache,
+};
 
 use crate::placement::place;
 use crate::timers::Timers;
@@ -47,6 +50,8 @@ pub struct ShardOptions {
     /// How long a call to another shard may take before the request gets
     /// `Unavailable` (fetch calls get their max wait on top).
     pub call_timeout: Duration,
+    /// Send fetched file ranges file → socket without a copy through user space.
+    pub zero_copy: bool,
 }
 
 /// A call from one shard to another.
@@ -58,6 +63,8 @@ pub enum Call {
     ApplyTopics(TopicTable),
     /// Describe these partitions.
     Stats(Vec<(String, u32)>),
+    /// The shard's counters.
+    Counters,
 }
 
 /// The answer to a [`Call`].
@@ -69,6 +76,8 @@ pub enum Reply {
     Applied(Result<(), String>),
     /// Answer to `Call::Stats`.
     Stats(Vec<PartitionInfo>),
+    /// Answer to `Call::Counters`.
+    Counters(Vec<(String, u64)>),
 }
 
 /// What travels on a cross-shard channel.
@@ -150,6 +159,9 @@ pub struct Shard {
     next_call_id: Cell<u64>,
     metadata_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
+    files: Rc<FileSender>,
+    fetch_memory_bytes: Cell<u64>,
+    fetch_file_bytes: Cell<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -158,6 +170,27 @@ impl std::fmt::Debug for Shard {
             .field("shard_id", &self.opts.shard_id)
             .finish()
     }
+}
+
+/// A log read as wire records: file ranges stay file ranges (sent without a copy),
+/// tail-cache batches stay in memory.
+fn records_of(r: ReadResult) -> Records {
+    let mut out = Records::new();
+    for c in r.chunks {
+        out.push(match c {
+            ReadChunk::File {
+                file,
+                position,
+                len,
+            } => RecordsChunk::File(FileRange {
+                fd: file.shared_fd(),
+                position,
+                len,
+            }),
+            ReadChunk::Memory(b) => RecordsChunk::Memory(b),
+        });
+    }
+    out
 }
 
 fn storage_error(e: &ringmq_storage::Error) -> WireError {
@@ -192,6 +225,9 @@ impl Shard {
             next_call_id: Cell::new(1),
             metadata_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
+            files: FileSender::new(opts.zero_copy),
+            fetch_memory_bytes: Cell::new(0),
+            fetch_file_bytes: Cell::new(0),
             opts,
         });
         // Connect every end at once: a sender's connect waits for its receiver.
@@ -367,6 +403,7 @@ impl Shard {
                     Call::Request(req) => Reply::Response(self.clone().handle_owned(req).await),
                     Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
                     Call::Stats(parts) => Reply::Stats(self.local_stats(&parts)),
+                    Call::Counters => Reply::Counters(self.counters()),
                 };
                 self.reply(from, id, reply).await;
             }
@@ -452,10 +489,59 @@ impl Shard {
             .collect()
     }
 
+    /// Sends fetched file ranges for this shard's connections.
+    pub fn file_sender(&self) -> Rc<FileSender> {
+        self.files.clone()
+    }
+
+    /// This shard's counters.
+    fn counters(&self) -> Vec<(String, u64)> {
+        let sent = self.files.stats();
+        vec![
+            (
+                "fetch_records_memory_bytes".into(),
+                self.fetch_memory_bytes.get(),
+            ),
+            ("fetch_records_file_bytes".into(), self.fetch_file_bytes.get()),
+            ("send_file_bytes_spliced".into(), sent.spliced_bytes),
+            ("send_file_bytes_copied".into(), sent.copied_bytes),
+            ("zero_copy_shards".into(), u64::from(self.files.zero_copy())),
+            ("shards".into(), 1),
+        ]
+    }
+
+    /// Every shard's counters, summed by name.
+    async fn broker_stats(self: &Rc<Self>) -> Response {
+        let mut sum = self.counters();
+        for to in 0..self.opts.shard_count {
+            if to == self.opts.shard_id {
+                continue;
+            }
+            match self.call(to, Call::Counters).await {
+                Some(Reply::Counters(c)) => {
+                    for (name, v) in c {
+                        match sum.iter_mut().find(|(n, _)| *n == name) {
+                            Some(e) => e.1 += v,
+                            None => sum.push((name, v)),
+                        }
+                    }
+                }
+                _ => {
+                    return Response::Error(WireError::new(
+                        ErrorCode::Unavailable,
+                        format!("shard {to} did not answer"),
+                    ));
+                }
+            }
+        }
+        Response::Stats(sum)
+    }
+
     /// Answers a request that arrived on one of this shard's connections.
     pub async fn handle_request(self: Rc<Self>, req: Request) -> Response {
         match req {
             Request::ApiVersions { .. } => Response::ApiVersions(codec::supported_versions()),
+            Request::BrokerStats => self.broker_stats().await,
             Request::ListTopics => {
                 Response::Topics(self.topics.borrow().topics.keys().cloned().collect())
             }
@@ -840,7 +926,7 @@ impl Shard {
                 error,
                 high_watermark: -1,
                 start_offset: -1,
-                records: Bytes::new(),
+                records: Records::new(),
             }),
             local: Box::new(move |me, group| {
                 Box::pin(async move {
@@ -893,7 +979,7 @@ impl Shard {
                         ),
                         high_watermark: -1,
                         start_offset: -1,
-                        records: Bytes::new(),
+                        records: Records::new(),
                     });
                     continue;
                 };
@@ -901,14 +987,20 @@ impl Shard {
                     .saturating_sub(total)
                     .min(p.max_bytes as usize);
                 let (error, records) = if budget == 0 && total > 0 {
-                    (WireError::none(), Bytes::new())
+                    (WireError::none(), Records::new())
                 } else {
                     match log.read(p.offset, budget.max(1)).await {
-                        Ok(r) => match r.to_bytes().await {
-                            Ok(b) => (WireError::none(), Bytes::from(b)),
-                            Err(e) => (storage_error(&e), Bytes::new()),
-                        },
-                        Err(e) => (storage_error(&e), Bytes::new()),
+                        Ok(r) => {
+                            for c in &r.chunks {
+                                let counter = match c {
+                                    ReadChunk::File { .. } => &self.fetch_file_bytes,
+                                    ReadChunk::Memory(_) => &self.fetch_memory_bytes,
+                                };
+                                counter.set(counter.get() + c.len() as u64);
+                            }
+                            (WireError::none(), records_of(r))
+                        }
+                        Err(e) => (storage_error(&e), Records::new()),
                     }
                 };
                 total += records.len();

@@ -8,9 +8,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use glommio::io::{BufferedFile, DmaBuffer, DmaFile, OpenOptions};
@@ -46,6 +47,9 @@ impl std::str::FromStr for IoMode {
 #[derive(Debug)]
 pub struct SegmentFile {
     file: BufferedFile,
+    /// A duplicate of the descriptor that other shards' connections may hold while they
+    /// send from it (file → socket), so it outlives this shard's handle when needed.
+    shared: Arc<OwnedFd>,
     path: PathBuf,
 }
 
@@ -56,15 +60,28 @@ impl SegmentFile {
             .buffered_open(path)
             .await
             .map_err(|e| Error::io("opening segment", path, e))?;
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (owned from here on) or -1.
+        let dup = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(Error::io(
+                "duplicating segment descriptor",
+                path,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `dup` is a fresh descriptor nothing else owns.
+        let shared = Arc::new(unsafe { OwnedFd::from_raw_fd(dup) });
         Ok(Self {
             file,
+            shared,
             path: path.to_owned(),
         })
     }
 
-    /// The descriptor, for zero-copy sends (splice or sendfile) by the network layer.
-    pub fn raw_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
+    /// The descriptor, for zero-copy sends (splice or sendfile) by the network layer;
+    /// it stays open while any clone is held.
+    pub fn shared_fd(&self) -> Arc<OwnedFd> {
+        self.shared.clone()
     }
 
     /// The file's path.

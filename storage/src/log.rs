@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{self, BatchInfo, TimestampType};
+use crate::IoMode;
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
@@ -534,7 +535,18 @@ struct SegmentView {
     /// Start position hint for the end of the range (a batch start that is within
     /// both the byte and the offset bound).
     end_hint: u64,
+    /// Bytes before this position are never written again (see [`REWRITE_WINDOW`]);
+    /// bytes from here on are returned in memory rather than as a file range.
+    stable_end: u64,
 }
+
+/// Direct writes rewrite the partial block the previous write ended in. A page of that
+/// block that a reader holds in the page cache while the rewrite completes (a file range
+/// being spliced to a socket pins its pages) could not be invalidated and would go
+/// stale, so file ranges of the active segment under direct I/O end before the last
+/// `REWRITE_WINDOW` boundary below its written size (a multiple of any block size up to
+/// 64 KiB); the rest of a read, at most this much, is copied into memory.
+const REWRITE_WINDOW: u64 = 64 << 10;
 
 impl PartitionLog {
     /// Opens (creating if needed) the partition log in `dir` and recovers it: from the
@@ -1397,6 +1409,10 @@ impl PartitionLog {
                         size_bytes: a.size_bytes,
                         start_hint,
                         end_hint,
+                        stable_end: match s.config.io_mode {
+                            IoMode::Direct => a.size_bytes - a.size_bytes % REWRITE_WINDOW,
+                            IoMode::Buffered => u64::MAX,
+                        },
                     }),
                     upper,
                 )
@@ -1434,6 +1450,7 @@ impl PartitionLog {
             size_bytes: seg.size_bytes,
             start_hint,
             end_hint: end_hint(&open.index, limit, upper_rel),
+            stable_end: u64::MAX,
         })
     }
 
@@ -1897,12 +1914,22 @@ async fn read_from_segment(
         end = h.position + h.info.size_bytes as u64;
         next_offset = h.info.next_offset();
     }
-    Ok(ReadResult {
-        chunks: vec![ReadChunk::File {
-            file: view.file,
+    let split = end.min(view.stable_end.max(start));
+    let mut chunks = Vec::with_capacity(2);
+    if split > start {
+        chunks.push(ReadChunk::File {
+            file: view.file.clone(),
             position: start,
-            len: end - start,
-        }],
+            len: split - start,
+        });
+    }
+    if end > split {
+        chunks.push(ReadChunk::Memory(
+            view.file.read_exact(split, (end - split) as usize).await?,
+        ));
+    }
+    Ok(ReadResult {
+        chunks,
         next_offset,
     })
 }
