@@ -116,6 +116,17 @@ pub async fn serve_connection<H: Handler>(
     files: Rc<FileSender>,
 ) -> ConnEnd {
     let _ = stream.set_nodelay(true);
+    // Non-blocking: glommio reads and writes with MSG_DONTWAIT and waits for readiness
+    // either way; zero-copy sends (sendfile, splice) on the executor thread need it so
+    // a full socket returns EAGAIN instead of blocking the shard.
+    // SAFETY: fcntl on the socket's descriptor, which `stream` keeps open.
+    unsafe {
+        let fd = stream.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return ConnEnd::Io(std::io::Error::last_os_error());
+        }
+    }
     // SAFETY: `dup` returns a new descriptor for the same socket, owned from here on
     // by the write half (closed when it drops); the read half keeps the original.
     let writer = unsafe {

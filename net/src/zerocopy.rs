@@ -140,7 +140,8 @@ impl FileSender {
                         }
                         socket.write_all(&got).await?;
                         pos += got.len() as u64;
-                        self.copied_bytes.set(self.copied_bytes.get() + got.len() as u64);
+                        self.copied_bytes
+                            .set(self.copied_bytes.get() + got.len() as u64);
                     }
                     Ok(())
                 }
@@ -150,6 +151,37 @@ impl FileSender {
             }
         }
     }
+}
+
+/// True when every page of `len` bytes at `pos` of `fd` is in the page cache
+/// (`cachestat(2)`, Linux 6.5+); false when not, or when the kernel cannot tell.
+fn page_cached(fd: RawFd, pos: u64, len: usize) -> bool {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        nr_cache: u64,
+        nr_dirty: u64,
+        nr_writeback: u64,
+        nr_evicted: u64,
+        nr_recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    const PAGE: u64 = 4096;
+    let range = Range {
+        off: pos,
+        len: len as u64,
+    };
+    let mut st = CacheStat::default();
+    // SAFETY: cachestat reads `range` and writes `st`, both live locals of the layout
+    // the kernel expects.
+    let r = unsafe { libc::syscall(SYS_CACHESTAT, fd, &range, &mut st, 0) };
+    let pages = (pos + len as u64).div_ceil(PAGE) - pos / PAGE;
+    r == 0 && st.nr_cache >= pages
 }
 
 fn dup(fd: RawFd) -> io::Result<RawFd> {
@@ -186,7 +218,13 @@ impl Pipe {
         // A larger pipe moves more per splice; the kernel may refuse (fs.pipe-max-size,
         // per-user pipe page limits), in which case the default capacity is used.
         // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_BYTES as libc::c_int,
+            )
+        };
         // SAFETY: as above.
         let capacity = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
         if capacity <= 0 {
@@ -270,43 +308,88 @@ impl Splicer {
         Ok(me)
     }
 
+    /// Sends `range` to the non-blocking `socket`, a piece of at most a pipe's capacity
+    /// at a time. A piece whose pages are all in the page cache goes by `sendfile(2)` on
+    /// the executor thread (no disk wait, no copy); any other piece is read file → pipe
+    /// by a splice on the ring (the disk wait happens in a kernel worker) and the pipe
+    /// is drained into the socket here. A full socket is waited for with a poll request
+    /// on the ring.
     async fn send(&self, socket: RawFd, range: &FileRange, more: bool) -> io::Result<()> {
         if range.len == 0 {
             return Ok(());
         }
         let socket = Rc::new(dup_owned(socket)?);
-        let _permit = self
-            .pipes_free
-            .acquire_permit(1)
-            .await
-            .map_err(|_| io::Error::other("splice pipes closed"))?;
-        let pipe = match self.pipes.borrow_mut().pop() {
-            Some(p) => p,
-            None => Pipe::new()?,
-        };
-        let mut guard = PipeGuard {
-            pipes: &self.pipes,
-            pipe: Some(pipe),
-            clean: false,
-        };
-        let pipe = guard.pipe.as_ref().expect("set above");
+        let file = range.fd.as_raw_fd();
+        let mut pipe: Option<(PipeGuard<'_>, glommio::sync::Permit)> = None;
         let mut pos = range.position;
         let end = range.position + range.len;
         while pos < end {
-            let want = ((end - pos) as usize).min(pipe.capacity) as u32;
+            let want = ((end - pos) as usize).min(PIPE_BYTES);
+            if page_cached(file, pos, want) {
+                let mut off = pos as libc::off_t;
+                // SAFETY: sendfile between two descriptors we hold open; `off` is ours.
+                let n = unsafe { libc::sendfile(socket.as_raw_fd(), file, &mut off, want) };
+                if n > 0 {
+                    pos += n as u64;
+                    self.spliced.set(self.spliced.get() + n as u64);
+                    continue;
+                }
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shorter than the range to send",
+                    ));
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+                self.writable(&socket).await?;
+                continue;
+            }
+            if pipe.is_none() {
+                // Not in memory: ask the kernel to read the rest of the range, and as
+                // much again beyond it (where a consumer's next fetch starts), ahead of
+                // the splices, so the disk works on more than one piece at a time.
+                let ahead = opcode::Fadvise::new(
+                    types::Fd(file),
+                    ((end - pos) * 2) as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+                .offset(pos)
+                .build();
+                self.op(ahead, vec![Keep::Shared(range.fd.clone())]).await?;
+                let permit = self
+                    .pipes_free
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| io::Error::other("splice pipes closed"))?;
+                let p = match self.pipes.borrow_mut().pop() {
+                    Some(p) => p,
+                    None => Pipe::new()?,
+                };
+                pipe = Some((
+                    PipeGuard {
+                        pipes: &self.pipes,
+                        pipe: Some(p),
+                        clean: false,
+                    },
+                    permit,
+                ));
+            }
+            let (guard, _) = pipe.as_mut().expect("set above");
+            let p = guard.pipe.as_ref().expect("held until drop");
+            let want = want.min(p.capacity) as u32;
             let sqe = opcode::Splice::new(
-                types::Fd(range.fd.as_raw_fd()),
+                types::Fd(file),
                 pos as i64,
-                types::Fd(pipe.write.as_raw_fd()),
+                types::Fd(p.write.as_raw_fd()),
                 -1,
                 want,
             )
             .flags(libc::SPLICE_F_MOVE)
             .build();
-            let keep = vec![
-                Keep::Shared(range.fd.clone()),
-                Keep::Local(pipe.write.clone()),
-            ];
+            let keep = vec![Keep::Shared(range.fd.clone()), Keep::Local(p.write.clone())];
             let n = self.op(sqe, keep).await?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -315,32 +398,57 @@ impl Splicer {
                 ));
             }
             pos += u64::from(n);
-            let mut left = n;
+            let mut left = n as usize;
             while left > 0 {
-                let flags = if more || pos < end {
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE
-                } else {
-                    libc::SPLICE_F_MOVE
+                let flags = libc::SPLICE_F_MOVE
+                    | libc::SPLICE_F_NONBLOCK
+                    | if more || pos < end {
+                        libc::SPLICE_F_MORE
+                    } else {
+                        0
+                    };
+                // SAFETY: splice between descriptors we hold open, no offsets (a pipe
+                // and a socket); the pipe holds `left` bytes, so the call does not wait
+                // for the pipe, and the socket is non-blocking.
+                let k = unsafe {
+                    libc::splice(
+                        p.read.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        socket.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        left,
+                        flags,
+                    )
                 };
-                let sqe = opcode::Splice::new(
-                    types::Fd(pipe.read.as_raw_fd()),
-                    -1,
-                    types::Fd(socket.as_raw_fd()),
-                    -1,
-                    left,
-                )
-                .flags(flags)
-                .build();
-                let keep = vec![Keep::Local(pipe.read.clone()), Keep::Local(socket.clone())];
-                let sent = self.op(sqe, keep).await?;
-                if sent == 0 {
+                if k > 0 {
+                    left -= k as usize;
+                    self.spliced.set(self.spliced.get() + k as u64);
+                } else if k == 0 {
                     return Err(io::Error::from(io::ErrorKind::WriteZero));
+                } else {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        return Err(e);
+                    }
+                    self.writable(&socket).await?;
                 }
-                left -= sent;
-                self.spliced.set(self.spliced.get() + u64::from(sent));
             }
         }
-        guard.clean = true;
+        if let Some((mut guard, _)) = pipe {
+            guard.clean = true;
+        }
+        Ok(())
+    }
+
+    /// Waits until `socket` can take more bytes (a poll request on the ring).
+    async fn writable(&self, socket: &Rc<OwnedFd>) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(types::Fd(socket.as_raw_fd()), libc::POLLOUT as u32).build();
+        let revents = self.op(sqe, vec![Keep::Local(socket.clone())]).await?;
+        if revents & (libc::POLLERR | libc::POLLHUP) as u32 != 0
+            && revents & libc::POLLOUT as u32 == 0
+        {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
         Ok(())
     }
 

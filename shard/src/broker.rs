@@ -19,8 +19,8 @@ use ringmq_net::codec::{
     self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
     ProducePartition, ProduceResult, Records, RecordsChunk, Request, Response, WireError,
 };
-use ringmq_net::zerocopy::{FileRange, FileSender};
 use ringmq_net::conn::{Handler, LocalFuture};
+use ringmq_net::zerocopy::{FileRange, FileSender};
 use ringmq_storage::{
     BatchError, LogConfig, Notify, PartitionLog, ReadChunk, ReadResult, SegmentCache,
 };
@@ -502,7 +502,10 @@ impl Shard {
                 "fetch_records_memory_bytes".into(),
                 self.fetch_memory_bytes.get(),
             ),
-            ("fetch_records_file_bytes".into(), self.fetch_file_bytes.get()),
+            (
+                "fetch_records_file_bytes".into(),
+                self.fetch_file_bytes.get(),
+            ),
             ("send_file_bytes_spliced".into(), sent.spliced_bytes),
             ("send_file_bytes_copied".into(), sent.copied_bytes),
             ("zero_copy_shards".into(), u64::from(self.files.zero_copy())),

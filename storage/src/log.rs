@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::batch::{self, BatchInfo, TimestampType};
 use crate::IoMode;
+use crate::batch::{self, BatchInfo, TimestampType};
 use crate::config::{FlushPolicy, LogConfig};
 use crate::error::{Error, Result};
 use crate::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
