@@ -3,7 +3,12 @@
 //! reference measured in the same run (fio, iperf3) and print the ratio.
 #![deny(missing_docs)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use ringmq_net::codec::{self, ProducePartition, Request, Response};
 
 /// Latency percentiles in microseconds, as the benchmarks report them.
 pub fn percentiles_us(h: &Histogram<u64>) -> [(&'static str, u64); 5] {
@@ -23,4 +28,40 @@ pub fn percentiles_json(h: &Histogram<u64>) -> serde_json::Value {
         lat.insert(k.to_string(), v.into());
     }
     serde_json::Value::Object(lat)
+}
+
+/// Reads one native-protocol frame (its body, without the length prefix).
+pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body)?;
+    Ok(Bytes::from(body))
+}
+
+/// Sends one request and reads its response (one request in flight).
+pub fn call(s: &mut TcpStream, req: &Request) -> anyhow::Result<Response> {
+    s.write_all(&codec::encode_request(0, req))?;
+    Ok(codec::decode_response(req.api_key(), read_frame(s)?)?.1)
+}
+
+/// One encoded produce request (acks durable) per partition, each carrying `batch`: a
+/// load generator sends these as they are, so encoding never limits it.
+pub fn produce_frames(topic: &str, partitions: u32, batch: &Bytes) -> Vec<Vec<u8>> {
+    (0..partitions)
+        .map(|partition| {
+            codec::encode_request(
+                0,
+                &Request::Produce {
+                    acks: 1,
+                    partitions: vec![ProducePartition {
+                        topic: topic.into(),
+                        partition,
+                        batch: batch.clone(),
+                    }],
+                },
+            )
+            .to_vec()
+        })
+        .collect()
 }

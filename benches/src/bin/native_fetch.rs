@@ -10,7 +10,7 @@
 //!   every batch's CRC, and prints MB/s with the broker's send counters (BrokerStats)
 //!   before and after.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use ringmq_net::codec::{self, FetchPartition, ProducePartition, Request, Response};
+use ringmq_bench::{call, produce_frames, read_frame};
+use ringmq_net::codec::{self, FetchPartition, Request, Response};
 use ringmq_storage::batch::{self, Record, encode_batch};
 
 #[derive(Parser, Debug)]
@@ -62,19 +63,6 @@ enum Step {
     },
 }
 
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body)?;
-    Ok(Bytes::from(body))
-}
-
-fn call(s: &mut TcpStream, req: &Request) -> anyhow::Result<Response> {
-    s.write_all(&codec::encode_request(0, req))?;
-    Ok(codec::decode_response(req.api_key(), read_frame(s)?)?.1)
-}
-
 fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_nodelay(true)?;
@@ -103,22 +91,7 @@ fn load(args: &Args, bytes: u64, batch_records: usize) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>(),
     ));
-    let frames: Vec<Vec<u8>> = (0..args.partitions)
-        .map(|partition| {
-            codec::encode_request(
-                0,
-                &Request::Produce {
-                    acks: 1,
-                    partitions: vec![ProducePartition {
-                        topic: args.topic.clone(),
-                        partition,
-                        batch: batch.clone(),
-                    }],
-                },
-            )
-            .to_vec()
-        })
-        .collect();
+    let frames: Vec<Vec<u8>> = produce_frames(&args.topic, args.partitions, &batch);
     let batches = bytes.div_ceil(batch.len() as u64);
     let inflight = 8u64;
     let started = Instant::now();

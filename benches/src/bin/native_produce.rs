@@ -6,13 +6,14 @@
 //! beside it.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use ringmq_bench::{call, produce_frames, read_frame};
 use ringmq_net::codec::{self, ApiKey, ProducePartition, Request, Response};
 use ringmq_storage::batch::{Record, encode_batch};
 
@@ -54,19 +55,6 @@ struct Args {
     json: bool,
 }
 
-fn read_frame(s: &mut TcpStream) -> std::io::Result<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len)?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body)?;
-    Ok(Bytes::from(body))
-}
-
-fn call(s: &mut TcpStream, req: &Request) -> anyhow::Result<Response> {
-    s.write_all(&codec::encode_request(0, req))?;
-    Ok(codec::decode_response(req.api_key(), read_frame(s)?)?.1)
-}
-
 struct Outcome {
     hist: Histogram<u64>,
     bytes: u64,
@@ -92,22 +80,7 @@ fn run_connection(
             .collect::<Vec<_>>(),
     ));
     // The client must not be the bottleneck: encode each partition's request once.
-    let mut frames: Vec<Vec<u8>> = (0..args.partitions)
-        .map(|partition| {
-            codec::encode_request(
-                0,
-                &Request::Produce {
-                    acks: 1,
-                    partitions: vec![ProducePartition {
-                        topic: args.topic.clone(),
-                        partition,
-                        batch: batch.clone(),
-                    }],
-                },
-            )
-            .to_vec()
-        })
-        .collect();
+    let mut frames: Vec<Vec<u8>> = produce_frames(&args.topic, args.partitions, &batch);
     let per_conn_rate = args.rate as f64 / args.connections as f64 / args.batch_records as f64;
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
