@@ -14,7 +14,7 @@ use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use ringmq_bench::{call, produce_frames, read_frame};
-use ringmq_net::codec::{self, ApiKey, ProducePartition, Request, Response};
+use ringmq_net::codec::{self, ApiKey, Request, Response};
 use ringmq_storage::batch::{Record, encode_batch};
 
 #[derive(Parser, Debug)]
