@@ -15,17 +15,15 @@
 //! its completion arrives, even if the future that started it is dropped, so a
 //! descriptor number is never closed and reused under a request in flight.
 
+use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use glommio::io::BufferedFile;
-use io_uring::{IoUring, opcode, types};
+use ringmq_uring::{Ring, opcode, squeue as opcode_entry, types};
 
 /// A byte range of a file, sent to a socket without passing through user space.
 #[derive(Debug, Clone)]
@@ -238,74 +236,29 @@ impl Pipe {
     }
 }
 
-/// A descriptor an operation in flight holds open (held, never read).
-#[allow(dead_code)]
-enum Keep {
-    Local(Rc<OwnedFd>),
-    Shared(Arc<OwnedFd>),
-}
-
-enum SlotState {
-    Waiting(Option<Waker>),
-    Done(i32),
-    /// The future was dropped; the slot is freed when the completion arrives.
-    Abandoned,
-}
-
-struct Slot {
-    state: SlotState,
-    keep: Vec<Keep>,
-}
-
-/// The shard's splice ring.
+/// The shard's splicer, on its second ring.
 struct Splicer {
-    ring: RefCell<IoUring>,
-    slots: RefCell<Vec<Option<Slot>>>,
-    free: RefCell<Vec<usize>>,
+    ring: Rc<Ring>,
     pipes: RefCell<Vec<Pipe>>,
     pipes_free: glommio::sync::Semaphore,
     spliced: Cell<u64>,
-    broken: Cell<bool>,
-    _eventfd: OwnedFd,
 }
-
-const RING_ENTRIES: u32 = 128;
 
 impl Splicer {
     fn new(pipes_max: usize) -> io::Result<Rc<Self>> {
-        let ring = IoUring::new(RING_ENTRIES)?;
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::Splice::CODE) {
+        let ring = Ring::current()?;
+        if !ring.supports(opcode::Splice::CODE) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "io_uring splice is not supported by this kernel",
             ));
         }
-        // A blocking eventfd: glommio's read of it waits in the kernel's poll machinery
-        // (an O_NONBLOCK one would make io_uring return EAGAIN instead).
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if efd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor, owned from here on.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        // SAFETY: a duplicate, owned by the BufferedFile glommio reads it through.
-        let reader = unsafe { BufferedFile::from_raw_fd(dup(eventfd.as_raw_fd())?) };
-        let me = Rc::new(Self {
-            ring: RefCell::new(ring),
-            slots: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
+        Ok(Rc::new(Self {
+            ring,
             pipes: RefCell::new(Vec::new()),
             pipes_free: glommio::sync::Semaphore::new(pipes_max as u64),
             spliced: Cell::new(0),
-            broken: Cell::new(false),
-            _eventfd: eventfd,
-        });
-        glommio::spawn_local(completions(Rc::downgrade(&me), reader)).detach();
-        Ok(me)
+        }))
     }
 
     /// Sends `range` to the non-blocking `socket`, a piece of at most a pipe's capacity
@@ -358,7 +311,7 @@ impl Splicer {
                 )
                 .offset(pos)
                 .build();
-                self.op(ahead, vec![Keep::Shared(range.fd.clone())]).await?;
+                self.op(ahead, vec![Box::new(range.fd.clone())]).await?;
                 let permit = self
                     .pipes_free
                     .acquire_permit(1)
@@ -389,7 +342,8 @@ impl Splicer {
             )
             .flags(libc::SPLICE_F_MOVE)
             .build();
-            let keep = vec![Keep::Shared(range.fd.clone()), Keep::Local(p.write.clone())];
+            let keep: Vec<Box<dyn Any>> =
+                vec![Box::new(range.fd.clone()), Box::new(p.write.clone())];
             let n = self.op(sqe, keep).await?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -443,7 +397,7 @@ impl Splicer {
     /// Waits until `socket` can take more bytes (a poll request on the ring).
     async fn writable(&self, socket: &Rc<OwnedFd>) -> io::Result<()> {
         let sqe = opcode::PollAdd::new(types::Fd(socket.as_raw_fd()), libc::POLLOUT as u32).build();
-        let revents = self.op(sqe, vec![Keep::Local(socket.clone())]).await?;
+        let revents = self.op(sqe, vec![Box::new(socket.clone())]).await?;
         if revents & (libc::POLLERR | libc::POLLHUP) as u32 != 0
             && revents & libc::POLLOUT as u32 == 0
         {
@@ -452,158 +406,11 @@ impl Splicer {
         Ok(())
     }
 
-    /// Submits one request and waits for its completion: the result, or the error.
-    async fn op(&self, sqe: io_uring::squeue::Entry, keep: Vec<Keep>) -> io::Result<u32> {
-        if self.broken.get() {
-            return Err(io::Error::other("splice ring failed"));
-        }
-        let idx = {
-            let mut slots = self.slots.borrow_mut();
-            let slot = Slot {
-                state: SlotState::Waiting(None),
-                keep,
-            };
-            match self.free.borrow_mut().pop() {
-                Some(i) => {
-                    slots[i] = Some(slot);
-                    i
-                }
-                None => {
-                    slots.push(Some(slot));
-                    slots.len() - 1
-                }
-            }
-        };
-        let sqe = sqe.user_data(idx as u64);
-        {
-            let mut ring = self.ring.borrow_mut();
-            // SAFETY: every descriptor the entry names is kept open by its slot until
-            // the completion arrives; no buffer pointers are involved.
-            let pushed = unsafe { ring.submission().push(&sqe).is_ok() };
-            let pushed = pushed || {
-                // Full submission queue: submit what is there, then retry.
-                ring.submit()?;
-                // SAFETY: as above.
-                unsafe { ring.submission().push(&sqe).is_ok() }
-            };
-            if !pushed {
-                self.release(idx);
-                return Err(io::Error::other("splice ring submission queue full"));
-            }
-            if let Err(e) = ring.submit() {
-                // The entry may not have reached the kernel; it stays in its slot and
-                // the ring is treated as failed from here on.
-                self.broken.set(true);
-                return Err(e);
-            }
-        }
-        let res = OpFuture { splicer: self, idx }.await;
-        if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res as u32)
-        }
-    }
-
-    fn release(&self, idx: usize) {
-        self.slots.borrow_mut()[idx] = None;
-        self.free.borrow_mut().push(idx);
-    }
-
-    /// Records every completion in the queue and wakes its waiter.
-    fn reap(&self) {
-        let mut done = Vec::new();
-        {
-            let mut ring = self.ring.borrow_mut();
-            for cqe in ring.completion() {
-                done.push((cqe.user_data() as usize, cqe.result()));
-            }
-        }
-        for (idx, res) in done {
-            let mut slots = self.slots.borrow_mut();
-            let Some(Some(slot)) = slots.get_mut(idx) else {
-                continue;
-            };
-            match std::mem::replace(&mut slot.state, SlotState::Done(res)) {
-                SlotState::Waiting(w) => {
-                    // The op's descriptors can go now; the state stays for the waiter.
-                    slot.keep.clear();
-                    if let Some(w) = w {
-                        w.wake();
-                    }
-                }
-                SlotState::Abandoned => {
-                    drop(slots);
-                    self.release(idx);
-                }
-                SlotState::Done(_) => {}
-            }
-        }
-    }
-}
-
-async fn completions(splicer: Weak<Splicer>, eventfd: BufferedFile) {
-    loop {
-        let read = eventfd.read_at(0, 8).await;
-        let Some(s) = splicer.upgrade() else {
-            return;
-        };
-        if let Err(e) = read {
-            tracing::error!(error = %e, "reading the splice ring's eventfd failed; zero-copy sends stop");
-            s.broken.set(true);
-            return;
-        }
-        s.reap();
-    }
-}
-
-struct OpFuture<'a> {
-    splicer: &'a Splicer,
-    idx: usize,
-}
-
-impl Future for OpFuture<'_> {
-    type Output = i32;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
-        let res = {
-            let mut slots = self.splicer.slots.borrow_mut();
-            let slot = slots[self.idx].as_mut().expect("slot of a pending op");
-            match &mut slot.state {
-                SlotState::Done(res) => *res,
-                SlotState::Waiting(w) => {
-                    *w = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                SlotState::Abandoned => unreachable!("only set on drop"),
-            }
-        };
-        self.splicer.release(self.idx);
-        // Released: make drop a no-op.
-        self.get_mut().idx = usize::MAX;
-        Poll::Ready(res)
-    }
-}
-
-impl Drop for OpFuture<'_> {
-    fn drop(&mut self) {
-        if self.idx == usize::MAX {
-            return;
-        }
-        let done = {
-            let mut slots = self.splicer.slots.borrow_mut();
-            match slots[self.idx].as_mut() {
-                Some(slot) if matches!(slot.state, SlotState::Done(_)) => true,
-                Some(slot) => {
-                    slot.state = SlotState::Abandoned;
-                    false
-                }
-                None => false,
-            }
-        };
-        if done {
-            self.splicer.release(self.idx);
-        }
+    /// Runs one request on the ring, keeping `keep` until it completes.
+    async fn op(&self, sqe: opcode_entry::Entry, keep: Vec<Box<dyn Any>>) -> io::Result<u32> {
+        // SAFETY: every descriptor the entries built in this module name is in `keep`
+        // (an `Rc`/`Arc` of it), and they carry no buffer pointers.
+        unsafe { self.ring.op(sqe, keep).await }
     }
 }
 

@@ -125,6 +125,9 @@ impl SegmentFile {
 enum WriterFile {
     Direct {
         file: DmaFile,
+        /// A duplicate of `file`'s descriptor for writes on the second ring (see
+        /// [`write_direct`]), held by each write until it completes.
+        fd: Rc<OwnedFd>,
         alignment: u64,
         /// Bytes of the last, partial block: `[align_down(write_pos), write_pos)`.
         tail_block: Vec<u8>,
@@ -235,8 +238,13 @@ impl SegmentWriter {
                 } else {
                     Vec::new()
                 };
+                let fd = Rc::new(
+                    ringmq_uring::dup(file.as_raw_fd())
+                        .map_err(|e| Error::io("duplicating segment descriptor", path, e))?,
+                );
                 WriterFile::Direct {
                     file,
+                    fd,
                     alignment,
                     tail_block,
                 }
@@ -271,6 +279,7 @@ impl SegmentWriter {
                 file,
                 alignment,
                 tail_block,
+                ..
             } => {
                 let align = *alignment as usize;
                 let total = tail_block.len() + len;
@@ -362,9 +371,10 @@ impl SegmentWriter {
         match (&mut self.file, buf) {
             (
                 WriterFile::Direct {
-                    file,
+                    fd,
                     alignment,
                     tail_block,
+                    ..
                 },
                 WriteBuf::Direct {
                     head,
@@ -390,8 +400,8 @@ impl SegmentWriter {
                     Some(head) => {
                         let expect = head.len() + body.len();
                         let (a, b) = futures_lite::future::zip(
-                            file.write_at(head, start),
-                            file.write_at(body, start + align as u64),
+                            write_direct(fd, head, start),
+                            write_direct(fd, body, start + align as u64),
                         )
                         .await;
                         let a = a.map_err(|e| Error::io("writing segment", &self.path, e))?;
@@ -400,8 +410,7 @@ impl SegmentWriter {
                     }
                     None => {
                         let expect = body.len();
-                        let wrote = file
-                            .write_at(body, start)
+                        let wrote = write_direct(fd, body, start)
                             .await
                             .map_err(|e| Error::io("writing segment", &self.path, e))?;
                         (wrote, expect)
@@ -483,6 +492,23 @@ impl SegmentWriter {
 
 /// Alignment of direct writes: ext4's block size on these machines.
 const FS_BLOCK_BYTES: u64 = 4096;
+
+/// One O_DIRECT write of a whole aligned buffer at `pos`, on the shard's second ring
+/// rather than glommio's: glommio would put it on its polled ring and busy-poll the core
+/// until it completes (see the `ringmq-uring` crate). A failure to set up the ring is
+/// this write's error.
+async fn write_direct(fd: &Rc<OwnedFd>, buf: DmaBuffer, pos: u64) -> std::io::Result<usize> {
+    use ringmq_uring::{Ring, opcode, types};
+    let ring = Ring::current()?;
+    let sqe = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+        .offset(pos)
+        .build();
+    let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(buf), Box::new(fd.clone())];
+    // SAFETY: the buffer the entry points at and the descriptor it names are both in
+    // `keep`, held by the ring until the write completes.
+    let n = unsafe { ring.op(sqe, keep).await? };
+    Ok(n as usize)
+}
 
 /// Writes a small file crash-safely: write to `<name>.tmp`, fdatasync, rename over the
 /// target, fsync the directory.

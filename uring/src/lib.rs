@@ -1,0 +1,296 @@
+//! A second io_uring ring per shard thread, beside glommio's, for operations glommio
+//! lacks (splice, poll on a descriptor it does not own) or runs badly here: glommio sends
+//! O_DIRECT reads and writes to its polled ring whenever its probe read succeeds, and on
+//! a disk without poll queues (virtio here, `io_poll` 0) the probe still succeeds, so the
+//! shard busy-polls for every direct write: it kept its core 3-7 ms at a time while the
+//! kernel worker that completes writes into preallocated (unwritten) extents waited for
+//! that same core, which put 4-5 ms on produce latency.
+//!
+//! Completions reach glommio through an eventfd registered with the ring, which one task
+//! per thread reads with a glommio read (its completion wakes a parked executor) and then
+//! drains the completion queue. Written here rather than taken from a crate because the
+//! async io_uring crates run their own reactor or threads, which the thread-per-core
+//! model rules out.
+//!
+//! Whatever an operation points at (descriptors, buffers) is handed to [`Ring::op`] to
+//! keep until its completion arrives, even if the future that started it is dropped, so
+//! a descriptor number is never closed and reused, nor a buffer freed, under a request in
+//! flight.
+#![deny(missing_docs)]
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use glommio::io::BufferedFile;
+use io_uring::IoUring;
+pub use io_uring::{opcode, squeue, types};
+
+/// Entries of each thread's ring.
+const RING_ENTRIES: u32 = 256;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Ring>>> = const { RefCell::new(None) };
+}
+
+enum SlotState {
+    Waiting(Option<Waker>),
+    Done(i32),
+    /// The future was dropped; the slot is freed when the completion arrives.
+    Abandoned,
+}
+
+struct Slot {
+    state: SlotState,
+    keep: Vec<Box<dyn Any>>,
+}
+
+/// This thread's second ring.
+pub struct Ring {
+    ring: RefCell<IoUring>,
+    slots: RefCell<Vec<Option<Slot>>>,
+    free: RefCell<Vec<usize>>,
+    broken: Cell<bool>,
+    _eventfd: OwnedFd,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("slots", &self.slots.borrow().len())
+            .field("broken", &self.broken.get())
+            .finish()
+    }
+}
+
+/// Duplicates a descriptor (close-on-exec).
+pub fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller holds open; returns a new one
+    // (owned from here on) or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        // SAFETY: a fresh descriptor nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    }
+}
+
+impl Ring {
+    /// This thread's ring, set up on first use (with the task that reaps its
+    /// completions). Must be called on a glommio executor.
+    pub fn current() -> io::Result<Rc<Ring>> {
+        if let Some(r) = CURRENT.with(|c| c.borrow().clone()) {
+            return Ok(r);
+        }
+        let r = Self::new()?;
+        CURRENT.with(|c| *c.borrow_mut() = Some(r.clone()));
+        Ok(r)
+    }
+
+    fn new() -> io::Result<Rc<Self>> {
+        let ring = IoUring::new(RING_ENTRIES)?;
+        // A blocking eventfd: glommio's read of it waits in the kernel's poll machinery
+        // (an O_NONBLOCK one would make io_uring return EAGAIN instead).
+        // SAFETY: eventfd returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor, owned from here on.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
+        let reader_fd = dup(eventfd.as_raw_fd())?;
+        // SAFETY: the duplicate is owned by the BufferedFile from here on.
+        let reader =
+            unsafe { BufferedFile::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(reader_fd)) };
+        let me = Rc::new(Self {
+            ring: RefCell::new(ring),
+            slots: RefCell::new(Vec::new()),
+            free: RefCell::new(Vec::new()),
+            broken: Cell::new(false),
+            _eventfd: eventfd,
+        });
+        glommio::spawn_local(completions(Rc::downgrade(&me), reader)).detach();
+        Ok(me)
+    }
+
+    /// True when the kernel supports `op` on this ring.
+    pub fn supports(&self, op: u8) -> bool {
+        let mut probe = io_uring::Probe::new();
+        self.ring
+            .borrow()
+            .submitter()
+            .register_probe(&mut probe)
+            .is_ok()
+            && probe.is_supported(op)
+    }
+
+    /// Submits one request and waits for its completion: the result, or the error.
+    /// `keep` is held until the kernel is done with the request: every descriptor and
+    /// buffer the entry points at must be in it (or outlive the ring).
+    ///
+    /// # Safety
+    /// The entry's pointers and descriptors must stay valid until its completion; they
+    /// do if they are owned by `keep` (or by something `keep` holds).
+    pub async unsafe fn op(&self, sqe: squeue::Entry, keep: Vec<Box<dyn Any>>) -> io::Result<u32> {
+        if self.broken.get() {
+            return Err(io::Error::other("the second io_uring ring failed"));
+        }
+        let idx = {
+            let mut slots = self.slots.borrow_mut();
+            let slot = Slot {
+                state: SlotState::Waiting(None),
+                keep,
+            };
+            match self.free.borrow_mut().pop() {
+                Some(i) => {
+                    slots[i] = Some(slot);
+                    i
+                }
+                None => {
+                    slots.push(Some(slot));
+                    slots.len() - 1
+                }
+            }
+        };
+        let sqe = sqe.user_data(idx as u64);
+        {
+            let mut ring = self.ring.borrow_mut();
+            // SAFETY: the caller guarantees the entry's pointers and descriptors live
+            // until its completion (held by the slot's `keep`).
+            let pushed = unsafe { ring.submission().push(&sqe).is_ok() };
+            let pushed = pushed || {
+                // Full submission queue: submit what is there, then retry.
+                ring.submit()?;
+                // SAFETY: as above.
+                unsafe { ring.submission().push(&sqe).is_ok() }
+            };
+            if !pushed {
+                drop(ring);
+                self.release(idx);
+                return Err(io::Error::other("io_uring submission queue full"));
+            }
+            if let Err(e) = ring.submit() {
+                // The entry may not have reached the kernel; it stays in its slot and
+                // the ring is treated as failed from here on.
+                self.broken.set(true);
+                return Err(e);
+            }
+        }
+        let res = OpFuture { ring: self, idx }.await;
+        if res < 0 {
+            Err(io::Error::from_raw_os_error(-res))
+        } else {
+            Ok(res as u32)
+        }
+    }
+
+    fn release(&self, idx: usize) {
+        self.slots.borrow_mut()[idx] = None;
+        self.free.borrow_mut().push(idx);
+    }
+
+    /// Records every completion in the queue and wakes its waiter.
+    fn reap(&self) {
+        let mut done = Vec::new();
+        {
+            let mut ring = self.ring.borrow_mut();
+            for cqe in ring.completion() {
+                done.push((cqe.user_data() as usize, cqe.result()));
+            }
+        }
+        for (idx, res) in done {
+            let mut slots = self.slots.borrow_mut();
+            let Some(Some(slot)) = slots.get_mut(idx) else {
+                continue;
+            };
+            match std::mem::replace(&mut slot.state, SlotState::Done(res)) {
+                SlotState::Waiting(w) => {
+                    // The request's resources can go now; the state stays for the waiter.
+                    let keep = std::mem::take(&mut slot.keep);
+                    drop(slots);
+                    drop(keep);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                }
+                SlotState::Abandoned => {
+                    drop(slots);
+                    self.release(idx);
+                }
+                SlotState::Done(_) => {}
+            }
+        }
+    }
+}
+
+async fn completions(ring: Weak<Ring>, eventfd: BufferedFile) {
+    loop {
+        let read = eventfd.read_at(0, 8).await;
+        let Some(r) = ring.upgrade() else {
+            return;
+        };
+        if let Err(e) = read {
+            tracing::error!(error = %e, "reading the second ring's eventfd failed; its operations stop");
+            r.broken.set(true);
+            return;
+        }
+        r.reap();
+    }
+}
+
+struct OpFuture<'a> {
+    ring: &'a Ring,
+    idx: usize,
+}
+
+impl Future for OpFuture<'_> {
+    type Output = i32;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        let res = {
+            let mut slots = self.ring.slots.borrow_mut();
+            let slot = slots[self.idx].as_mut().expect("slot of a pending op");
+            match &mut slot.state {
+                SlotState::Done(res) => *res,
+                SlotState::Waiting(w) => {
+                    *w = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                SlotState::Abandoned => unreachable!("only set on drop"),
+            }
+        };
+        self.ring.release(self.idx);
+        // Released: make drop a no-op.
+        self.get_mut().idx = usize::MAX;
+        Poll::Ready(res)
+    }
+}
+
+impl Drop for OpFuture<'_> {
+    fn drop(&mut self) {
+        if self.idx == usize::MAX {
+            return;
+        }
+        let done = {
+            let mut slots = self.ring.slots.borrow_mut();
+            match slots[self.idx].as_mut() {
+                Some(slot) if matches!(slot.state, SlotState::Done(_)) => true,
+                Some(slot) => {
+                    slot.state = SlotState::Abandoned;
+                    false
+                }
+                None => false,
+            }
+        };
+        if done {
+            self.ring.release(self.idx);
+        }
+    }
+}
