@@ -294,3 +294,86 @@ impl Drop for OpFuture<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn on_executor<F: Future<Output = ()> + 'static>(f: impl FnOnce() -> F + Send + 'static) {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_write_lands_and_its_buffer_is_kept_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let p = path.clone();
+        on_executor(move || async move {
+            let fd = Rc::new(OwnedFd::from(std::fs::File::create(&p).unwrap()));
+            let ring = Ring::current().unwrap();
+            assert!(
+                Rc::ptr_eq(&ring, &Ring::current().unwrap()),
+                "one ring per thread"
+            );
+            let buf = vec![7u8; 10_000];
+            let sqe = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+                .offset(5)
+                .build();
+            let keep: Vec<Box<dyn Any>> = vec![Box::new(buf), Box::new(fd.clone())];
+            let n = unsafe { ring.op(sqe, keep).await }.unwrap();
+            assert_eq!(n, 10_000);
+            let got = std::fs::read(&p).unwrap();
+            assert_eq!(got.len(), 10_005);
+            assert!(got[5..].iter().all(|&b| b == 7));
+        });
+    }
+
+    #[test]
+    fn errors_come_back_as_io_errors() {
+        on_executor(|| async {
+            let ring = Ring::current().unwrap();
+            // A write to a descriptor that is not open.
+            let sqe = opcode::Write::new(types::Fd(1 << 20), std::ptr::null(), 0).build();
+            let err = unsafe { ring.op(sqe, Vec::new()).await }.unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        });
+    }
+
+    #[test]
+    fn a_dropped_op_is_reaped_and_the_ring_goes_on() {
+        on_executor(|| async {
+            let ring = Ring::current().unwrap();
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            let r = Rc::new(r);
+            // Poll for input that is not there yet, then give up on it.
+            let sqe = opcode::PollAdd::new(types::Fd(r.as_raw_fd()), libc::POLLIN as u32).build();
+            let keep: Vec<Box<dyn Any>> = vec![Box::new(r.clone())];
+            let pending = futures_lite::future::poll_once(unsafe { ring.op(sqe, keep) }).await;
+            assert!(pending.is_none());
+            assert_eq!(
+                Rc::strong_count(&r),
+                2,
+                "the ring still holds the descriptor"
+            );
+            // Its completion arrives later and frees the slot and the descriptor.
+            let mut w = std::fs::File::from(w);
+            w.write_all(b"x").unwrap();
+            let sqe = opcode::Nop::new().build();
+            unsafe { ring.op(sqe, Vec::new()).await }.unwrap();
+            for _ in 0..100 {
+                if Rc::strong_count(&r) == 1 {
+                    break;
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert_eq!(Rc::strong_count(&r), 1, "released after its completion");
+        });
+    }
+}
