@@ -325,6 +325,21 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A shard's listener: SO_REUSEPORT, so every shard listens on the address (the kernel
+/// spreads connections over them), and SO_REUSEADDR, so a restart is not refused while
+/// the previous run's closed connections sit in TIME_WAIT on the port.
+fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::IntoRawFd;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    // SAFETY: a bound, listening socket whose descriptor the listener owns from here on.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(s.into_raw_fd()) })
+}
+
 async fn run_shard(
     opts: ShardOptions,
     table: TopicTable,
@@ -336,8 +351,7 @@ async fn run_shard(
 ) -> Result<(), String> {
     let id = opts.shard_id;
     let shard = Shard::start(opts, table, l).await?;
-    let listener = glommio::net::TcpListener::bind(addr)
-        .map_err(|e| format!("shard {id}: listening on {addr}: {e}"))?;
+    let listener = listen(addr).map_err(|e| format!("shard {id}: listening on {addr}: {e}"))?;
     tracing::info!(shard = id, partitions = shard.partition_count(), %addr, "shard ready");
     let budget = MemoryBudget::new(memory);
     let conns = Rc::new(std::cell::Cell::new(0usize));

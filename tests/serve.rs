@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,69 +13,8 @@ use ringmq_net::codec::{
 };
 use ringmq_storage::batch::{self, Record};
 
-struct Broker {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Broker {
-    fn start(data: &Path) -> Self {
-        Self::start_with(data, 2)
-    }
-
-    fn start_with(data: &Path, shards: u32) -> Self {
-        Self::start_args(data, shards, &[])
-    }
-
-    fn start_args(data: &Path, shards: u32, extra: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["serve", "--log-level", "warn", "--native-listen"])
-            .arg(addr.to_string())
-            .arg("--shards")
-            .arg(shards.to_string())
-            .arg("--data-dir")
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, addr }
-    }
-
-    fn stop(mut self) {
-        // SAFETY: sending SIGTERM to our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "clean shutdown: {status}");
-    }
-
-    fn kill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Broker;
 
 struct Client {
     s: TcpStream,

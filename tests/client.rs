@@ -1,0 +1,171 @@
+//! The native Rust client against `ringmq serve` (2 shards, 127.0.0.1, a free port).
+
+use std::collections::HashMap;
+
+use ringmq_client::{
+    Admin, Client, Consumer, Error, ErrorCode, Position, Producer, ProducerConfig,
+    partition_for_key,
+};
+
+mod common;
+use common::Broker;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_produce_consume_and_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data);
+    let addr = broker.addr.to_string();
+    let client = Client::connect(&addr).await.unwrap();
+    let admin = Admin::new(client.clone());
+
+    admin
+        .create_topic("events", 4, &[("retention_ms".into(), "3600000".into())])
+        .await
+        .unwrap();
+    admin.create_topic("scratch", 1, &[]).await.unwrap();
+    match admin.create_topic("events", 4, &[]).await {
+        Err(Error::Broker { code, .. }) => assert_eq!(code, ErrorCode::TopicExists),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        admin.list_topics().await.unwrap(),
+        vec!["events", "scratch"]
+    );
+    let d = admin.describe_topic("events").await.unwrap();
+    assert_eq!(d.partitions.len(), 4);
+    assert!(
+        d.configs
+            .iter()
+            .any(|(k, v)| k == "retention_ms" && v == "3600000")
+    );
+    admin.delete_topic("scratch").await.unwrap();
+    assert_eq!(admin.list_topics().await.unwrap(), vec!["events"]);
+    match admin.describe_topic("nope").await {
+        Err(Error::Broker { code, .. }) => assert_eq!(code, ErrorCode::UnknownTopic),
+        other => panic!("{other:?}"),
+    }
+
+    // 4000 keyed records with headers, sent concurrently, batched by the producer.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let sends = (0..4000u32).map(|i| {
+        let producer = producer.clone();
+        async move {
+            let key = format!("user-{}", i % 97);
+            let value = format!("value-{i}");
+            let headers = vec![("seq".to_string(), i.to_be_bytes().to_vec())];
+            let at = producer
+                .send("events", Some(key.as_bytes()), value.as_bytes(), &headers)
+                .await
+                .unwrap();
+            (i, key, at)
+        }
+    });
+    let sent: Vec<(u32, String, (u32, i64))> = futures_join_all(sends).await;
+    producer.close().await.unwrap();
+    assert!(matches!(
+        producer.send("events", None, b"late", &[]).await,
+        Err(Error::Closed)
+    ));
+    for (_, key, (p, _)) in &sent {
+        assert_eq!(
+            *p,
+            partition_for_key(key.as_bytes(), 4),
+            "Kafka's partition for {key}"
+        );
+    }
+
+    // Read everything back: offsets as acknowledged, values, keys, headers.
+    let mut by_offset: HashMap<(u32, i64), u32> = HashMap::new();
+    for (i, _, (p, o)) in &sent {
+        assert!(
+            by_offset.insert((*p, *o), *i).is_none(),
+            "offsets are unique"
+        );
+    }
+    let mut consumer = Consumer::new(client.clone());
+    for p in 0..4 {
+        consumer
+            .assign("events", p, Position::Earliest)
+            .await
+            .unwrap();
+    }
+    let mut got = 0;
+    let mut last: HashMap<u32, i64> = HashMap::new();
+    while got < sent.len() {
+        let records = consumer.poll().await.unwrap();
+        assert!(!records.is_empty(), "data is there");
+        for r in records {
+            let i = by_offset[&(r.partition, r.offset)];
+            assert_eq!(r.value.as_deref(), Some(format!("value-{i}").as_bytes()));
+            assert_eq!(
+                r.key.as_deref(),
+                Some(format!("user-{}", i % 97).as_bytes())
+            );
+            assert_eq!(
+                r.headers,
+                vec![("seq".to_string(), i.to_be_bytes().to_vec())]
+            );
+            if let Some(prev) = last.insert(r.partition, r.offset) {
+                assert!(r.offset > prev, "in order within a partition");
+            }
+            got += 1;
+        }
+    }
+    // Nothing more: a poll waits its max wait and returns empty.
+    consumer.max_wait_ms = 100;
+    assert!(consumer.poll().await.unwrap().is_empty());
+
+    // Positions: latest is the end, a timestamp finds the first record at or after it.
+    let end = consumer
+        .offset_for("events", 0, Position::Latest)
+        .await
+        .unwrap();
+    assert_eq!(end, last[&0] + 1);
+    let ts = consumer
+        .offset_for("events", 0, Position::Timestamp(0))
+        .await
+        .unwrap();
+    assert_eq!(ts, 0);
+
+    // The broker restarts; the same client reconnects on its next call.
+    let broker_addr = broker.addr;
+    broker.stop();
+    let broker = Broker::start_on(&data, 2, broker_addr, &[]);
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut attempt = 0;
+    let (p, o) = loop {
+        match producer
+            .send_to("events", 0, None, b"after restart", &[])
+            .await
+        {
+            Ok(at) => break at,
+            Err(e) if e.is_retriable() && attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!((p, o), (0, end));
+    match producer.send_to("events", 9, None, b"x", &[]).await {
+        Err(Error::Invalid(m)) => assert!(m.contains("no partition 9"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    broker.stop();
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
