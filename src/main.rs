@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
 mod serve;
+mod tools;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,28 @@ enum Command {
         /// The partition directory (e.g. ./data/orders-0).
         dir: PathBuf,
     },
+    /// Create, delete, list and describe topics.
+    Topic {
+        #[command(flatten)]
+        broker: tools::BrokerArgs,
+        #[command(subcommand)]
+        command: tools::TopicCommand,
+    },
+    /// Write records read from standard input, one per line; prints a summary on
+    /// standard error.
+    Produce {
+        #[command(flatten)]
+        broker: tools::BrokerArgs,
+        #[command(flatten)]
+        args: tools::ProduceArgs,
+    },
+    /// Read records and print them, one per line (text) or one JSON object per record.
+    Consume {
+        #[command(flatten)]
+        broker: tools::BrokerArgs,
+        #[command(flatten)]
+        args: tools::ConsumeArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,7 +70,8 @@ fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Serve(a) => serve::log_level(a),
-        _ => "info".to_string(),
+        Command::Log { .. } => "info".to_string(),
+        _ => "warn".to_string(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,6 +83,9 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve::serve(*a),
         Command::Log { dir } => inspect_log(dir),
+        Command::Topic { broker, command } => tools::topic(broker, command),
+        Command::Produce { broker, args } => tools::produce(broker, args),
+        Command::Consume { broker, args } => tools::consume(broker, args),
     }
 }
 

@@ -44,7 +44,7 @@ pub use ringmq_net::codec::ErrorCode;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The broker could not be reached or the connection failed.
-    #[error("broker {addr}: {source}")]
+    #[error("broker {addr}")]
     Io {
         /// The broker's address.
         addr: String,

@@ -1,0 +1,321 @@
+//! The client commands: `topic`, `produce`, `consume`, in the spirit of kcat and rpk.
+//! Built on `ringmq-client`, on a single-threaded tokio runtime.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use ringmq_client::{Admin, Client, Consumer, Position, Producer, ProducerConfig};
+
+/// Where the broker is: shared by the client commands.
+#[derive(Args, Debug, Clone)]
+pub struct BrokerArgs {
+    /// Broker address, HOST:PORT (its native listener)
+    #[arg(
+        long,
+        global = true,
+        env = "RINGMQ_BROKERS",
+        default_value = "127.0.0.1:9093"
+    )]
+    pub brokers: String,
+}
+
+/// `ringmq topic ...`
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    /// Create a topic
+    Create {
+        /// Topic name
+        name: String,
+        /// Number of partitions
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// A topic setting, key=value (retention_ms, retention_bytes, segment_bytes,
+        /// segment_ms, flush, message_bytes_max, timestamp_type); repeatable
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+    },
+    /// Delete a topic and its data
+    Delete {
+        /// Topic name
+        name: String,
+    },
+    /// List topics
+    List,
+    /// Show a topic's partitions (shard, start and end offsets, size) and settings
+    Describe {
+        /// Topic name
+        name: String,
+    },
+}
+
+/// `ringmq produce TOPIC`
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    /// Topic to write to
+    pub topic: String,
+    /// Split each line at the first C into key and value (no key without it)
+    #[arg(long, value_name = "C")]
+    pub key_separator: Option<char>,
+    /// A header on every record, k=v; repeatable
+    #[arg(long = "header", value_name = "K=V")]
+    pub headers: Vec<String>,
+    /// Write every record to this partition (default: by key, or sticky without one)
+    #[arg(long)]
+    pub partition: Option<u32>,
+}
+
+/// `ringmq consume TOPIC`
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    /// Topic to read
+    pub topic: String,
+    /// Where to start: beginning, end, an offset, or @TIMESTAMP_MS
+    #[arg(long, default_value = "beginning")]
+    pub from: String,
+    /// Stop after this many records
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Keep waiting for new records at the end (default: stop at the end)
+    #[arg(long)]
+    pub follow: bool,
+    /// Output: text (the value, one per line) or json (one object per record)
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+    /// Read only this partition (default: all)
+    #[arg(long)]
+    pub partition: Option<u32>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the client runtime")
+}
+
+async fn connect(b: &BrokerArgs) -> anyhow::Result<Client> {
+    Client::connect(&b.brokers).await.with_context(|| {
+        format!(
+            "cannot reach the broker at {} (set --brokers or RINGMQ_BROKERS)",
+            b.brokers
+        )
+    })
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{what} {s:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Runs `ringmq topic ...`.
+pub fn topic(b: BrokerArgs, cmd: TopicCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let admin = Admin::new(connect(&b).await?);
+        match cmd {
+            TopicCommand::Create {
+                name,
+                partitions,
+                configs,
+            } => {
+                if partitions == 0 {
+                    bail!("--partitions must be at least 1");
+                }
+                admin
+                    .create_topic(&name, partitions, &pairs(&configs, "--config")?)
+                    .await
+                    .with_context(|| format!("creating topic {name}"))?;
+                println!("created topic {name} with {partitions} partition(s)");
+            }
+            TopicCommand::Delete { name } => {
+                admin
+                    .delete_topic(&name)
+                    .await
+                    .with_context(|| format!("deleting topic {name}"))?;
+                println!("deleted topic {name}");
+            }
+            TopicCommand::List => {
+                for t in admin.list_topics().await? {
+                    println!("{t}");
+                }
+            }
+            TopicCommand::Describe { name } => {
+                let d = admin
+                    .describe_topic(&name)
+                    .await
+                    .with_context(|| format!("describing topic {name}"))?;
+                println!("topic {}  partitions {}", d.name, d.partitions.len());
+                println!(
+                    "{:>9} {:>5} {:>14} {:>14} {:>14}",
+                    "partition", "shard", "start offset", "end offset", "size bytes"
+                );
+                for p in &d.partitions {
+                    println!(
+                        "{:>9} {:>5} {:>14} {:>14} {:>14}",
+                        p.partition, p.shard, p.start_offset, p.end_offset, p.size_bytes
+                    );
+                }
+                println!("config");
+                for (k, v) in &d.configs {
+                    println!("  {k}={v}");
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs `ringmq produce TOPIC`: one record per line of standard input.
+pub fn produce(b: BrokerArgs, a: ProduceArgs) -> anyhow::Result<()> {
+    let headers: Vec<(String, Vec<u8>)> = pairs(&a.headers, "--header")?
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    runtime()?.block_on(async move {
+        let client = connect(&b).await?;
+        let producer = Producer::new(client, ProducerConfig::default());
+        let started = Instant::now();
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut inflight = tokio::task::JoinSet::new();
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let line = line.context("reading standard input")?;
+            let (key, value) = match a.key_separator {
+                Some(c) => match line.split_once(c) {
+                    Some((k, v)) => (Some(k.as_bytes().to_vec()), v.as_bytes().to_vec()),
+                    None => (None, line.into_bytes()),
+                },
+                None => (None, line.into_bytes()),
+            };
+            bytes += value.len() as u64 + key.as_ref().map_or(0, |k| k.len() as u64);
+            records += 1;
+            let (p, topic, headers) = (producer.clone(), a.topic.clone(), headers.clone());
+            let partition = a.partition;
+            inflight.spawn(async move {
+                match partition {
+                    Some(n) => p.send_to(&topic, n, key.as_deref(), &value, &headers).await,
+                    None => p.send(&topic, key.as_deref(), &value, &headers).await,
+                }
+            });
+            // Bounded memory: wait for the oldest answers past 10k records in flight.
+            while inflight.len() > 10_000 {
+                if let Some(r) = inflight.join_next().await {
+                    r.context("send task")?.with_context(|| format!("producing to {}", a.topic))?;
+                }
+            }
+        }
+        producer.flush().await?;
+        while let Some(r) = inflight.join_next().await {
+            r.context("send task")?.with_context(|| format!("producing to {}", a.topic))?;
+        }
+        producer.close().await?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "produced {records} record(s), {bytes} bytes in {secs:.2} s ({:.0} records/s, {:.2} MB/s)",
+            records as f64 / secs,
+            bytes as f64 / secs / 1e6
+        );
+        Ok(())
+    })
+}
+
+fn parse_from(s: &str) -> anyhow::Result<Position> {
+    Ok(match s {
+        "beginning" | "earliest" => Position::Earliest,
+        "end" | "latest" => Position::Latest,
+        _ if s.starts_with('@') => Position::Timestamp(
+            s[1..]
+                .parse()
+                .with_context(|| format!("--from {s}: expected @TIMESTAMP_MS"))?,
+        ),
+        _ => Position::Offset(s.parse().with_context(|| {
+            format!("--from {s}: expected beginning, end, an offset or @TIMESTAMP_MS")
+        })?),
+    })
+}
+
+/// Runs `ringmq consume TOPIC`.
+pub fn consume(b: BrokerArgs, a: ConsumeArgs) -> anyhow::Result<()> {
+    let from = parse_from(&a.from)?;
+    runtime()?.block_on(async move {
+        let client = connect(&b).await?;
+        let d = Admin::new(client.clone())
+            .describe_topic(&a.topic)
+            .await
+            .with_context(|| format!("topic {}", a.topic))?;
+        let parts: Vec<u32> = match a.partition {
+            Some(p) if (p as usize) < d.partitions.len() => vec![p],
+            Some(p) => bail!(
+                "topic {} has {} partition(s); there is no partition {p}",
+                a.topic,
+                d.partitions.len()
+            ),
+            None => (0..d.partitions.len() as u32).collect(),
+        };
+        let mut consumer = Consumer::new(client);
+        consumer.max_wait_ms = if a.follow { 1000 } else { 200 };
+        let mut ends = Vec::new();
+        for &p in &parts {
+            consumer.assign(&a.topic, p, from).await?;
+            ends.push((p, consumer.offset_for(&a.topic, p, Position::Latest).await?));
+        }
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut n = 0u64;
+        loop {
+            if a.count.is_some_and(|c| n >= c) {
+                break;
+            }
+            if !a.follow
+                && ends
+                    .iter()
+                    .all(|(p, end)| consumer.position(&a.topic, *p).is_some_and(|o| o >= *end))
+            {
+                break;
+            }
+            let records = consumer.poll().await?;
+            for r in records {
+                if a.count.is_some_and(|c| n >= c) {
+                    break;
+                }
+                n += 1;
+                if a.format == "json" {
+                    let text = |b: &Option<Vec<u8>>| {
+                        b.as_ref()
+                            .map(|v| {
+                                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+                            })
+                            .unwrap_or(serde_json::Value::Null)
+                    };
+                    let headers: serde_json::Map<String, serde_json::Value> = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+                        .collect();
+                    let obj = serde_json::json!({
+                        "partition": r.partition,
+                        "offset": r.offset,
+                        "timestamp": r.timestamp_ms,
+                        "key": text(&r.key),
+                        "value": text(&r.value),
+                        "headers": headers,
+                    });
+                    writeln!(out, "{obj}")?;
+                } else {
+                    out.write_all(r.value.as_deref().unwrap_or_default())?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            if a.follow {
+                tokio::time::sleep(Duration::from_millis(0)).await;
+            }
+        }
+        Ok(())
+    })
+}
