@@ -47,6 +47,10 @@ enum Command {
         #[command(flatten)]
         args: tools::ProduceArgs,
     },
+    /// Load generator: producers at a fixed or maximum rate, consumers, a progress line
+    /// each second, and a report of rates and latency percentiles (produce ack and end
+    /// to end) after the warm-up.
+    Bench(Box<ringmq_bench::load::BenchArgs>),
     /// Read records and print them, one per line (text) or one JSON object per record.
     Consume {
         #[command(flatten)]
@@ -86,6 +90,10 @@ fn run() -> anyhow::Result<()> {
         Command::Topic { broker, command } => tools::topic(broker, command),
         Command::Produce { broker, args } => tools::produce(broker, args),
         Command::Consume { broker, args } => tools::consume(broker, args),
+        Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(ringmq_bench::load::run(*args)),
     }
 }
 

@@ -167,3 +167,57 @@ fn topics_produce_and_consume_from_the_command_line() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn bench_reports_rates_and_latencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let b = broker.addr.to_string();
+    let o = ringmq(
+        &b,
+        &[
+            "bench",
+            "--topic",
+            "load",
+            "--partitions",
+            "2",
+            "--producers",
+            "2",
+            "--consumers",
+            "1",
+            "--message-size",
+            "200",
+            "--rate",
+            "2000",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+            "--json",
+        ],
+        None,
+    );
+    let out = ok(&o);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let produced = r["produce_msgs_per_sec"].as_f64().unwrap();
+    assert!((1800.0..=2200.0).contains(&produced), "{r}");
+    assert_eq!(r["consume_msgs_per_sec"], r["produce_msgs_per_sec"], "{r}");
+    assert_eq!(r["errors"], 0);
+    for k in ["produce_ack_latency_ms", "end_to_end_latency_ms"] {
+        let l = &r[k];
+        assert!(l["p50"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            l["p50"].as_f64().unwrap() <= l["p99.99"].as_f64().unwrap(),
+            "{r}"
+        );
+        assert!(
+            l["p99.99"].as_f64().unwrap() <= l["max"].as_f64().unwrap(),
+            "{r}"
+        );
+    }
+    // A progress line each second on stderr.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("msg/s"));
+    let o = ringmq(&b, &["bench", "--message-size", "4"], None);
+    assert!(!o.status.success());
+    broker.stop();
+}

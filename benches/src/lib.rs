@@ -3,6 +3,8 @@
 //! reference measured in the same run (fio, iperf3) and print the ratio.
 #![deny(missing_docs)]
 
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 

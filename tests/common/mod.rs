@@ -22,22 +22,32 @@ impl Broker {
     }
 
     pub fn start_args(data: &Path, shards: u32, extra: &[&str]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(
-            data,
-            shards,
-            format!("127.0.0.1:{port}").parse().unwrap(),
-            extra,
-        )
+        // A port that was free a moment ago can be taken by a broker of a test running
+        // in parallel; then ours refuses to start, and we try another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            if let Some(b) = Self::try_start(data, shards, addr, extra) {
+                return b;
+            }
+        }
+        panic!("the broker did not start on any of 5 free ports");
     }
 
     /// Starts on a given address (a restart on the port an earlier broker used).
     pub fn start_on(data: &Path, shards: u32, addr: SocketAddr, extra: &[&str]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        Self::try_start(data, shards, addr, extra).expect("the broker started")
+    }
+
+    /// Starts the broker and waits until it listens; `None` if it exited first. Its
+    /// startup banner, printed once its own check that the port is free has passed,
+    /// tells that a connection reaches this broker and not another one.
+    fn try_start(data: &Path, shards: u32, addr: SocketAddr, extra: &[&str]) -> Option<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--log-level", "warn", "--native-listen"])
             .arg(addr.to_string())
             .arg("--shards")
@@ -45,19 +55,39 @@ impl Broker {
             .arg("--data-dir")
             .arg(data)
             .args(extra)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Drain stdout to the end (the broker prints again when it stops).
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("native listener") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None;
+            }
             assert!(
                 Instant::now() < deadline,
                 "broker did not listen within 30 s"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, addr }
+        Some(Self { child, addr })
     }
 
     pub fn stop(mut self) {

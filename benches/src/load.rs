@@ -1,0 +1,410 @@
+//! `ringmq bench`: a load generator in the manner of the OpenMessaging Benchmark, on the
+//! native Rust client. Producers send at a fixed rate (each latency counted from the
+//! intended send time, so a stall cannot hide behind a slowed sender) or as fast as
+//! acknowledgements allow; consumers read every partition. Reports produce and consume
+//! rates, produce-ack latency and end-to-end latency (send time carried in the value)
+//! after a warm-up, with a progress line each second.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use hdrhistogram::Histogram;
+use ringmq_client::{Admin, Client, Consumer, Error, Position, Producer, ProducerConfig};
+
+/// Workload flags of `ringmq bench` (stable: scripts use them).
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Broker address, HOST:PORT
+    #[arg(long, env = "RINGMQ_BROKERS", default_value = "127.0.0.1:9093")]
+    pub brokers: String,
+    /// Topic (created with --partitions if missing)
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Partitions of the topic when it is created
+    #[arg(long, default_value_t = 2)]
+    pub partitions: u32,
+    /// Producers, each with its own connection
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// Consumers, each with its own connection, sharing the partitions
+    #[arg(long, default_value_t = 1)]
+    pub consumers: usize,
+    /// Message (value) size in bytes, at least 8
+    #[arg(long, default_value_t = 1024)]
+    pub message_size: usize,
+    /// Producer batch size in bytes
+    #[arg(long, default_value_t = 64 << 10)]
+    pub batch_bytes: usize,
+    /// Producer linger in milliseconds
+    #[arg(long, default_value_t = 1)]
+    pub linger_ms: u64,
+    /// durable (acknowledged once durable) or none
+    #[arg(long, default_value = "durable", value_parser = ["durable", "none", "all", "-1", "1", "0"])]
+    pub acks: String,
+    /// Messages per second over all producers; 0 sends as fast as acknowledgements allow
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Seconds of load before measuring
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds measured
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Print the final report as one JSON object instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Sends in flight per producer at max rate.
+const MAX_INFLIGHT: usize = 2048;
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+struct Shared {
+    start: Instant,
+    measure_from: Instant,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    consumed: AtomicU64,
+    consumed_measured: AtomicU64,
+    acked_measured: AtomicU64,
+    ack: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+    errors: AtomicU64,
+    stop_consumers: AtomicBool,
+}
+
+impl Shared {
+    fn micros_since_start(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.start).as_micros() as u64
+    }
+}
+
+/// Runs the benchmark; the report goes to stdout, progress to stderr.
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.message_size >= 8,
+        "--message-size must be at least 8 (the send time)"
+    );
+    anyhow::ensure!(
+        a.producers > 0 || a.consumers > 0,
+        "nothing to do: no producers or consumers"
+    );
+    anyhow::ensure!(a.duration > 0.0, "--duration must be positive");
+    let client = Client::connect(&a.brokers)
+        .await
+        .with_context(|| format!("cannot reach the broker at {} (--brokers)", a.brokers))?;
+    let admin = Admin::new(client.clone());
+    match admin.create_topic(&a.topic, a.partitions, &[]).await {
+        Ok(()) => {}
+        Err(Error::Broker {
+            code: ringmq_client::ErrorCode::TopicExists,
+            ..
+        }) => {}
+        Err(e) => return Err(anyhow::anyhow!("creating topic {}: {e}", a.topic)),
+    }
+    let partitions = admin.describe_topic(&a.topic).await?.partitions.len() as u32;
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        start,
+        measure_from: start + Duration::from_secs_f64(a.warmup),
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        consumed: AtomicU64::new(0),
+        consumed_measured: AtomicU64::new(0),
+        acked_measured: AtomicU64::new(0),
+        ack: Mutex::new(hist()),
+        e2e: Mutex::new(hist()),
+        errors: AtomicU64::new(0),
+        stop_consumers: AtomicBool::new(false),
+    });
+    let end = shared.measure_from + Duration::from_secs_f64(a.duration);
+
+    // Consumers first, at the end of each partition, so they see every message sent.
+    let mut consumers = Vec::new();
+    for c in 0..a.consumers {
+        let mine: Vec<u32> = (0..partitions)
+            .filter(|p| *p as usize % a.consumers == c)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let client = Client::connect(&a.brokers).await?;
+        let mut consumer = Consumer::new(client);
+        consumer.max_wait_ms = 100;
+        for p in &mine {
+            consumer.assign(&a.topic, *p, Position::Latest).await?;
+        }
+        let shared = shared.clone();
+        consumers.push(tokio::spawn(async move { consume(consumer, shared).await }));
+    }
+
+    let mut producers = Vec::new();
+    for i in 0..a.producers {
+        let client = Client::connect(&a.brokers).await?;
+        let producer = Producer::new(
+            client,
+            ProducerConfig {
+                batch_bytes: a.batch_bytes,
+                linger: Duration::from_millis(a.linger_ms),
+                durable: !matches!(a.acks.as_str(), "none" | "0"),
+                retries: 3,
+            },
+        );
+        let (shared, a2) = (shared.clone(), a.clone());
+        producers.push(tokio::spawn(async move {
+            produce(producer, i, a2, shared, end).await
+        }));
+    }
+
+    // Progress, once a second.
+    let progress = {
+        let shared = shared.clone();
+        let size = a.message_size as f64;
+        tokio::spawn(async move {
+            let (mut last_acked, mut last_consumed) = (0u64, 0u64);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (acked, consumed) = (
+                    shared.acked.load(Ordering::Relaxed),
+                    shared.consumed.load(Ordering::Relaxed),
+                );
+                let p99 = shared.ack.lock().unwrap().value_at_quantile(0.99);
+                let phase = if Instant::now() < shared.measure_from {
+                    "warm-up"
+                } else {
+                    "measure"
+                };
+                eprintln!(
+                    "[{:>4.0}s {phase}] produce {:>9} msg/s {:>8.1} MB/s | consume {:>9} msg/s {:>8.1} MB/s | ack p99 {:.2} ms | errors {}",
+                    shared.start.elapsed().as_secs_f64(),
+                    acked - last_acked,
+                    (acked - last_acked) as f64 * size / 1e6,
+                    consumed - last_consumed,
+                    (consumed - last_consumed) as f64 * size / 1e6,
+                    p99 as f64 / 1000.0,
+                    shared.errors.load(Ordering::Relaxed),
+                );
+                last_acked = acked;
+                last_consumed = consumed;
+            }
+        })
+    };
+
+    for p in producers {
+        p.await??;
+    }
+    // Let consumers catch up with everything acknowledged (at most 10 s).
+    let drain_deadline = Instant::now() + Duration::from_secs(10);
+    while a.consumers > 0
+        && shared.consumed.load(Ordering::Relaxed) < shared.acked.load(Ordering::Relaxed)
+        && Instant::now() < drain_deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.stop_consumers.store(true, Ordering::Relaxed);
+    for c in consumers {
+        c.await??;
+    }
+    progress.abort();
+    report(&a, &shared);
+    Ok(())
+}
+
+/// Sends one message and records its acknowledgement latency from `intended`.
+async fn send_one(p: Producer, topic: String, value: Vec<u8>, intended: Instant, sh: Arc<Shared>) {
+    match p.send(&topic, None, &value, &[]).await {
+        Ok(_) => {
+            let now = Instant::now();
+            sh.acked.fetch_add(1, Ordering::Relaxed);
+            if intended >= sh.measure_from {
+                sh.acked_measured.fetch_add(1, Ordering::Relaxed);
+                let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
+                let _ = sh.ack.lock().unwrap().record(us);
+            }
+        }
+        Err(_) => {
+            sh.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn message(size: usize, sent_us: u64) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    v[..8].copy_from_slice(&sent_us.to_le_bytes());
+    v
+}
+
+async fn produce(
+    producer: Producer,
+    index: usize,
+    a: BenchArgs,
+    shared: Arc<Shared>,
+    end: Instant,
+) -> anyhow::Result<()> {
+    if a.rate > 0 {
+        // Fixed rate: a thread paces the sends with the OS timer (tokio's timer works in
+        // whole milliseconds, which would add up to a millisecond of lateness to every
+        // send) and hands each send to the runtime without waiting for earlier ones.
+        let interval = Duration::from_secs_f64(a.producers as f64 / a.rate as f64);
+        let offset = interval.mul_f64(index as f64 / a.producers as f64);
+        let handle = tokio::runtime::Handle::current();
+        let (p, sh) = (producer.clone(), shared.clone());
+        let sends = tokio::task::spawn_blocking(move || {
+            let mut handles = Vec::new();
+            let mut n: u64 = 0;
+            loop {
+                let intended = sh.start + offset + interval.mul_f64(n as f64);
+                if intended >= end {
+                    break;
+                }
+                let now = Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                let value = message(a.message_size, sh.micros_since_start(intended));
+                sh.sent.fetch_add(1, Ordering::Relaxed);
+                handles.push(handle.spawn(send_one(
+                    p.clone(),
+                    a.topic.clone(),
+                    value,
+                    intended,
+                    sh.clone(),
+                )));
+                n += 1;
+            }
+            handles
+        })
+        .await?;
+        for h in sends {
+            h.await?;
+        }
+    } else {
+        // Max rate: keep up to MAX_INFLIGHT sends outstanding.
+        let mut inflight = tokio::task::JoinSet::new();
+        while Instant::now() < end {
+            while inflight.len() >= MAX_INFLIGHT {
+                inflight.join_next().await;
+            }
+            let intended = Instant::now();
+            let value = message(a.message_size, shared.micros_since_start(intended));
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+            inflight.spawn(send_one(
+                producer.clone(),
+                a.topic.clone(),
+                value,
+                intended,
+                shared.clone(),
+            ));
+        }
+        while inflight.join_next().await.is_some() {}
+    }
+    producer.close().await?;
+    Ok(())
+}
+
+async fn consume(mut consumer: Consumer, shared: Arc<Shared>) -> anyhow::Result<()> {
+    while !shared.stop_consumers.load(Ordering::Relaxed) {
+        let records = consumer.poll().await?;
+        let now = shared.micros_since_start(Instant::now());
+        let mut h = shared.e2e.lock().unwrap();
+        for r in &records {
+            let Some(v) = r.value.as_deref().filter(|v| v.len() >= 8) else {
+                continue;
+            };
+            let sent_us = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+            shared.consumed.fetch_add(1, Ordering::Relaxed);
+            if sent_us >= shared.micros_since_start(shared.measure_from) {
+                shared.consumed_measured.fetch_add(1, Ordering::Relaxed);
+                let _ = h.record(now.saturating_sub(sent_us).max(1));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(a: &BenchArgs, shared: &Shared) {
+    let secs = a.duration;
+    let size = a.message_size as f64;
+    let acked = shared.acked_measured.load(Ordering::Relaxed) as f64;
+    let consumed = shared.consumed_measured.load(Ordering::Relaxed) as f64;
+    let ack = shared.ack.lock().unwrap();
+    let e2e = shared.e2e.lock().unwrap();
+    let q = [0.5, 0.9, 0.99, 0.999, 0.9999];
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    if a.json {
+        let lat = |h: &Histogram<u64>| {
+            serde_json::json!({
+                "p50": ms(h, 0.5), "p90": ms(h, 0.9), "p99": ms(h, 0.99),
+                "p99.9": ms(h, 0.999), "p99.99": ms(h, 0.9999), "max": h.max() as f64 / 1000.0,
+            })
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "produce_msgs_per_sec": acked / secs,
+                "produce_mb_per_sec": acked * size / secs / 1e6,
+                "consume_msgs_per_sec": consumed / secs,
+                "consume_mb_per_sec": consumed * size / secs / 1e6,
+                "produce_ack_latency_ms": lat(&ack),
+                "end_to_end_latency_ms": lat(&e2e),
+                "errors": shared.errors.load(Ordering::Relaxed),
+                "target_rate": a.rate,
+            })
+        );
+        return;
+    }
+    println!(
+        "== ringmq bench: topic {} ({} producer(s), {} consumer(s), {} B messages, rate {}), {:.0} s measured after {:.0} s warm-up",
+        a.topic,
+        a.producers,
+        a.consumers,
+        a.message_size,
+        if a.rate == 0 {
+            "max".to_string()
+        } else {
+            format!("{}/s", a.rate)
+        },
+        a.duration,
+        a.warmup
+    );
+    println!("{:<10} {:>12} {:>10}", "", "msgs/s", "MB/s");
+    println!(
+        "{:<10} {:>12.0} {:>10.1}",
+        "produce",
+        acked / secs,
+        acked * size / secs / 1e6
+    );
+    println!(
+        "{:<10} {:>12.0} {:>10.1}",
+        "consume",
+        consumed / secs,
+        consumed * size / secs / 1e6
+    );
+    println!(
+        "{:<22} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "latency (ms)", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+    );
+    for (name, h) in [("produce ack", &*ack), ("end to end", &*e2e)] {
+        if h.is_empty() {
+            println!("{name:<22} (no samples)");
+            continue;
+        }
+        print!("{name:<22}");
+        for q in q {
+            print!(" {:>8.2}", ms(h, q));
+        }
+        println!(" {:>8.2}", h.max() as f64 / 1000.0);
+    }
+    let errors = shared.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("errors: {errors} send(s) failed");
+    }
+}
