@@ -169,3 +169,27 @@ where
     }
     out
 }
+
+#[test]
+fn blocking_wrapper_sends_and_reads() {
+    use ringmq_client::blocking::BlockingClient;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let c = BlockingClient::connect(&broker.addr.to_string()).unwrap();
+    c.create_topic("b", 1).unwrap();
+    assert_eq!(c.list_topics().unwrap(), vec!["b"]);
+    let at = c
+        .send_all(
+            "b",
+            &[
+                (None, b"one".to_vec()),
+                (Some(b"k".to_vec()), b"two".to_vec()),
+            ],
+        )
+        .unwrap();
+    assert_eq!(at, vec![(0, 0), (0, 1)]);
+    let got = c.read("b", 0, Position::Earliest, 10).unwrap();
+    let values: Vec<_> = got.iter().map(|r| r.value.clone().unwrap()).collect();
+    assert_eq!(values, vec![b"one".to_vec(), b"two".to_vec()]);
+    broker.stop();
+}

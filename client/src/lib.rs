@@ -10,6 +10,10 @@
 //!   partition per batch.
 //! * [`Consumer`]: assign partitions at a position (earliest, latest, an offset or a
 //!   timestamp) and poll records.
+//! * [`blocking::BlockingClient`]: the same for programs without an async runtime.
+//!
+//! Runnable examples are in `client/examples/` (`cargo run -p ringmq-client --example
+//! produce_consume -- 127.0.0.1:9093`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ringmq_client::Error> {
@@ -28,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod admin;
+pub mod blocking;
 mod conn;
 mod consumer;
 mod partitioner;

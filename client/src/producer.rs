@@ -97,6 +97,12 @@ impl Producer {
         }
     }
 
+    /// Looks up a topic's partitions ahead of sending. Sends to a topic already looked
+    /// up join their batch on their first poll, in the order they are polled.
+    pub async fn prepare(&self, topic: &str) -> Result<u32> {
+        self.partition_count(topic).await
+    }
+
     async fn partition_count(&self, topic: &str) -> Result<u32> {
         if let Some(n) = self.inner.counts.lock().unwrap().get(topic) {
             return Ok(*n);
