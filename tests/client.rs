@@ -193,3 +193,75 @@ fn blocking_wrapper_sends_and_reads() {
     assert_eq!(values, vec![b"one".to_vec(), b"two".to_vec()]);
     broker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lz4_and_zstd_batches_round_trip() {
+    use ringmq_client::Compression;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    for (name, c) in [("lz4", Compression::Lz4), ("zstd", Compression::Zstd)] {
+        admin.create_topic(name, 1, &[]).await.unwrap();
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                compression: c,
+                batch_bytes: 1 << 20,
+                ..ProducerConfig::default()
+            },
+        );
+        producer.prepare(name).await.unwrap();
+        // Compressible values, batched together.
+        let sends: Vec<_> = (0..500u32)
+            .map(|i| {
+                let p = producer.clone();
+                tokio::spawn(async move {
+                    let v = format!("{name} record {i} {}", "x".repeat(200));
+                    p.send_to(
+                        name,
+                        0,
+                        Some(&i.to_be_bytes()),
+                        v.as_bytes(),
+                        &[("h".into(), vec![1, 2])],
+                    )
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        for s in sends {
+            s.await.unwrap();
+        }
+        producer.close().await.unwrap();
+        let d = admin.describe_topic(name).await.unwrap();
+        assert!(
+            d.partitions[0].size_bytes < 500 * 200 / 4,
+            "{name}: stored compressed ({} bytes)",
+            d.partitions[0].size_bytes
+        );
+        let mut consumer = Consumer::new(client.clone());
+        consumer.assign(name, 0, Position::Earliest).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 500 {
+            let r = consumer.poll().await.unwrap();
+            assert!(!r.is_empty());
+            got.extend(r);
+        }
+        for r in &got {
+            let i = u32::from_be_bytes(r.key.as_deref().unwrap().try_into().unwrap());
+            assert_eq!(
+                r.value.as_deref(),
+                Some(format!("{name} record {i} {}", "x".repeat(200)).as_bytes())
+            );
+            assert_eq!(r.headers, vec![("h".to_string(), vec![1, 2])]);
+        }
+        let mut keys: Vec<u32> = got
+            .iter()
+            .map(|r| u32::from_be_bytes(r.key.as_deref().unwrap().try_into().unwrap()))
+            .collect();
+        keys.sort();
+        assert_eq!(keys, (0..500).collect::<Vec<_>>());
+    }
+    broker.stop();
+}

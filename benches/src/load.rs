@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// durable (acknowledged once durable) or none
     #[arg(long, default_value = "durable", value_parser = ["durable", "none", "all", "-1", "1", "0"])]
     pub acks: String,
+    /// Batch compression: none, lz4 or zstd
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    pub compression: String,
     /// Messages per second over all producers; 0 sends as fast as acknowledgements allow
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -154,6 +157,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                 linger: Duration::from_millis(a.linger_ms),
                 durable: !matches!(a.acks.as_str(), "none" | "0"),
                 retries: 3,
+                compression: match a.compression.as_str() {
+                    "lz4" => ringmq_client::Compression::Lz4,
+                    "zstd" => ringmq_client::Compression::Zstd,
+                    _ => ringmq_client::Compression::None,
+                },
             },
         );
         let (shared, a2) = (shared.clone(), a.clone());

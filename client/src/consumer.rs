@@ -181,6 +181,8 @@ impl Consumer {
                     )));
                 }
                 let info = batch::parse_header(b).map_err(|e| Error::Protocol(e.to_string()))?;
+                let plain = crate::producer::decompress(b, info.compression)?;
+                let b = plain.as_deref().unwrap_or(b);
                 let records = batch::records(b).map_err(|e| Error::Protocol(e.to_string()))?;
                 for rec in records {
                     let offset = info.base_offset + i64::from(rec.offset_delta);

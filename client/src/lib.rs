@@ -44,6 +44,7 @@ pub use consumer::{Consumer, ConsumerRecord, Position};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Producer, ProducerConfig};
 pub use ringmq_net::codec::ErrorCode;
+pub use ringmq_storage::batch::Compression;
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]

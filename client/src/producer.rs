@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_net::codec::{ProducePartition, Request, Response};
-use ringmq_storage::batch::{Record, encode_batch};
+use ringmq_storage::batch::{
+    Compression, HEADER_BYTES, Record, encode_batch, with_records_section,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Admin, Client, Error, Result, partition_for_key};
@@ -24,6 +26,9 @@ pub struct ProducerConfig {
     pub durable: bool,
     /// Attempts after the first for a batch that failed with a retriable error.
     pub retries: u32,
+    /// Compression of each batch's records: `None`, `Lz4` or `Zstd`. The broker stores
+    /// batches as sent.
+    pub compression: Compression,
 }
 
 impl Default for ProducerConfig {
@@ -33,6 +38,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             durable: true,
             retries: 3,
+            compression: Compression::None,
         }
     }
 }
@@ -290,7 +296,7 @@ impl Producer {
 
 /// Appends one batch, retrying retriable failures; the base offset (-1 with acks none).
 async fn send_batch(inner: &Inner, topic: &str, partition: u32, records: &[Record]) -> Result<i64> {
-    let batch = Bytes::from(encode_batch(records));
+    let batch = Bytes::from(compress(encode_batch(records), inner.config.compression)?);
     let mut attempt = 0;
     loop {
         let r = inner
@@ -322,6 +328,54 @@ async fn send_batch(inner: &Inner, topic: &str, partition: u32, records: &[Recor
             other => return other,
         }
     }
+}
+
+/// The batch with its records section compressed.
+fn compress(plain: Vec<u8>, c: Compression) -> Result<Vec<u8>> {
+    let records = &plain[HEADER_BYTES..];
+    let packed = match c {
+        Compression::None => return Ok(plain),
+        Compression::Lz4 => {
+            use std::io::Write;
+            let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            enc.write_all(records)
+                .and_then(|()| enc.finish().map_err(std::io::Error::other))
+                .map_err(|e| Error::Invalid(format!("lz4: {e}")))?
+        }
+        Compression::Zstd => {
+            zstd::bulk::compress(records, 3).map_err(|e| Error::Invalid(format!("zstd: {e}")))?
+        }
+        other => {
+            return Err(Error::Invalid(format!(
+                "{other:?} compression is not supported by this client"
+            )));
+        }
+    };
+    Ok(with_records_section(&plain, c, &packed))
+}
+
+/// The batch with its records section decompressed (unchanged if uncompressed).
+pub(crate) fn decompress(batch: &[u8], c: Compression) -> Result<Option<Vec<u8>>> {
+    let packed = &batch[HEADER_BYTES..];
+    let plain = match c {
+        Compression::None => return Ok(None),
+        Compression::Lz4 => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(packed)
+                .read_to_end(&mut out)
+                .map_err(|e| Error::Protocol(format!("lz4 records: {e}")))?;
+            out
+        }
+        Compression::Zstd => zstd::stream::decode_all(packed)
+            .map_err(|e| Error::Protocol(format!("zstd records: {e}")))?,
+        other => {
+            return Err(Error::Protocol(format!(
+                "{other:?}-compressed batch: not supported by this client"
+            )));
+        }
+    };
+    Ok(Some(with_records_section(batch, Compression::None, &plain)))
 }
 
 fn clone_error(e: &Error) -> Error {

@@ -462,6 +462,31 @@ fn write_opt_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+/// A copy of `batch`'s header marked with `compression`, followed by `records` as its
+/// records section, with length and CRC recomputed. Clients use it to build a compressed
+/// batch from an uncompressed one (`records` compressed), or to read a compressed one
+/// (`Compression::None` and the decompressed records, then [`records`]).
+pub fn with_records_section(batch: &[u8], compression: Compression, records: &[u8]) -> Vec<u8> {
+    assert!(batch.len() >= HEADER_BYTES, "a batch header");
+    let mut out = Vec::with_capacity(HEADER_BYTES + records.len());
+    out.extend_from_slice(&batch[..HEADER_BYTES]);
+    out.extend_from_slice(records);
+    let length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+    out[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&length.to_be_bytes());
+    let bits: i16 = match compression {
+        Compression::None => 0,
+        Compression::Gzip => 1,
+        Compression::Snappy => 2,
+        Compression::Lz4 => 3,
+        Compression::Zstd => 4,
+    };
+    let attrs = i16::from_be_bytes([out[ATTRIBUTES_POS], out[ATTRIBUTES_POS + 1]]);
+    let attrs = (attrs & !COMPRESSION_MASK) | bits;
+    out[ATTRIBUTES_POS..ATTRIBUTES_POS + 2].copy_from_slice(&attrs.to_be_bytes());
+    fix_crc(&mut out);
+    out
+}
+
 /// Rewrites the CRC field after a test or tool changed bytes in the CRC range.
 pub fn fix_crc(batch: &mut [u8]) {
     let crc = compute_crc(batch);
