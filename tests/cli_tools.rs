@@ -194,27 +194,36 @@ fn bench_reports_rates_and_latencies() {
             "--duration",
             "1.5",
             "--json",
+            "--html",
+            dir.path().join("report.html").to_str().unwrap(),
         ],
         None,
     );
     let out = ok(&o);
     let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let produced = r["produce_msgs_per_sec"].as_f64().unwrap();
+    let produced = r["produce"]["messages_per_sec"].as_f64().unwrap();
     assert!((1800.0..=2200.0).contains(&produced), "{r}");
-    assert_eq!(r["consume_msgs_per_sec"], r["produce_msgs_per_sec"], "{r}");
+    assert_eq!(
+        r["consume"]["messages_per_sec"], r["produce"]["messages_per_sec"],
+        "{r}"
+    );
+    let bytes = r["produce"]["bytes_per_sec"].as_f64().unwrap();
+    assert!((bytes - produced * 200.0).abs() < 1.0, "{r}");
     assert_eq!(r["errors"], 0);
-    for k in ["produce_ack_latency_ms", "end_to_end_latency_ms"] {
-        let l = &r[k];
-        assert!(l["p50"].as_f64().unwrap() > 0.0, "{r}");
+    for l in [&r["produce"]["ack_latency_us"], &r["end_to_end_latency_us"]] {
+        let v = |k: &str| l[k].as_u64().unwrap();
+        assert!(v("p50") > 0, "{r}");
         assert!(
-            l["p50"].as_f64().unwrap() <= l["p99.99"].as_f64().unwrap(),
-            "{r}"
-        );
-        assert!(
-            l["p99.99"].as_f64().unwrap() <= l["max"].as_f64().unwrap(),
+            v("p50") <= v("p99") && v("p99") <= v("p999") && v("p999") <= v("max"),
             "{r}"
         );
     }
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("Latency distribution"));
+    assert!(
+        !html.contains("http://") || !html.contains("<script"),
+        "self-contained"
+    );
     // A progress line each second on stderr.
     assert!(String::from_utf8_lossy(&o.stderr).contains("msg/s"));
     let o = ringmq(&b, &["bench", "--message-size", "4"], None);

@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// Print the final report as one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML report (throughput and latency over time, the
+    /// latency distribution) to this file
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Sends in flight per producer at max rate.
@@ -66,6 +70,18 @@ const MAX_INFLIGHT: usize = 2048;
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
+}
+
+/// One second of the run, for the HTML report.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Sample {
+    t: f64,
+    produce_msgs: u64,
+    consume_msgs: u64,
+    ack_p50_us: u64,
+    ack_p99_us: u64,
+    e2e_p50_us: u64,
+    e2e_p99_us: u64,
 }
 
 struct Shared {
@@ -78,6 +94,10 @@ struct Shared {
     acked_measured: AtomicU64,
     ack: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
+    /// The current second's latencies, for the progress line and the time series.
+    ack_tick: Mutex<Histogram<u64>>,
+    e2e_tick: Mutex<Histogram<u64>>,
+    series: Mutex<Vec<Sample>>,
     errors: AtomicU64,
     stop_consumers: AtomicBool,
 }
@@ -123,6 +143,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         acked_measured: AtomicU64::new(0),
         ack: Mutex::new(hist()),
         e2e: Mutex::new(hist()),
+        ack_tick: Mutex::new(hist()),
+        e2e_tick: Mutex::new(hist()),
+        series: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
         stop_consumers: AtomicBool::new(false),
     });
@@ -184,20 +207,42 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
                     shared.acked.load(Ordering::Relaxed),
                     shared.consumed.load(Ordering::Relaxed),
                 );
-                let p99 = shared.ack.lock().unwrap().value_at_quantile(0.99);
+                let (ack_p50, ack_p99) = {
+                    let mut h = shared.ack_tick.lock().unwrap();
+                    let r = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
+                    h.reset();
+                    r
+                };
+                let (e2e_p50, e2e_p99) = {
+                    let mut h = shared.e2e_tick.lock().unwrap();
+                    let r = (h.value_at_quantile(0.5), h.value_at_quantile(0.99));
+                    h.reset();
+                    r
+                };
+                let t = shared.start.elapsed().as_secs_f64();
+                shared.series.lock().unwrap().push(Sample {
+                    t,
+                    produce_msgs: acked - last_acked,
+                    consume_msgs: consumed - last_consumed,
+                    ack_p50_us: ack_p50,
+                    ack_p99_us: ack_p99,
+                    e2e_p50_us: e2e_p50,
+                    e2e_p99_us: e2e_p99,
+                });
                 let phase = if Instant::now() < shared.measure_from {
                     "warm-up"
                 } else {
                     "measure"
                 };
                 eprintln!(
-                    "[{:>4.0}s {phase}] produce {:>9} msg/s {:>8.1} MB/s | consume {:>9} msg/s {:>8.1} MB/s | ack p99 {:.2} ms | errors {}",
-                    shared.start.elapsed().as_secs_f64(),
+                    "[{t:>4.0}s {phase}] produce {:>9} msg/s {:>8.1} MB/s | consume {:>9} msg/s {:>8.1} MB/s | ack p50 {:.2} p99 {:.2} ms | e2e p99 {:.2} ms | errors {}",
                     acked - last_acked,
                     (acked - last_acked) as f64 * size / 1e6,
                     consumed - last_consumed,
                     (consumed - last_consumed) as f64 * size / 1e6,
-                    p99 as f64 / 1000.0,
+                    ack_p50 as f64 / 1000.0,
+                    ack_p99 as f64 / 1000.0,
+                    e2e_p99 as f64 / 1000.0,
                     shared.errors.load(Ordering::Relaxed),
                 );
                 last_acked = acked;
@@ -232,9 +277,10 @@ async fn send_one(p: Producer, topic: String, value: Vec<u8>, intended: Instant,
         Ok(_) => {
             let now = Instant::now();
             sh.acked.fetch_add(1, Ordering::Relaxed);
+            let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
+            let _ = sh.ack_tick.lock().unwrap().record(us);
             if intended >= sh.measure_from {
                 sh.acked_measured.fetch_add(1, Ordering::Relaxed);
-                let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
                 let _ = sh.ack.lock().unwrap().record(us);
             }
         }
@@ -323,15 +369,18 @@ async fn consume(mut consumer: Consumer, shared: Arc<Shared>) -> anyhow::Result<
         let records = consumer.poll().await?;
         let now = shared.micros_since_start(Instant::now());
         let mut h = shared.e2e.lock().unwrap();
+        let mut tick = shared.e2e_tick.lock().unwrap();
         for r in &records {
             let Some(v) = r.value.as_deref().filter(|v| v.len() >= 8) else {
                 continue;
             };
             let sent_us = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
             shared.consumed.fetch_add(1, Ordering::Relaxed);
+            let us = now.saturating_sub(sent_us).max(1);
+            let _ = tick.record(us);
             if sent_us >= shared.micros_since_start(shared.measure_from) {
                 shared.consumed_measured.fetch_add(1, Ordering::Relaxed);
-                let _ = h.record(now.saturating_sub(sent_us).max(1));
+                let _ = h.record(us);
             }
         }
     }
@@ -347,26 +396,41 @@ fn report(a: &BenchArgs, shared: &Shared) {
     let e2e = shared.e2e.lock().unwrap();
     let q = [0.5, 0.9, 0.99, 0.999, 0.9999];
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let lat_us = |h: &Histogram<u64>| {
+        serde_json::json!({
+            "p50": h.value_at_quantile(0.5), "p90": h.value_at_quantile(0.9),
+            "p99": h.value_at_quantile(0.99), "p999": h.value_at_quantile(0.999),
+            "p9999": h.value_at_quantile(0.9999), "max": h.max(),
+        })
+    };
+    let summary = serde_json::json!({
+        "produce": {
+            "messages_per_sec": acked / secs,
+            "bytes_per_sec": acked * size / secs,
+            "ack_latency_us": lat_us(&ack),
+        },
+        "consume": {
+            "messages_per_sec": consumed / secs,
+            "bytes_per_sec": consumed * size / secs,
+        },
+        "end_to_end_latency_us": lat_us(&e2e),
+        "errors": shared.errors.load(Ordering::Relaxed),
+        "workload": {
+            "topic": a.topic, "partitions": a.partitions, "producers": a.producers,
+            "consumers": a.consumers, "message_size": a.message_size, "batch_bytes": a.batch_bytes,
+            "linger_ms": a.linger_ms, "acks": a.acks, "rate": a.rate, "warmup": a.warmup,
+            "duration": a.duration, "compression": a.compression,
+        },
+    });
+    if let Some(path) = &a.html {
+        let series = shared.series.lock().unwrap().clone();
+        match std::fs::write(path, html_report(&summary, &series, &ack, &e2e)) {
+            Ok(()) => eprintln!("report written to {}", path.display()),
+            Err(e) => eprintln!("error: writing {}: {e}", path.display()),
+        }
+    }
     if a.json {
-        let lat = |h: &Histogram<u64>| {
-            serde_json::json!({
-                "p50": ms(h, 0.5), "p90": ms(h, 0.9), "p99": ms(h, 0.99),
-                "p99.9": ms(h, 0.999), "p99.99": ms(h, 0.9999), "max": h.max() as f64 / 1000.0,
-            })
-        };
-        println!(
-            "{}",
-            serde_json::json!({
-                "produce_msgs_per_sec": acked / secs,
-                "produce_mb_per_sec": acked * size / secs / 1e6,
-                "consume_msgs_per_sec": consumed / secs,
-                "consume_mb_per_sec": consumed * size / secs / 1e6,
-                "produce_ack_latency_ms": lat(&ack),
-                "end_to_end_latency_ms": lat(&e2e),
-                "errors": shared.errors.load(Ordering::Relaxed),
-                "target_rate": a.rate,
-            })
-        );
+        println!("{summary}");
         return;
     }
     println!(
@@ -415,4 +479,117 @@ fn report(a: &BenchArgs, shared: &Shared) {
     if errors > 0 {
         println!("errors: {errors} send(s) failed");
     }
+}
+
+/// A named, coloured line of a chart.
+type Line<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A self-contained HTML report: inline SVG charts, no scripts or external resources.
+fn html_report(
+    summary: &serde_json::Value,
+    series: &[Sample],
+    ack: &Histogram<u64>,
+    e2e: &Histogram<u64>,
+) -> String {
+    let chart = |title: &str, unit: &str, lines: &[Line<'_>], log_x: bool| {
+        let (w, h, pad) = (640.0, 240.0, 48.0);
+        let xs = lines.iter().flat_map(|l| l.2.iter().map(|p| p.0));
+        let ys = lines.iter().flat_map(|l| l.2.iter().map(|p| p.1));
+        let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
+        let y1 = ys.fold(0.0f64, f64::max).max(1e-9) * 1.1;
+        let sx = |x: f64| pad + (x - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * pad);
+        let sy = |y: f64| h - pad + -(y / y1) * (h - 2.0 * pad);
+        let mut svg = format!(
+            "<h3>{title}</h3><svg width='{w}' height='{h}' xmlns='http://www.w3.org/2000/svg' style='border:1px solid #ccc'>\
+             <text x='4' y='14' font-size='11'>{y1:.1} {unit}</text><text x='4' y='{}' font-size='11'>0</text>",
+            h - pad
+        );
+        for (i, (name, color, pts)) in lines.iter().enumerate() {
+            let path: Vec<String> = pts
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+                .collect();
+            svg += &format!(
+                "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\
+                 <text x='{}' y='{}' font-size='12' fill='{color}'>{name}</text>",
+                path.join(" "),
+                w - 170.0,
+                16.0 + 14.0 * i as f64
+            );
+        }
+        let xlabel = if log_x {
+            "percentile (1, 2, 3, 4 nines)"
+        } else {
+            "seconds"
+        };
+        svg += &format!(
+            "<text x='{}' y='{}' font-size='11'>{xlabel}: {x0:.1} to {x1:.1}</text></svg>",
+            pad,
+            h - 8.0
+        );
+        svg
+    };
+    let rate = |f: fn(&Sample) -> u64| {
+        series
+            .iter()
+            .map(|s| (s.t, f(s) as f64))
+            .collect::<Vec<_>>()
+    };
+    let ms = |f: fn(&Sample) -> u64| {
+        series
+            .iter()
+            .map(|s| (s.t, f(s) as f64 / 1000.0))
+            .collect::<Vec<_>>()
+    };
+    let nines = |h: &Histogram<u64>| {
+        [0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999]
+            .iter()
+            .map(|q| {
+                (
+                    -(1.0f64 - q).log10(),
+                    h.value_at_quantile(*q) as f64 / 1000.0,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset='utf-8'><title>ringmq bench</title>\
+         <style>body{font-family:sans-serif;margin:24px}pre{background:#f4f4f4;padding:8px}</style>\
+         </head><body><h1>ringmq bench</h1>",
+    );
+    out += &format!(
+        "<h2>Summary</h2><pre>{}</pre>",
+        serde_json::to_string_pretty(summary).unwrap_or_default()
+    );
+    out += &chart(
+        "Throughput over time",
+        "msg/s",
+        &[
+            ("produce", "#1f77b4", rate(|s| s.produce_msgs)),
+            ("consume", "#ff7f0e", rate(|s| s.consume_msgs)),
+        ],
+        false,
+    );
+    out += &chart(
+        "Latency over time (per second)",
+        "ms",
+        &[
+            ("ack p50", "#2ca02c", ms(|s| s.ack_p50_us)),
+            ("ack p99", "#d62728", ms(|s| s.ack_p99_us)),
+            ("end-to-end p50", "#9467bd", ms(|s| s.e2e_p50_us)),
+            ("end-to-end p99", "#8c564b", ms(|s| s.e2e_p99_us)),
+        ],
+        false,
+    );
+    out += &chart(
+        "Latency distribution (measured phase)",
+        "ms",
+        &[
+            ("produce ack", "#d62728", nines(ack)),
+            ("end to end", "#8c564b", nines(e2e)),
+        ],
+        true,
+    );
+    out += "</body></html>\n";
+    out
 }
