@@ -265,3 +265,90 @@ async fn lz4_and_zstd_batches_round_trip() {
     }
     broker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_sends_held_batches_and_prefetch_is_bounded() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin.create_topic("f", 1, &[]).await.unwrap();
+
+    // A linger of a minute holds every record until flush.
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(60),
+            batch_bytes: 64 << 20,
+            ..ProducerConfig::default()
+        },
+    );
+    producer.prepare("f").await.unwrap();
+    let sends: Vec<_> = (0..100u32)
+        .map(|i| {
+            let p = producer.clone();
+            tokio::spawn(async move { p.send_to("f", 0, None, &i.to_be_bytes(), &[]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let end = |admin: Admin| async move {
+        admin.describe_topic("f").await.unwrap().partitions[0].end_offset
+    };
+    assert_eq!(end(admin.clone()).await, 0, "held by the linger");
+    producer.flush().await.unwrap();
+    assert_eq!(
+        end(admin.clone()).await,
+        100,
+        "flush returns once all are acknowledged"
+    );
+    for s in sends {
+        let (p, o) = s.await.unwrap().unwrap();
+        assert_eq!(p, 0);
+        assert!((0..100).contains(&o));
+    }
+
+    // 4000 records of 1000 bytes in batches of about 64 KiB.
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let sends: Vec<_> = (0..4000u32)
+        .map(|i| {
+            let p = producer.clone();
+            tokio::spawn(async move {
+                let mut v = vec![(i % 251) as u8; 1000];
+                v[..4].copy_from_slice(&i.to_be_bytes());
+                p.send_to("f", 0, None, &v, &[]).await.unwrap()
+            })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    producer.close().await.unwrap();
+
+    // The consumer fetches one fetch ahead, each at most max_bytes (plus one batch).
+    let mut consumer = Consumer::new(client.clone());
+    consumer.max_bytes = 256 << 10;
+    consumer.partition_max_bytes = 256 << 10;
+    consumer
+        .assign("f", 0, Position::Offset(100))
+        .await
+        .unwrap();
+    let mut got = 0usize;
+    let mut next = 100i64;
+    while got < 4000 {
+        let records = consumer.poll().await.unwrap();
+        assert!(!records.is_empty());
+        assert!(
+            consumer.last_fetch_bytes() <= (256 << 10) + (70 << 10),
+            "a fetch brought {} bytes",
+            consumer.last_fetch_bytes()
+        );
+        for r in records {
+            assert_eq!(r.offset, next, "in order, no gaps");
+            next += 1;
+            got += 1;
+        }
+    }
+    assert_eq!(consumer.position("f", 0), Some(4100));
+    broker.stop();
+}

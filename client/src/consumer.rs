@@ -52,12 +52,25 @@ pub struct Consumer {
     client: Client,
     assigned: Vec<Assigned>,
     buffered: VecDeque<ConsumerRecord>,
+    /// The next fetch, started when the last poll returned (prefetch: one fetch ahead,
+    /// so at most `max_bytes` of records beyond what the application holds).
+    next: Option<tokio::task::JoinHandle<Result<Response>>>,
+    /// Record bytes the last fetch brought.
+    last_fetch_bytes: usize,
     /// Longest a poll waits on the broker for data.
     pub max_wait_ms: u32,
     /// Bytes fetched per partition per poll at most.
     pub partition_max_bytes: u32,
     /// Bytes fetched per poll at most.
     pub max_bytes: u32,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            next.abort();
+        }
+    }
 }
 
 impl Consumer {
@@ -67,6 +80,8 @@ impl Consumer {
             client,
             assigned: Vec::new(),
             buffered: VecDeque::new(),
+            next: None,
+            last_fetch_bytes: 0,
             max_wait_ms: 500,
             partition_max_bytes: 1 << 20,
             max_bytes: 8 << 20,
@@ -111,7 +126,35 @@ impl Consumer {
             partition,
             offset,
         });
+        // A prefetch for the old positions is of no use now.
+        if let Some(next) = self.next.take() {
+            next.abort();
+        }
         Ok(())
+    }
+
+    /// Record bytes the most recent fetch brought: at most `max_bytes` (or one batch, if
+    /// a single batch is larger), the bound on what a prefetch holds.
+    pub fn last_fetch_bytes(&self) -> usize {
+        self.last_fetch_bytes
+    }
+
+    fn fetch_request(&self) -> Request {
+        Request::Fetch {
+            max_wait_ms: self.max_wait_ms,
+            min_bytes: 1,
+            max_bytes: self.max_bytes,
+            partitions: self
+                .assigned
+                .iter()
+                .map(|a| FetchPartition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset: a.offset,
+                    max_bytes: self.partition_max_bytes,
+                })
+                .collect(),
+        }
     }
 
     /// The next offset to read of an assigned partition.
@@ -131,27 +174,16 @@ impl Consumer {
         if self.assigned.is_empty() {
             return Err(Error::Invalid("no partition assigned".into()));
         }
-        let resp = self
-            .client
-            .call(Request::Fetch {
-                max_wait_ms: self.max_wait_ms,
-                min_bytes: 1,
-                max_bytes: self.max_bytes,
-                partitions: self
-                    .assigned
-                    .iter()
-                    .map(|a| FetchPartition {
-                        topic: a.topic.clone(),
-                        partition: a.partition,
-                        offset: a.offset,
-                        max_bytes: self.partition_max_bytes,
-                    })
-                    .collect(),
-            })
-            .await?;
+        let resp = match self.next.take() {
+            Some(next) => next
+                .await
+                .map_err(|e| Error::Protocol(format!("prefetch task: {e}")))??,
+            None => self.client.call(self.fetch_request()).await?,
+        };
         let Response::Fetch(results) = resp else {
             return Err(Error::Protocol(format!("unexpected answer {resp:?}")));
         };
+        let fetched: usize = results.iter().map(|r| r.records.len()).sum();
         for r in results {
             if !r.error.is_ok() {
                 return Err(Error::broker(&r.error));
@@ -202,6 +234,10 @@ impl Consumer {
                 a.offset = a.offset.max(info.last_offset() + 1);
             }
         }
+        // Prefetch: the next fetch runs while the application handles these records.
+        let (client, req) = (self.client.clone(), self.fetch_request());
+        self.next = Some(tokio::spawn(async move { client.call(req).await }));
+        self.last_fetch_bytes = fetched;
         Ok(self.buffered.drain(..).collect())
     }
 }
