@@ -290,10 +290,15 @@ async fn send_one(p: Producer, topic: String, value: Vec<u8>, intended: Instant,
     }
 }
 
-fn message(size: usize, sent_us: u64) -> Vec<u8> {
-    let mut v: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+/// A message: the send time (µs since the start) in its first 8 bytes, then filler.
+fn message(template: &[u8], sent_us: u64) -> Vec<u8> {
+    let mut v = template.to_vec();
     v[..8].copy_from_slice(&sent_us.to_le_bytes());
     v
+}
+
+fn template(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
 }
 
 async fn produce(
@@ -303,6 +308,7 @@ async fn produce(
     shared: Arc<Shared>,
     end: Instant,
 ) -> anyhow::Result<()> {
+    let tpl = template(a.message_size);
     if a.rate > 0 {
         // Fixed rate: a thread paces the sends with the OS timer (tokio's timer works in
         // whole milliseconds, which would add up to a millisecond of lateness to every
@@ -323,7 +329,7 @@ async fn produce(
                 if intended > now {
                     std::thread::sleep(intended - now);
                 }
-                let value = message(a.message_size, sh.micros_since_start(intended));
+                let value = message(&tpl, sh.micros_since_start(intended));
                 sh.sent.fetch_add(1, Ordering::Relaxed);
                 handles.push(handle.spawn(send_one(
                     p.clone(),
@@ -348,7 +354,7 @@ async fn produce(
                 inflight.join_next().await;
             }
             let intended = Instant::now();
-            let value = message(a.message_size, shared.micros_since_start(intended));
+            let value = message(&tpl, shared.micros_since_start(intended));
             shared.sent.fetch_add(1, Ordering::Relaxed);
             inflight.spawn(send_one(
                 producer.clone(),

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_net::codec::{ProducePartition, Request, Response};
-use ringmq_storage::batch::{
-    Compression, HEADER_BYTES, Record, encode_batch, with_records_section,
-};
+use ringmq_storage::batch::{BatchBuilder, Compression, HEADER_BYTES, with_records_section};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Admin, Client, Error, Result, partition_for_key};
@@ -46,15 +44,16 @@ impl Default for ProducerConfig {
 type Waiter = oneshot::Sender<Result<(u32, i64)>>;
 
 enum Job {
-    Batch(Vec<Record>, Vec<Waiter>),
+    /// An uncompressed batch and the waiters of its records, in order.
+    Batch(Vec<u8>, Vec<Waiter>),
     Flush(oneshot::Sender<()>),
 }
 
 #[derive(Default)]
 struct Accum {
-    records: Vec<Record>,
+    /// Records are encoded straight into the batch as they are sent.
+    batch: BatchBuilder,
     waiters: Vec<Waiter>,
-    bytes: usize,
     /// Bumped whenever the accumulator is taken, so a linger timer of an earlier batch
     /// does not send a later one early.
     generation: u64,
@@ -166,30 +165,16 @@ impl Producer {
                 "topic {topic} has {n} partitions; there is no partition {partition}"
             )));
         }
-        let record = Record {
-            key: key.map(<[u8]>::to_vec),
-            value: Some(value.to_vec()),
-            headers: headers.to_vec(),
-            timestamp_ms: now_ms(),
-        };
-        let size = 32
-            + key.map_or(0, <[u8]>::len)
-            + value.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 8)
-                .sum::<usize>();
         let (tx, rx) = oneshot::channel();
         let linger_for = {
             let mut parts = self.inner.partitions.lock().unwrap();
             let p = parts
                 .entry((topic.to_string(), partition))
                 .or_insert_with(|| self.start_partition(topic, partition));
-            let first = p.accum.records.is_empty();
-            p.accum.records.push(record);
+            let first = p.accum.batch.is_empty();
+            p.accum.batch.push(key, Some(value), headers, now_ms());
             p.accum.waiters.push(tx);
-            p.accum.bytes += size;
-            if p.accum.bytes >= self.inner.config.batch_bytes {
+            if p.accum.batch.size_bytes() >= self.inner.config.batch_bytes {
                 self.take_batch(topic, p);
                 None
             } else if first {
@@ -206,7 +191,7 @@ impl Producer {
                 let mut parts = me.inner.partitions.lock().unwrap();
                 if let Some(p) = parts.get_mut(&(topic.clone(), partition))
                     && p.accum.generation == generation
-                    && !p.accum.records.is_empty()
+                    && !p.accum.batch.is_empty()
                 {
                     me.take_batch(&topic, p);
                 }
@@ -217,14 +202,13 @@ impl Producer {
 
     /// Moves a partition's records into its send queue.
     fn take_batch(&self, topic: &str, p: &mut Partition) {
-        let records = std::mem::take(&mut p.accum.records);
+        let batch = std::mem::take(&mut p.accum.batch);
         let waiters = std::mem::take(&mut p.accum.waiters);
-        p.accum.bytes = 0;
         p.accum.generation += 1;
-        if records.is_empty() {
+        if batch.is_empty() {
             return;
         }
-        let _ = p.jobs.send(Job::Batch(records, waiters));
+        let _ = p.jobs.send(Job::Batch(batch.finish(), waiters));
         // Records without a key move on to another partition with each batch.
         let mut sticky = self.inner.sticky.lock().unwrap();
         if let Some(s) = sticky.get_mut(topic)
@@ -245,8 +229,8 @@ impl Producer {
                     Job::Flush(done) => {
                         let _ = done.send(());
                     }
-                    Job::Batch(records, waiters) => {
-                        let r = send_batch(&inner, &topic, partition, &records).await;
+                    Job::Batch(batch, waiters) => {
+                        let r = send_batch(&inner, &topic, partition, batch).await;
                         for (i, w) in waiters.into_iter().enumerate() {
                             let _ = w.send(match &r {
                                 Ok(base) if *base >= 0 => Ok((partition, base + i as i64)),
@@ -295,8 +279,8 @@ impl Producer {
 }
 
 /// Appends one batch, retrying retriable failures; the base offset (-1 with acks none).
-async fn send_batch(inner: &Inner, topic: &str, partition: u32, records: &[Record]) -> Result<i64> {
-    let batch = Bytes::from(compress(encode_batch(records), inner.config.compression)?);
+async fn send_batch(inner: &Inner, topic: &str, partition: u32, plain: Vec<u8>) -> Result<i64> {
+    let batch = Bytes::from(compress(plain, inner.config.compression)?);
     let mut attempt = 0;
     loop {
         let r = inner

@@ -411,45 +411,112 @@ pub struct Record {
 /// would send it. Used by the native client, the benchmarks and the tests.
 pub fn encode_batch(records: &[Record]) -> Vec<u8> {
     assert!(!records.is_empty(), "a batch holds at least one record");
-    let base_ts = records[0].timestamp_ms;
-    let max_ts = records
-        .iter()
-        .map(|r| r.timestamp_ms)
-        .max()
-        .unwrap_or(base_ts);
-    let mut out = vec![0u8; HEADER_BYTES];
-    let mut rec = Vec::new();
-    for (i, r) in records.iter().enumerate() {
+    let mut b = BatchBuilder::new();
+    for r in records {
+        b.push(
+            r.key.as_deref(),
+            r.value.as_deref(),
+            &r.headers,
+            r.timestamp_ms,
+        );
+    }
+    b.finish()
+}
+
+/// Builds an uncompressed RecordBatch v2 record by record, writing each record straight
+/// into the batch (no intermediate [`Record`]): what a producer's accumulator needs.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    count: i32,
+    base_ts: i64,
+    max_ts: i64,
+}
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchBuilder {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self {
+            out: vec![0u8; HEADER_BYTES],
+            scratch: Vec::new(),
+            count: 0,
+            base_ts: 0,
+            max_ts: 0,
+        }
+    }
+
+    /// Records so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True before the first record.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes so far, header included.
+    pub fn size_bytes(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Appends a record.
+    pub fn push(
+        &mut self,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(String, Vec<u8>)],
+        timestamp_ms: i64,
+    ) {
+        if self.count == 0 {
+            self.base_ts = timestamp_ms;
+            self.max_ts = timestamp_ms;
+        }
+        self.max_ts = self.max_ts.max(timestamp_ms);
+        let rec = &mut self.scratch;
         rec.clear();
         rec.push(0); // attributes
-        write_varlong(&mut rec, r.timestamp_ms - base_ts);
-        write_varint(&mut rec, i as i32);
-        write_opt_bytes(&mut rec, r.key.as_deref());
-        write_opt_bytes(&mut rec, r.value.as_deref());
-        write_varint(&mut rec, r.headers.len() as i32);
-        for (k, v) in &r.headers {
-            write_opt_bytes(&mut rec, Some(k.as_bytes()));
-            write_opt_bytes(&mut rec, Some(v));
+        write_varlong(rec, timestamp_ms - self.base_ts);
+        write_varint(rec, self.count);
+        write_opt_bytes(rec, key);
+        write_opt_bytes(rec, value);
+        write_varint(rec, headers.len() as i32);
+        for (k, v) in headers {
+            write_opt_bytes(rec, Some(k.as_bytes()));
+            write_opt_bytes(rec, Some(v));
         }
-        write_varint(&mut out, rec.len() as i32);
-        out.extend_from_slice(&rec);
+        write_varint(&mut self.out, rec.len() as i32);
+        self.out.extend_from_slice(rec);
+        self.count += 1;
     }
-    let length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
-    out[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&length.to_be_bytes());
-    out[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    out[MAGIC_POS] = MAGIC_V2;
-    out[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4]
-        .copy_from_slice(&(records.len() as i32 - 1).to_be_bytes());
-    out[BASE_TIMESTAMP_POS..BASE_TIMESTAMP_POS + 8].copy_from_slice(&base_ts.to_be_bytes());
-    out[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&max_ts.to_be_bytes());
-    out[PRODUCER_ID_POS..PRODUCER_ID_POS + 8].copy_from_slice(&(-1i64).to_be_bytes());
-    out[PRODUCER_EPOCH_POS..PRODUCER_EPOCH_POS + 2].copy_from_slice(&(-1i16).to_be_bytes());
-    out[BASE_SEQUENCE_POS..BASE_SEQUENCE_POS + 4].copy_from_slice(&(-1i32).to_be_bytes());
-    out[RECORD_COUNT_POS..RECORD_COUNT_POS + 4]
-        .copy_from_slice(&(records.len() as i32).to_be_bytes());
-    let crc = compute_crc(&out);
-    out[CRC_POS..CRC_POS + 4].copy_from_slice(&crc.to_be_bytes());
-    out
+
+    /// The finished batch (base offset 0, no producer id), as [`encode_batch`] makes it.
+    pub fn finish(mut self) -> Vec<u8> {
+        assert!(self.count > 0, "a batch holds at least one record");
+        let out = &mut self.out;
+        let length = (out.len() - LOG_OVERHEAD_BYTES) as i32;
+        out[LENGTH_POS..LENGTH_POS + 4].copy_from_slice(&length.to_be_bytes());
+        out[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        out[MAGIC_POS] = MAGIC_V2;
+        out[LAST_OFFSET_DELTA_POS..LAST_OFFSET_DELTA_POS + 4]
+            .copy_from_slice(&(self.count - 1).to_be_bytes());
+        out[BASE_TIMESTAMP_POS..BASE_TIMESTAMP_POS + 8]
+            .copy_from_slice(&self.base_ts.to_be_bytes());
+        out[MAX_TIMESTAMP_POS..MAX_TIMESTAMP_POS + 8].copy_from_slice(&self.max_ts.to_be_bytes());
+        out[PRODUCER_ID_POS..PRODUCER_ID_POS + 8].copy_from_slice(&(-1i64).to_be_bytes());
+        out[PRODUCER_EPOCH_POS..PRODUCER_EPOCH_POS + 2].copy_from_slice(&(-1i16).to_be_bytes());
+        out[BASE_SEQUENCE_POS..BASE_SEQUENCE_POS + 4].copy_from_slice(&(-1i32).to_be_bytes());
+        out[RECORD_COUNT_POS..RECORD_COUNT_POS + 4].copy_from_slice(&self.count.to_be_bytes());
+        fix_crc(out);
+        self.out
+    }
 }
 
 fn write_opt_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
