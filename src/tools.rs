@@ -285,7 +285,7 @@ pub fn consume(b: BrokerArgs, a: ConsumeArgs) -> anyhow::Result<()> {
                 }
                 n += 1;
                 if a.format == "json" {
-                    let text = |b: &Option<Vec<u8>>| {
+                    let text = |b: &Option<bytes::Bytes>| {
                         b.as_ref()
                             .map(|v| {
                                 serde_json::Value::String(String::from_utf8_lossy(v).into_owned())

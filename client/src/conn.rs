@@ -16,7 +16,7 @@ use crate::{Error, Result};
 type Pending = Arc<Mutex<HashMap<u32, (ApiKey, oneshot::Sender<Result<Response>>)>>>;
 
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<bytes::BytesMut>,
     pending: Pending,
     next_id: Mutex<u32>,
     closed: Arc<std::sync::atomic::AtomicBool>,
@@ -73,7 +73,7 @@ impl Client {
             .map_err(|e| self.io_err(e))?;
         stream.set_nodelay(true).map_err(|e| self.io_err(e))?;
         let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        let (tx, mut rx) = mpsc::channel::<bytes::BytesMut>(256);
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let addr = self.addr.clone();
@@ -173,7 +173,7 @@ impl Client {
             .lock()
             .unwrap()
             .insert(id, (req.api_key(), reply_tx));
-        let frame = codec::encode_request(id, &req).to_vec();
+        let frame = codec::encode_request(id, &req);
         if conn.closed.load(std::sync::atomic::Ordering::Acquire)
             || conn.tx.send(frame).await.is_err()
         {

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use ringmq_net::codec::{self, FetchPartition, Request, Response};
 use ringmq_storage::batch;
 
@@ -32,9 +33,9 @@ pub struct ConsumerRecord {
     /// Timestamp, ms since the epoch.
     pub timestamp_ms: i64,
     /// Key.
-    pub key: Option<Vec<u8>>,
+    pub key: Option<Bytes>,
     /// Value.
-    pub value: Option<Vec<u8>>,
+    pub value: Option<Bytes>,
     /// Headers, in order.
     pub headers: Vec<(String, Vec<u8>)>,
 }
@@ -213,9 +214,13 @@ impl Consumer {
                     )));
                 }
                 let info = batch::parse_header(b).map_err(|e| Error::Protocol(e.to_string()))?;
-                let plain = crate::producer::decompress(b, info.compression)?;
-                let b = plain.as_deref().unwrap_or(b);
-                let records = batch::records(b).map_err(|e| Error::Protocol(e.to_string()))?;
+                // Keys and values are slices of the fetched (or decompressed) buffer:
+                // no copy per record.
+                let owner = match crate::producer::decompress(b, info.compression)? {
+                    Some(plain) => Bytes::from(plain),
+                    None => bytes.slice_ref(b),
+                };
+                let records = batch::records(&owner).map_err(|e| Error::Protocol(e.to_string()))?;
                 for rec in records {
                     let offset = info.base_offset + i64::from(rec.offset_delta);
                     if offset < a.offset {
@@ -226,8 +231,8 @@ impl Consumer {
                         partition: r.partition,
                         offset,
                         timestamp_ms: info.base_timestamp + rec.timestamp_delta,
-                        key: rec.key.map(<[u8]>::to_vec),
-                        value: rec.value.map(<[u8]>::to_vec),
+                        key: rec.key.map(|k| owner.slice_ref(k)),
+                        value: rec.value.map(|v| owner.slice_ref(v)),
                         headers: parse_headers(rec.headers_raw)?,
                     });
                 }
