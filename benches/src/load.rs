@@ -310,42 +310,54 @@ async fn produce(
 ) -> anyhow::Result<()> {
     let tpl = template(a.message_size);
     if a.rate > 0 {
-        // Fixed rate: a thread paces the sends with the OS timer (tokio's timer works in
-        // whole milliseconds, which would add up to a millisecond of lateness to every
-        // send) and hands each send to the runtime without waiting for earlier ones.
+        // Fixed rate: a thread keeps time with the OS timer (tokio's timer works in whole
+        // milliseconds, which would add up to a millisecond of lateness to every send)
+        // and, about every 100 µs, tells the producing task how many messages are due;
+        // the task sends each with its own intended time and never waits for earlier
+        // sends, so a stall shows in the latencies instead of slowing the sender.
         let interval = Duration::from_secs_f64(a.producers as f64 / a.rate as f64);
         let offset = interval.mul_f64(index as f64 / a.producers as f64);
-        let handle = tokio::runtime::Handle::current();
-        let (p, sh) = (producer.clone(), shared.clone());
-        let sends = tokio::task::spawn_blocking(move || {
-            let mut handles = Vec::new();
-            let mut n: u64 = 0;
-            loop {
-                let intended = sh.start + offset + interval.mul_f64(n as f64);
-                if intended >= end {
-                    break;
+        let total = (end
+            .saturating_duration_since(shared.start + offset)
+            .as_secs_f64()
+            / interval.as_secs_f64())
+        .ceil() as u64;
+        let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+        let start = shared.start;
+        std::thread::spawn(move || {
+            let mut sent_due = 0u64;
+            while sent_due < total {
+                std::thread::sleep(Duration::from_micros(100));
+                let elapsed = Instant::now().saturating_duration_since(start + offset);
+                let due = ((elapsed.as_secs_f64() / interval.as_secs_f64()) as u64 + 1).min(total);
+                if due > sent_due {
+                    sent_due = due;
+                    if due_tx.send(due).is_err() {
+                        return;
+                    }
                 }
-                let now = Instant::now();
-                if intended > now {
-                    std::thread::sleep(intended - now);
-                }
-                let value = message(&tpl, sh.micros_since_start(intended));
-                sh.sent.fetch_add(1, Ordering::Relaxed);
-                handles.push(handle.spawn(send_one(
-                    p.clone(),
+            }
+        });
+        let mut inflight = tokio::task::JoinSet::new();
+        let mut n: u64 = 0;
+        while let Some(due) = due_rx.recv().await {
+            while n < due {
+                let intended = shared.start + offset + interval.mul_f64(n as f64);
+                let value = message(&tpl, shared.micros_since_start(intended));
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                inflight.spawn(send_one(
+                    producer.clone(),
                     a.topic.clone(),
                     value,
                     intended,
-                    sh.clone(),
-                )));
+                    shared.clone(),
+                ));
                 n += 1;
             }
-            handles
-        })
-        .await?;
-        for h in sends {
-            h.await?;
+            // Reap finished sends without waiting for the others.
+            while inflight.try_join_next().is_some() {}
         }
+        while inflight.join_next().await.is_some() {}
     } else {
         // Max rate: keep up to MAX_INFLIGHT sends outstanding.
         let mut inflight = tokio::task::JoinSet::new();

@@ -15,7 +15,8 @@ use crate::{Admin, Client, Error, Result, partition_for_key};
 /// Producer settings.
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
-    /// A partition's batch is sent once its records reach this many bytes. Default 64 KiB.
+    /// A partition's batch is sent when the next record would take it past this many
+    /// bytes; a batch is never larger, unless a single record is. Default 64 KiB.
     pub batch_bytes: usize,
     /// ... or once its first record has waited this long. Default 5 ms.
     pub linger: Duration,
@@ -171,10 +172,24 @@ impl Producer {
             let p = parts
                 .entry((topic.to_string(), partition))
                 .or_insert_with(|| self.start_partition(topic, partition));
+            // A batch never grows past batch_bytes (the broker refuses batches over its
+            // message_bytes_max): a record that would not fit goes into the next one.
+            let record_bytes = 24
+                + key.map_or(0, <[u8]>::len)
+                + value.len()
+                + headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 10)
+                    .sum::<usize>();
+            if !p.accum.batch.is_empty()
+                && p.accum.batch.size_bytes() + record_bytes > self.inner.config.batch_bytes
+            {
+                self.take_batch(topic, p);
+            }
             let first = p.accum.batch.is_empty();
             p.accum.batch.push(key, Some(value), headers, now_ms());
             p.accum.waiters.push(tx);
-            if p.accum.batch.size_bytes() >= self.inner.config.batch_bytes {
+            if p.accum.batch.size_bytes() + record_bytes > self.inner.config.batch_bytes {
                 self.take_batch(topic, p);
                 None
             } else if first {
