@@ -308,6 +308,27 @@ async fn flush_sends_held_batches_and_prefetch_is_bounded() {
         assert!((0..100).contains(&o));
     }
 
+    // Batches as large as the broker takes (1 MiB): full ones must not exceed it.
+    let big = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 1 << 20,
+            ..ProducerConfig::default()
+        },
+    );
+    admin.create_topic("big", 1, &[]).await.unwrap();
+    big.prepare("big").await.unwrap();
+    let sends: Vec<_> = (0..3000u32)
+        .map(|_| {
+            let p = big.clone();
+            tokio::spawn(async move { p.send_to("big", 0, None, &[7u8; 1000], &[]).await })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap().expect("no batch over the broker's limit");
+    }
+    big.close().await.unwrap();
+
     // 4000 records of 1000 bytes in batches of about 64 KiB.
     let producer = Producer::new(client.clone(), ProducerConfig::default());
     let sends: Vec<_> = (0..4000u32)
