@@ -309,6 +309,18 @@ async fn produce(
     end: Instant,
 ) -> anyhow::Result<()> {
     let tpl = template(a.message_size);
+    let mut inflight = tokio::task::JoinSet::new();
+    let spawn_send = |inflight: &mut tokio::task::JoinSet<()>, intended: Instant| {
+        let value = message(&tpl, shared.micros_since_start(intended));
+        shared.sent.fetch_add(1, Ordering::Relaxed);
+        inflight.spawn(send_one(
+            producer.clone(),
+            a.topic.clone(),
+            value,
+            intended,
+            shared.clone(),
+        ));
+    };
     if a.rate > 0 {
         // Fixed rate: a thread keeps time with the OS timer (tokio's timer works in whole
         // milliseconds, which would add up to a millisecond of lateness to every send)
@@ -338,46 +350,28 @@ async fn produce(
                 }
             }
         });
-        let mut inflight = tokio::task::JoinSet::new();
         let mut n: u64 = 0;
         while let Some(due) = due_rx.recv().await {
             while n < due {
-                let intended = shared.start + offset + interval.mul_f64(n as f64);
-                let value = message(&tpl, shared.micros_since_start(intended));
-                shared.sent.fetch_add(1, Ordering::Relaxed);
-                inflight.spawn(send_one(
-                    producer.clone(),
-                    a.topic.clone(),
-                    value,
-                    intended,
-                    shared.clone(),
-                ));
+                spawn_send(
+                    &mut inflight,
+                    shared.start + offset + interval.mul_f64(n as f64),
+                );
                 n += 1;
             }
             // Reap finished sends without waiting for the others.
             while inflight.try_join_next().is_some() {}
         }
-        while inflight.join_next().await.is_some() {}
     } else {
         // Max rate: keep up to MAX_INFLIGHT sends outstanding.
-        let mut inflight = tokio::task::JoinSet::new();
         while Instant::now() < end {
             while inflight.len() >= MAX_INFLIGHT {
                 inflight.join_next().await;
             }
-            let intended = Instant::now();
-            let value = message(&tpl, shared.micros_since_start(intended));
-            shared.sent.fetch_add(1, Ordering::Relaxed);
-            inflight.spawn(send_one(
-                producer.clone(),
-                a.topic.clone(),
-                value,
-                intended,
-                shared.clone(),
-            ));
+            spawn_send(&mut inflight, Instant::now());
         }
-        while inflight.join_next().await.is_some() {}
     }
+    while inflight.join_next().await.is_some() {}
     producer.close().await?;
     Ok(())
 }
