@@ -9,7 +9,28 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub use crate::zerocopy::FileRange;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// A byte range of a file, sent to a socket without passing through user space.
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    /// The open file; holding it keeps the bytes readable (a segment deleted by
+    /// retention meanwhile stays readable through it).
+    pub fd: Arc<OwnedFd>,
+    /// Byte position in the file.
+    pub position: u64,
+    /// Byte count.
+    pub len: u64,
+}
+
+impl PartialEq for FileRange {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.fd, &other.fd) && self.position == other.position && self.len == other.len
+    }
+}
+
+impl Eq for FileRange {}
 
 /// Largest frame accepted by default (64 MiB); larger frames close the connection.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 64 << 20;
@@ -762,7 +783,7 @@ pub fn encode_response(request_id: u32, resp: &Response) -> OutFrame {
 }
 
 /// An encoded response frame: bytes in memory and file ranges, in wire order. File
-/// ranges are sent file → socket by the connection (see [`crate::zerocopy`]).
+/// ranges are sent file → socket by the broker's connections (the `zerocopy` module).
 #[derive(Debug, Default)]
 pub struct OutFrame {
     parts: Vec<OutPart>,

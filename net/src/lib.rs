@@ -3,8 +3,10 @@
 //! [`codec`] holds the frame format, the [`codec::Request`] and [`codec::Response`]
 //! types and their encoders and decoders: pure code over byte buffers, used by the
 //! broker and by clients alike. The wire format is described in `docs/protocol.md`.
-//! [`conn::serve_connection`] runs one connection on a shard: pipelined requests,
-//! responses in request order, backpressure by in-flight count and memory budget.
+//! With the `server` feature (the default), `conn::serve_connection` runs one connection
+//! on a shard (pipelined requests, responses in request order, backpressure by in-flight
+//! count and memory budget) and `zerocopy` sends file ranges to sockets. Without it the
+//! crate is the codec alone, which is what clients need.
 //!
 //! ```
 //! use ringmq_net::codec::{decode_request, encode_request, Request};
@@ -16,5 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+#[cfg(feature = "server")]
 pub mod conn;
+#[cfg(feature = "server")]
 pub mod zerocopy;

@@ -20,30 +20,11 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use glommio::io::BufferedFile;
 use ringmq_uring::{Ring, opcode, squeue as opcode_entry, types};
 
-/// A byte range of a file, sent to a socket without passing through user space.
-#[derive(Debug, Clone)]
-pub struct FileRange {
-    /// The open file; holding it keeps the bytes readable (a segment deleted by
-    /// retention meanwhile stays readable through it).
-    pub fd: Arc<OwnedFd>,
-    /// Byte position in the file.
-    pub position: u64,
-    /// Byte count.
-    pub len: u64,
-}
-
-impl PartialEq for FileRange {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.fd, &other.fd) && self.position == other.position && self.len == other.len
-    }
-}
-
-impl Eq for FileRange {}
+pub use crate::codec::FileRange;
 
 /// Byte counts of what a shard's connections sent from files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -172,6 +172,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(feature = "log"), allow(dead_code))]
     pub(crate) fn io(
         context: &'static str,
         path: impl Into<PathBuf>,

@@ -11,6 +11,9 @@
 //! format, the group-commit protocol and the I/O choices are described in
 //! `docs/storage.md`.
 //!
+//! Without the `log` feature (on by default) the crate is the batch format alone
+//! ([`batch`], [`index`]), which is what clients need.
+//!
 //! A log belongs to one shard: it is `!Send`, and every method must be called from the
 //! glommio executor of the thread that opened it.
 //!
@@ -37,24 +40,32 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+#[cfg(feature = "log")]
 mod config;
 mod error;
 pub mod index;
+#[cfg(feature = "log")]
 mod io;
+#[cfg(feature = "log")]
 mod log;
+#[cfg(feature = "log")]
 mod notify;
 
+#[cfg(feature = "log")]
 pub use config::{FlushPolicy, LogConfig, SEGMENT_BYTES_LIMIT};
 pub use error::{BatchError, Error, ErrorKind, Result};
+#[cfg(feature = "log")]
 pub use io::{IoMode, SegmentCache, SegmentFile};
 
 /// Writes a small file crash-safely from a shard: write `<name>.tmp`, fdatasync,
 /// rename over the target, fsync the directory. All through io_uring.
+#[cfg(feature = "log")]
 pub async fn write_file_atomic(path: &std::path::Path, data: &[u8]) -> Result<()> {
     io::write_file_atomic(path, data).await
 }
 
 /// Removes a directory tree from a shard, off the executor thread.
+#[cfg(feature = "log")]
 pub async fn remove_dir_all(path: &std::path::Path) -> Result<()> {
     let p = path.to_owned();
     io::blocking(move || match std::fs::remove_dir_all(&p) {
@@ -64,8 +75,10 @@ pub async fn remove_dir_all(path: &std::path::Path) -> Result<()> {
     .await
     .map_err(|e| Error::io("removing", path, e))
 }
+#[cfg(feature = "log")]
 pub use log::{
     AppendInfo, LogStats, PartitionLog, ReadChunk, ReadResult, RecoveryReport, RetentionOutcome,
     now_ms,
 };
+#[cfg(feature = "log")]
 pub use notify::Notify;
