@@ -271,25 +271,6 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends one message and records its acknowledgement latency from `intended`.
-async fn send_one(p: Producer, topic: String, value: Vec<u8>, intended: Instant, sh: Arc<Shared>) {
-    match p.send(&topic, None, &value, &[]).await {
-        Ok(_) => {
-            let now = Instant::now();
-            sh.acked.fetch_add(1, Ordering::Relaxed);
-            let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
-            let _ = sh.ack_tick.lock().unwrap().record(us);
-            if intended >= sh.measure_from {
-                sh.acked_measured.fetch_add(1, Ordering::Relaxed);
-                let _ = sh.ack.lock().unwrap().record(us);
-            }
-        }
-        Err(_) => {
-            sh.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 /// A message: the send time (µs since the start) in its first 8 bytes, then filler.
 fn message(template: &[u8], sent_us: u64) -> Vec<u8> {
     let mut v = template.to_vec();
@@ -308,25 +289,41 @@ async fn produce(
     shared: Arc<Shared>,
     end: Instant,
 ) -> anyhow::Result<()> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
     let tpl = template(a.message_size);
-    let mut inflight = tokio::task::JoinSet::new();
-    let spawn_send = |inflight: &mut tokio::task::JoinSet<()>, intended: Instant| {
+    // Sends in flight are futures of this one task (no task, no lock per message); each
+    // completion is recorded here, into a histogram merged into the shared one at the end.
+    let mut pending = FuturesUnordered::new();
+    let mut ack = hist();
+    let topic: Arc<str> = a.topic.as_str().into();
+    let send = |intended: Instant| {
         let value = message(&tpl, shared.micros_since_start(intended));
         shared.sent.fetch_add(1, Ordering::Relaxed);
-        inflight.spawn(send_one(
-            producer.clone(),
-            a.topic.clone(),
-            value,
-            intended,
-            shared.clone(),
-        ));
+        let (p, topic) = (producer.clone(), topic.clone());
+        async move {
+            let ok = p.send(&topic, None, &value, &[]).await.is_ok();
+            (intended, ok)
+        }
+    };
+    let mut done = |(intended, ok): (Instant, bool)| {
+        if !ok {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let us = intended.elapsed().as_micros().max(1) as u64;
+        shared.acked.fetch_add(1, Ordering::Relaxed);
+        let _ = shared.ack_tick.lock().unwrap().record(us);
+        if intended >= shared.measure_from {
+            shared.acked_measured.fetch_add(1, Ordering::Relaxed);
+            let _ = ack.record(us);
+        }
     };
     if a.rate > 0 {
         // Fixed rate: a thread keeps time with the OS timer (tokio's timer works in whole
         // milliseconds, which would add up to a millisecond of lateness to every send)
-        // and, about every 100 µs, tells the producing task how many messages are due;
-        // the task sends each with its own intended time and never waits for earlier
-        // sends, so a stall shows in the latencies instead of slowing the sender.
+        // and, about every 100 µs, tells this task how many messages are due; each is
+        // sent with its own intended time without waiting for earlier sends, so a stall
+        // shows in the latencies instead of slowing the sender.
         let interval = Duration::from_secs_f64(a.producers as f64 / a.rate as f64);
         let offset = interval.mul_f64(index as f64 / a.producers as f64);
         let total = (end
@@ -351,27 +348,36 @@ async fn produce(
             }
         });
         let mut n: u64 = 0;
-        while let Some(due) = due_rx.recv().await {
-            while n < due {
-                spawn_send(
-                    &mut inflight,
-                    shared.start + offset + interval.mul_f64(n as f64),
-                );
-                n += 1;
+        loop {
+            tokio::select! {
+                due = due_rx.recv() => match due {
+                    Some(due) => {
+                        while n < due {
+                            pending.push(send(shared.start + offset + interval.mul_f64(n as f64)));
+                            n += 1;
+                        }
+                    }
+                    None => break,
+                },
+                Some(r) = pending.next(), if !pending.is_empty() => done(r),
             }
-            // Reap finished sends without waiting for the others.
-            while inflight.try_join_next().is_some() {}
         }
     } else {
         // Max rate: keep up to MAX_INFLIGHT sends outstanding.
         while Instant::now() < end {
-            while inflight.len() >= MAX_INFLIGHT {
-                inflight.join_next().await;
+            while pending.len() >= MAX_INFLIGHT {
+                if let Some(r) = pending.next().await {
+                    done(r);
+                }
             }
-            spawn_send(&mut inflight, Instant::now());
+            pending.push(send(Instant::now()));
         }
     }
-    while inflight.join_next().await.is_some() {}
+    while let Some(r) = pending.next().await {
+        done(r);
+    }
+    drop(done);
+    shared.ack.lock().unwrap().add(&ack)?;
     producer.close().await?;
     Ok(())
 }

@@ -68,7 +68,8 @@ struct Partition {
 struct Inner {
     client: Client,
     config: ProducerConfig,
-    partitions: Mutex<HashMap<(String, u32), Partition>>,
+    /// By topic, then partition index (looked up by `&str`: no allocation per send).
+    partitions: Mutex<HashMap<String, HashMap<u32, Partition>>>,
     counts: Mutex<HashMap<String, u32>>,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
@@ -169,8 +170,13 @@ impl Producer {
         let (tx, rx) = oneshot::channel();
         let linger_for = {
             let mut parts = self.inner.partitions.lock().unwrap();
+            if !parts.contains_key(topic) {
+                parts.insert(topic.to_string(), HashMap::new());
+            }
             let p = parts
-                .entry((topic.to_string(), partition))
+                .get_mut(topic)
+                .expect("inserted above")
+                .entry(partition)
                 .or_insert_with(|| self.start_partition(topic, partition));
             // A batch never grows past batch_bytes (the broker refuses batches over its
             // message_bytes_max): a record that would not fit goes into the next one.
@@ -204,7 +210,7 @@ impl Producer {
             tokio::spawn(async move {
                 tokio::time::sleep(me.inner.config.linger).await;
                 let mut parts = me.inner.partitions.lock().unwrap();
-                if let Some(p) = parts.get_mut(&(topic.clone(), partition))
+                if let Some(p) = parts.get_mut(&topic).and_then(|t| t.get_mut(&partition))
                     && p.accum.generation == generation
                     && !p.accum.batch.is_empty()
                 {
@@ -268,13 +274,13 @@ impl Producer {
         let mut done = Vec::new();
         {
             let mut parts = self.inner.partitions.lock().unwrap();
-            let keys: Vec<(String, u32)> = parts.keys().cloned().collect();
-            for key in keys {
-                let p = parts.get_mut(&key).expect("listed above");
-                self.take_batch(&key.0, p);
-                let (tx, rx) = oneshot::channel();
-                let _ = p.jobs.send(Job::Flush(tx));
-                done.push(rx);
+            for (topic, by_index) in parts.iter_mut() {
+                for p in by_index.values_mut() {
+                    self.take_batch(topic, p);
+                    let (tx, rx) = oneshot::channel();
+                    let _ = p.jobs.send(Job::Flush(tx));
+                    done.push(rx);
+                }
             }
         }
         for rx in done {
