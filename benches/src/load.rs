@@ -376,7 +376,6 @@ async fn produce(
     while let Some(r) = pending.next().await {
         done(r);
     }
-    drop(done);
     shared.ack.lock().unwrap().add(&ack)?;
     producer.close().await?;
     Ok(())
