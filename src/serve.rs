@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringmq_net::conn::{ConnEnd, ConnLimits, MemoryBudget, serve_connection};
+use ringmq_net::conn::{ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection};
+use ringmq_shard::kafka::{KafkaOptions, KafkaService};
 use ringmq_shard::broker::{Shard, ShardOptions, links};
 use ringmq_shard::topics::TopicTable;
 use ringmq_storage::LogConfig;
@@ -27,6 +28,22 @@ pub struct ServeArgs {
     /// Native protocol listen address [default: 127.0.0.1:9093]
     #[arg(long, env = "RINGMQ_NATIVE_LISTEN")]
     native_listen: Option<SocketAddr>,
+    /// Kafka protocol listen address; "off" disables the Kafka listener
+    /// [default: 127.0.0.1:9092]
+    #[arg(long, env = "RINGMQ_KAFKA_LISTEN")]
+    kafka_listen: Option<String>,
+    /// HOST:PORT that Kafka Metadata responses tell clients to connect to
+    /// [default: the Kafka listen address]
+    #[arg(long, env = "RINGMQ_KAFKA_ADVERTISE")]
+    kafka_advertise: Option<String>,
+    /// Create a topic when a Kafka client produces to it or asks for its metadata
+    /// (Kafka's auto.create.topics.enable) [default: true]
+    #[arg(long, env = "RINGMQ_AUTO_CREATE_TOPICS", action = clap::ArgAction::Set)]
+    auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics and of Kafka CreateTopics with -1 (Kafka's
+    /// num.partitions) [default: 1]
+    #[arg(long, env = "RINGMQ_DEFAULT_PARTITIONS")]
+    default_partitions: Option<u32>,
     /// TOML file with any of these settings (keys as the flags, with _ for -)
     #[arg(long, env = "RINGMQ_CONFIG")]
     config: Option<PathBuf>,
@@ -77,6 +94,10 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     native_listen: Option<SocketAddr>,
+    kafka_listen: Option<String>,
+    kafka_advertise: Option<String>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
     log_level: Option<String>,
@@ -96,6 +117,8 @@ struct FileConfig {
 struct Settings {
     data_dir: PathBuf,
     native_listen: SocketAddr,
+    kafka_listen: Option<SocketAddr>,
+    kafka: KafkaOptions,
     cpus: Vec<usize>,
     log_defaults: LogConfig,
     limits: ConnLimits,
@@ -150,7 +173,54 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         log_defaults.write_buffer_bytes_max = log_defaults.write_buffer_bytes_max.max(v);
     }
     log_defaults.validate().context("invalid log settings")?;
+    let kafka_listen = match args
+        .kafka_listen
+        .or(file.kafka_listen)
+        .unwrap_or_else(|| "127.0.0.1:9092".into())
+        .as_str()
+    {
+        "off" => None,
+        a => Some(
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--kafka-listen {a}: expected HOST:PORT or off"))?,
+        ),
+    };
+    let (advertise_host, advertise_port) = match args.kafka_advertise.or(file.kafka_advertise) {
+        Some(a) => {
+            let (h, p) = a
+                .rsplit_once(':')
+                .with_context(|| format!("--kafka-advertise {a}: expected HOST:PORT"))?;
+            let p: u16 = p
+                .parse()
+                .with_context(|| format!("--kafka-advertise {a}: bad port"))?;
+            (h.trim_matches(['[', ']']).to_string(), p)
+        }
+        None => match kafka_listen {
+            Some(l) => (l.ip().to_string(), l.port()),
+            None => ("127.0.0.1".into(), 9092),
+        },
+    };
+    let default_partitions = args
+        .default_partitions
+        .or(file.default_partitions)
+        .unwrap_or(1);
+    if default_partitions == 0 || default_partitions > ringmq_shard::topics::PARTITIONS_MAX {
+        bail!(
+            "--default-partitions {default_partitions}: must be 1 to {}",
+            ringmq_shard::topics::PARTITIONS_MAX
+        );
+    }
     Ok(Settings {
+        kafka_listen,
+        kafka: KafkaOptions {
+            advertise_host,
+            advertise_port,
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            default_partitions,
+        },
         data_dir: args
             .data_dir
             .or(file.data_dir)
@@ -255,12 +325,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (_, registration) = buffer_registration(s.cpus.len());
     // Bind once here to report a busy port clearly; the shards bind their own.
-    match std::net::TcpListener::bind(s.native_listen) {
-        Ok(l) => drop(l),
-        Err(e) => bail!("cannot listen on {}: {e}", s.native_listen),
+    for addr in std::iter::once(s.native_listen).chain(s.kafka_listen) {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => drop(l),
+            Err(e) => bail!("cannot listen on {addr}: {e}"),
+        }
     }
     println!("ringmq {} starting", env!("CARGO_PKG_VERSION"));
     println!("  data directory   {}", data_dir.display());
+    match s.kafka_listen {
+        Some(a) => println!(
+            "  kafka listener   {a} (advertised as {}:{}; auto-create topics {})",
+            s.kafka.advertise_host,
+            s.kafka.advertise_port,
+            if s.kafka.auto_create_topics { "on" } else { "off" }
+        ),
+        None => println!("  kafka listener   off"),
+    }
     println!("  native listener  {}", s.native_listen);
     println!(
         "  shards           {} on cores {}",
@@ -299,14 +380,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let table = table.clone();
         let stop = stop.clone();
-        let addr = s.native_listen;
-        let limits = s.limits;
-        let memory = s.request_memory_bytes_max;
+        let listeners = Listeners {
+            native: s.native_listen,
+            kafka: s.kafka_listen,
+            kafka_options: s.kafka.clone(),
+            limits: s.limits,
+            memory: s.request_memory_bytes_max,
+        };
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
-            .spawn(
-                move || async move { run_shard(opts, table, l, addr, limits, memory, stop).await },
-            )
+            .spawn(move || async move { run_shard(opts, table, l, listeners, stop).await })
             .map_err(|e| anyhow::anyhow!("starting shard {i} on core {cpu}: {e}"))?;
         handles.push(h);
     }
@@ -340,21 +423,95 @@ fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(s.into_raw_fd()) })
 }
 
+/// What a shard listens on.
+struct Listeners {
+    native: SocketAddr,
+    kafka: Option<SocketAddr>,
+    kafka_options: KafkaOptions,
+    limits: ConnLimits,
+    memory: usize,
+}
+
 async fn run_shard(
     opts: ShardOptions,
     table: TopicTable,
     l: ringmq_shard::broker::Links,
-    addr: SocketAddr,
-    limits: ConnLimits,
-    memory: usize,
+    listeners: Listeners,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let id = opts.shard_id;
     let shard = Shard::start(opts, table, l).await?;
-    let listener = listen(addr).map_err(|e| format!("shard {id}: listening on {addr}: {e}"))?;
-    tracing::info!(shard = id, partitions = shard.partition_count(), %addr, "shard ready");
-    let budget = MemoryBudget::new(memory);
+    let native = listen(listeners.native)
+        .map_err(|e| format!("shard {id}: listening on {}: {e}", listeners.native))?;
+    let kafka = match listeners.kafka {
+        Some(a) => Some(listen(a).map_err(|e| format!("shard {id}: listening on {a}: {e}"))?),
+        None => None,
+    };
+    tracing::info!(shard = id, partitions = shard.partition_count(), native = %listeners.native, kafka = ?listeners.kafka, "shard ready");
+    let budget = MemoryBudget::new(listeners.memory);
     let conns = Rc::new(std::cell::Cell::new(0usize));
+    let native_service = Rc::new(Native(shard.clone()));
+    let accept_native = accept_loop(
+        native,
+        native_service,
+        Accepting {
+            shard: shard.clone(),
+            budget: budget.clone(),
+            limits: listeners.limits,
+            conns: conns.clone(),
+            stop: stop.clone(),
+            protocol: "native",
+        },
+    );
+    let accept_kafka = async {
+        if let Some(kafka) = kafka {
+            let service = Rc::new(KafkaService::new(
+                shard.clone(),
+                Rc::new(listeners.kafka_options.clone()),
+            ));
+            accept_loop(
+                kafka,
+                service,
+                Accepting {
+                    shard: shard.clone(),
+                    budget: budget.clone(),
+                    limits: listeners.limits,
+                    conns: conns.clone(),
+                    stop: stop.clone(),
+                    protocol: "kafka",
+                },
+            )
+            .await;
+        }
+    };
+    futures_lite::future::zip(accept_native, accept_kafka).await;
+    tracing::info!(
+        shard = id,
+        connections = conns.get(),
+        "stopping: flushing and closing partitions"
+    );
+    shard.shutdown().await;
+    Ok(())
+}
+
+/// What an accept loop needs besides its listener and service.
+struct Accepting {
+    shard: Rc<Shard>,
+    budget: Rc<MemoryBudget>,
+    limits: ConnLimits,
+    conns: Rc<std::cell::Cell<usize>>,
+    stop: Arc<AtomicBool>,
+    protocol: &'static str,
+}
+
+/// Accepts connections and serves each on its own task until `stop` is set.
+async fn accept_loop<S: Service>(
+    listener: glommio::net::TcpListener,
+    service: Rc<S>,
+    a: Accepting,
+) {
+    let id = a.shard.id();
+    let protocol = a.protocol;
     loop {
         let accept = listener.accept();
         let tick = glommio::timer::sleep(Duration::from_millis(100));
@@ -363,35 +520,39 @@ async fn run_shard(
             None
         })
         .await;
-        if stop.load(Ordering::Relaxed) {
+        if a.stop.load(Ordering::Relaxed) {
             break;
         }
         match accepted {
             None => continue,
             Some(Err(e)) => {
-                tracing::warn!(shard = id, error = %e, "accept failed");
+                tracing::warn!(shard = id, protocol, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
             Some(Ok(stream)) => {
                 let peer = stream.peer_addr().ok();
-                let shard = shard.clone();
-                let budget = budget.clone();
-                let files = shard.file_sender();
-                let conns = conns.clone();
+                let service = service.clone();
+                let budget = a.budget.clone();
+                let files = a.shard.file_sender();
+                let conns = a.conns.clone();
+                let limits = a.limits;
                 conns.set(conns.get() + 1);
                 glommio::spawn_local(async move {
-                    let end = serve_connection(stream, shard, limits, budget, files).await;
+                    let end = serve_connection(stream, service, limits, budget, files).await;
                     conns.set(conns.get() - 1);
                     match end {
-                        ConnEnd::Closed => tracing::debug!(shard = id, ?peer, "connection closed"),
+                        ConnEnd::Closed => {
+                            tracing::debug!(shard = id, protocol, ?peer, "connection closed")
+                        }
                         ConnEnd::Io(e) => {
-                            tracing::info!(shard = id, ?peer, error = %e, "connection error")
+                            tracing::info!(shard = id, protocol, ?peer, error = %e, "connection error")
                         }
                         ConnEnd::Idle => {
-                            tracing::debug!(shard = id, ?peer, "closed idle connection")
+                            tracing::debug!(shard = id, protocol, ?peer, "closed idle connection")
                         }
                         ConnEnd::Oversized(n) => tracing::warn!(
                             shard = id,
+                            protocol,
                             ?peer,
                             frame_bytes = n,
                             "closed connection: oversized frame"
@@ -402,12 +563,4 @@ async fn run_shard(
             }
         }
     }
-    tracing::info!(
-        shard = id,
-        connections = conns.get(),
-        "stopping: flushing and closing partitions"
-    );
-    drop(listener);
-    shard.shutdown().await;
-    Ok(())
 }

@@ -762,12 +762,7 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
 /// Encodes a response frame (with its length prefix). The response's kind is implied
 /// by the request it answers; a request-level error is tag 1, a body tag 0.
 pub fn encode_response(request_id: u32, resp: &Response) -> OutFrame {
-    let mut out = OutFrame {
-        parts: Vec::new(),
-        buf: BytesMut::with_capacity(64),
-        len: 0,
-    };
-    out.buf.put_u32(0);
+    let mut out = OutFrame::begin();
     out.buf.put_u32(request_id);
     match resp {
         Response::Error(e) => {
@@ -789,6 +784,7 @@ pub struct OutFrame {
     parts: Vec<OutPart>,
     buf: BytesMut,
     len: usize,
+    close: bool,
 }
 
 /// A piece of an [`OutFrame`].
@@ -801,6 +797,59 @@ pub enum OutPart {
 }
 
 impl OutFrame {
+    /// A frame to build with [`OutFrame::bytes_mut`] and [`OutFrame::put_chunks`], then
+    /// [`OutFrame::seal`]: its 4-byte length prefix is reserved.
+    pub fn begin() -> Self {
+        let mut f = Self::default();
+        f.buf.put_u32(0);
+        f
+    }
+
+    /// Nothing to send (a request that has no response, such as a Kafka produce with
+    /// acks 0).
+    pub fn nothing() -> Self {
+        Self::default()
+    }
+
+    /// Nothing to send, and the connection is to be closed once the responses before
+    /// this one are written (what Kafka brokers do with a request they cannot parse).
+    pub fn close() -> Self {
+        Self {
+            close: true,
+            ..Self::default()
+        }
+    }
+
+    /// True when the connection closes after this frame.
+    pub fn closes(&self) -> bool {
+        self.close
+    }
+
+    /// The buffer that encoded bytes go into.
+    pub fn bytes_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// Appends record bytes (no length prefix): memory chunks are copied into the
+    /// frame, file chunks become file parts sent without a copy.
+    pub fn put_chunks(&mut self, records: &Records) {
+        for c in records.chunks() {
+            match c {
+                RecordsChunk::Memory(b) => self.buf.put_slice(b),
+                RecordsChunk::File(r) => {
+                    self.flush_buf();
+                    self.len += r.len as usize;
+                    self.parts.push(OutPart::File(r.clone()));
+                }
+            }
+        }
+    }
+
+    /// Writes the length prefix of a frame started with [`OutFrame::begin`].
+    pub fn seal(self) -> Self {
+        self.finish()
+    }
+
     /// The pieces, in wire order.
     pub fn parts(&self) -> &[OutPart] {
         &self.parts
@@ -830,16 +879,7 @@ impl OutFrame {
 
     fn put_records(&mut self, records: &Records) {
         self.buf.put_u32(records.len() as u32);
-        for c in records.chunks() {
-            match c {
-                RecordsChunk::Memory(b) => self.buf.put_slice(b),
-                RecordsChunk::File(r) => {
-                    self.flush_buf();
-                    self.len += r.len as usize;
-                    self.parts.push(OutPart::File(r.clone()));
-                }
-            }
-        }
+        self.put_chunks(records);
     }
 
     fn flush_buf(&mut self) {

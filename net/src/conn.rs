@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
@@ -24,7 +24,56 @@ use crate::zerocopy::FileSender;
 /// A boxed, shard-local future.
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// What answers requests: the shard's broker.
+/// What answers the frames of one wire protocol: a frame's body (without its length
+/// prefix) in, the encoded response out (an empty [`OutFrame`] sends nothing, as for a
+/// Kafka produce with acks 0). Both protocols ringmq speaks frame their messages with a
+/// 4-byte big-endian length, so one connection loop serves both.
+pub trait Service: 'static {
+    /// Answers one frame.
+    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame>;
+
+    /// Resolves at `deadline`: the shard's timer (its timing wheel), used to close
+    /// idle connections.
+    fn sleep_until(&self, deadline: Instant) -> LocalFuture<()>;
+}
+
+/// The native protocol as a [`Service`]: decodes a request, has the [`Handler`] answer
+/// it, encodes the response; a request that cannot be decoded gets an error response.
+pub struct Native<H>(pub Rc<H>);
+
+impl<H: Handler> Service for Native<H> {
+    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame> {
+        let (header, request) = codec::decode_request(body);
+        match (header, request) {
+            (Some(h), Ok(req)) => {
+                let handler = self.0.clone();
+                Box::pin(async move {
+                    let resp = handler.handle(req).await;
+                    codec::encode_response(h.request_id, &resp)
+                })
+            }
+            (header, Err(e)) => {
+                let id = header.map(|h| h.request_id).unwrap_or(0);
+                tracing::info!(error = %e, "bad request");
+                let code = match e {
+                    DecodeError::UnknownApi(_) | DecodeError::UnsupportedVersion { .. } => {
+                        ErrorCode::UnsupportedVersion
+                    }
+                    _ => ErrorCode::Malformed,
+                };
+                let resp = Response::Error(WireError::new(code, e.to_string()));
+                Box::pin(async move { codec::encode_response(id, &resp) })
+            }
+            (None, Ok(_)) => unreachable!("a decoded request has a header"),
+        }
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
+        self.0.sleep_until(deadline)
+    }
+}
+
+/// What answers native requests: the shard's broker.
 pub trait Handler: 'static {
     /// Answers one request.
     fn handle(self: Rc<Self>, request: Request) -> LocalFuture<Response>;
@@ -108,9 +157,9 @@ pub enum ConnEnd {
 
 /// Serves one connection until it closes. Every request gets a response or, for a
 /// frame that cannot be delimited (oversized), the connection is closed.
-pub async fn serve_connection<H: Handler>(
+pub async fn serve_connection<S: Service>(
     stream: TcpStream,
-    handler: Rc<H>,
+    service: Rc<S>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
     files: Rc<FileSender>,
@@ -153,11 +202,17 @@ pub async fn serve_connection<H: Handler>(
             if let Err(e) = write_frame(&mut writer, &frame, &files).await {
                 return Some(e);
             }
+            if frame.closes() {
+                // Wakes the reader: its read returns end of stream.
+                // SAFETY: shutdown on the socket `writer` keeps open.
+                unsafe { libc::shutdown(writer.as_raw_fd(), libc::SHUT_RDWR) };
+                return None;
+            }
         }
         let _ = writer.flush().await;
         None
     });
-    let end = read_loop(stream, handler, limits, budget, tx, inflight, last_activity).await;
+    let end = read_loop(stream, service, limits, budget, tx, inflight, last_activity).await;
     // The sender is dropped: the writer finishes the queued responses, then stops.
     let write_err = write_task.await;
     match (end, write_err) {
@@ -183,9 +238,9 @@ async fn write_frame(
     Ok(())
 }
 
-async fn read_loop<H: Handler>(
+async fn read_loop<S: Service>(
     mut stream: TcpStream,
-    handler: Rc<H>,
+    service: Rc<S>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
     tx: local_channel::LocalSender<(glommio::Task<OutFrame>, usize)>,
@@ -215,29 +270,7 @@ async fn read_loop<H: Handler>(
             let mut frame = buf.split_to(codec::LENGTH_PREFIX_BYTES + len);
             let body = frame.split_off(codec::LENGTH_PREFIX_BYTES).freeze();
             let cost = budget.acquire(body.len()).await;
-            let (header, request) = codec::decode_request(body);
-            let task = match (header, request) {
-                (Some(h), Ok(req)) => {
-                    let handler = handler.clone();
-                    glommio::spawn_local(async move {
-                        let resp = handler.handle(req).await;
-                        codec::encode_response(h.request_id, &resp)
-                    })
-                }
-                (header, Err(e)) => {
-                    let id = header.map(|h| h.request_id).unwrap_or(0);
-                    tracing::info!(error = %e, "bad request");
-                    let code = match e {
-                        DecodeError::UnknownApi(_) | DecodeError::UnsupportedVersion { .. } => {
-                            ErrorCode::UnsupportedVersion
-                        }
-                        _ => ErrorCode::Malformed,
-                    };
-                    let resp = Response::Error(WireError::new(code, e.to_string()));
-                    glommio::spawn_local(async move { codec::encode_response(id, &resp) })
-                }
-                (None, Ok(_)) => unreachable!("a decoded request has a header"),
-            };
+            let task = glommio::spawn_local(service.clone().call(body));
             // A full channel (inflight_max pending) blocks here: backpressure.
             inflight.set(inflight.get() + 1);
             if tx.send((task, cost)).await.is_err() {
@@ -257,7 +290,7 @@ async fn read_loop<H: Handler>(
                 // Idle means nothing in flight (a long-poll fetch is not idleness) and
                 // nothing received or answered for `idle`.
                 let deadline = last_activity.get() + idle;
-                let timeout = handler.sleep_until(deadline);
+                let timeout = service.sleep_until(deadline);
                 let r = futures_lite::future::or(&mut read, async {
                     timeout.await;
                     Err(std::io::Error::from(std::io::ErrorKind::TimedOut))

@@ -285,6 +285,21 @@ impl Shard {
         &self.timers
     }
 
+    /// A topic's metadata, from this shard's copy of the topic table.
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.topics.borrow().topics.get(name).cloned()
+    }
+
+    /// The names of all topics.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.borrow().topics.keys().cloned().collect()
+    }
+
+    /// The log settings a topic's configs start from.
+    pub fn log_defaults(&self) -> LogConfig {
+        self.opts.log_defaults.clone()
+    }
+
     /// Number of partitions this shard owns.
     pub fn partition_count(&self) -> usize {
         self.partitions.borrow().len()

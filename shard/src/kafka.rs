@@ -1,0 +1,1024 @@
+//! The Kafka wire protocol on a shard: existing Kafka clients and tools talk to ringmq
+//! unchanged.
+//!
+//! [`KafkaService`] is a connection [`Service`]: it decodes a Kafka request with the
+//! `kafka-protocol` crate, answers it through the shard's own request handling (the
+//! same code the native protocol uses: forwarding to owner shards, long-poll fetches on
+//! the timing wheel, group commit) and encodes the response in the version the client
+//! asked for. Fetch responses are encoded here by hand, because the crate can only
+//! encode records it holds in memory, and on-disk records go file → socket without a
+//! copy (`OutFrame` file parts).
+//!
+//! What Kafka brokers do, this does: a request that cannot be parsed, an unknown API
+//! key or an unsupported version of an API other than ApiVersions closes the
+//! connection (logged); ApiVersions answers a version it does not know with error 35
+//! in version 0, so the client can retry with one it does.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{self as km, ApiKey, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use ringmq_net::codec::{
+    ErrorCode, FetchPartition, OFFSET_LATEST, OutFrame, ProducePartition, Request, Response,
+    WireError,
+};
+use ringmq_net::conn::{LocalFuture, Service};
+
+use crate::broker::Shard;
+use crate::topics;
+
+/// The broker's node id in Kafka metadata (a single node).
+pub const NODE_ID: i32 = 0;
+/// The cluster id reported to clients.
+pub const CLUSTER_ID: &str = "ringmq";
+
+/// Kafka error codes used here (Kafka's `Errors` enum).
+pub mod errors {
+    /// Unexpected server error.
+    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
+    /// Success.
+    pub const NONE: i16 = 0;
+    /// Offset out of range.
+    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
+    /// A batch failed its CRC or is malformed.
+    pub const CORRUPT_MESSAGE: i16 = 2;
+    /// Unknown topic or partition.
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    /// Leader not available (retriable).
+    pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    /// Request timed out.
+    pub const REQUEST_TIMED_OUT: i16 = 7;
+    /// Batch larger than the topic's max.message.bytes.
+    pub const MESSAGE_TOO_LARGE: i16 = 10;
+    /// Invalid topic name.
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    /// acks other than -1, 0, 1.
+    pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    /// Unsupported API version.
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    /// Topic exists.
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    /// Invalid partition count.
+    pub const INVALID_PARTITIONS: i16 = 37;
+    /// Invalid replication factor.
+    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
+    /// Invalid config.
+    pub const INVALID_CONFIG: i16 = 40;
+    /// Invalid request.
+    pub const INVALID_REQUEST: i16 = 42;
+    /// Storage error (retriable).
+    pub const KAFKA_STORAGE_ERROR: i16 = 56;
+    /// Invalid record.
+    pub const INVALID_RECORD: i16 = 87;
+}
+
+/// The APIs and versions this listener implements: exactly what ApiVersions reports.
+pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, lo, hi)| (lo, hi))
+}
+
+/// Settings of the Kafka listener.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Host that Metadata tells clients to connect to.
+    pub advertise_host: String,
+    /// Port that Metadata tells clients to connect to.
+    pub advertise_port: u16,
+    /// Create a topic on first produce or metadata request for it.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, and of CreateTopics with -1.
+    pub default_partitions: u32,
+}
+
+/// The Kafka protocol on one shard.
+pub struct KafkaService {
+    shard: Rc<Shard>,
+    opts: Rc<KafkaOptions>,
+}
+
+impl KafkaService {
+    /// The service for `shard`.
+    pub fn new(shard: Rc<Shard>, opts: Rc<KafkaOptions>) -> Self {
+        Self { shard, opts }
+    }
+}
+
+impl Service for KafkaService {
+    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame> {
+        Box::pin(async move { self.answer(body).await })
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
+        Box::pin(self.shard.timers().sleep_until(deadline))
+    }
+}
+
+/// A decoded request.
+struct Decoded {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: RequestKind,
+}
+
+/// What to do with a frame that is not a request we serve.
+enum Refusal {
+    /// Answer ApiVersions v0 with UNSUPPORTED_VERSION (the KIP-511 fallback).
+    ApiVersionsFallback(i32),
+    /// Close the connection, logging why.
+    Close(String),
+}
+
+fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
+    if body.len() < 8 {
+        return Err(Refusal::Close(format!(
+            "frame of {} bytes is shorter than a request header",
+            body.len()
+        )));
+    }
+    let key = i16::from_be_bytes([body[0], body[1]]);
+    let version = i16::from_be_bytes([body[2], body[3]]);
+    let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+    let api = ApiKey::try_from(key).map_err(|_| Refusal::Close(format!("unknown API key {key}")))?;
+    let Some((lo, hi)) = supported(api) else {
+        return Err(Refusal::Close(format!("API {api:?} is not supported")));
+    };
+    if version < lo || version > hi {
+        if api == ApiKey::ApiVersions && version > hi {
+            return Err(Refusal::ApiVersionsFallback(correlation_id));
+        }
+        return Err(Refusal::Close(format!(
+            "{api:?} v{version} is not supported (v{lo} to v{hi} are)"
+        )));
+    }
+    // The crate returns errors for short or malformed input; the unwind guard is a
+    // second line, so a decoder bug can only close this one connection.
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        km::RequestHeader::decode(&mut body, api.request_header_version(version))?;
+        RequestKind::decode(api, &mut body, version)
+    }));
+    match decoded {
+        Ok(Ok(request)) => Ok(Decoded {
+            api,
+            version,
+            correlation_id,
+            request,
+        }),
+        Ok(Err(e)) => Err(Refusal::Close(format!(
+            "{api:?} v{version} could not be decoded: {e}"
+        ))),
+        Err(_) => Err(Refusal::Close(format!(
+            "{api:?} v{version} could not be decoded"
+        ))),
+    }
+}
+
+/// Kafka's code for one of ours.
+fn code(e: &WireError) -> i16 {
+    use errors::*;
+    match e.code {
+        ErrorCode::None => NONE,
+        ErrorCode::Malformed => CORRUPT_MESSAGE,
+        ErrorCode::UnsupportedVersion => UNSUPPORTED_VERSION,
+        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => UNKNOWN_TOPIC_OR_PARTITION,
+        ErrorCode::TopicExists => TOPIC_ALREADY_EXISTS,
+        ErrorCode::CorruptBatch => CORRUPT_MESSAGE,
+        ErrorCode::MessageTooLarge => MESSAGE_TOO_LARGE,
+        ErrorCode::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
+        ErrorCode::InvalidRequest => INVALID_REQUEST,
+        ErrorCode::StorageError => KAFKA_STORAGE_ERROR,
+        ErrorCode::Unavailable => LEADER_NOT_AVAILABLE,
+        ErrorCode::Timeout => REQUEST_TIMED_OUT,
+    }
+}
+
+fn msg(e: &WireError) -> Option<StrBytes> {
+    (!e.is_ok()).then(|| StrBytes::from_string(e.message.clone()))
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn topic_name(v: &str) -> km::TopicName {
+    km::TopicName(s(v))
+}
+
+/// A topic's Kafka id: ringmq's topic number in a fixed namespace (never zero).
+pub fn topic_uuid(id: u32) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(0x7269_6e67_6d71_0000, u64::from(id) + 1)
+}
+
+/// Kafka topic config names and ringmq's.
+const CONFIG_NAMES: &[(&str, &str)] = &[
+    ("retention.ms", "retention_ms"),
+    ("retention.bytes", "retention_bytes"),
+    ("segment.bytes", "segment_bytes"),
+    ("segment.ms", "segment_ms"),
+    ("max.message.bytes", "message_bytes_max"),
+    ("message.timestamp.type", "timestamp_type"),
+    ("ringmq.flush", "flush"),
+];
+
+/// Topic configs given by a Kafka client, in ringmq's names. Kafka's `flush.ms` and
+/// `flush.messages` map onto the flush policy; a few Kafka settings whose only value
+/// here is the one ringmq has are accepted as they are.
+fn configs_from_kafka<'a>(
+    items: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (k, v) in items {
+        let Some(v) = v else {
+            return Err(format!("config {k} has no value"));
+        };
+        if let Some((_, ours)) = CONFIG_NAMES.iter().find(|(kn, _)| *kn == k) {
+            out.push((ours.to_string(), v.to_string()));
+            continue;
+        }
+        match (k, v) {
+            ("flush.messages", "1") => out.push(("flush".into(), "every_batch".into())),
+            ("flush.ms", ms) => out.push(("flush".into(), format!("interval_ms:{ms}"))),
+            ("cleanup.policy", "delete")
+            | ("compression.type", "producer")
+            | ("min.insync.replicas", "1")
+            | ("unclean.leader.election.enable", "false") => {}
+            _ => {
+                return Err(format!(
+                    "topic config {k}={v} is not supported; supported: {}, flush.ms, flush.messages=1",
+                    CONFIG_NAMES
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A topic's effective configs in Kafka's names: (name, value, set on the topic).
+fn effective_configs(
+    explicit: &BTreeMap<String, String>,
+    defaults: &ringmq_storage::LogConfig,
+) -> Vec<(String, String, bool)> {
+    let c = topics::log_config(explicit, defaults).unwrap_or_else(|_| defaults.clone());
+    let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-1".into());
+    let values = [
+        ("retention.ms", opt(c.retention_ms)),
+        ("retention.bytes", opt(c.retention_bytes)),
+        ("segment.bytes", c.segment_bytes.to_string()),
+        ("segment.ms", c.segment_ms.to_string()),
+        ("max.message.bytes", c.message_bytes_max.to_string()),
+        (
+            "message.timestamp.type",
+            match c.timestamp_type {
+                ringmq_storage::batch::TimestampType::CreateTime => "CreateTime".into(),
+                ringmq_storage::batch::TimestampType::LogAppendTime => "LogAppendTime".into(),
+            },
+        ),
+        ("ringmq.flush", c.flush.to_string()),
+        ("cleanup.policy", "delete".into()),
+        ("compression.type", "producer".into()),
+        ("min.insync.replicas", "1".into()),
+    ];
+    values
+        .into_iter()
+        .map(|(k, v)| {
+            let ours = CONFIG_NAMES.iter().find(|(kn, _)| *kn == k).map(|p| p.1);
+            let set = ours.is_some_and(|o| explicit.contains_key(o));
+            (k.to_string(), v, set)
+        })
+        .collect()
+}
+
+impl KafkaService {
+    async fn answer(self: Rc<Self>, body: Bytes) -> OutFrame {
+        let d = match decode(body) {
+            Ok(d) => d,
+            Err(Refusal::ApiVersionsFallback(correlation_id)) => {
+                let mut r = self.api_versions();
+                r.error_code = errors::UNSUPPORTED_VERSION;
+                return encode(correlation_id, ApiKey::ApiVersions, 0, &ResponseKind::ApiVersions(r));
+            }
+            Err(Refusal::Close(why)) => {
+                tracing::info!(shard = self.shard.id(), %why, "kafka: closing connection on a bad request");
+                return OutFrame::close();
+            }
+        };
+        let (api, version, cid) = (d.api, d.version, d.correlation_id);
+        let resp = match d.request {
+            RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(self.api_versions()),
+            RequestKind::Metadata(r) => ResponseKind::Metadata(self.metadata(r, version).await),
+            RequestKind::Produce(r) => match self.produce(r, version).await {
+                Some(r) => ResponseKind::Produce(r),
+                None => return OutFrame::nothing(),
+            },
+            RequestKind::Fetch(r) => return self.fetch(r, version, cid).await,
+            RequestKind::ListOffsets(r) => {
+                ResponseKind::ListOffsets(self.list_offsets(r, version).await)
+            }
+            RequestKind::CreateTopics(r) => {
+                ResponseKind::CreateTopics(self.create_topics(r, version).await)
+            }
+            RequestKind::DeleteTopics(r) => {
+                ResponseKind::DeleteTopics(self.delete_topics(r, version).await)
+            }
+            RequestKind::DescribeConfigs(r) => {
+                ResponseKind::DescribeConfigs(self.describe_configs(r))
+            }
+            RequestKind::DescribeCluster(_) => {
+                ResponseKind::DescribeCluster(self.describe_cluster())
+            }
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
+            }
+            other => {
+                // `decode` admits only the APIs of SUPPORTED, each answered above.
+                tracing::error!(api = ?api, "kafka: no handler for {other:?}");
+                return OutFrame::close();
+            }
+        };
+        encode(cid, api, version, &resp)
+    }
+
+    fn api_versions(&self) -> km::ApiVersionsResponse {
+        let mut r = km::ApiVersionsResponse::default();
+        r.api_keys = SUPPORTED
+            .iter()
+            .map(|&(k, lo, hi)| {
+                let mut v = km::api_versions_response::ApiVersion::default();
+                v.api_key = k as i16;
+                v.min_version = lo;
+                v.max_version = hi;
+                v
+            })
+            .collect();
+        r
+    }
+
+    fn broker(&self) -> (StrBytes, i32) {
+        (
+            s(&self.opts.advertise_host),
+            i32::from(self.opts.advertise_port),
+        )
+    }
+
+    /// Creates the topics that do not exist (auto-creation), ignoring races with
+    /// another creator.
+    async fn auto_create(&self, names: &[String]) {
+        for name in names {
+            if self.shard.topic(name).is_some() {
+                continue;
+            }
+            if topics::validate_name(name).is_err() {
+                continue;
+            }
+            let r = self
+                .shard
+                .clone()
+                .handle_request(Request::CreateTopic {
+                    name: name.clone(),
+                    partitions: self.opts.default_partitions,
+                    configs: Vec::new(),
+                })
+                .await;
+            if let Response::Done(e) = r
+                && !e.is_ok()
+                && e.code != ErrorCode::TopicExists
+            {
+                tracing::warn!(topic = %name, error = %e.message, "kafka: auto-creating topic failed");
+            }
+        }
+    }
+
+    async fn metadata(&self, r: km::MetadataRequest, version: i16) -> km::MetadataResponse {
+        let requested: Option<Vec<String>> = match r.topics {
+            Some(t) if !(version == 0 && t.is_empty()) => Some(
+                t.into_iter()
+                    .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let allow_create = version < 4 || r.allow_auto_topic_creation;
+        if let Some(names) = &requested
+            && allow_create
+            && self.opts.auto_create_topics
+        {
+            self.auto_create(names).await;
+        }
+        let names = requested.unwrap_or_else(|| self.shard.topic_names());
+        let mut resp = km::MetadataResponse::default();
+        let (host, port) = self.broker();
+        let mut b = km::metadata_response::MetadataResponseBroker::default();
+        b.node_id = km::BrokerId(NODE_ID);
+        b.host = host;
+        b.port = port;
+        resp.brokers = vec![b];
+        if version >= 2 {
+            resp.cluster_id = Some(s(CLUSTER_ID));
+        }
+        if version >= 1 {
+            resp.controller_id = km::BrokerId(NODE_ID);
+        }
+        for name in names {
+            let mut t = km::metadata_response::MetadataResponseTopic::default();
+            t.name = Some(topic_name(&name));
+            match self.shard.topic(&name) {
+                None => {
+                    t.error_code = if topics::validate_name(&name).is_err() {
+                        errors::INVALID_TOPIC_EXCEPTION
+                    } else {
+                        errors::UNKNOWN_TOPIC_OR_PARTITION
+                    };
+                }
+                Some(meta) => {
+                    if version >= 10 {
+                        t.topic_id = topic_uuid(meta.id);
+                    }
+                    t.partitions = (0..meta.partitions)
+                        .map(|p| {
+                            let mut mp = km::metadata_response::MetadataResponsePartition::default();
+                            mp.partition_index = p as i32;
+                            mp.leader_id = km::BrokerId(NODE_ID);
+                            if version >= 7 {
+                                mp.leader_epoch = 0;
+                            }
+                            mp.replica_nodes = vec![km::BrokerId(NODE_ID)];
+                            mp.isr_nodes = vec![km::BrokerId(NODE_ID)];
+                            mp
+                        })
+                        .collect();
+                }
+            }
+            resp.topics.push(t);
+        }
+        resp
+    }
+
+    /// Produce: acks 0 gets no response (`None`), 1 and -1 are durable (group commit
+    /// under the topic's flush policy: on a single node, -1 means durable here).
+    async fn produce(&self, r: km::ProduceRequest, version: i16) -> Option<km::ProduceResponse> {
+        let acks = r.acks;
+        let mut resp = km::ProduceResponse::default();
+        if !matches!(acks, -1..=1) {
+            for t in &r.topic_data {
+                let mut tr = km::produce_response::TopicProduceResponse::default();
+                tr.name = t.name.clone();
+                for p in &t.partition_data {
+                    let mut pr = km::produce_response::PartitionProduceResponse::default();
+                    pr.index = p.index;
+                    pr.error_code = errors::INVALID_REQUIRED_ACKS;
+                    pr.base_offset = -1;
+                    tr.partition_responses.push(pr);
+                }
+                resp.responses.push(tr);
+            }
+            return Some(resp);
+        }
+        if self.opts.auto_create_topics {
+            let names: Vec<String> = r.topic_data.iter().map(|t| t.name.0.to_string()).collect();
+            self.auto_create(&names).await;
+        }
+        // Partitions with a batch go to the shard; the rest are answered here.
+        let mut parts = Vec::new();
+        let mut early: HashMap<(usize, usize), (i16, String)> = HashMap::new();
+        for (ti, t) in r.topic_data.iter().enumerate() {
+            for (pi, p) in t.partition_data.iter().enumerate() {
+                match (&p.records, u32::try_from(p.index)) {
+                    (Some(batch), Ok(partition)) if !batch.is_empty() => {
+                        parts.push(ProducePartition {
+                            topic: t.name.0.to_string(),
+                            partition,
+                            batch: batch.clone(),
+                        })
+                    }
+                    (_, Err(_)) => {
+                        early.insert(
+                            (ti, pi),
+                            (errors::UNKNOWN_TOPIC_OR_PARTITION, format!("partition {}", p.index)),
+                        );
+                    }
+                    _ => {
+                        early.insert((ti, pi), (errors::INVALID_RECORD, "no records".into()));
+                    }
+                }
+            }
+        }
+        let native_acks = if acks == 0 { 0 } else { 1 };
+        let answer = self
+            .shard
+            .clone()
+            .handle_request(Request::Produce {
+                acks: native_acks,
+                partitions: parts,
+            })
+            .await;
+        if acks == 0 {
+            return None;
+        }
+        let mut results = match answer {
+            Response::Produce(v) => v.into_iter(),
+            other => {
+                tracing::error!("kafka: unexpected produce answer {other:?}");
+                Vec::new().into_iter()
+            }
+        };
+        for (ti, t) in r.topic_data.iter().enumerate() {
+            let mut tr = km::produce_response::TopicProduceResponse::default();
+            tr.name = t.name.clone();
+            for (pi, p) in t.partition_data.iter().enumerate() {
+                let mut pr = km::produce_response::PartitionProduceResponse::default();
+                pr.index = p.index;
+                pr.log_append_time_ms = -1;
+                pr.log_start_offset = -1;
+                if let Some((c, m)) = early.remove(&(ti, pi)) {
+                    pr.error_code = c;
+                    pr.error_message = (version >= 8).then(|| s(&m));
+                    pr.base_offset = -1;
+                } else if let Some(res) = results.next() {
+                    pr.error_code = code(&res.error);
+                    pr.error_message = msg(&res.error).filter(|_| version >= 8);
+                    pr.base_offset = res.base_offset;
+                } else {
+                    pr.error_code = errors::UNKNOWN_SERVER_ERROR;
+                    pr.base_offset = -1;
+                }
+                tr.partition_responses.push(pr);
+            }
+            resp.responses.push(tr);
+        }
+        Some(resp)
+    }
+
+    async fn fetch(&self, r: km::FetchRequest, version: i16, cid: i32) -> OutFrame {
+        let mut parts = Vec::new();
+        // (topic, partition index) in request order; a negative partition is answered
+        // with an error without asking the shard.
+        let mut order: Vec<(String, Vec<(i32, bool)>)> = Vec::new();
+        for t in &r.topics {
+            let name = t.topic.0.to_string();
+            let mut ps = Vec::new();
+            for p in &t.partitions {
+                match u32::try_from(p.partition) {
+                    Ok(partition) => {
+                        parts.push(FetchPartition {
+                            topic: name.clone(),
+                            partition,
+                            offset: p.fetch_offset,
+                            max_bytes: p.partition_max_bytes.max(0) as u32,
+                        });
+                        ps.push((p.partition, true));
+                    }
+                    Err(_) => ps.push((p.partition, false)),
+                }
+            }
+            order.push((name, ps));
+        }
+        let answer = self
+            .shard
+            .clone()
+            .handle_request(Request::Fetch {
+                max_wait_ms: r.max_wait_ms.max(0) as u32,
+                min_bytes: r.min_bytes.max(0) as u32,
+                max_bytes: if r.max_bytes > 0 { r.max_bytes as u32 } else { i32::MAX as u32 },
+                partitions: parts,
+            })
+            .await;
+        let mut results = match answer {
+            Response::Fetch(v) => v.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let flexible = version >= 12;
+        let mut f = OutFrame::begin();
+        {
+            let b = f.bytes_mut();
+            b.put_i32(cid);
+            if flexible {
+                b.put_u8(0); // response header tagged fields
+            }
+            b.put_i32(0); // throttle_time_ms
+            b.put_i16(errors::NONE);
+            b.put_i32(0); // session id 0: no incremental fetch session (KIP-227)
+            put_len(b, order.len(), flexible);
+        }
+        for (name, ps) in &order {
+            put_string(f.bytes_mut(), name, flexible);
+            put_len(f.bytes_mut(), ps.len(), flexible);
+            for &(partition, asked) in ps {
+                let res = if asked { results.next() } else { None };
+                let b = f.bytes_mut();
+                b.put_i32(partition);
+                match &res {
+                    Some(res) => {
+                        b.put_i16(code(&res.error));
+                        b.put_i64(res.high_watermark);
+                        b.put_i64(res.high_watermark); // last stable offset: no transactions
+                        b.put_i64(res.start_offset);
+                    }
+                    None => {
+                        b.put_i16(errors::UNKNOWN_TOPIC_OR_PARTITION);
+                        b.put_i64(-1);
+                        b.put_i64(-1);
+                        b.put_i64(-1);
+                    }
+                }
+                put_len(b, 0, flexible); // aborted transactions: none
+                if version >= 11 {
+                    b.put_i32(-1); // preferred read replica
+                }
+                let len = res.as_ref().map_or(0, |r| r.records.len());
+                if flexible {
+                    put_uvarint(b, len as u32 + 1);
+                } else {
+                    b.put_i32(len as i32);
+                }
+                if let Some(res) = &res {
+                    f.put_chunks(&res.records);
+                }
+                if flexible {
+                    f.bytes_mut().put_u8(0); // partition tagged fields
+                }
+            }
+            if flexible {
+                f.bytes_mut().put_u8(0); // topic tagged fields
+            }
+        }
+        if flexible {
+            f.bytes_mut().put_u8(0); // response tagged fields
+        }
+        f.seal()
+    }
+
+    async fn list_offsets(&self, r: km::ListOffsetsRequest, version: i16) -> km::ListOffsetsResponse {
+        let mut parts = Vec::new();
+        for t in &r.topics {
+            for p in &t.partitions {
+                parts.push((t.name.0.to_string(), p.partition_index.max(0) as u32, p.timestamp));
+            }
+        }
+        let answer = self
+            .shard
+            .clone()
+            .handle_request(Request::ListOffsets { partitions: parts })
+            .await;
+        let mut results = match answer {
+            Response::Offsets(v) => v.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let mut resp = km::ListOffsetsResponse::default();
+        for t in &r.topics {
+            let mut tr = km::list_offsets_response::ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = km::list_offsets_response::ListOffsetsPartitionResponse::default();
+                pr.partition_index = p.partition_index;
+                pr.timestamp = -1;
+                match results.next() {
+                    Some((_, _, e, offset)) if p.partition_index >= 0 => {
+                        pr.error_code = code(&e);
+                        pr.offset = offset;
+                        if offset >= 0 && version >= 4 {
+                            pr.leader_epoch = 0;
+                        }
+                    }
+                    _ => {
+                        pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.offset = -1;
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    async fn create_topics(
+        &self,
+        r: km::CreateTopicsRequest,
+        version: i16,
+    ) -> km::CreateTopicsResponse {
+        let mut resp = km::CreateTopicsResponse::default();
+        for t in r.topics {
+            let name = t.name.0.to_string();
+            let mut tr = km::create_topics_response::CreatableTopicResult::default();
+            tr.name = t.name.clone();
+            tr.num_partitions = -1;
+            tr.replication_factor = -1;
+            let partitions = if t.num_partitions == -1 {
+                Ok(self.opts.default_partitions)
+            } else if t.num_partitions < 1 || t.num_partitions as u32 > topics::PARTITIONS_MAX {
+                Err(format!(
+                    "partition count must be 1 to {} (or -1 for the default)",
+                    topics::PARTITIONS_MAX
+                ))
+            } else {
+                Ok(t.num_partitions as u32)
+            };
+            let configs = configs_from_kafka(
+                t.configs
+                    .iter()
+                    .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
+            );
+            let (err, message) = if let Err(e) = topics::validate_name(&name) {
+                (errors::INVALID_TOPIC_EXCEPTION, Some(e))
+            } else if let Err(e) = &partitions {
+                (errors::INVALID_PARTITIONS, Some(e.clone()))
+            } else if !matches!(t.replication_factor, -1 | 1) {
+                (
+                    errors::INVALID_REPLICATION_FACTOR,
+                    Some(format!(
+                        "replication factor {}: this broker is a single node (use 1 or -1)",
+                        t.replication_factor
+                    )),
+                )
+            } else if !t.assignments.is_empty() {
+                (
+                    errors::INVALID_REQUEST,
+                    Some("manual replica assignment is not supported".into()),
+                )
+            } else if let Err(e) = &configs {
+                (errors::INVALID_CONFIG, Some(e.clone()))
+            } else if let Err(e) = topics::log_config(
+                &configs.clone().unwrap_or_default().into_iter().collect(),
+                &self.shard.log_defaults(),
+            ) {
+                (errors::INVALID_CONFIG, Some(e))
+            } else if r.validate_only {
+                if self.shard.topic(&name).is_some() {
+                    (
+                        errors::TOPIC_ALREADY_EXISTS,
+                        Some(format!("topic {name:?} exists")),
+                    )
+                } else {
+                    (errors::NONE, None)
+                }
+            } else {
+                let answer = self
+                    .shard
+                    .clone()
+                    .handle_request(Request::CreateTopic {
+                        name: name.clone(),
+                        partitions: *partitions.as_ref().expect("checked above"),
+                        configs: configs.clone().expect("checked above"),
+                    })
+                    .await;
+                match answer {
+                    Response::Done(e) => (code(&e), msg(&e).map(|m| m.to_string())),
+                    other => (errors::UNKNOWN_SERVER_ERROR, Some(format!("{other:?}"))),
+                }
+            };
+            tr.error_code = err;
+            tr.error_message = message.map(|m| s(&m)).filter(|_| version >= 1);
+            if err == errors::NONE && version >= 5 {
+                tr.num_partitions = *partitions.as_ref().unwrap_or(&0) as i32;
+                tr.replication_factor = 1;
+                let explicit: BTreeMap<String, String> =
+                    configs.unwrap_or_default().into_iter().collect();
+                tr.configs = Some(
+                    effective_configs(&explicit, &self.shard.log_defaults())
+                        .into_iter()
+                        .map(|(k, v, set)| {
+                            let mut c = km::create_topics_response::CreatableTopicConfigs::default();
+                            c.name = s(&k);
+                            c.value = Some(s(&v));
+                            c.config_source = if set { 1 } else { 5 };
+                            c
+                        })
+                        .collect(),
+                );
+                if let Some(meta) = self.shard.topic(&name).filter(|_| version >= 7) {
+                    tr.topic_id = topic_uuid(meta.id);
+                }
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    async fn delete_topics(
+        &self,
+        r: km::DeleteTopicsRequest,
+        version: i16,
+    ) -> km::DeleteTopicsResponse {
+        let mut resp = km::DeleteTopicsResponse::default();
+        let mut wanted: Vec<(Option<String>, uuid::Uuid)> = r
+            .topic_names
+            .iter()
+            .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+            .collect();
+        wanted.extend(
+            r.topics
+                .iter()
+                .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)),
+        );
+        for (name, id) in wanted {
+            let mut tr = km::delete_topics_response::DeletableTopicResult::default();
+            if version >= 6 {
+                tr.topic_id = id;
+            }
+            let name = name.or_else(|| {
+                self.shard
+                    .topic_names()
+                    .into_iter()
+                    .find(|n| self.shard.topic(n).is_some_and(|m| topic_uuid(m.id) == id))
+            });
+            let Some(name) = name else {
+                tr.error_code = 100; // UNKNOWN_TOPIC_ID
+                tr.error_message = Some(s("unknown topic id")).filter(|_| version >= 5);
+                resp.responses.push(tr);
+                continue;
+            };
+            tr.name = Some(topic_name(&name));
+            let answer = self
+                .shard
+                .clone()
+                .handle_request(Request::DeleteTopic { name })
+                .await;
+            if let Response::Done(e) = answer {
+                tr.error_code = code(&e);
+                tr.error_message = msg(&e).filter(|_| version >= 5);
+            }
+            resp.responses.push(tr);
+        }
+        resp
+    }
+
+    fn describe_configs(&self, r: km::DescribeConfigsRequest) -> km::DescribeConfigsResponse {
+        let mut resp = km::DescribeConfigsResponse::default();
+        for res in r.resources {
+            let mut rr = km::describe_configs_response::DescribeConfigsResult::default();
+            rr.resource_type = res.resource_type;
+            rr.resource_name = res.resource_name.clone();
+            let name = res.resource_name.to_string();
+            let configs = match res.resource_type {
+                // TOPIC
+                2 => match self.shard.topic(&name) {
+                    Some(meta) => Some(effective_configs(&meta.configs, &self.shard.log_defaults())),
+                    None => {
+                        rr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        rr.error_message = Some(s(&format!("unknown topic {name:?}")));
+                        None
+                    }
+                },
+                // BROKER: the defaults new topics start from.
+                4 => Some(
+                    effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
+                        .into_iter()
+                        .map(|(k, v, _)| (format!("log.{k}").replace("log.max.message.bytes", "message.max.bytes"), v, false))
+                        .collect(),
+                ),
+                other => {
+                    rr.error_code = errors::INVALID_REQUEST;
+                    rr.error_message = Some(s(&format!("resource type {other} is not supported")));
+                    None
+                }
+            };
+            let keys: Option<HashSet<String>> = res
+                .configuration_keys
+                .map(|k| k.iter().map(|k| k.to_string()).collect());
+            for (k, v, set) in configs.unwrap_or_default() {
+                if keys.as_ref().is_some_and(|keys| !keys.contains(&k)) {
+                    continue;
+                }
+                let mut c = km::describe_configs_response::DescribeConfigsResourceResult::default();
+                c.name = s(&k);
+                c.value = Some(s(&v));
+                c.read_only = false;
+                c.config_source = if set { 1 } else { 5 };
+
+                rr.configs.push(c);
+            }
+            resp.results.push(rr);
+        }
+        resp
+    }
+
+    fn describe_cluster(&self) -> km::DescribeClusterResponse {
+        let mut resp = km::DescribeClusterResponse::default();
+        resp.cluster_id = s(CLUSTER_ID);
+        resp.controller_id = km::BrokerId(NODE_ID);
+        let (host, port) = self.broker();
+        let mut b = km::describe_cluster_response::DescribeClusterBroker::default();
+        b.broker_id = km::BrokerId(NODE_ID);
+        b.host = host;
+        b.port = port;
+        resp.brokers = vec![b];
+        resp
+    }
+
+    /// Every partition has had one leader epoch, 0: the end offset of epoch 0 (or of any
+    /// later epoch a client asks about) is the log end offset.
+    async fn offset_for_leader_epoch(
+        &self,
+        r: km::OffsetForLeaderEpochRequest,
+    ) -> km::OffsetForLeaderEpochResponse {
+        let mut parts = Vec::new();
+        for t in &r.topics {
+            for p in &t.partitions {
+                parts.push((t.topic.0.to_string(), p.partition.max(0) as u32, OFFSET_LATEST));
+            }
+        }
+        let answer = self
+            .shard
+            .clone()
+            .handle_request(Request::ListOffsets { partitions: parts })
+            .await;
+        let mut results = match answer {
+            Response::Offsets(v) => v.into_iter(),
+            _ => Vec::new().into_iter(),
+        };
+        let mut resp = km::OffsetForLeaderEpochResponse::default();
+        for t in &r.topics {
+            let mut tr = km::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            for p in &t.partitions {
+                let mut pr = km::offset_for_leader_epoch_response::EpochEndOffset::default();
+                pr.partition = p.partition;
+                match results.next() {
+                    Some((_, _, e, offset)) if e.is_ok() && p.leader_epoch >= 0 => {
+                        pr.leader_epoch = 0;
+                        pr.end_offset = offset;
+                    }
+                    Some((_, _, e, _)) if !e.is_ok() => {
+                        pr.error_code = code(&e);
+                        pr.leader_epoch = -1;
+                        pr.end_offset = -1;
+                    }
+                    _ => {
+                        pr.leader_epoch = -1;
+                        pr.end_offset = -1;
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+}
+
+/// Encodes a response frame: length, header, body.
+fn encode(correlation_id: i32, api: ApiKey, version: i16, resp: &ResponseKind) -> OutFrame {
+    let mut f = OutFrame::begin();
+    let mut h = ResponseHeader::default();
+    h.correlation_id = correlation_id;
+    let b = f.bytes_mut();
+    let ok = h
+        .encode(b, api.response_header_version(version))
+        .and_then(|_| resp.encode(b, version));
+    if let Err(e) = ok {
+        // Only a response that breaks the protocol's limits lands here.
+        tracing::error!(api = ?api, version, error = %e, "kafka: response could not be encoded");
+        return OutFrame::close();
+    }
+    f.seal()
+}
+
+fn put_uvarint(b: &mut BytesMut, mut v: u32) {
+    while v >= 0x80 {
+        b.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    b.put_u8(v as u8);
+}
+
+fn put_len(b: &mut BytesMut, n: usize, flexible: bool) {
+    if flexible {
+        put_uvarint(b, n as u32 + 1);
+    } else {
+        b.put_i32(n as i32);
+    }
+}
+
+fn put_string(b: &mut BytesMut, v: &str, flexible: bool) {
+    if flexible {
+        put_uvarint(b, v.len() as u32 + 1);
+    } else {
+        b.put_i16(v.len() as i16);
+    }
+    b.put_slice(v.as_bytes());
+}
+
