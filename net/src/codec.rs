@@ -116,6 +116,14 @@ pub enum ErrorCode {
     Unavailable = 11,
     /// The request timed out.
     Timeout = 12,
+    /// An idempotent producer's batch carries an epoch older than the producer's
+    /// current one: another instance took over.
+    ProducerFenced = 13,
+    /// An idempotent producer's batch does not continue its sequence.
+    OutOfOrderSequence = 14,
+    /// An idempotent producer's batch continues a sequence the partition does not know
+    /// (its state is gone); the producer starts a new epoch.
+    UnknownProducer = 15,
 }
 
 impl ErrorCode {
@@ -136,6 +144,9 @@ impl ErrorCode {
             StorageError,
             Unavailable,
             Timeout,
+            ProducerFenced,
+            OutOfOrderSequence,
+            UnknownProducer,
         ]
         .get(v as usize)
         .copied()

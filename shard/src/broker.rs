@@ -26,6 +26,7 @@ use ringmq_storage::{
 };
 
 use crate::placement::place;
+use crate::producers::{self, Check, Producers};
 use crate::timers::Timers;
 use crate::topics::{self, TopicMeta, TopicTable};
 
@@ -153,6 +154,7 @@ pub struct Shard {
     timers: Rc<Timers>,
     topics: RefCell<TopicTable>,
     partitions: RefCell<HashMap<(String, u32), Rc<PartitionLog>>>,
+    producers: RefCell<HashMap<(String, u32), Rc<RefCell<Producers>>>>,
     data_arrived: Notify,
     peers: RefCell<Vec<Option<ConnectedSender<Envelope>>>>,
     pending: RefCell<HashMap<u64, local_channel::LocalSender<Reply>>>,
@@ -219,6 +221,7 @@ impl Shard {
             timers: Timers::new(),
             topics: RefCell::new(TopicTable::default()),
             partitions: RefCell::new(HashMap::new()),
+            producers: RefCell::new(HashMap::new()),
             data_arrived: Notify::new(),
             peers: RefCell::new(Vec::new()),
             pending: RefCell::new(HashMap::new()),
@@ -447,6 +450,7 @@ impl Shard {
             .collect();
         for key in gone {
             let log = self.partitions.borrow_mut().remove(&key);
+            self.producers.borrow_mut().remove(&key);
             if let Some(log) = log {
                 let _ = log.close().await;
                 if !table.topics.contains_key(&key.0) {
@@ -469,6 +473,19 @@ impl Shard {
                     let log = PartitionLog::open(&dir, config, self.cache.clone())
                         .await
                         .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+                    let producers = match Producers::rebuild(&log).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(topic = %name, partition = p, error = %e, "rebuilding idempotent producer state failed; producers start over");
+                            Producers::default()
+                        }
+                    };
+                    if !producers.is_empty() {
+                        tracing::info!(topic = %name, partition = p, producers = producers.len(), "idempotent producer state rebuilt");
+                    }
+                    self.producers
+                        .borrow_mut()
+                        .insert(key.clone(), Rc::new(RefCell::new(producers)));
                     self.partitions.borrow_mut().insert(key, log);
                 }
             }
@@ -873,6 +890,12 @@ impl Shard {
                 .borrow()
                 .get(&(p.topic.clone(), p.partition))
                 .cloned();
+            let producer = producers::batch_ids(&p.batch).zip(
+                self.producers
+                    .borrow()
+                    .get(&(p.topic.clone(), p.partition))
+                    .cloned(),
+            );
             let me = self.clone();
             tasks.push(glommio::spawn_local(async move {
                 let Some(log) = log else {
@@ -883,12 +906,40 @@ impl Shard {
                         base_offset: -1,
                     };
                 };
+                // Idempotent producers: checked before the first await, so batches are
+                // checked in the order they arrived.
+                if let Some((ids, state)) = &producer {
+                    match state.borrow_mut().check(ids) {
+                        Check::Append => {}
+                        Check::Duplicate(base_offset) => {
+                            return ProduceResult {
+                                topic: p.topic,
+                                partition: p.partition,
+                                error: WireError::none(),
+                                base_offset,
+                            };
+                        }
+                        Check::Refuse(error) => {
+                            tracing::info!(topic = %p.topic, partition = p.partition, error = %error.message, "produce refused");
+                            return ProduceResult {
+                                topic: p.topic,
+                                partition: p.partition,
+                                error,
+                                base_offset: -1,
+                            };
+                        }
+                    }
+                }
                 let batch = BytesMut::from(&p.batch[..]);
                 if acks == 0 {
                     // Fire and forget: the append still runs to completion.
                     let me2 = me.clone();
                     glommio::spawn_local(async move {
-                        if log.append(batch).await.is_ok() {
+                        let r = log.append(batch).await;
+                        if let Some((ids, state)) = &producer {
+                            state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
+                        }
+                        if r.is_ok() {
                             me2.data_arrived.notify_all();
                         }
                     })
@@ -900,7 +951,11 @@ impl Shard {
                         base_offset: -1,
                     };
                 }
-                match log.append(batch).await {
+                let r = log.append(batch).await;
+                if let Some((ids, state)) = &producer {
+                    state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
+                }
+                match r {
                     Ok(at) => {
                         me.data_arrived.notify_all();
                         ProduceResult {

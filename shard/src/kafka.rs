@@ -70,6 +70,12 @@ pub mod errors {
     pub const INVALID_CONFIG: i16 = 40;
     /// Invalid request.
     pub const INVALID_REQUEST: i16 = 42;
+    /// An idempotent producer's sequence has a gap.
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    /// An idempotent producer's epoch is stale.
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    /// The partition has no state for the producer.
+    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
     /// Storage error (retriable).
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     /// Invalid record.
@@ -88,6 +94,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -114,12 +121,17 @@ pub struct KafkaOptions {
 pub struct KafkaService {
     shard: Rc<Shard>,
     opts: Rc<KafkaOptions>,
+    last_producer_id: std::cell::Cell<i64>,
 }
 
 impl KafkaService {
     /// The service for `shard`.
     pub fn new(shard: Rc<Shard>, opts: Rc<KafkaOptions>) -> Self {
-        Self { shard, opts }
+        Self {
+            shard,
+            opts,
+            last_producer_id: std::cell::Cell::new(0),
+        }
     }
 }
 
@@ -209,6 +221,9 @@ fn code(e: &WireError) -> i16 {
         ErrorCode::StorageError => KAFKA_STORAGE_ERROR,
         ErrorCode::Unavailable => LEADER_NOT_AVAILABLE,
         ErrorCode::Timeout => REQUEST_TIMED_OUT,
+        ErrorCode::ProducerFenced => INVALID_PRODUCER_EPOCH,
+        ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
+        ErrorCode::UnknownProducer => UNKNOWN_PRODUCER_ID,
     }
 }
 
@@ -350,6 +365,7 @@ impl KafkaService {
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(self.describe_cluster())
             }
+            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(self.init_producer_id(r)),
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
             }
@@ -913,6 +929,29 @@ impl KafkaService {
             }
             resp.results.push(rr);
         }
+        resp
+    }
+
+    /// A producer id for an idempotent producer: unique across shards (the low 8 bits
+    /// are the shard) and restarts (the rest is the time in ms, never reused on this
+    /// shard). A producer that gives its id and epoch back (KIP-360) gets the next epoch.
+    /// Transactions are not supported.
+    fn init_producer_id(&self, r: km::InitProducerIdRequest) -> km::InitProducerIdResponse {
+        let mut resp = km::InitProducerIdResponse::default();
+        if r.transactional_id.is_some() {
+            resp.error_code = errors::INVALID_REQUEST;
+            return resp;
+        }
+        if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX - 1 {
+            resp.producer_id = r.producer_id;
+            resp.producer_epoch = r.producer_epoch + 1;
+            return resp;
+        }
+        let now = ringmq_storage::now_ms().max(0) << 8 | i64::from(self.shard.id() & 0xff);
+        let id = now.max(self.last_producer_id.get() + 256);
+        self.last_producer_id.set(id);
+        resp.producer_id = km::ProducerId(id);
+        resp.producer_epoch = 0;
         resp
     }
 

@@ -12,6 +12,7 @@
 pub mod broker;
 pub mod kafka;
 pub mod placement;
+pub mod producers;
 pub mod timers;
 pub mod topics;
 pub mod wheel;

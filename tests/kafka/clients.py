@@ -1,0 +1,359 @@
+#!/usr/bin/env python3
+"""Real Kafka clients against a ringmq Kafka listener.
+
+Run by tests/kafka_clients.rs, which starts the broker on a free port:
+
+    clients.py BOOTSTRAP roundtrip confluent|kafka-python [--messages N]
+    clients.py BOOTSTRAP compression confluent|kafka-python
+    clients.py BOOTSTRAP admin
+    clients.py BOOTSTRAP produce-idempotent TOPIC COUNT
+    clients.py BOOTSTRAP verify-sequence TOPIC COUNT
+
+Each prints what it checked and exits non-zero (with the reason) on the first
+mismatch.
+"""
+
+import sys
+import time
+import uuid
+
+
+def fail(why):
+    print(f"FAIL: {why}", file=sys.stderr)
+    sys.exit(1)
+
+
+def new_topic(prefix):
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def create_topic(bootstrap, topic, partitions, configs=None):
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fs = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=1, config=configs or {})]
+    )
+    for _, f in fs.items():
+        f.result(timeout=30)
+
+
+def message(i):
+    key = f"key-{i % 1000}".encode()
+    value = (f"value-{i}-" + "x" * (i % 200)).encode()
+    headers = [("seq", str(i).encode()), ("h2", b"\x00\x01binary")]
+    return key, value, headers
+
+
+# --- producing and consuming with each client ---------------------------------------
+
+
+def produce_confluent(bootstrap, topic, n, extra=None):
+    from confluent_kafka import Producer
+
+    conf = {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"}
+    conf.update(extra or {})
+    p = Producer(conf)
+    placed = {}
+    errors = []
+
+    def report(i):
+        def done(err, msg):
+            if err is not None:
+                errors.append(str(err))
+            else:
+                placed[i] = (msg.partition(), msg.offset())
+        return done
+
+    for i in range(n):
+        k, v, h = message(i)
+        while True:
+            try:
+                p.produce(topic, key=k, value=v, headers=h, on_delivery=report(i))
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 1000 == 0:
+            p.poll(0)
+    left = p.flush(60)
+    if left or errors:
+        fail(f"confluent producer: {left} undelivered, errors {errors[:3]}")
+    return placed
+
+
+def produce_kafka_python(bootstrap, topic, n, extra=None):
+    from kafka import KafkaProducer
+
+    conf = {"bootstrap_servers": bootstrap, "linger_ms": 5, "acks": "all"}
+    conf.update(extra or {})
+    p = KafkaProducer(**conf)
+    futures = []
+    for i in range(n):
+        k, v, h = message(i)
+        futures.append((i, p.send(topic, key=k, value=v, headers=h)))
+    p.flush(60)
+    placed = {}
+    for i, f in futures:
+        md = f.get(timeout=60)
+        placed[i] = (md.partition, md.offset)
+    p.close()
+    return placed
+
+
+def consume_confluent(bootstrap, topic, partitions, n):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "unused",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = []
+    deadline = time.time() + 120
+    while len(got) < n and time.time() < deadline:
+        for m in c.consume(10000, 1.0):
+            if m.error():
+                fail(f"confluent consumer: {m.error()}")
+            got.append((m.partition(), m.offset(), m.key(), m.value(), m.headers() or []))
+    c.close()
+    return got
+
+
+def consume_kafka_python(bootstrap, topic, partitions, n):
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    got = []
+    deadline = time.time() + 120
+    while len(got) < n and time.time() < deadline:
+        for tp, msgs in c.poll(timeout_ms=1000, max_records=10000).items():
+            for m in msgs:
+                got.append((m.partition, m.offset, m.key, m.value, list(m.headers or [])))
+    c.close()
+    return got
+
+
+PRODUCE = {"confluent": produce_confluent, "kafka-python": produce_kafka_python}
+CONSUME = {"confluent": consume_confluent, "kafka-python": consume_kafka_python}
+
+
+def check(placed, got, n, label):
+    if len(got) != n:
+        fail(f"{label}: consumed {len(got)} of {n}")
+    seen = set()
+    last = {}
+    for part, off, k, v, h in got:
+        hd = dict(h)
+        i = int(hd["seq"])
+        if i in seen:
+            fail(f"{label}: message {i} consumed twice")
+        seen.add(i)
+        ek, ev, eh = message(i)
+        if k != ek or v != ev or list(h) != eh:
+            fail(f"{label}: message {i} differs: {k!r} {v[:20]!r} {h!r}")
+        if placed[i] != (part, off):
+            fail(f"{label}: message {i} at {(part, off)}, the producer was told {placed[i]}")
+        if part in last and off <= last[part]:
+            fail(f"{label}: partition {part} out of order at offset {off}")
+        last[part] = off
+    # Keys land where the client's partitioner put them: one partition per key.
+    by_key = {}
+    for part, _, k, _, _ in got:
+        if by_key.setdefault(k, part) != part:
+            fail(f"{label}: key {k!r} on partitions {by_key[k]} and {part}")
+    print(f"{label}: {n} messages byte-identical, ordered in each of {len(last)} partitions, "
+          f"{len(by_key)} keys each on one partition")
+
+
+def roundtrip(bootstrap, client, n):
+    topic = new_topic("roundtrip")
+    create_topic(bootstrap, topic, 6)
+    t0 = time.time()
+    placed = PRODUCE[client](bootstrap, topic, n)
+    t1 = time.time()
+    got = CONSUME[client](bootstrap, topic, 6, n)
+    t2 = time.time()
+    check(placed, got, n, f"{client} roundtrip")
+    print(f"{client}: produce {n / (t1 - t0):.0f} msg/s, consume {n / (t2 - t1):.0f} msg/s")
+
+
+def compression(bootstrap, client):
+    codecs = ["gzip", "snappy", "lz4", "zstd"]
+    for codec in codecs:
+        topic = new_topic(f"codec-{codec}")
+        create_topic(bootstrap, topic, 2)
+        n = 2000
+        if client == "confluent":
+            placed = produce_confluent(bootstrap, topic, n, {"compression.type": codec})
+        else:
+            placed = produce_kafka_python(bootstrap, topic, n, {"compression_type": codec})
+        got = CONSUME[client](bootstrap, topic, 2, n)
+        check(placed, got, n, f"{client} {codec}")
+
+
+def admin(bootstrap):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    topic = new_topic("admin")
+    a.create_topics(
+        [NewTopic(topic, num_partitions=3, replication_factor=1,
+                  config={"retention.ms": "3600000", "segment.bytes": "16777216"})]
+    )[topic].result(30)
+    md = a.list_topics(timeout=10)
+    if topic not in md.topics or len(md.topics[topic].partitions) != 3:
+        fail(f"created topic {topic} not in metadata with 3 partitions")
+    # Creating it again is refused with TOPIC_ALREADY_EXISTS.
+    try:
+        a.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+        fail("creating an existing topic succeeded")
+    except Exception as e:
+        if "TOPIC_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+            fail(f"creating an existing topic: unexpected error {e}")
+    # A bad config is refused with INVALID_CONFIG.
+    bad = new_topic("bad")
+    try:
+        a.create_topics([NewTopic(bad, num_partitions=1, replication_factor=1,
+                                  config={"retention.ms": "soon"})])[bad].result(30)
+        fail("a topic with retention.ms=soon was created")
+    except Exception as e:
+        if "INVALID_CONFIG" not in str(e) and "not a number" not in str(e):
+            fail(f"bad config: unexpected error {e}")
+    # Describe configs.
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    cfg = a.describe_configs([res])[res].result(30)
+    if cfg["retention.ms"].value != "3600000" or cfg["segment.bytes"].value != "16777216":
+        fail(f"describe configs: {cfg['retention.ms'].value} {cfg['segment.bytes'].value}")
+    if "max.message.bytes" not in cfg:
+        fail("describe configs: max.message.bytes missing")
+    print(f"admin: created {topic} with configs, refused a duplicate and a bad config, "
+          f"described {len(cfg)} configs")
+    # ListOffsets by timestamp.
+    p = Producer({"bootstrap.servers": bootstrap})
+    base = int(time.time() * 1000) - 100_000
+    for i in range(30):
+        p.produce(topic, value=f"v{i}".encode(), partition=0, timestamp=base + i * 1000)
+    p.flush(30)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    found = c.offsets_for_times([TopicPartition(topic, 0, base + 10_500)], timeout=10)
+    if found[0].offset != 11:
+        fail(f"offsets_for_times: offset {found[0].offset}, expected 11")
+    lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    if (lo, hi) != (0, 30):
+        fail(f"watermarks {(lo, hi)}, expected (0, 30)")
+    late = c.offsets_for_times([TopicPartition(topic, 0, base + 10_000_000)], timeout=10)
+    if late[0].offset != -1:
+        fail(f"offsets_for_times after the last record: {late[0].offset}, expected -1 (end)")
+    c.close()
+    print("admin: offsets_for_times found offset 11 for a timestamp between records 10 and 11; "
+          "watermarks (0, 30)")
+    # Delete.
+    a.delete_topics([topic])[topic].result(30)
+    if topic in a.list_topics(timeout=10).topics:
+        fail("deleted topic still listed")
+    try:
+        a.delete_topics([topic])[topic].result(30)
+        fail("deleting a deleted topic succeeded")
+    except Exception as e:
+        if "UNKNOWN_TOPIC" not in str(e):
+            fail(f"deleting a deleted topic: unexpected error {e}")
+    print(f"admin: deleted {topic}; deleting it again gives UNKNOWN_TOPIC_OR_PART")
+
+
+def produce_idempotent(bootstrap, topic, count):
+    """Produces COUNT records with sequence numbers as values through an idempotent
+    producer, slowly enough that a broker restart lands in the middle, and reports
+    progress on stdout (the test restarts the broker when it sees progress)."""
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "linger.ms": 2,
+        "message.timeout.ms": 120000,
+        "retry.backoff.ms": 100,
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 500,
+    })
+    errors = []
+
+    def report(err, msg):
+        if err is not None:
+            errors.append(str(err))
+
+    for i in range(count):
+        while True:
+            try:
+                p.produce(topic, value=str(i).encode(), partition=i % 3, on_delivery=report)
+                break
+            except BufferError:
+                p.poll(0.05)
+        if i % 500 == 0:
+            p.poll(0)
+            print(f"produced {i}", flush=True)
+            time.sleep(0.02)
+    left = p.flush(120)
+    if left or errors:
+        fail(f"idempotent producer: {left} undelivered, errors {errors[:3]}")
+    print("produced all", flush=True)
+
+
+def verify_sequence(bootstrap, topic, count):
+    got = consume_confluent_values(bootstrap, topic, 3, count)
+    values = sorted(int(v) for v in got)
+    dups = len(values) - len(set(values))
+    missing = set(range(count)) - set(values)
+    if dups or missing:
+        fail(f"{dups} duplicates, {len(missing)} missing (e.g. {sorted(missing)[:5]})")
+    print(f"idempotent: {count} records, no duplicates, no gaps")
+
+
+def consume_confluent_values(bootstrap, topic, partitions, n):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    got = []
+    deadline = time.time() + 60
+    idle = 0
+    while time.time() < deadline and idle < 3:
+        ms = c.consume(10000, 1.0)
+        idle = idle + 1 if not ms and len(got) >= n else 0
+        for m in ms:
+            if m.error():
+                fail(str(m.error()))
+            got.append(m.value())
+    c.close()
+    return got
+
+
+def main():
+    if len(sys.argv) < 3:
+        print(__doc__)
+        sys.exit(2)
+    bootstrap, cmd, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if cmd == "roundtrip":
+        n = int(args[2]) if len(args) > 2 and args[1] == "--messages" else 100_000
+        roundtrip(bootstrap, args[0], n)
+    elif cmd == "compression":
+        compression(bootstrap, args[0])
+    elif cmd == "admin":
+        admin(bootstrap)
+    elif cmd == "produce-idempotent":
+        produce_idempotent(bootstrap, args[0], int(args[1]))
+    elif cmd == "verify-sequence":
+        verify_sequence(bootstrap, args[0], int(args[1]))
+    else:
+        fail(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
