@@ -52,7 +52,7 @@ FIO_MBPS=$(fio --name=w --directory="$WORK" --rw=write --bs=1M --size=2G --direc
 rm -f "$WORK"/w.*
 
 PORT=$(free_port)
-target/release/ringmq serve --shards 2 --data-dir "$WORK/data" --native-listen "127.0.0.1:$PORT" \
+target/release/ringmq serve --shards 2 --data-dir "$WORK/data" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
   --log-level warn >/dev/null &
 BROKER_PID=$!
 for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT))" 2>/dev/null && break; sleep 0.1; done

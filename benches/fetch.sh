@@ -42,7 +42,7 @@ PORT=$(free_port)
 BENCH=target/release/native_fetch
 
 start() { # zero-copy setting
-  target/release/ringmq serve --shards 2 --data-dir "$WORK/data" --native-listen "127.0.0.1:$PORT" \
+  target/release/ringmq serve --shards 2 --data-dir "$WORK/data" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
     --zero-copy "$1" --log-level warn >/dev/null &
   BROKER_PID=$!
   for _ in $(seq 200); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT))" 2>/dev/null && return; sleep 0.1; done

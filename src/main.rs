@@ -7,8 +7,12 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
+mod alloc;
 mod serve;
 mod tools;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

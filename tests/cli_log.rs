@@ -101,6 +101,14 @@ fn serve_refuses_bad_settings_clearly() {
             vec!["--segment-bytes".into(), "10".into()],
             "segment_bytes 10 must be between",
         ),
+        (
+            vec!["--kafka-listen".into(), "nowhere".into()],
+            "expected HOST:PORT or off",
+        ),
+        (
+            vec!["--default-partitions".into(), "0".into()],
+            "--default-partitions 0: must be 1 to",
+        ),
     ];
     for (args, want) in cases {
         let out = ringmq()

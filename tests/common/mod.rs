@@ -9,7 +9,20 @@ use std::time::{Duration, Instant};
 
 pub struct Broker {
     pub child: Child,
+    /// The native listener.
     pub addr: SocketAddr,
+    /// The Kafka listener.
+    pub kafka: SocketAddr,
+}
+
+/// A port that is free now.
+pub fn free_addr() -> SocketAddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}").parse().unwrap()
 }
 
 impl Broker {
@@ -25,13 +38,7 @@ impl Broker {
         // A port that was free a moment ago can be taken by a broker of a test running
         // in parallel; then ours refuses to start, and we try another.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let addr = format!("127.0.0.1:{port}").parse().unwrap();
-            if let Some(b) = Self::try_start(data, shards, addr, extra) {
+            if let Some(b) = Self::try_start(data, shards, free_addr(), free_addr(), extra) {
                 return b;
             }
         }
@@ -40,16 +47,35 @@ impl Broker {
 
     /// Starts on a given address (a restart on the port an earlier broker used).
     pub fn start_on(data: &Path, shards: u32, addr: SocketAddr, extra: &[&str]) -> Self {
-        Self::try_start(data, shards, addr, extra).expect("the broker started")
+        Self::try_start(data, shards, addr, free_addr(), extra).expect("the broker started")
+    }
+
+    /// Starts on given native and Kafka addresses.
+    pub fn start_at(
+        data: &Path,
+        shards: u32,
+        addr: SocketAddr,
+        kafka: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        Self::try_start(data, shards, addr, kafka, extra).expect("the broker started")
     }
 
     /// Starts the broker and waits until it listens; `None` if it exited first. Its
     /// startup banner, printed once its own check that the port is free has passed,
     /// tells that a connection reaches this broker and not another one.
-    fn try_start(data: &Path, shards: u32, addr: SocketAddr, extra: &[&str]) -> Option<Self> {
+    fn try_start(
+        data: &Path,
+        shards: u32,
+        addr: SocketAddr,
+        kafka: SocketAddr,
+        extra: &[&str],
+    ) -> Option<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--log-level", "warn", "--native-listen"])
             .arg(addr.to_string())
+            .arg("--kafka-listen")
+            .arg(kafka.to_string())
             .arg("--shards")
             .arg(shards.to_string())
             .arg("--data-dir")
@@ -77,7 +103,7 @@ impl Broker {
             return None;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        while TcpStream::connect(addr).is_err() || TcpStream::connect(kafka).is_err() {
             if let Ok(Some(_)) = child.try_wait() {
                 return None;
             }
@@ -87,7 +113,7 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, addr })
+        Some(Self { child, addr, kafka })
     }
 
     pub fn stop(mut self) {

@@ -1,0 +1,261 @@
+//! The Kafka listener with real Kafka clients: confluent-kafka (librdkafka 2.16 from its
+//! wheel), kafka-python, and kcat with Debian's librdkafka 2.0.2 and with the wheel's.
+//! `scripts/test` installs them (a Python virtual environment in `.venv`, Debian's
+//! kcat); the client side of each scenario is `tests/kafka/clients.py`.
+
+mod common;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::Broker;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/test, which installs the Kafka client suites",
+        p.display()
+    );
+    p
+}
+
+/// Runs a scenario of clients.py; panics with its output if it fails.
+fn clients(bootstrap: &str, args: &[&str]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("tests/kafka/clients.py"))
+        .arg(bootstrap)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "clients.py {args:?} failed:\n{text}");
+    print!("{text}");
+    text
+}
+
+fn kafka_broker(data: &Path, extra: &[&str]) -> (Broker, String) {
+    let b = Broker::start_args(data, 2, extra);
+    let bootstrap = b.kafka.to_string();
+    (b, bootstrap)
+}
+
+#[test]
+fn confluent_kafka_100k_keyed_messages_with_headers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    clients(&bootstrap, &["roundtrip", "confluent", "--messages", "100000"]);
+}
+
+#[test]
+fn kafka_python_100k_keyed_messages_with_headers_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    clients(&bootstrap, &["roundtrip", "kafka-python", "--messages", "100000"]);
+}
+
+#[test]
+fn every_compression_codec_round_trips_with_both_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    let a = clients(&bootstrap, &["compression", "confluent"]);
+    let b = clients(&bootstrap, &["compression", "kafka-python"]);
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        assert!(a.contains(&format!("confluent {codec}: 2000 messages")));
+        assert!(b.contains(&format!("kafka-python {codec}: 2000 messages")));
+    }
+}
+
+#[test]
+fn admin_create_describe_delete_and_offsets_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    clients(&bootstrap, &["admin"]);
+}
+
+#[test]
+fn idempotent_producer_across_a_broker_kill_has_no_duplicates_or_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let extra = ["--default-partitions", "3"];
+    let broker = Broker::start_args(&data, 2, &extra);
+    let (addr, kafka) = (broker.addr, broker.kafka);
+    let bootstrap = kafka.to_string();
+    let topic = "idempotent";
+    let count = "40000";
+    let mut producer = Command::new(python())
+        .arg(root().join("tests/kafka/clients.py"))
+        .args([&bootstrap, "produce-idempotent", topic, count])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(producer.stdout.take().unwrap()).lines();
+    // Kill the broker (SIGKILL) a third of the way in, restart it on the same ports.
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line == "produced 15000" {
+            break;
+        }
+    }
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let _broker = Broker::start_at(&data, 2, addr, kafka, &extra);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let status = producer.wait().unwrap();
+    assert!(status.success(), "producer failed; its output: {rest:?}");
+    assert_eq!(rest.last().map(String::as_str), Some("produced all"));
+    clients(&bootstrap, &["verify-sequence", topic, count]);
+}
+
+/// kcat against the broker with a given librdkafka; returns `kcat -V`'s version line.
+fn kcat_round_trip(bootstrap: &str, lib_dir: Option<&Path>) -> String {
+    let kcat = |args: &[&str]| {
+        let mut c = Command::new("kcat");
+        c.args(["-b", bootstrap]).args(args);
+        if let Some(d) = lib_dir {
+            c.env("LD_LIBRARY_PATH", d);
+        }
+        c
+    };
+    let version = kcat(&["-V"]).output().expect("kcat is installed (scripts/test)");
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    let topic = format!("kcat-{}", std::process::id() + lib_dir.is_some() as u32);
+    let input: String = (0..1000).map(|i| format!("key{}:value {i}\n", i % 7)).collect();
+    let mut p = kcat(&["-P", "-t", &topic, "-K:", "-X", "topic.partitioner=murmur2_random"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success());
+    let out = kcat(&["-C", "-t", &topic, "-e", "-f", "%k:%s\n", "-o", "beginning"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    let mut want: Vec<&str> = input.lines().collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "kcat read back what it wrote");
+    version
+}
+
+#[test]
+fn kcat_with_debian_and_wheel_librdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    let debian = kcat_round_trip(&bootstrap, None);
+    assert!(debian.contains("librdkafka 2.0.2"), "{debian}");
+    // The wheel's librdkafka, under the name kcat links against.
+    let libs = std::fs::read_dir(root().join(".venv/lib"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("site-packages/confluent_kafka.libs"))
+        .find(|p| p.exists())
+        .expect("confluent-kafka is installed in .venv");
+    let lib = std::fs::read_dir(&libs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("librdkafka"))
+        .expect("the wheel bundles librdkafka");
+    let shim = dir.path().join("lib");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::os::unix::fs::symlink(&lib, shim.join("librdkafka.so.1")).unwrap();
+    let wheel = kcat_round_trip(&bootstrap, Some(&shim));
+    assert!(wheel.contains("librdkafka 2.16"), "{wheel}");
+    println!("kcat round trips with {} and {}", debian.trim(), wheel.trim());
+}
+
+// --- bad input on the wire ----------------------------------------------------------
+
+fn frame(api: i16, version: i16, correlation: i32, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&api.to_be_bytes());
+    b.extend_from_slice(&version.to_be_bytes());
+    b.extend_from_slice(&correlation.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.push(b't');
+    b.extend_from_slice(body);
+    let mut f = (b.len() as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(&b);
+    f
+}
+
+/// Sends bytes and reads until the broker closes the connection (or 5 s pass).
+fn send_and_read(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+fn closed_without_answer(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
+    let got = send_and_read(addr, bytes);
+    assert!(got.is_empty(), "{what}: expected the connection closed, got {got:?}");
+}
+
+#[test]
+fn bad_kafka_requests_close_the_connection_and_never_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, _) = kafka_broker(&dir.path().join("data"), &[]);
+    let addr = b.kafka;
+    closed_without_answer(addr, b"\x00\x00\x00\x10garbage garbage!", "garbage");
+    closed_without_answer(addr, &frame(999, 0, 1, b""), "unknown API key");
+    closed_without_answer(addr, &frame(0, 1, 1, b""), "Produce v1 (unsupported)");
+    closed_without_answer(addr, &frame(3, 1, 1, &[0, 0]), "truncated Metadata body");
+    // Element counts far beyond the frame: the decoder must fail, not allocate.
+    closed_without_answer(
+        addr,
+        &frame(3, 1, 1, &i32::MAX.to_be_bytes()),
+        "Metadata claiming 2^31 topics",
+    );
+    let mut produce = Vec::new();
+    produce.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
+    produce.extend_from_slice(&1i16.to_be_bytes());
+    produce.extend_from_slice(&1000i32.to_be_bytes());
+    produce.extend_from_slice(&i32::MAX.to_be_bytes());
+    closed_without_answer(addr, &frame(0, 3, 1, &produce), "Produce claiming 2^31 topics");
+    // A frame cut short: the broker waits for the rest, the client leaves.
+    let f = frame(18, 0, 1, b"");
+    drop(send_and_read_nowait(addr, &f[..f.len() - 2]));
+    // A frame longer than the limit.
+    closed_without_answer(addr, &(200u32 << 20).to_be_bytes(), "oversized frame");
+    // ApiVersions in a version from the future: v0 answer with UNSUPPORTED_VERSION.
+    let got = send_and_read_one(addr, &frame(18, 99, 7, b""));
+    assert_eq!(&got[4..8], &7i32.to_be_bytes(), "correlation id");
+    assert_eq!(&got[8..10], &35i16.to_be_bytes(), "UNSUPPORTED_VERSION");
+    // The broker still answers.
+    let got = send_and_read_one(addr, &frame(18, 0, 8, b""));
+    assert_eq!(&got[8..10], &0i16.to_be_bytes());
+    b.stop();
+}
+
+fn send_and_read_nowait(addr: std::net::SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    s
+}
+
+fn send_and_read_one(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    let mut out = len.to_vec();
+    out.extend_from_slice(&body);
+    out
+}
