@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringmq_net::conn::{ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection};
-use ringmq_shard::kafka::{KafkaOptions, KafkaService};
 use ringmq_shard::broker::{Shard, ShardOptions, links};
+use ringmq_shard::kafka::{KafkaOptions, KafkaService};
 use ringmq_shard::topics::TopicTable;
 use ringmq_storage::LogConfig;
 use serde::Deserialize;
@@ -338,7 +338,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "  kafka listener   {a} (advertised as {}:{}; auto-create topics {})",
             s.kafka.advertise_host,
             s.kafka.advertise_port,
-            if s.kafka.auto_create_topics { "on" } else { "off" }
+            if s.kafka.auto_create_topics {
+                "on"
+            } else {
+                "off"
+            }
         ),
         None => println!("  kafka listener   off"),
     }

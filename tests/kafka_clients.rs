@@ -55,14 +55,20 @@ fn kafka_broker(data: &Path, extra: &[&str]) -> (Broker, String) {
 fn confluent_kafka_100k_keyed_messages_with_headers_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
-    clients(&bootstrap, &["roundtrip", "confluent", "--messages", "100000"]);
+    clients(
+        &bootstrap,
+        &["roundtrip", "confluent", "--messages", "100000"],
+    );
 }
 
 #[test]
 fn kafka_python_100k_keyed_messages_with_headers_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
-    clients(&bootstrap, &["roundtrip", "kafka-python", "--messages", "100000"]);
+    clients(
+        &bootstrap,
+        &["roundtrip", "kafka-python", "--messages", "100000"],
+    );
 }
 
 #[test]
@@ -128,20 +134,35 @@ fn kcat_round_trip(bootstrap: &str, lib_dir: Option<&Path>) -> String {
         }
         c
     };
-    let version = kcat(&["-V"]).output().expect("kcat is installed (scripts/test)");
+    let version = kcat(&["-V"])
+        .output()
+        .expect("kcat is installed (scripts/test)");
     let version = String::from_utf8_lossy(&version.stdout).to_string();
     let topic = format!("kcat-{}", std::process::id() + lib_dir.is_some() as u32);
-    let input: String = (0..1000).map(|i| format!("key{}:value {i}\n", i % 7)).collect();
-    let mut p = kcat(&["-P", "-t", &topic, "-K:", "-X", "topic.partitioner=murmur2_random"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let input: String = (0..1000)
+        .map(|i| format!("key{}:value {i}\n", i % 7))
+        .collect();
+    let mut p = kcat(&[
+        "-P",
+        "-t",
+        &topic,
+        "-K:",
+        "-X",
+        "topic.partitioner=murmur2_random",
+    ])
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
     p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     assert!(p.wait().unwrap().success());
     let out = kcat(&["-C", "-t", &topic, "-e", "-f", "%k:%s\n", "-o", "beginning"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut got: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     let mut want: Vec<&str> = input.lines().collect();
     got.sort();
@@ -165,14 +186,23 @@ fn kcat_with_debian_and_wheel_librdkafka() {
     let lib = std::fs::read_dir(&libs)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("librdkafka"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("librdkafka")
+        })
         .expect("the wheel bundles librdkafka");
     let shim = dir.path().join("lib");
     std::fs::create_dir_all(&shim).unwrap();
     std::os::unix::fs::symlink(&lib, shim.join("librdkafka.so.1")).unwrap();
     let wheel = kcat_round_trip(&bootstrap, Some(&shim));
     assert!(wheel.contains("librdkafka 2.16"), "{wheel}");
-    println!("kcat round trips with {} and {}", debian.trim(), wheel.trim());
+    println!(
+        "kcat round trips with {} and {}",
+        debian.trim(),
+        wheel.trim()
+    );
 }
 
 // --- bad input on the wire ----------------------------------------------------------
@@ -202,7 +232,10 @@ fn send_and_read(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 
 fn closed_without_answer(addr: std::net::SocketAddr, bytes: &[u8], what: &str) {
     let got = send_and_read(addr, bytes);
-    assert!(got.is_empty(), "{what}: expected the connection closed, got {got:?}");
+    assert!(
+        got.is_empty(),
+        "{what}: expected the connection closed, got {got:?}"
+    );
 }
 
 #[test]
@@ -225,7 +258,11 @@ fn bad_kafka_requests_close_the_connection_and_never_the_broker() {
     produce.extend_from_slice(&1i16.to_be_bytes());
     produce.extend_from_slice(&1000i32.to_be_bytes());
     produce.extend_from_slice(&i32::MAX.to_be_bytes());
-    closed_without_answer(addr, &frame(0, 3, 1, &produce), "Produce claiming 2^31 topics");
+    closed_without_answer(
+        addr,
+        &frame(0, 3, 1, &produce),
+        "Produce claiming 2^31 topics",
+    );
     // A frame cut short: the broker waits for the rest, the client leaves.
     let f = frame(18, 0, 1, b"");
     drop(send_and_read_nowait(addr, &f[..f.len() - 2]));

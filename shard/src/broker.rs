@@ -147,6 +147,9 @@ struct Scatter<I, R> {
     answer: Rc<dyn Fn(Response) -> Option<Vec<R>>>,
 }
 
+/// A partition's idempotent-producer state, shared by its produce tasks.
+type SharedProducers = Rc<RefCell<Producers>>;
+
 /// One core's broker.
 pub struct Shard {
     opts: ShardOptions,
@@ -154,7 +157,7 @@ pub struct Shard {
     timers: Rc<Timers>,
     topics: RefCell<TopicTable>,
     partitions: RefCell<HashMap<(String, u32), Rc<PartitionLog>>>,
-    producers: RefCell<HashMap<(String, u32), Rc<RefCell<Producers>>>>,
+    producers: RefCell<HashMap<(String, u32), SharedProducers>>,
     data_arrived: Notify,
     peers: RefCell<Vec<Option<ConnectedSender<Envelope>>>>,
     pending: RefCell<HashMap<u64, local_channel::LocalSender<Reply>>>,

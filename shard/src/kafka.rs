@@ -171,7 +171,8 @@ fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
     let key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
     let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
-    let api = ApiKey::try_from(key).map_err(|_| Refusal::Close(format!("unknown API key {key}")))?;
+    let api =
+        ApiKey::try_from(key).map_err(|_| Refusal::Close(format!("unknown API key {key}")))?;
     let Some((lo, hi)) = supported(api) else {
         return Err(Refusal::Close(format!("API {api:?} is not supported")));
     };
@@ -334,7 +335,12 @@ impl KafkaService {
             Err(Refusal::ApiVersionsFallback(correlation_id)) => {
                 let mut r = self.api_versions();
                 r.error_code = errors::UNSUPPORTED_VERSION;
-                return encode(correlation_id, ApiKey::ApiVersions, 0, &ResponseKind::ApiVersions(r));
+                return encode(
+                    correlation_id,
+                    ApiKey::ApiVersions,
+                    0,
+                    &ResponseKind::ApiVersions(r),
+                );
             }
             Err(Refusal::Close(why)) => {
                 tracing::info!(shard = self.shard.id(), %why, "kafka: closing connection on a bad request");
@@ -365,7 +371,9 @@ impl KafkaService {
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(self.describe_cluster())
             }
-            RequestKind::InitProducerId(r) => ResponseKind::InitProducerId(self.init_producer_id(r)),
+            RequestKind::InitProducerId(r) => {
+                ResponseKind::InitProducerId(self.init_producer_id(r))
+            }
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
             }
@@ -475,7 +483,8 @@ impl KafkaService {
                     }
                     t.partitions = (0..meta.partitions)
                         .map(|p| {
-                            let mut mp = km::metadata_response::MetadataResponsePartition::default();
+                            let mut mp =
+                                km::metadata_response::MetadataResponsePartition::default();
                             mp.partition_index = p as i32;
                             mp.leader_id = km::BrokerId(NODE_ID);
                             if version >= 7 {
@@ -533,7 +542,10 @@ impl KafkaService {
                     (_, Err(_)) => {
                         early.insert(
                             (ti, pi),
-                            (errors::UNKNOWN_TOPIC_OR_PARTITION, format!("partition {}", p.index)),
+                            (
+                                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                                format!("partition {}", p.index),
+                            ),
                         );
                     }
                     _ => {
@@ -618,7 +630,11 @@ impl KafkaService {
             .handle_request(Request::Fetch {
                 max_wait_ms: r.max_wait_ms.max(0) as u32,
                 min_bytes: r.min_bytes.max(0) as u32,
-                max_bytes: if r.max_bytes > 0 { r.max_bytes as u32 } else { i32::MAX as u32 },
+                max_bytes: if r.max_bytes > 0 {
+                    r.max_bytes as u32
+                } else {
+                    i32::MAX as u32
+                },
                 partitions: parts,
             })
             .await;
@@ -687,11 +703,19 @@ impl KafkaService {
         f.seal()
     }
 
-    async fn list_offsets(&self, r: km::ListOffsetsRequest, version: i16) -> km::ListOffsetsResponse {
+    async fn list_offsets(
+        &self,
+        r: km::ListOffsetsRequest,
+        version: i16,
+    ) -> km::ListOffsetsResponse {
         let mut parts = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((t.name.0.to_string(), p.partition_index.max(0) as u32, p.timestamp));
+                parts.push((
+                    t.name.0.to_string(),
+                    p.partition_index.max(0) as u32,
+                    p.timestamp,
+                ));
             }
         }
         let answer = self
@@ -817,7 +841,8 @@ impl KafkaService {
                     effective_configs(&explicit, &self.shard.log_defaults())
                         .into_iter()
                         .map(|(k, v, set)| {
-                            let mut c = km::create_topics_response::CreatableTopicConfigs::default();
+                            let mut c =
+                                km::create_topics_response::CreatableTopicConfigs::default();
                             c.name = s(&k);
                             c.value = Some(s(&v));
                             c.config_source = if set { 1 } else { 5 };
@@ -892,7 +917,9 @@ impl KafkaService {
             let configs = match res.resource_type {
                 // TOPIC
                 2 => match self.shard.topic(&name) {
-                    Some(meta) => Some(effective_configs(&meta.configs, &self.shard.log_defaults())),
+                    Some(meta) => {
+                        Some(effective_configs(&meta.configs, &self.shard.log_defaults()))
+                    }
                     None => {
                         rr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
                         rr.error_message = Some(s(&format!("unknown topic {name:?}")));
@@ -903,7 +930,14 @@ impl KafkaService {
                 4 => Some(
                     effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
                         .into_iter()
-                        .map(|(k, v, _)| (format!("log.{k}").replace("log.max.message.bytes", "message.max.bytes"), v, false))
+                        .map(|(k, v, _)| {
+                            (
+                                format!("log.{k}")
+                                    .replace("log.max.message.bytes", "message.max.bytes"),
+                                v,
+                                false,
+                            )
+                        })
                         .collect(),
                 ),
                 other => {
@@ -977,7 +1011,11 @@ impl KafkaService {
         let mut parts = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((t.topic.0.to_string(), p.partition.max(0) as u32, OFFSET_LATEST));
+                parts.push((
+                    t.topic.0.to_string(),
+                    p.partition.max(0) as u32,
+                    OFFSET_LATEST,
+                ));
             }
         }
         let answer = self
@@ -991,7 +1029,8 @@ impl KafkaService {
         };
         let mut resp = km::OffsetForLeaderEpochResponse::default();
         for t in &r.topics {
-            let mut tr = km::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
+            let mut tr =
+                km::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default();
             tr.topic = t.topic.clone();
             for p in &t.partitions {
                 let mut pr = km::offset_for_leader_epoch_response::EpochEndOffset::default();
@@ -1060,4 +1099,3 @@ fn put_string(b: &mut BytesMut, v: &str, flexible: bool) {
     }
     b.put_slice(v.as_bytes());
 }
-

@@ -321,7 +321,10 @@ mod tests {
         p.complete(&b, Some(110));
         assert_eq!(p.check(&a), Check::Duplicate(100));
         assert_eq!(p.check(&b), Check::Duplicate(110));
-        assert_eq!(code(p.check(&ids(7, 0, 25, 30))), ErrorCode::OutOfOrderSequence);
+        assert_eq!(
+            code(p.check(&ids(7, 0, 25, 30))),
+            ErrorCode::OutOfOrderSequence
+        );
         assert_eq!(p.check(&ids(7, 0, 20, 20)), Check::Append);
     }
 
@@ -331,7 +334,10 @@ mod tests {
         assert_eq!(p.check(&ids(1, 3, 0, 0)), Check::Append);
         p.complete(&ids(1, 3, 0, 0), Some(0));
         assert_eq!(code(p.check(&ids(1, 2, 1, 1))), ErrorCode::ProducerFenced);
-        assert_eq!(code(p.check(&ids(1, 4, 5, 5))), ErrorCode::OutOfOrderSequence);
+        assert_eq!(
+            code(p.check(&ids(1, 4, 5, 5))),
+            ErrorCode::OutOfOrderSequence
+        );
         assert_eq!(p.check(&ids(1, 4, 0, 0)), Check::Append);
         assert_eq!(code(p.check(&ids(2, 0, 8, 8))), ErrorCode::UnknownProducer);
     }
@@ -358,7 +364,10 @@ mod tests {
             assert_eq!(p.check(&b), Check::Append);
             p.complete(&b, Some(i64::from(i)));
         }
-        assert_eq!(code(p.check(&ids(3, 0, 1, 1))), ErrorCode::OutOfOrderSequence);
+        assert_eq!(
+            code(p.check(&ids(3, 0, 1, 1))),
+            ErrorCode::OutOfOrderSequence
+        );
         assert_eq!(p.check(&ids(3, 0, 2, 2)), Check::Duplicate(2));
     }
 
