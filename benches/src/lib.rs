@@ -3,6 +3,7 @@
 //! reference measured in the same run (fio, iperf3) and print the ratio.
 #![deny(missing_docs)]
 
+pub mod kafka;
 pub mod load;
 
 use std::io::{Read, Write};

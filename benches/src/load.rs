@@ -17,9 +17,15 @@ use ringmq_client::{Admin, Client, Consumer, Error, Position, Producer, Producer
 /// Workload flags of `ringmq bench` (stable: scripts use them).
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Broker address, HOST:PORT
-    #[arg(long, env = "RINGMQ_BROKERS", default_value = "127.0.0.1:9093")]
-    pub brokers: String,
+    /// Broker address, HOST:PORT [default: 127.0.0.1:9093 for native, 127.0.0.1:9092
+    /// for kafka]
+    #[arg(long, env = "RINGMQ_BROKERS")]
+    pub brokers: Option<String>,
+    /// Client and protocol: native (ringmq-client on the native protocol) or kafka
+    /// (librdkafka through the rdkafka crate, on any Kafka-API broker: ringmq's Kafka
+    /// listener, Kafka, Redpanda, Tansu)
+    #[arg(long, default_value = "native", value_parser = ["native", "kafka"])]
+    pub driver: String,
     /// Topic (created with --partitions if missing)
     #[arg(long, default_value = "bench")]
     pub topic: String,
@@ -44,8 +50,8 @@ pub struct BenchArgs {
     /// durable (acknowledged once durable) or none
     #[arg(long, default_value = "durable", value_parser = ["durable", "none", "all", "-1", "1", "0"])]
     pub acks: String,
-    /// Batch compression: none, lz4 or zstd
-    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd"])]
+    /// Batch compression: none, lz4 or zstd (kafka also gzip, snappy)
+    #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd", "gzip", "snappy"])]
     pub compression: String,
     /// Messages per second over all producers; 0 sends as fast as acknowledgements allow
     #[arg(long, default_value_t = 0)]
@@ -119,19 +125,37 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "nothing to do: no producers or consumers"
     );
     anyhow::ensure!(a.duration > 0.0, "--duration must be positive");
-    let client = Client::connect(&a.brokers)
-        .await
-        .with_context(|| format!("cannot reach the broker at {} (--brokers)", a.brokers))?;
-    let admin = Admin::new(client.clone());
-    match admin.create_topic(&a.topic, a.partitions, &[]).await {
-        Ok(()) => {}
-        Err(Error::Broker {
-            code: ringmq_client::ErrorCode::TopicExists,
-            ..
-        }) => {}
-        Err(e) => return Err(anyhow::anyhow!("creating topic {}: {e}", a.topic)),
-    }
-    let partitions = admin.describe_topic(&a.topic).await?.partitions.len() as u32;
+    let kafka = a.driver == "kafka";
+    let brokers = a.brokers.clone().unwrap_or_else(|| {
+        if kafka {
+            "127.0.0.1:9092"
+        } else {
+            "127.0.0.1:9093"
+        }
+        .to_string()
+    });
+    anyhow::ensure!(
+        kafka || matches!(a.compression.as_str(), "none" | "lz4" | "zstd"),
+        "--compression {}: the native client has none, lz4 and zstd",
+        a.compression
+    );
+    let partitions = if kafka {
+        crate::kafka::setup(&brokers, &a.topic, a.partitions).await?
+    } else {
+        let client = Client::connect(&brokers)
+            .await
+            .with_context(|| format!("cannot reach the broker at {brokers} (--brokers)"))?;
+        let admin = Admin::new(client.clone());
+        match admin.create_topic(&a.topic, a.partitions, &[]).await {
+            Ok(()) => {}
+            Err(Error::Broker {
+                code: ringmq_client::ErrorCode::TopicExists,
+                ..
+            }) => {}
+            Err(e) => return Err(anyhow::anyhow!("creating topic {}: {e}", a.topic)),
+        }
+        admin.describe_topic(&a.topic).await?.partitions.len() as u32
+    };
     let start = Instant::now();
     let shared = Arc::new(Shared {
         start,
@@ -160,33 +184,42 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         if mine.is_empty() {
             continue;
         }
-        let client = Client::connect(&a.brokers).await?;
-        let mut consumer = Consumer::new(client);
-        consumer.max_wait_ms = 100;
-        for p in &mine {
-            consumer.assign(&a.topic, *p, Position::Latest).await?;
-        }
+        let receiver = if kafka {
+            Receiver::Kafka(crate::kafka::consumer(&brokers, &a.topic, &mine)?)
+        } else {
+            let client = Client::connect(&brokers).await?;
+            let mut consumer = Consumer::new(client);
+            consumer.max_wait_ms = 100;
+            for p in &mine {
+                consumer.assign(&a.topic, *p, Position::Latest).await?;
+            }
+            Receiver::Native(consumer)
+        };
         let shared = shared.clone();
-        consumers.push(tokio::spawn(async move { consume(consumer, shared).await }));
+        consumers.push(tokio::spawn(async move { consume(receiver, shared).await }));
     }
 
     let mut producers = Vec::new();
     for i in 0..a.producers {
-        let client = Client::connect(&a.brokers).await?;
-        let producer = Producer::new(
-            client,
-            ProducerConfig {
-                batch_bytes: a.batch_bytes,
-                linger: Duration::from_millis(a.linger_ms),
-                durable: !matches!(a.acks.as_str(), "none" | "0"),
-                retries: 3,
-                compression: match a.compression.as_str() {
-                    "lz4" => ringmq_client::Compression::Lz4,
-                    "zstd" => ringmq_client::Compression::Zstd,
-                    _ => ringmq_client::Compression::None,
+        let producer = if kafka {
+            Sender::Kafka(crate::kafka::producer(&brokers, &a)?)
+        } else {
+            let client = Client::connect(&brokers).await?;
+            Sender::Native(Producer::new(
+                client,
+                ProducerConfig {
+                    batch_bytes: a.batch_bytes,
+                    linger: Duration::from_millis(a.linger_ms),
+                    durable: !matches!(a.acks.as_str(), "none" | "0"),
+                    retries: 3,
+                    compression: match a.compression.as_str() {
+                        "lz4" => ringmq_client::Compression::Lz4,
+                        "zstd" => ringmq_client::Compression::Zstd,
+                        _ => ringmq_client::Compression::None,
+                    },
                 },
-            },
-        );
+            ))
+        };
         let (shared, a2) = (shared.clone(), a.clone());
         producers.push(tokio::spawn(async move {
             produce(producer, i, a2, shared, end).await
@@ -282,8 +315,56 @@ fn template(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
 }
 
+/// A producer of either driver.
+#[derive(Clone)]
+enum Sender {
+    Native(Producer),
+    Kafka(Arc<rdkafka::producer::FutureProducer>),
+}
+
+impl Sender {
+    /// Sends one message; true once acknowledged.
+    async fn send(&self, topic: &str, value: Vec<u8>) -> bool {
+        match self {
+            Sender::Native(p) => p.send(topic, None, &value, &[]).await.is_ok(),
+            Sender::Kafka(p) => crate::kafka::send(p, topic, &value).await,
+        }
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        match self {
+            Sender::Native(p) => Ok(p.close().await?),
+            Sender::Kafka(p) => crate::kafka::flush(p).await,
+        }
+    }
+}
+
+/// A consumer of either driver.
+enum Receiver {
+    Native(Consumer),
+    Kafka(rdkafka::consumer::StreamConsumer),
+}
+
+impl Receiver {
+    /// Waits up to about 100 ms for messages; appends their send times (µs since the
+    /// start, the first 8 bytes of each value).
+    async fn poll(&mut self, sent: &mut Vec<u64>) -> anyhow::Result<()> {
+        match self {
+            Receiver::Native(c) => {
+                for r in c.poll().await? {
+                    if let Some(v) = r.value.as_deref().filter(|v| v.len() >= 8) {
+                        sent.push(u64::from_le_bytes(v[..8].try_into().expect("8 bytes")));
+                    }
+                }
+                Ok(())
+            }
+            Receiver::Kafka(c) => crate::kafka::poll(c, sent).await,
+        }
+    }
+}
+
 async fn produce(
-    producer: Producer,
+    producer: Sender,
     index: usize,
     a: BenchArgs,
     shared: Arc<Shared>,
@@ -301,7 +382,7 @@ async fn produce(
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let (p, topic) = (producer.clone(), topic.clone());
         async move {
-            let ok = p.send(&topic, None, &value, &[]).await.is_ok();
+            let ok = p.send(&topic, value).await;
             (intended, ok)
         }
     };
@@ -381,17 +462,15 @@ async fn produce(
     Ok(())
 }
 
-async fn consume(mut consumer: Consumer, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn consume(mut receiver: Receiver, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let mut sent = Vec::new();
     while !shared.stop_consumers.load(Ordering::Relaxed) {
-        let records = consumer.poll().await?;
+        sent.clear();
+        receiver.poll(&mut sent).await?;
         let now = shared.micros_since_start(Instant::now());
         let mut h = shared.e2e.lock().unwrap();
         let mut tick = shared.e2e_tick.lock().unwrap();
-        for r in &records {
-            let Some(v) = r.value.as_deref().filter(|v| v.len() >= 8) else {
-                continue;
-            };
-            let sent_us = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+        for &sent_us in &sent {
             shared.consumed.fetch_add(1, Ordering::Relaxed);
             let us = now.saturating_sub(sent_us).max(1);
             let _ = tick.record(us);
@@ -433,7 +512,7 @@ fn report(a: &BenchArgs, shared: &Shared) {
         "end_to_end_latency_us": lat_us(&e2e),
         "errors": shared.errors.load(Ordering::Relaxed),
         "workload": {
-            "topic": a.topic, "partitions": a.partitions, "producers": a.producers,
+            "driver": a.driver, "topic": a.topic, "partitions": a.partitions, "producers": a.producers,
             "consumers": a.consumers, "message_size": a.message_size, "batch_bytes": a.batch_bytes,
             "linger_ms": a.linger_ms, "acks": a.acks, "rate": a.rate, "warmup": a.warmup,
             "duration": a.duration, "compression": a.compression,
@@ -451,7 +530,8 @@ fn report(a: &BenchArgs, shared: &Shared) {
         return;
     }
     println!(
-        "== ringmq bench: topic {} ({} producer(s), {} consumer(s), {} B messages, rate {}), {:.0} s measured after {:.0} s warm-up",
+        "== ringmq bench ({} driver): topic {} ({} producer(s), {} consumer(s), {} B messages, rate {}), {:.0} s measured after {:.0} s warm-up",
+        a.driver,
         a.topic,
         a.producers,
         a.consumers,

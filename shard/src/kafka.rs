@@ -161,6 +161,18 @@ enum Refusal {
     Close(String),
 }
 
+/// Decodes a Kafka request frame's body (without the length prefix) as the listener
+/// does: `Ok((api key, version, correlation id))` for a request this listener serves,
+/// `Err(why)` for one it refuses (the listener closes the connection, or answers an
+/// ApiVersions from the future in v0). For tests and fuzzing.
+pub fn check_request(body: Bytes) -> Result<(i16, i16, i32), String> {
+    match decode(body) {
+        Ok(d) => Ok((d.api as i16, d.version, d.correlation_id)),
+        Err(Refusal::ApiVersionsFallback(_)) => Err("ApiVersions from the future".into()),
+        Err(Refusal::Close(why)) => Err(why),
+    }
+}
+
 fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
     if body.len() < 8 {
         return Err(Refusal::Close(format!(
