@@ -66,6 +66,34 @@ pub enum Call {
     Stats(Vec<(String, u32)>),
     /// The shard's counters.
     Counters,
+    /// Change a topic (on the metadata shard).
+    ChangeTopic(TopicChange),
+}
+
+/// A change to an existing topic, made by the metadata shard and applied by all.
+#[derive(Debug, Clone)]
+pub enum TopicChange {
+    /// Set and remove topic settings (ringmq's names, as in
+    /// [`topics::CONFIG_KEYS`]).
+    Configs {
+        /// The topic.
+        name: String,
+        /// Settings to set.
+        set: Vec<(String, String)>,
+        /// Settings to remove (back to the broker's defaults).
+        remove: Vec<String>,
+        /// Check only; change nothing.
+        validate_only: bool,
+    },
+    /// Raise the partition count (existing partitions keep their shards and data).
+    Partitions {
+        /// The topic.
+        name: String,
+        /// The new partition count.
+        count: u32,
+        /// Check only; change nothing.
+        validate_only: bool,
+    },
 }
 
 /// The answer to a [`Call`].
@@ -149,6 +177,14 @@ struct Scatter<I, R> {
 
 /// A partition's idempotent-producer state, shared by its produce tasks.
 type SharedProducers = Rc<RefCell<Producers>>;
+
+/// A metadata change.
+enum Edit {
+    /// Create or delete a topic (native requests).
+    Native(Request),
+    /// Change a topic.
+    Topic(TopicChange),
+}
 
 /// One core's broker.
 pub struct Shard {
@@ -425,6 +461,9 @@ impl Shard {
                     Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
                     Call::Stats(parts) => Reply::Stats(self.local_stats(&parts)),
                     Call::Counters => Reply::Counters(self.counters()),
+                    Call::ChangeTopic(c) => {
+                        Reply::Response(self.clone().change_metadata(Edit::Topic(c)).await)
+                    }
                 };
                 self.reply(from, id, reply).await;
             }
@@ -586,7 +625,7 @@ impl Shard {
             Request::DescribeTopic { name } => self.describe(name).await,
             Request::CreateTopic { .. } | Request::DeleteTopic { .. } => {
                 if self.opts.shard_id == METADATA_SHARD {
-                    self.change_metadata(req).await
+                    self.change_metadata(Edit::Native(req)).await
                 } else {
                     match self.call(METADATA_SHARD, Call::Request(req)).await {
                         Some(Reply::Response(r)) => r,
@@ -632,7 +671,7 @@ impl Shard {
             Request::CreateTopic { .. } | Request::DeleteTopic { .. }
                 if self.opts.shard_id == METADATA_SHARD =>
             {
-                self.change_metadata(req).await
+                self.change_metadata(Edit::Native(req)).await
             }
             other => Response::Error(WireError::new(
                 ErrorCode::InvalidRequest,
@@ -675,11 +714,41 @@ impl Shard {
         }
     }
 
-    /// Create or delete a topic: on the metadata shard only, one change at a time:
-    /// persist the new table, then have every shard apply it before answering.
-    async fn change_metadata(self: Rc<Self>, req: Request) -> Response {
+    /// Changes a topic's settings or partition count (through the metadata shard).
+    pub async fn change_topic(self: Rc<Self>, change: TopicChange) -> WireError {
+        let r = if self.opts.shard_id == METADATA_SHARD {
+            self.change_metadata(Edit::Topic(change)).await
+        } else {
+            match self.call(METADATA_SHARD, Call::ChangeTopic(change)).await {
+                Some(Reply::Response(r)) => r,
+                _ => Response::Done(WireError::new(
+                    ErrorCode::Unavailable,
+                    "metadata shard unavailable",
+                )),
+            }
+        };
+        match r {
+            Response::Done(e) => e,
+            other => WireError::new(ErrorCode::StorageError, format!("{other:?}")),
+        }
+    }
+
+    /// Create, change or delete a topic: on the metadata shard only, one change at a
+    /// time: persist the new table, then have every shard apply it before answering.
+    async fn change_metadata(self: Rc<Self>, edit: Edit) -> Response {
         let _permit = self.metadata_lock.acquire_permit(1).await;
         let mut table = self.topics.borrow().clone();
+        let req = match edit {
+            Edit::Native(req) => req,
+            Edit::Topic(change) => {
+                let what = match self.edit_topic(&mut table, change) {
+                    Ok(Some(what)) => what,
+                    Ok(None) => return Response::Done(WireError::none()),
+                    Err(e) => return Response::Done(e),
+                };
+                return self.save_and_apply(table, what).await;
+            }
+        };
         let what = match req {
             Request::CreateTopic {
                 name,
@@ -735,6 +804,75 @@ impl Shard {
             }
             _ => unreachable!("only create and delete change metadata"),
         };
+        self.save_and_apply(table, what).await
+    }
+
+    /// Applies a topic change to `table`: `Ok(Some(name))` when it changed,
+    /// `Ok(None)` when it was only validated.
+    fn edit_topic(
+        &self,
+        table: &mut TopicTable,
+        change: TopicChange,
+    ) -> Result<Option<String>, WireError> {
+        let unknown =
+            |name: &str| WireError::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"));
+        match change {
+            TopicChange::Configs {
+                name,
+                set,
+                remove,
+                validate_only,
+            } => {
+                let meta = table.topics.get_mut(&name).ok_or_else(|| unknown(&name))?;
+                let mut configs = meta.configs.clone();
+                for k in remove {
+                    configs.remove(&k);
+                }
+                configs.extend(set);
+                topics::log_config(&configs, &self.opts.log_defaults)
+                    .map_err(|e| WireError::new(ErrorCode::InvalidRequest, e))?;
+                if validate_only {
+                    return Ok(None);
+                }
+                tracing::info!(topic = %name, configs = ?configs, "topic settings changed");
+                meta.configs = configs;
+                Ok(Some(name))
+            }
+            TopicChange::Partitions {
+                name,
+                count,
+                validate_only,
+            } => {
+                let id_and_now = table
+                    .topics
+                    .get(&name)
+                    .map(|m| (m.id, m.partitions))
+                    .ok_or_else(|| unknown(&name))?;
+                let (id, now) = id_and_now;
+                if count <= now || count > topics::PARTITIONS_MAX {
+                    return Err(WireError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "topic {name:?} has {now} partitions; the new count must be more, and at most {}",
+                            topics::PARTITIONS_MAX
+                        ),
+                    ));
+                }
+                if validate_only {
+                    return Ok(None);
+                }
+                let meta = table.topics.get_mut(&name).expect("checked above");
+                meta.placement
+                    .extend((now..count).map(|p| place(id, p, self.opts.shard_count)));
+                meta.partitions = count;
+                tracing::info!(topic = %name, from = now, to = count, "partitions added");
+                Ok(Some(name))
+            }
+        }
+    }
+
+    /// Persists a changed topic table and has every shard apply it.
+    async fn save_and_apply(&self, table: TopicTable, what: String) -> Response {
         let path = self.opts.data_dir.join(topics::TOPICS_FILE);
         if let Err(e) = ringmq_storage::write_file_atomic(&path, &table.to_json()).await {
             return Response::Done(WireError::new(

@@ -28,7 +28,7 @@ use ringmq_net::codec::{
 };
 use ringmq_net::conn::{LocalFuture, Service};
 
-use crate::broker::Shard;
+use crate::broker::{Shard, TopicChange};
 use crate::topics;
 
 /// The broker's node id in Kafka metadata (a single node).
@@ -95,6 +95,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -382,6 +384,12 @@ impl KafkaService {
             }
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(self.describe_cluster())
+            }
+            RequestKind::CreatePartitions(r) => {
+                ResponseKind::CreatePartitions(self.create_partitions(r).await)
+            }
+            RequestKind::IncrementalAlterConfigs(r) => {
+                ResponseKind::IncrementalAlterConfigs(self.alter_configs(r).await)
             }
             RequestKind::InitProducerId(r) => {
                 ResponseKind::InitProducerId(self.init_producer_id(r))
@@ -998,6 +1006,108 @@ impl KafkaService {
         self.last_producer_id.set(id);
         resp.producer_id = km::ProducerId(id);
         resp.producer_epoch = 0;
+        resp
+    }
+
+    async fn create_partitions(&self, r: km::CreatePartitionsRequest) -> km::CreatePartitionsResponse {
+        let mut resp = km::CreatePartitionsResponse::default();
+        for t in r.topics {
+            let mut tr = km::create_partitions_response::CreatePartitionsTopicResult::default();
+            tr.name = t.name.clone();
+            let e = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                WireError::new(
+                    ErrorCode::InvalidRequest,
+                    "manual replica assignment is not supported",
+                )
+            } else if t.count < 1 {
+                WireError::new(ErrorCode::InvalidRequest, format!("partition count {}", t.count))
+            } else {
+                self.shard
+                    .clone()
+                    .change_topic(TopicChange::Partitions {
+                        name: t.name.0.to_string(),
+                        count: t.count as u32,
+                        validate_only: r.validate_only,
+                    })
+                    .await
+            };
+            tr.error_code = match e.code {
+                ErrorCode::InvalidRequest => errors::INVALID_PARTITIONS,
+                _ => code(&e),
+            };
+            tr.error_message = msg(&e);
+            resp.results.push(tr);
+        }
+        resp
+    }
+
+    /// IncrementalAlterConfigs on topics: SET and DELETE of the settings ringmq has
+    /// (APPEND and SUBTRACT apply to list settings, which it has none of).
+    async fn alter_configs(
+        &self,
+        r: km::IncrementalAlterConfigsRequest,
+    ) -> km::IncrementalAlterConfigsResponse {
+        let mut resp = km::IncrementalAlterConfigsResponse::default();
+        for res in r.resources {
+            let mut rr = km::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            rr.resource_type = res.resource_type;
+            rr.resource_name = res.resource_name.clone();
+            let result = if res.resource_type != 2 {
+                Err((
+                    errors::INVALID_REQUEST,
+                    format!("resource type {}: only topics (2) can be altered", res.resource_type),
+                ))
+            } else {
+                let mut set = Vec::new();
+                let mut remove = Vec::new();
+                let mut bad = None;
+                for c in &res.configs {
+                    let name = c.name.as_str();
+                    match c.config_operation {
+                        0 => match configs_from_kafka(std::iter::once((
+                            name,
+                            c.value.as_ref().map(|v| v.as_str()),
+                        ))) {
+                            Ok(v) => set.extend(v),
+                            Err(e) => bad = Some(e),
+                        },
+                        1 => match CONFIG_NAMES.iter().find(|(k, _)| *k == name) {
+                            Some((_, ours)) => remove.push(ours.to_string()),
+                            None if matches!(name, "flush.ms" | "flush.messages") => {
+                                remove.push("flush".into())
+                            }
+                            None => bad = Some(format!("topic config {name} is not supported")),
+                        },
+                        op => bad = Some(format!("config operation {op} on {name}: only SET (0) and DELETE (1) apply")),
+                    }
+                }
+                match bad {
+                    Some(e) => Err((errors::INVALID_CONFIG, e)),
+                    None => {
+                        let e = self
+                            .shard
+                            .clone()
+                            .change_topic(TopicChange::Configs {
+                                name: res.resource_name.to_string(),
+                                set,
+                                remove,
+                                validate_only: r.validate_only,
+                            })
+                            .await;
+                        match e.code {
+                            ErrorCode::None => Ok(()),
+                            ErrorCode::InvalidRequest => Err((errors::INVALID_CONFIG, e.message)),
+                            _ => Err((code(&e), e.message)),
+                        }
+                    }
+                }
+            };
+            if let Err((c, m)) = result {
+                rr.error_code = c;
+                rr.error_message = Some(s(&m));
+            }
+            resp.responses.push(rr);
+        }
         resp
     }
 

@@ -236,6 +236,38 @@ def admin(bootstrap):
         fail("describe configs: max.message.bytes missing")
     print(f"admin: created {topic} with configs, refused a duplicate and a bad config, "
           f"described {len(cfg)} configs")
+    # Alter configs incrementally: set one, delete one (back to the default).
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, NewPartitions
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("segment.bytes", None, incremental_operation=AlterConfigOpType.DELETE),
+    ])
+    a.incremental_alter_configs([res])[res].result(30)
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    cfg = a.describe_configs([res])[res].result(30)
+    if cfg["retention.ms"].value != "7200000" or cfg["segment.bytes"].value == "16777216":
+        fail(f"after altering: retention.ms {cfg['retention.ms'].value}, "
+             f"segment.bytes {cfg['segment.bytes'].value}")
+    bad_res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "never", incremental_operation=AlterConfigOpType.SET)])
+    try:
+        a.incremental_alter_configs([bad_res])[bad_res].result(30)
+        fail("retention.ms=never was accepted")
+    except Exception as e:
+        if "INVALID_CONFIG" not in str(e) and "not a number" not in str(e):
+            fail(f"bad alter: unexpected error {e}")
+    # Add partitions; fewer is refused.
+    a.create_partitions([NewPartitions(topic, 5)])[topic].result(30)
+    if len(a.list_topics(timeout=10).topics[topic].partitions) != 5:
+        fail("create_partitions did not raise the count to 5")
+    try:
+        a.create_partitions([NewPartitions(topic, 2)])[topic].result(30)
+        fail("lowering the partition count succeeded")
+    except Exception as e:
+        if "INVALID_PARTITIONS" not in str(e) and "must be more" not in str(e):
+            fail(f"lowering partitions: unexpected error {e}")
+    print("admin: altered retention.ms (SET) and segment.bytes (DELETE); refused a bad value; "
+          "raised partitions 3 -> 5 and refused 5 -> 2")
     # ListOffsets by timestamp.
     p = Producer({"bootstrap.servers": bootstrap})
     base = int(time.time() * 1000) - 100_000
