@@ -51,8 +51,8 @@ start_ringmq() {
     >"$WORK/ringmq.log" 2>&1 &
   BROKER=$!
   wait_port "$PORT"
-  "$ROOT/target/release/ringmq" --brokers "$(grep -o 'native listener *[0-9.:]*' "$WORK/ringmq.log" | awk '{print $3}')" \
-    topic create perf --partitions 1 >/dev/null
+  "$ROOT/target/release/ringmq" topic --brokers "$(grep -o 'native listener *[0-9.:]*' "$WORK/ringmq.log" | awk '{print $3}')" \
+    create perf --partitions 1 >/dev/null
 }
 
 start_tansu() {
@@ -65,20 +65,26 @@ start_tansu() {
     "$TANSU" topic create perf --partitions 1 >/dev/null 2>&1 || true
 }
 
+# Runs a command; its output on stdout, then a line "CPU <user+sys seconds>".
+with_cpu() { bash -c '"$@"; times | tail -1 | awk '"'"'{gsub(/[ms]/," "); split($0,a," "); printf "CPU %.2f\n", a[1]*60+a[2]+a[3]*60+a[4]}'"'"'' _ "$@"; }
+
 # One measurement: prints "produce_msgs_per_s consume_msgs_per_s broker_cpu_s client_cpu_s".
 measure() { # broker size
   local which=$1 size=$2
   "start_$which"
   local b0 out_p out_c p c b1
   b0=$(cpu_secs "$BROKER")
-  out_p=$("$PERF" -P -t perf -p 0 -b "127.0.0.1:$PORT" -s "$size" -c "$MESSAGES" -a -1 \
-    -X linger.ms=5 -X batch.size=1000000 -X queue.buffering.max.messages=2000000 2>&1 | grep 'messages produced' | tail -1)
-  out_c=$("$PERF" -C -t perf -p 0 -o beginning -b "127.0.0.1:$PORT" -c "$MESSAGES" 2>&1 | grep 'consumed' | tail -1)
+  out_p=$(with_cpu "$PERF" -P -t perf -p 0 -b "127.0.0.1:$PORT" -s "$size" -c "$MESSAGES" -a -1 \
+    -X linger.ms=5 -X batch.size=1000000 -X queue.buffering.max.messages=2000000 2>&1 | grep -E 'messages produced|^CPU' | tail -2)
+  out_c=$(with_cpu "$PERF" -C -t perf -p 0 -o beginning -b "127.0.0.1:$PORT" -c "$MESSAGES" 2>&1 | grep -E 'consumed|^CPU' | tail -2)
   b1=$(cpu_secs "$BROKER")
   kill "$BROKER"; wait "$BROKER" 2>/dev/null || true
   p=$(sed -n 's/.* \([0-9]*\) msgs\/s.*/\1/p' <<<"$out_p")
   c=$(sed -n 's/.* \([0-9]*\) msgs\/s.*/\1/p' <<<"$out_c")
-  echo "${p:-0} ${c:-0} $(echo "$b1 - $b0" | bc)"
+  local pc cc
+  pc=$(sed -n 's/^CPU //p' <<<"$out_p")
+  cc=$(sed -n 's/^CPU //p' <<<"$out_c")
+  echo "${p:-0} ${c:-0} $(echo "$b1 - $b0" | bc) ${pc:-0} ${cc:-0}"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -88,8 +94,8 @@ declare -A R
 for size in $SIZES; do
   for round in $(seq "$ROUNDS"); do
     for which in ringmq tansu; do
-      read -r p c cpu <<<"$(measure "$which" "$size")"
-      echo "  round $round $which ${size} B: produce $p msg/s, consume $c msg/s, broker cpu ${cpu}s" >&2
+      read -r p c cpu pcpu ccpu <<<"$(measure "$which" "$size")"
+      echo "  round $round $which ${size} B: produce $p msg/s, consume $c msg/s; cpu s: broker $cpu, producer $pcpu, consumer $ccpu" >&2
       R[$which.$size.p]+="$p "; R[$which.$size.c]+="$c "; R[$which.$size.cpu]+="$cpu "
     done
   done
