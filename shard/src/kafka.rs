@@ -1009,7 +1009,10 @@ impl KafkaService {
         resp
     }
 
-    async fn create_partitions(&self, r: km::CreatePartitionsRequest) -> km::CreatePartitionsResponse {
+    async fn create_partitions(
+        &self,
+        r: km::CreatePartitionsRequest,
+    ) -> km::CreatePartitionsResponse {
         let mut resp = km::CreatePartitionsResponse::default();
         for t in r.topics {
             let mut tr = km::create_partitions_response::CreatePartitionsTopicResult::default();
@@ -1020,7 +1023,10 @@ impl KafkaService {
                     "manual replica assignment is not supported",
                 )
             } else if t.count < 1 {
-                WireError::new(ErrorCode::InvalidRequest, format!("partition count {}", t.count))
+                WireError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("partition count {}", t.count),
+                )
             } else {
                 self.shard
                     .clone()
@@ -1049,13 +1055,17 @@ impl KafkaService {
     ) -> km::IncrementalAlterConfigsResponse {
         let mut resp = km::IncrementalAlterConfigsResponse::default();
         for res in r.resources {
-            let mut rr = km::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            let mut rr =
+                km::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
             rr.resource_type = res.resource_type;
             rr.resource_name = res.resource_name.clone();
             let result = if res.resource_type != 2 {
                 Err((
                     errors::INVALID_REQUEST,
-                    format!("resource type {}: only topics (2) can be altered", res.resource_type),
+                    format!(
+                        "resource type {}: only topics (2) can be altered",
+                        res.resource_type
+                    ),
                 ))
             } else {
                 let mut set = Vec::new();
@@ -1078,7 +1088,11 @@ impl KafkaService {
                             }
                             None => bad = Some(format!("topic config {name} is not supported")),
                         },
-                        op => bad = Some(format!("config operation {op} on {name}: only SET (0) and DELETE (1) apply")),
+                        op => {
+                            bad = Some(format!(
+                                "config operation {op} on {name}: only SET (0) and DELETE (1) apply"
+                            ))
+                        }
                     }
                 }
                 match bad {
