@@ -129,9 +129,12 @@ fn kcat_round_trip(bootstrap: &str, lib_dir: Option<&Path>) -> String {
     let kcat = |args: &[&str]| {
         let mut c = Command::new("kcat");
         c.args(["-b", bootstrap]).args(args);
-        if let Some(d) = lib_dir {
-            c.env("LD_LIBRARY_PATH", d);
-        }
+        // `cargo test` puts build directories on LD_LIBRARY_PATH, among them the
+        // librdkafka that rdkafka-sys builds: name the library explicitly.
+        match lib_dir {
+            Some(d) => c.env("LD_LIBRARY_PATH", d),
+            None => c.env_remove("LD_LIBRARY_PATH"),
+        };
         c
     };
     let version = kcat(&["-V"])

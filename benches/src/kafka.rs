@@ -92,7 +92,8 @@ pub async fn flush(p: Arc<FutureProducer>) -> anyhow::Result<()> {
         .context("flushing the Kafka producer")
 }
 
-/// A consumer of `partitions` of `topic`, from their ends.
+/// A consumer of `partitions` of `topic`, from their current ends (looked up now, so
+/// every message produced after this returns is seen).
 pub fn consumer(brokers: &str, topic: &str, partitions: &[u32]) -> anyhow::Result<StreamConsumer> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -103,7 +104,10 @@ pub fn consumer(brokers: &str, topic: &str, partitions: &[u32]) -> anyhow::Resul
         .context("creating a Kafka consumer")?;
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, *p as i32, Offset::End)?;
+        let (_, high) = c
+            .fetch_watermarks(topic, *p as i32, Duration::from_secs(10))
+            .with_context(|| format!("looking up the end of {topic}/{p}"))?;
+        tpl.add_partition_offset(topic, *p as i32, Offset::Offset(high))?;
     }
     c.assign(&tpl)?;
     Ok(c)
