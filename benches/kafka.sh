@@ -43,11 +43,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 cpu_secs() { awk '{printf "%.2f", ($14+$15)/100}' "/proc/$1/stat"; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open" >&2; return 1; }
 
-start_ringmq() {
+start_ringmq() { start_ringmq_with every_batch; }
+start_ringmq_noflush() { start_ringmq_with never; }
+start_ringmq_with() {
   PORT=$(free_port)
   rm -rf "$WORK/data"
   "$ROOT/target/release/ringmq" serve --shards 2 --data-dir "$WORK/data" --log-level warn \
-    --native-listen "127.0.0.1:$(free_port)" --kafka-listen "127.0.0.1:$PORT" --flush every_batch \
+    --native-listen "127.0.0.1:$(free_port)" --kafka-listen "127.0.0.1:$PORT" --flush "$1" \
     >"$WORK/ringmq.log" 2>&1 &
   BROKER=$!
   wait_port "$PORT"
@@ -65,8 +67,13 @@ start_tansu() {
     "$TANSU" topic create perf --partitions 1 >/dev/null 2>&1 || true
 }
 
-# Runs a command; its output on stdout, then a line "CPU <user+sys seconds>".
-with_cpu() { bash -c '"$@"; times | tail -1 | awk '"'"'{gsub(/[ms]/," "); split($0,a," "); printf "CPU %.2f\n", a[1]*60+a[2]+a[3]*60+a[4]}'"'"'' _ "$@"; }
+# Runs a command; its output on stdout, then a line "CPU <user+sys seconds of it>".
+with_cpu() {
+  python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print("CPU %.2f" % (r.ru_utime + r.ru_stime), flush=True)' "$@"
+}
 
 # One measurement: prints "produce_msgs_per_s consume_msgs_per_s broker_cpu_s client_cpu_s".
 measure() { # broker size
@@ -89,24 +96,36 @@ measure() { # broker size
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-printf '%-7s %-8s %12s %12s %14s\n' size broker produce/s consume/s "broker cpu s"
+BROKERS=${BROKERS:-"ringmq tansu ringmq_noflush"}
+# The disk's own limit in this run: 1 MiB O_DIRECT writes, each followed by fdatasync
+# (what a durable append of a 1 MB batch costs at least).
+command -v fio >/dev/null || { if [ "$(id -u)" = 0 ]; then apt-get install -y -qq fio >/dev/null; else sudo apt-get install -y -qq fio >/dev/null; fi; }
+FIO=$(fio --name=disk --filename="$WORK/fio.test" --size=1G --bs=1M --rw=write --direct=1 --fdatasync=1 \
+  --ioengine=psync --output-format=json 2>/dev/null | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["bw_bytes"]/1e6))')
+rm -f "$WORK/fio.test"
+printf '%-7s %-15s %12s %12s %14s\n' size broker produce/s consume/s "broker cpu s"
 declare -A R
 for size in $SIZES; do
   for round in $(seq "$ROUNDS"); do
-    for which in ringmq tansu; do
+    for which in $BROKERS; do
       read -r p c cpu pcpu ccpu <<<"$(measure "$which" "$size")"
       echo "  round $round $which ${size} B: produce $p msg/s, consume $c msg/s; cpu s: broker $cpu, producer $pcpu, consumer $ccpu" >&2
       R[$which.$size.p]+="$p "; R[$which.$size.c]+="$c "; R[$which.$size.cpu]+="$cpu "
     done
   done
-  for which in ringmq tansu; do
+  for which in $BROKERS; do
     for k in p c cpu; do
       R[$which.$size.$k.m]=$(tr ' ' '\n' <<<"${R[$which.$size.$k]}" | grep -v '^$' | median)
     done
-    printf '%-7s %-8s %12s %12s %14s\n' "$size" "$which" "${R[$which.$size.p.m]}" "${R[$which.$size.c.m]}" "${R[$which.$size.cpu.m]}"
+    printf '%-7s %-15s %12s %12s %14s\n' "$size" "$which" "${R[$which.$size.p.m]}" "${R[$which.$size.c.m]}" "${R[$which.$size.cpu.m]}"
   done
-  printf '%-7s %-8s %12.2f %12.2f\n' "$size" "ratio" \
+  printf '%-7s %-15s %12.2f %12.2f\n' "$size" "ringmq/tansu" \
     "$(echo "${R[ringmq.$size.p.m]} / ${R[tansu.$size.p.m]}" | bc -l)" \
     "$(echo "${R[ringmq.$size.c.m]} / ${R[tansu.$size.c.m]}" | bc -l)"
 done
-echo "(medians of $ROUNDS rounds of $MESSAGES messages, one partition; ringmq durable with flush every_batch, Tansu in memory)"
+echo "(medians of $ROUNDS rounds of $MESSAGES messages, one partition; ringmq durable with flush every_batch,"
+echo " ringmq_noflush with flush never, Tansu in memory)"
+echo "disk limit in this run: $FIO MB/s of 1 MiB O_DIRECT writes with fdatasync each (fio)"
+for size in $SIZES; do
+  echo "  ringmq durable produce at ${size} B: $(echo "${R[ringmq.$size.p.m]} * $size / 1000000" | bc) MB/s = $(echo "${R[ringmq.$size.p.m]} * $size / 1000000 / $FIO" | bc -l | cut -c1-4) of the disk limit"
+done
