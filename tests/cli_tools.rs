@@ -230,3 +230,50 @@ fn bench_reports_rates_and_latencies() {
     assert!(!o.status.success());
     broker.stop();
 }
+
+#[test]
+fn bench_kafka_driver_runs_the_same_workload_through_librdkafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let k = broker.kafka.to_string();
+    let o = ringmq(
+        &k,
+        &[
+            "bench",
+            "--driver",
+            "kafka",
+            "--topic",
+            "kload",
+            "--partitions",
+            "2",
+            "--message-size",
+            "300",
+            "--rate",
+            "1000",
+            "--warmup",
+            "0.5",
+            "--duration",
+            "1.5",
+            "--json",
+        ],
+        None,
+    );
+    let out = ok(&o);
+    let r: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let produced = r["produce"]["messages_per_sec"].as_f64().unwrap();
+    assert!((900.0..=1100.0).contains(&produced), "{r}");
+    assert_eq!(
+        r["consume"]["messages_per_sec"], r["produce"]["messages_per_sec"],
+        "{r}"
+    );
+    assert_eq!(r["errors"], 0);
+    assert_eq!(r["workload"]["driver"], "kafka");
+    // The topic was created through the Kafka admin API with the partitions asked for.
+    let o = ringmq(
+        &broker.addr.to_string(),
+        &["topic", "describe", "kload"],
+        None,
+    );
+    assert!(ok(&o).contains("partitions 2"), "{}", ok(&o));
+    broker.stop();
+}
