@@ -454,38 +454,22 @@ async fn run_shard(
     tracing::info!(shard = id, partitions = shard.partition_count(), native = %listeners.native, kafka = ?listeners.kafka, "shard ready");
     let budget = MemoryBudget::new(listeners.memory);
     let conns = Rc::new(std::cell::Cell::new(0usize));
-    let native_service = Rc::new(Native(shard.clone()));
-    let accept_native = accept_loop(
-        native,
-        native_service,
-        Accepting {
-            shard: shard.clone(),
-            budget: budget.clone(),
-            limits: listeners.limits,
-            conns: conns.clone(),
-            stop: stop.clone(),
-            protocol: "native",
-        },
-    );
+    let accepting = |protocol| Accepting {
+        shard: shard.clone(),
+        budget: budget.clone(),
+        limits: listeners.limits,
+        conns: conns.clone(),
+        stop: stop.clone(),
+        protocol,
+    };
+    let accept_native = accept_loop(native, Rc::new(Native(shard.clone())), accepting("native"));
     let accept_kafka = async {
         if let Some(kafka) = kafka {
             let service = Rc::new(KafkaService::new(
                 shard.clone(),
                 Rc::new(listeners.kafka_options.clone()),
             ));
-            accept_loop(
-                kafka,
-                service,
-                Accepting {
-                    shard: shard.clone(),
-                    budget: budget.clone(),
-                    limits: listeners.limits,
-                    conns: conns.clone(),
-                    stop: stop.clone(),
-                    protocol: "kafka",
-                },
-            )
-            .await;
+            accept_loop(kafka, service, accepting("kafka")).await;
         }
     };
     futures_lite::future::zip(accept_native, accept_kafka).await;

@@ -723,6 +723,22 @@ impl KafkaService {
         f.seal()
     }
 
+    /// Native ListOffsets: (topic, partition, error, offset) in request order.
+    async fn offsets(
+        &self,
+        parts: Vec<(String, u32, i64)>,
+    ) -> std::vec::IntoIter<(String, u32, WireError, i64)> {
+        let answer = self
+            .shard
+            .clone()
+            .handle_request(Request::ListOffsets { partitions: parts })
+            .await;
+        match answer {
+            Response::Offsets(v) => v.into_iter(),
+            _ => Vec::new().into_iter(),
+        }
+    }
+
     async fn list_offsets(
         &self,
         r: km::ListOffsetsRequest,
@@ -738,15 +754,7 @@ impl KafkaService {
                 ));
             }
         }
-        let answer = self
-            .shard
-            .clone()
-            .handle_request(Request::ListOffsets { partitions: parts })
-            .await;
-        let mut results = match answer {
-            Response::Offsets(v) => v.into_iter(),
-            _ => Vec::new().into_iter(),
-        };
+        let mut results = self.offsets(parts).await;
         let mut resp = km::ListOffsetsResponse::default();
         for t in &r.topics {
             let mut tr = km::list_offsets_response::ListOffsetsTopicResponse::default();
@@ -1154,15 +1162,7 @@ impl KafkaService {
                 ));
             }
         }
-        let answer = self
-            .shard
-            .clone()
-            .handle_request(Request::ListOffsets { partitions: parts })
-            .await;
-        let mut results = match answer {
-            Response::Offsets(v) => v.into_iter(),
-            _ => Vec::new().into_iter(),
-        };
+        let mut results = self.offsets(parts).await;
         let mut resp = km::OffsetForLeaderEpochResponse::default();
         for t in &r.topics {
             let mut tr =
