@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// num.partitions) [default: 1]
     #[arg(long, env = "RINGMQ_DEFAULT_PARTITIONS")]
     default_partitions: Option<u32>,
+    /// How long an empty consumer group waits for more members before its first
+    /// rebalance completes, ms (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
+    #[arg(long, env = "RINGMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
+    group_initial_rebalance_delay_ms: Option<u64>,
     /// TOML file with any of these settings (keys as the flags, with _ for -)
     #[arg(long, env = "RINGMQ_CONFIG")]
     config: Option<PathBuf>,
@@ -98,6 +102,7 @@ struct FileConfig {
     kafka_advertise: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
+    group_initial_rebalance_delay_ms: Option<u64>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
     log_level: Option<String>,
@@ -119,6 +124,7 @@ struct Settings {
     native_listen: SocketAddr,
     kafka_listen: Option<SocketAddr>,
     kafka: KafkaOptions,
+    group_initial_rebalance_delay: Duration,
     cpus: Vec<usize>,
     log_defaults: LogConfig,
     limits: ConnLimits,
@@ -211,6 +217,11 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         );
     }
     Ok(Settings {
+        group_initial_rebalance_delay: Duration::from_millis(
+            args.group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .unwrap_or(3000),
+        ),
         kafka_listen,
         kafka: KafkaOptions {
             advertise_host,
@@ -325,10 +336,25 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (_, registration) = buffer_registration(s.cpus.len());
     // Bind once here to report a busy port clearly; the shards bind their own.
+    // A broker killed a moment ago can hold its listening sockets for a short while
+    // after it is gone (the kernel tears its io_uring rings down asynchronously), so a
+    // busy port is retried for up to 3 s before giving up.
     for addr in std::iter::once(s.native_listen).chain(s.kafka_listen) {
-        match std::net::TcpListener::bind(addr) {
-            Ok(l) => drop(l),
-            Err(e) => bail!("cannot listen on {addr}: {e}"),
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => {
+                    drop(l);
+                    break;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => bail!("cannot listen on {addr}: {e}"),
+            }
         }
     }
     println!("ringmq {} starting", env!("CARGO_PKG_VERSION"));
@@ -381,6 +407,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             open_segments_max: 256,
             call_timeout: Duration::from_millis(s.request_timeout_ms),
             zero_copy: s.zero_copy,
+            group_initial_rebalance_delay: s.group_initial_rebalance_delay,
         };
         let table = table.clone();
         let stop = stop.clone();

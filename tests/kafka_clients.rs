@@ -358,3 +358,110 @@ fn kafka_fetches_of_on_disk_data_go_file_to_socket() {
     assert_eq!(delta("send_file_bytes_copied"), 0);
     println!("kafka fetch: {spliced} bytes spliced file → socket, none copied");
 }
+
+// --- consumer groups ----------------------------------------------------------------
+
+#[test]
+fn confluent_group_shares_partitions_survives_member_kill_and_broker_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let extra = ["--group-initial-rebalance-delay-ms", "500"];
+    let broker = Broker::start_args(&data, 2, &extra);
+    let (addr, kafka) = (broker.addr, broker.kafka);
+    let bootstrap = kafka.to_string();
+    let out = clients(&bootstrap, &["group-share", "gtopic", "gconf", "confluent"]);
+    assert!(out.contains("3 members share 6 partitions"));
+    // Committed means durable: SIGKILL the broker, restart it, resume the group.
+    broker.kill();
+    let _broker = Broker::start_at(&data, 2, addr, kafka, &extra);
+    clients(&bootstrap, &["group-resume", "gtopic", "gconf"]);
+}
+
+#[test]
+fn kafka_python_group_shares_partitions_and_survives_member_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(
+        &dir.path().join("data"),
+        &["--group-initial-rebalance-delay-ms", "500"],
+    );
+    clients(
+        &bootstrap,
+        &["group-share", "gtopic", "gpy", "kafka-python"],
+    );
+}
+
+#[test]
+fn kcat_balanced_consumers_share_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(
+        &dir.path().join("data"),
+        &[
+            "--group-initial-rebalance-delay-ms",
+            "1500",
+            "--default-partitions",
+            "6",
+        ],
+    );
+    let input: String = (0..6000).map(|i| format!("k{i}:{i}\n")).collect();
+    let mut p = Command::new("kcat")
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["-b", &bootstrap, "-P", "-t", "kg", "-K:"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success());
+    // Three balanced consumers (Debian's librdkafka 2.0.2), each until the end of
+    // what it was assigned.
+    let kcats: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new("kcat")
+                .env_remove("LD_LIBRARY_PATH")
+                .args([
+                    "-b",
+                    &bootstrap,
+                    "-G",
+                    "kcatgroup",
+                    "-X",
+                    "auto.offset.reset=earliest",
+                ])
+                .args(["-f", "%p %s\n", "-e", "kg"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut owners: Vec<std::collections::BTreeSet<u32>> = Vec::new();
+    for k in kcats {
+        let out = k.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut mine = std::collections::BTreeSet::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let (p, v) = line.split_once(' ').unwrap();
+            mine.insert(p.parse::<u32>().unwrap());
+            seen.insert(v.parse::<u32>().unwrap());
+        }
+        owners.push(mine);
+    }
+    assert_eq!(
+        seen.len(),
+        6000,
+        "every record consumed by one of the three"
+    );
+    for (i, a) in owners.iter().enumerate() {
+        assert!(!a.is_empty(), "consumer {i} got partitions: {owners:?}");
+        for b in &owners[i + 1..] {
+            assert!(
+                a.is_disjoint(b),
+                "partitions consumed by two members: {owners:?}"
+            );
+        }
+    }
+    println!("kcat -G: 3 consumers shared 6 partitions {owners:?}, 6000 records");
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use kafka_protocol::messages::ResponseKind;
 use ringmq_net::codec::{
     self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
     ProducePartition, ProduceResult, Records, RecordsChunk, Request, Response, WireError,
@@ -25,6 +26,7 @@ use ringmq_storage::{
     BatchError, LogConfig, Notify, PartitionLog, ReadChunk, ReadResult, SegmentCache,
 };
 
+use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
 use crate::placement::place;
 use crate::producers::{self, Check, Producers};
 use crate::timers::Timers;
@@ -53,6 +55,9 @@ pub struct ShardOptions {
     pub call_timeout: Duration,
     /// Send fetched file ranges file → socket without a copy through user space.
     pub zero_copy: bool,
+    /// How long an empty consumer group waits for more members before its first
+    /// rebalance completes (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: Duration,
 }
 
 /// A call from one shard to another.
@@ -68,6 +73,14 @@ pub enum Call {
     Counters,
     /// Change a topic (on the metadata shard).
     ChangeTopic(TopicChange),
+    /// A consumer-group request for a group this shard coordinates; `wait` is how long
+    /// it may legitimately take (a join waits for the rebalance).
+    Group {
+        /// The request.
+        request: Box<GroupRequest>,
+        /// Added to the call timeout.
+        wait: Duration,
+    },
 }
 
 /// A change to an existing topic, made by the metadata shard and applied by all.
@@ -107,6 +120,8 @@ pub enum Reply {
     Stats(Vec<PartitionInfo>),
     /// Answer to `Call::Counters`.
     Counters(Vec<(String, u64)>),
+    /// Answer to `Call::Group`.
+    Group(Box<ResponseKind>),
 }
 
 /// What travels on a cross-shard channel.
@@ -201,6 +216,7 @@ pub struct Shard {
     metadata_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
     files: Rc<FileSender>,
+    groups: Rc<Coordinator>,
     fetch_memory_bytes: Cell<u64>,
     fetch_file_bytes: Cell<u64>,
 }
@@ -255,9 +271,21 @@ impl Shard {
         table: TopicTable,
         links: Links,
     ) -> Result<Rc<Self>, String> {
+        let cache = SegmentCache::new(opts.open_segments_max);
+        let timers = Timers::new();
+        let groups = Coordinator::open(
+            &opts.data_dir,
+            opts.shard_id,
+            opts.shard_count,
+            timers.clone(),
+            cache.clone(),
+            opts.group_initial_rebalance_delay,
+        )
+        .await?;
         let shard = Rc::new(Self {
-            cache: SegmentCache::new(opts.open_segments_max),
-            timers: Timers::new(),
+            cache,
+            timers,
+            groups,
             topics: RefCell::new(TopicTable::default()),
             partitions: RefCell::new(HashMap::new()),
             producers: RefCell::new(HashMap::new()),
@@ -342,6 +370,42 @@ impl Shard {
         self.opts.log_defaults.clone()
     }
 
+    /// Answers a consumer-group request: here if this shard coordinates the group,
+    /// else on the shard that does. `None` when that shard did not answer.
+    pub async fn group_request(
+        &self,
+        request: GroupRequest,
+        wait: Duration,
+    ) -> Option<ResponseKind> {
+        let owner = match group_of(&request.request) {
+            Some(g) => group_shard(&g, self.opts.shard_count),
+            None => self.opts.shard_id,
+        };
+        self.group_request_on(owner, request, wait).await
+    }
+
+    /// Answers a group request on a given shard (ListGroups asks every shard).
+    pub async fn group_request_on(
+        &self,
+        shard: u32,
+        request: GroupRequest,
+        wait: Duration,
+    ) -> Option<ResponseKind> {
+        if shard == self.opts.shard_id {
+            return Some(self.groups.handle(request).await);
+        }
+        let request = Box::new(request);
+        match self.call(shard, Call::Group { request, wait }).await {
+            Some(Reply::Group(r)) => Some(*r),
+            _ => None,
+        }
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> u32 {
+        self.opts.shard_count
+    }
+
     /// Number of partitions this shard owns.
     pub fn partition_count(&self) -> usize {
         self.partitions.borrow().len()
@@ -372,6 +436,7 @@ impl Shard {
     pub async fn shutdown(&self) {
         self.stopping.set(true);
         self.timers.stop();
+        self.groups.close().await;
         let logs: Vec<Rc<PartitionLog>> = self.partitions.borrow().values().cloned().collect();
         for log in logs {
             if let Err(e) = log.close().await {
@@ -385,6 +450,7 @@ impl Shard {
             Call::Request(Request::Fetch { max_wait_ms, .. }) => {
                 Duration::from_millis(u64::from(*max_wait_ms))
             }
+            Call::Group { wait, .. } => *wait,
             _ => Duration::ZERO,
         };
         let id = self.next_call_id.get();
@@ -461,6 +527,9 @@ impl Shard {
                     Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
                     Call::Stats(parts) => Reply::Stats(self.local_stats(&parts)),
                     Call::Counters => Reply::Counters(self.counters()),
+                    Call::Group { request, .. } => {
+                        Reply::Group(Box::new(self.groups.handle(*request).await))
+                    }
                     Call::ChangeTopic(c) => {
                         Reply::Response(self.clone().change_metadata(Edit::Topic(c)).await)
                     }

@@ -17,7 +17,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a forwarded JoinGroup or SyncGroup may wait for its rebalance.
+const GROUP_WAIT_MAX: Duration = Duration::from_secs(600);
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{self as km, ApiKey, RequestKind, ResponseHeader, ResponseKind};
@@ -29,6 +32,7 @@ use ringmq_net::codec::{
 use ringmq_net::conn::{LocalFuture, Service};
 
 use crate::broker::{Shard, TopicChange};
+use crate::groups::{self, GroupRequest};
 use crate::topics;
 
 /// The broker's node id in Kafka metadata (a single node).
@@ -97,6 +101,17 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -152,6 +167,7 @@ struct Decoded {
     api: ApiKey,
     version: i16,
     correlation_id: i32,
+    client_id: String,
     request: RequestKind,
 }
 
@@ -201,14 +217,19 @@ fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
     // The crate returns errors for short or malformed input; the unwind guard is a
     // second line, so a decoder bug can only close this one connection.
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        km::RequestHeader::decode(&mut body, api.request_header_version(version))?;
-        RequestKind::decode(api, &mut body, version)
+        let h = km::RequestHeader::decode(&mut body, api.request_header_version(version))?;
+        let request = RequestKind::decode(api, &mut body, version)?;
+        Ok::<_, anyhow::Error>((
+            h.client_id.map(|c| c.to_string()).unwrap_or_default(),
+            request,
+        ))
     }));
     match decoded {
-        Ok(Ok(request)) => Ok(Decoded {
+        Ok(Ok((client_id, request))) => Ok(Decoded {
             api,
             version,
             correlation_id,
+            client_id,
             request,
         }),
         Ok(Err(e)) => Err(Refusal::Close(format!(
@@ -396,6 +417,42 @@ impl KafkaService {
             }
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
+            }
+            RequestKind::FindCoordinator(r) => {
+                ResponseKind::FindCoordinator(self.find_coordinator(r, version))
+            }
+            RequestKind::ListGroups(r) => {
+                ResponseKind::ListGroups(self.list_groups(r, version).await)
+            }
+            RequestKind::DescribeGroups(r) => {
+                ResponseKind::DescribeGroups(self.describe_groups(r, version, d.client_id).await)
+            }
+            RequestKind::DeleteGroups(r) => {
+                ResponseKind::DeleteGroups(self.delete_groups(r, version, d.client_id).await)
+            }
+            request @ (RequestKind::JoinGroup(_)
+            | RequestKind::SyncGroup(_)
+            | RequestKind::Heartbeat(_)
+            | RequestKind::LeaveGroup(_)
+            | RequestKind::OffsetCommit(_)
+            | RequestKind::OffsetFetch(_)
+            | RequestKind::OffsetDelete(_)) => {
+                let wait = match &request {
+                    RequestKind::JoinGroup(_) | RequestKind::SyncGroup(_) => GROUP_WAIT_MAX,
+                    _ => Duration::ZERO,
+                };
+                let r = GroupRequest {
+                    request,
+                    version,
+                    client_id: d.client_id,
+                };
+                match self.shard.group_request(r, wait).await {
+                    Some(resp) => resp,
+                    None => {
+                        tracing::warn!(api = ?api, "kafka: group coordinator shard did not answer");
+                        return OutFrame::close();
+                    }
+                }
             }
             other => {
                 // `decode` admits only the APIs of SUPPORTED, each answered above.
@@ -1129,6 +1186,114 @@ impl KafkaService {
                 rr.error_message = Some(s(&m));
             }
             resp.responses.push(rr);
+        }
+        resp
+    }
+
+    /// Every group's coordinator is this node (the group's shard is found inside).
+    fn find_coordinator(
+        &self,
+        r: km::FindCoordinatorRequest,
+        version: i16,
+    ) -> km::FindCoordinatorResponse {
+        let mut resp = km::FindCoordinatorResponse::default();
+        let (host, port) = self.broker();
+        if r.key_type != 0 {
+            resp.error_code = errors::INVALID_REQUEST;
+            if version >= 1 {
+                resp.error_message =
+                    Some(s("transactions are not supported: only group coordinators"));
+            }
+            resp.node_id = km::BrokerId(-1);
+            resp.port = -1;
+            return resp;
+        }
+        resp.node_id = km::BrokerId(NODE_ID);
+        resp.host = host;
+        resp.port = port;
+        resp
+    }
+
+    /// ListGroups asks every shard.
+    async fn list_groups(&self, r: km::ListGroupsRequest, version: i16) -> km::ListGroupsResponse {
+        let mut resp = km::ListGroupsResponse::default();
+        for shard in 0..self.shard.shard_count() {
+            let q = GroupRequest {
+                request: RequestKind::ListGroups(r.clone()),
+                version,
+                client_id: String::new(),
+            };
+            match self.shard.group_request_on(shard, q, Duration::ZERO).await {
+                Some(ResponseKind::ListGroups(l)) => resp.groups.extend(l.groups),
+                _ => resp.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
+            }
+        }
+        if !r.states_filter.is_empty() {
+            resp.groups.retain(|g| {
+                r.states_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(&g.group_state))
+            });
+        }
+        resp
+    }
+
+    /// DescribeGroups: each group on its own shard.
+    async fn describe_groups(
+        &self,
+        r: km::DescribeGroupsRequest,
+        version: i16,
+        client_id: String,
+    ) -> km::DescribeGroupsResponse {
+        let mut resp = km::DescribeGroupsResponse::default();
+        for g in &r.groups {
+            let mut one = r.clone();
+            one.groups = vec![g.clone()];
+            let q = GroupRequest {
+                request: RequestKind::DescribeGroups(one),
+                version,
+                client_id: client_id.clone(),
+            };
+            let owner = groups::group_shard(g.0.as_str(), self.shard.shard_count());
+            match self.shard.group_request_on(owner, q, Duration::ZERO).await {
+                Some(ResponseKind::DescribeGroups(d)) => resp.groups.extend(d.groups),
+                _ => {
+                    let mut dg = km::describe_groups_response::DescribedGroup::default();
+                    dg.group_id = g.clone();
+                    dg.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
+                    resp.groups.push(dg);
+                }
+            }
+        }
+        resp
+    }
+
+    /// DeleteGroups: each group on its own shard.
+    async fn delete_groups(
+        &self,
+        r: km::DeleteGroupsRequest,
+        version: i16,
+        client_id: String,
+    ) -> km::DeleteGroupsResponse {
+        let mut resp = km::DeleteGroupsResponse::default();
+        for g in &r.groups_names {
+            let mut one = r.clone();
+            one.groups_names = vec![g.clone()];
+            let q = GroupRequest {
+                request: RequestKind::DeleteGroups(one),
+                version,
+                client_id: client_id.clone(),
+            };
+            let owner = groups::group_shard(g.0.as_str(), self.shard.shard_count());
+            match self.shard.group_request_on(owner, q, Duration::ZERO).await {
+                Some(ResponseKind::DeleteGroups(d)) => resp.results.extend(d.results),
+                _ => {
+                    let mut dr = km::delete_groups_response::DeletableGroupResult::default();
+                    dr.group_id = g.clone();
+                    dr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
+                    resp.results.push(dr);
+                }
+            }
         }
         resp
     }

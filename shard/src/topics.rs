@@ -95,6 +95,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err("topic name cannot be '.' or '..'".into());
     }
+    if name.starts_with("__ringmq") {
+        return Err("topic names starting with __ringmq are reserved".into());
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))

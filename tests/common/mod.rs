@@ -15,14 +15,29 @@ pub struct Broker {
     pub kafka: SocketAddr,
 }
 
-/// A port that is free now.
+/// A port that is free now, below the kernel's range for ephemeral ports, so no
+/// client connection (of this test or another running beside it) can take it while a
+/// broker restarts on it.
 pub fn free_addr() -> SocketAddr {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_100));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}").parse().unwrap()
+        .subsec_nanos()
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    let span = u32::from(to - from);
+    for i in 0..span {
+        let port = from + ((seed.wrapping_add(i.wrapping_mul(7919))) % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            drop(l);
+            return format!("127.0.0.1:{port}").parse().unwrap();
+        }
+    }
+    panic!("no free port in {from}..{to}");
 }
 
 impl Broker {

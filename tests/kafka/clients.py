@@ -8,6 +8,8 @@ Run by tests/kafka_clients.rs, which starts the broker on a free port:
     clients.py BOOTSTRAP admin
     clients.py BOOTSTRAP produce-idempotent TOPIC COUNT
     clients.py BOOTSTRAP verify-sequence TOPIC COUNT
+    clients.py BOOTSTRAP group-share TOPIC GROUP [confluent|kafka-python]
+    clients.py BOOTSTRAP group-resume TOPIC GROUP
 
 Each prints what it checked and exits non-zero (with the reason) on the first
 mismatch.
@@ -367,6 +369,239 @@ def consume_confluent_values(bootstrap, topic, partitions, n):
     return got
 
 
+# --- consumer groups -----------------------------------------------------------------
+
+GROUP_PARTITIONS = 6
+SESSION_MS = 6000
+
+
+def group_member_kafka_python(bootstrap, topic, group, name):
+    """group_member with kafka-python."""
+    import json
+    import signal
+    from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    def say(kind, **kw):
+        print(json.dumps({"kind": kind, "member": name, "t": time.time(), **kw}), flush=True)
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            say("revoke", partitions=sorted(p.partition for p in revoked))
+
+        def on_partitions_assigned(self, assigned):
+            say("assign", partitions=sorted(p.partition for p in assigned))
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, client_id=name,
+                      auto_offset_reset="earliest", enable_auto_commit=False,
+                      session_timeout_ms=SESSION_MS, heartbeat_interval_ms=500)
+    c.subscribe([topic], listener=Listener())
+    while not stop:
+        got = c.poll(timeout_ms=200, max_records=500)
+        for _, msgs in got.items():
+            for m in msgs:
+                say("msg", partition=m.partition, offset=m.offset, value=m.value.decode())
+        if got:
+            c.commit()
+    c.close()
+    say("closed")
+
+
+def group_member(bootstrap, topic, group, name):
+    """One member of a group (a child process of group-share): reports its
+    assignments, revocations and every record on stdout, commits synchronously after
+    each poll, until SIGTERM."""
+    import json
+    import signal
+    from confluent_kafka import Consumer
+
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+
+    def say(kind, **kw):
+        print(json.dumps({"kind": kind, "member": name, "t": time.time(), **kw}), flush=True)
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "client.id": name,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": SESSION_MS,
+        "heartbeat.interval.ms": 500,
+    })
+    c.subscribe([topic],
+                on_assign=lambda _c, ps: say("assign", partitions=sorted(p.partition for p in ps)),
+                on_revoke=lambda _c, ps: say("revoke", partitions=sorted(p.partition for p in ps)))
+    while not stop:
+        msgs = c.consume(500, 0.2)
+        for m in msgs:
+            if m.error():
+                say("error", error=str(m.error()))
+                continue
+            say("msg", partition=m.partition(), offset=m.offset(), value=m.value().decode())
+        if msgs:
+            c.commit(asynchronous=False)
+    c.close()
+    say("closed")
+
+
+def produce_values(bootstrap, topic, start, count):
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i in range(start, start + count):
+        p.produce(topic, key=f"k{i}".encode(), value=str(i).encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    if p.flush(30):
+        fail("producer did not deliver everything")
+
+
+def group_share(bootstrap, topic, group, client="confluent"):
+    """3 members share 6 partitions without overlap; one is SIGKILLed and its
+    partitions move to the others; every record is consumed at least once."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    create_topic(bootstrap, topic, GROUP_PARTITIONS)
+    produce_values(bootstrap, topic, 0, 6000)
+    events = []
+    lock = threading.Lock()
+    procs = {}
+
+    def read(name, proc):
+        for line in proc.stdout:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            with lock:
+                events.append(e)
+
+    t_start = time.time()
+    for name in ["m0", "m1", "m2"]:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, bootstrap, f"group-member-{client}", topic, group, name],
+            stdout=subprocess.PIPE, text=True)
+        procs[name] = proc
+        threading.Thread(target=read, args=(name, proc), daemon=True).start()
+
+    def owners(live):
+        """Each live member's current partitions, replaying events in time order."""
+        cur = {}
+        with lock:
+            evs = sorted(events, key=lambda e: e["t"])
+        for e in evs:
+            if e["kind"] == "assign":
+                cur[e["member"]] = set(e["partitions"])
+            elif e["kind"] == "revoke":
+                cur[e["member"]] = set()
+        return {m: ps for m, ps in cur.items() if m in live}
+
+    def wait_for(cond, what, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if cond():
+                return time.time()
+            time.sleep(0.05)
+        fail(f"timed out waiting for {what}; events: {events[-10:]}")
+
+    live = {"m0", "m1", "m2"}
+
+    def spread(members):
+        o = owners(members)
+        return (len(o) == len(members) and all(o.values())
+                and sorted(p for ps in o.values() for p in ps) == list(range(GROUP_PARTITIONS)))
+
+    t_shared = wait_for(lambda: spread(live), "3 members to share 6 partitions", 60)
+    print(f"group ({client}): 3 members share {GROUP_PARTITIONS} partitions "
+          f"{sorted((m, sorted(ps)) for m, ps in owners(live).items())} "
+          f"{t_shared - t_start:.1f} s after starting")
+    wait_for(lambda: len({e["value"] for e in events if e["kind"] == "msg"}) >= 6000,
+             "the first 6000 records", 60)
+    # SIGKILL one member: no LeaveGroup, only the session timeout tells.
+    os.kill(procs["m0"].pid, signal.SIGKILL)
+    procs["m0"].wait()
+    t_kill = time.time()
+    live.discard("m0")
+    t_moved = wait_for(lambda: spread(live), "the survivors to take every partition",
+                       SESSION_MS / 1000 * 3)
+    print(f"group: after a SIGKILL of one member, its partitions moved to the other two in "
+          f"{t_moved - t_kill:.1f} s (session timeout {SESSION_MS / 1000:.0f} s)")
+    produce_values(bootstrap, topic, 6000, 6000)
+    wait_for(lambda: len({e["value"] for e in events if e["kind"] == "msg"}) >= 12000,
+             "all 12000 records", 60)
+    for name in ["m1", "m2"]:
+        procs[name].send_signal(signal.SIGTERM)
+    for name in ["m1", "m2"]:
+        procs[name].wait(timeout=30)
+    # No partition owned by two members at once, replaying the events in time order.
+    cur = {}
+    killed = False
+    for e in sorted(events, key=lambda e: e["t"]):
+        if not killed and e["t"] >= t_kill:
+            cur.pop("m0", None)  # a killed member owns nothing
+            killed = True
+        if e["kind"] == "assign":
+            for m, ps in cur.items():
+                both = ps & set(e["partitions"])
+                if m != e["member"] and both:
+                    fail(f"partitions {both} owned by {m} and {e['member']} at once")
+            cur[e["member"]] = set(e["partitions"])
+        elif e["kind"] == "revoke":
+            cur[e["member"]] = set()
+    values = [int(e["value"]) for e in events if e["kind"] == "msg"]
+    missing = set(range(12000)) - set(values)
+    if missing:
+        fail(f"{len(missing)} records never consumed, e.g. {sorted(missing)[:5]}")
+    errors = [e for e in events if e["kind"] == "error"]
+    if errors:
+        fail(f"consumer errors: {errors[:3]}")
+    print(f"group: all 12000 records consumed ({len(values) - 12000} redelivered after the "
+          f"kill), no partition owned by two members at once")
+
+
+def group_resume(bootstrap, topic, group):
+    """After a broker restart: the group's committed offsets are the partitions' ends
+    (everything was consumed and committed); a new member starts from them."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    tps = [TopicPartition(topic, p) for p in range(GROUP_PARTITIONS)]
+    committed = c.committed(tps, timeout=30)
+    for tp in committed:
+        lo, hi = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+        if tp.offset != hi:
+            fail(f"partition {tp.partition}: committed {tp.offset}, end {hi}")
+    print(f"group: after the broker restart the committed offsets are the ends: "
+          f"{[tp.offset for tp in committed]}")
+    produce_values(bootstrap, topic, 12000, 600)
+    c.subscribe([topic])
+    got = []
+    t0 = time.time()
+    first = None
+    while len(got) < 600 and time.time() - t0 < 60:
+        for m in c.consume(1000, 0.5):
+            if m.error():
+                fail(str(m.error()))
+            if first is None:
+                first = time.time() - t0
+            got.append(int(m.value()))
+    c.close()
+    if sorted(got) != list(range(12000, 12600)):
+        fail(f"resumed member read {len(got)} records, expected exactly 12000..12599 "
+             f"(e.g. {sorted(got)[:3]})")
+    print(f"group: a new member resumed at the committed offsets: exactly the 600 new "
+          f"records; first record {first:.2f} s after subscribe")
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -383,6 +618,14 @@ def main():
         produce_idempotent(bootstrap, args[0], int(args[1]))
     elif cmd == "verify-sequence":
         verify_sequence(bootstrap, args[0], int(args[1]))
+    elif cmd == "group-member-confluent":
+        group_member(bootstrap, args[0], args[1], args[2])
+    elif cmd == "group-member-kafka-python":
+        group_member_kafka_python(bootstrap, args[0], args[1], args[2])
+    elif cmd == "group-share":
+        group_share(bootstrap, args[0], args[1], *args[2:3])
+    elif cmd == "group-resume":
+        group_resume(bootstrap, args[0], args[1])
     else:
         fail(f"unknown command {cmd}")
 

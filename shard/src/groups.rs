@@ -1,0 +1,1275 @@
+//! Consumer groups: the group coordinator of one shard, for Kafka clients.
+//!
+//! Each group belongs to one shard, [`group_shard`] of its id; requests for it that
+//! arrive on other shards are forwarded there. The classic protocol:
+//!
+//! - **Join.** A member joining (or rejoining) moves the group to `PreparingRebalance`.
+//!   The rebalance completes when every known member has rejoined, or at the rebalance
+//!   deadline (the members' largest rebalance timeout), when members that did not rejoin
+//!   are dropped. A group that was empty waits `initial_rebalance_delay` first, so
+//!   consumers starting together land in one generation (Kafka's
+//!   `group.initial.rebalance.delay.ms`). Completion starts a new generation, picks the
+//!   first protocol (assignor) every member supports, in the leader's order, and
+//!   answers every pending join; the leader gets the members and their metadata.
+//! - **Sync.** The leader's SyncGroup carries the assignment; it moves the group to
+//!   `Stable` and answers every member's pending sync with its own part.
+//! - **Heartbeat.** Keeps a member alive; during a rebalance it answers
+//!   REBALANCE_IN_PROGRESS so the member rejoins. A member silent for its session
+//!   timeout is removed and the group rebalances. Deadlines are checked every 100 ms on
+//!   the shard's timing wheel.
+//! - **Static members** (`group.instance.id`): a member rejoining with a known instance
+//!   id takes over the old member's place without the old one timing out first.
+//!
+//! Committed offsets are appended to the shard's own group log
+//! (`<data-dir>/__ringmq_groups/<shard>`, RecordBatch v2, flush every batch) and an
+//! OffsetCommit is answered only once its batch is durable. At start every shard reads
+//! all group logs (its own last) and keeps the groups it owns, so a change in the shard
+//! count keeps every group's offsets. Membership is not persisted: after a broker
+//! restart members get UNKNOWN_MEMBER_ID and rejoin, as after a coordinator change in
+//! Kafka. The log is not compacted yet: it grows by one record per committed partition.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use glommio::channels::local_channel::{self, LocalSender};
+use kafka_protocol::messages::{self as km, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use ringmq_storage::batch::{self, Record};
+use ringmq_storage::{FlushPolicy, LogConfig, PartitionLog, ReadChunk, SegmentCache};
+
+use crate::timers::Timers;
+
+/// Directory of the group logs under the data directory.
+pub const GROUPS_DIR: &str = "__ringmq_groups";
+
+/// Kafka error codes of the group protocol.
+pub mod errors {
+    /// Success.
+    pub const NONE: i16 = 0;
+    /// The coordinator could not write.
+    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    /// Generation mismatch.
+    pub const ILLEGAL_GENERATION: i16 = 22;
+    /// No protocol shared by the members.
+    pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
+    /// Empty group id.
+    pub const INVALID_GROUP_ID: i16 = 24;
+    /// Member not in the group.
+    pub const UNKNOWN_MEMBER_ID: i16 = 25;
+    /// Session timeout out of bounds.
+    pub const INVALID_SESSION_TIMEOUT: i16 = 26;
+    /// The group is rebalancing: rejoin.
+    pub const REBALANCE_IN_PROGRESS: i16 = 27;
+    /// Unknown topic or partition.
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    /// The group has members.
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    /// No such group.
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    /// First join: retry with the member id given.
+    pub const MEMBER_ID_REQUIRED: i16 = 79;
+    /// Static member fenced by a newer instance.
+    pub const FENCED_INSTANCE_ID: i16 = 82;
+}
+
+/// The shard that coordinates `group`: FNV-1a of the id, modulo the shard count.
+pub fn group_shard(group: &str, shard_count: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in group.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % shard_count.max(1)
+}
+
+/// The group a group request is about (for routing), or `None` for requests every
+/// shard answers (ListGroups) or that are not group requests.
+pub fn group_of(request: &RequestKind) -> Option<String> {
+    let g = match request {
+        RequestKind::JoinGroup(r) => &r.group_id,
+        RequestKind::SyncGroup(r) => &r.group_id,
+        RequestKind::Heartbeat(r) => &r.group_id,
+        RequestKind::LeaveGroup(r) => &r.group_id,
+        RequestKind::OffsetCommit(r) => &r.group_id,
+        RequestKind::OffsetFetch(r) => &r.group_id,
+        RequestKind::OffsetDelete(r) => &r.group_id,
+        _ => return None,
+    };
+    Some(g.0.to_string())
+}
+
+/// A group request, as forwarded between shards.
+#[derive(Debug)]
+pub struct GroupRequest {
+    /// The decoded Kafka request.
+    pub request: RequestKind,
+    /// Its version.
+    pub version: i16,
+    /// The client id of its header.
+    pub client_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Empty,
+    PreparingRebalance,
+    CompletingRebalance,
+    Stable,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Empty => "Empty",
+            State::PreparingRebalance => "PreparingRebalance",
+            State::CompletingRebalance => "CompletingRebalance",
+            State::Stable => "Stable",
+        }
+    }
+}
+
+/// What a pending join is answered with.
+#[derive(Debug, Clone)]
+struct JoinDone {
+    error: i16,
+    generation: i32,
+    protocol: String,
+    leader: String,
+    /// The leader's view: (member, instance id, metadata); empty for followers.
+    members: Vec<(String, Option<String>, Bytes)>,
+}
+
+#[derive(Debug)]
+struct Member {
+    instance_id: Option<String>,
+    client_id: String,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    protocols: Vec<(String, Bytes)>,
+    assignment: Bytes,
+    deadline: Instant,
+    join: Option<LocalSender<JoinDone>>,
+    sync: Option<LocalSender<(i16, Bytes)>>,
+}
+
+#[derive(Debug)]
+struct Group {
+    state: State,
+    generation: i32,
+    protocol_type: String,
+    protocol: String,
+    leader: String,
+    members: BTreeMap<String, Member>,
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    pending_ids: HashMap<String, Instant>,
+    rebalance_deadline: Instant,
+    /// An empty group's first rebalance does not complete before this.
+    initial_until: Instant,
+}
+
+impl Group {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: State::Empty,
+            generation: 0,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            leader: String::new(),
+            members: BTreeMap::new(),
+            pending_ids: HashMap::new(),
+            rebalance_deadline: now,
+            initial_until: now,
+        }
+    }
+}
+
+/// Committed offsets of one group: (topic, partition) → (offset, leader epoch, metadata).
+type Offsets = BTreeMap<(String, i32), (i64, i32, Option<String>)>;
+
+/// The group coordinator of one shard.
+pub struct Coordinator {
+    shard_id: u32,
+    shard_count: u32,
+    timers: Rc<Timers>,
+    groups: RefCell<HashMap<String, Group>>,
+    offsets: RefCell<HashMap<String, Offsets>>,
+    log: Rc<PartitionLog>,
+    initial_delay: Duration,
+    next_member: Cell<u64>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("shard_id", &self.shard_id)
+            .finish()
+    }
+}
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn offset_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + group.len() + topic.len());
+    k.push(b'o');
+    k.extend_from_slice(&(group.len() as u16).to_be_bytes());
+    k.extend_from_slice(group.as_bytes());
+    k.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    k.extend_from_slice(topic.as_bytes());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn parse_offset_key(k: &[u8]) -> Option<(String, String, i32)> {
+    let take = |b: &[u8], at: usize| -> Option<(String, usize)> {
+        let n = u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize;
+        let v = std::str::from_utf8(b.get(at + 2..at + 2 + n)?).ok()?;
+        Some((v.to_string(), at + 2 + n))
+    };
+    if k.first() != Some(&b'o') {
+        return None;
+    }
+    let (group, at) = take(k, 1)?;
+    let (topic, at) = take(k, at)?;
+    let p = i32::from_be_bytes(k.get(at..at + 4)?.try_into().ok()?);
+    Some((group, topic, p))
+}
+
+fn offset_value(offset: i64, epoch: i32, metadata: Option<&str>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&offset.to_be_bytes());
+    v.extend_from_slice(&epoch.to_be_bytes());
+    if let Some(m) = metadata {
+        v.extend_from_slice(m.as_bytes());
+    }
+    v
+}
+
+fn parse_offset_value(v: &[u8]) -> Option<(i64, i32, Option<String>)> {
+    let offset = i64::from_be_bytes(v.get(0..8)?.try_into().ok()?);
+    let epoch = i32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
+    let meta = std::str::from_utf8(&v[12..]).ok()?.to_string();
+    Some((offset, epoch, (!meta.is_empty()).then_some(meta)))
+}
+
+impl Coordinator {
+    /// Opens this shard's group log and rebuilds the committed offsets of the groups it
+    /// owns from every shard's group log.
+    pub async fn open(
+        data_dir: &Path,
+        shard_id: u32,
+        shard_count: u32,
+        timers: Rc<Timers>,
+        cache: Rc<SegmentCache>,
+        initial_delay: Duration,
+    ) -> Result<Rc<Self>, String> {
+        let root = data_dir.join(GROUPS_DIR);
+        let config = LogConfig {
+            flush: FlushPolicy::EveryBatch,
+            retention_bytes: None,
+            retention_ms: None,
+            segment_bytes: 64 << 20,
+            ..LogConfig::default()
+        };
+        let own = root.join(shard_id.to_string());
+        let log = PartitionLog::open(&own, config.clone(), cache.clone())
+            .await
+            .map_err(|e| format!("opening group log {}: {e}", own.display()))?;
+        let me = Rc::new(Self {
+            shard_id,
+            shard_count,
+            timers,
+            groups: RefCell::new(HashMap::new()),
+            offsets: RefCell::new(HashMap::new()),
+            log,
+            initial_delay,
+            next_member: Cell::new(1),
+        });
+        // Other shards' logs first (groups that moved here), then ours.
+        let mut others: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        others.retain(|p| p != &own && p.is_dir());
+        others.sort();
+        for dir in others {
+            me.replay_dir(&dir)?;
+        }
+        let own_log = me.log.clone();
+        me.replay(&own_log).await?;
+        let groups = me.offsets.borrow().len();
+        if groups > 0 {
+            tracing::info!(shard = shard_id, groups, "committed offsets rebuilt");
+        }
+        let sweeper = me.clone();
+        glommio::spawn_local(async move { sweeper.sweep().await }).detach();
+        Ok(me)
+    }
+
+    /// Reads another shard's group log straight from its segment files, read-only (its
+    /// own shard may have it open), up to the first batch that is not whole and valid.
+    /// Only records of groups this shard now owns are kept, and those were written by
+    /// an earlier run with another shard count, so a concurrent append cannot matter.
+    fn replay_dir(&self, dir: &Path) -> Result<(), String> {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        segments.sort();
+        for seg in segments {
+            let bytes =
+                std::fs::read(&seg).map_err(|e| format!("reading {}: {e}", seg.display()))?;
+            let mut pos = 0;
+            while let Some((_, len)) = batch::peek_frame(&bytes[pos..]) {
+                if pos + len > bytes.len()
+                    || batch::validate(&bytes[pos..pos + len], usize::MAX).is_err()
+                {
+                    break;
+                }
+                self.apply_batch(&bytes[pos..pos + len]);
+                pos += len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the offset records of one group-log batch that belong to this shard.
+    fn apply_batch(&self, b: &[u8]) {
+        let Ok(records) = batch::records(b) else {
+            return;
+        };
+        let mut all = self.offsets.borrow_mut();
+        for r in records {
+            let Some((group, topic, p)) = r.key.and_then(parse_offset_key) else {
+                continue;
+            };
+            if group_shard(&group, self.shard_count) != self.shard_id {
+                continue;
+            }
+            match r.value.and_then(parse_offset_value) {
+                Some(v) => {
+                    all.entry(group).or_default().insert((topic, p), v);
+                }
+                None => {
+                    if let Some(g) = all.get_mut(&group) {
+                        g.remove(&(topic, p));
+                        if g.is_empty() {
+                            all.remove(&group);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn replay(&self, log: &PartitionLog) -> Result<(), String> {
+        let end = log.end_offset();
+        let mut offset = log.start_offset();
+        while offset < end {
+            let r = log.read(offset, 4 << 20).await.map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            for c in r.chunks {
+                match c {
+                    ReadChunk::Memory(b) => bytes.extend_from_slice(&b),
+                    ReadChunk::File {
+                        file,
+                        position,
+                        len,
+                    } => bytes.extend_from_slice(
+                        &file
+                            .read_exact(position, len as usize)
+                            .await
+                            .map_err(|e| e.to_string())?,
+                    ),
+                }
+            }
+            let before = offset;
+            let mut pos = 0;
+            while let Some((base, len)) = batch::peek_frame(&bytes[pos..]) {
+                if pos + len > bytes.len() {
+                    break;
+                }
+                let b = &bytes[pos..pos + len];
+                let info = batch::parse_header(b).map_err(|e| e.to_string())?;
+                self.apply_batch(b);
+                offset = base + i64::from(info.last_offset_delta) + 1;
+                pos += len;
+            }
+            if offset <= before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a group request this shard coordinates.
+    pub async fn handle(self: &Rc<Self>, r: GroupRequest) -> ResponseKind {
+        let v = r.version;
+        match r.request {
+            RequestKind::JoinGroup(q) => {
+                ResponseKind::JoinGroup(self.join(q, v, r.client_id).await)
+            }
+            RequestKind::SyncGroup(q) => ResponseKind::SyncGroup(self.sync(q, v).await),
+            RequestKind::Heartbeat(q) => ResponseKind::Heartbeat(self.heartbeat(q)),
+            RequestKind::LeaveGroup(q) => ResponseKind::LeaveGroup(self.leave(q, v)),
+            RequestKind::OffsetCommit(q) => ResponseKind::OffsetCommit(self.commit(q).await),
+            RequestKind::OffsetFetch(q) => ResponseKind::OffsetFetch(self.fetch_offsets(q, v)),
+            RequestKind::OffsetDelete(q) => {
+                ResponseKind::OffsetDelete(self.delete_offsets(q).await)
+            }
+            RequestKind::ListGroups(_) => ResponseKind::ListGroups(self.list(v)),
+            RequestKind::DescribeGroups(q) => ResponseKind::DescribeGroups(self.describe(q, v)),
+            RequestKind::DeleteGroups(q) => ResponseKind::DeleteGroups(self.delete_groups(q).await),
+            other => {
+                tracing::error!("not a group request: {other:?}");
+                ResponseKind::Heartbeat(km::HeartbeatResponse::default())
+            }
+        }
+    }
+
+    fn new_member_id(&self, client_id: &str) -> String {
+        let n = self.next_member.get();
+        self.next_member.set(n + 1);
+        format!(
+            "{}-{}-{}-{n}",
+            if client_id.is_empty() {
+                "member"
+            } else {
+                client_id
+            },
+            self.shard_id,
+            ringmq_storage::now_ms()
+        )
+    }
+
+    async fn join(
+        self: &Rc<Self>,
+        q: km::JoinGroupRequest,
+        version: i16,
+        client_id: String,
+    ) -> km::JoinGroupResponse {
+        let group_id = q.group_id.0.to_string();
+        let mut resp = km::JoinGroupResponse::default();
+        resp.protocol_name = Some(s(""));
+        let fail = |mut resp: km::JoinGroupResponse, code: i16| {
+            resp.error_code = code;
+            resp.generation_id = -1;
+            resp
+        };
+        if group_id.is_empty() {
+            return fail(resp, errors::INVALID_GROUP_ID);
+        }
+        if !(1_000..=1_800_000).contains(&q.session_timeout_ms) {
+            return fail(resp, errors::INVALID_SESSION_TIMEOUT);
+        }
+        let rebalance_timeout = if version >= 1 {
+            q.rebalance_timeout_ms
+        } else {
+            q.session_timeout_ms
+        };
+        let instance_id = q.group_instance_id.as_ref().map(|i| i.to_string());
+        let (tx, rx) = local_channel::new_bounded(1);
+        let member_id;
+        {
+            let mut groups = self.groups.borrow_mut();
+            let g = groups.entry(group_id.clone()).or_insert_with(Group::new);
+            if !g.members.is_empty()
+                && !g.protocol_type.is_empty()
+                && g.protocol_type != q.protocol_type.as_str()
+            {
+                return fail(resp, errors::INCONSISTENT_GROUP_PROTOCOL);
+            }
+            let mut id = q.member_id.to_string();
+            if id.is_empty() {
+                // A static member rejoining takes its old member's place.
+                let old = instance_id.as_ref().and_then(|iid| {
+                    g.members
+                        .iter()
+                        .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
+                        .map(|(k, _)| k.clone())
+                });
+                match old {
+                    Some(old_id) => {
+                        let m = g.members.remove(&old_id).expect("found above");
+                        if let Some(old_join) = m.join {
+                            let _ = old_join.try_send(JoinDone {
+                                error: errors::FENCED_INSTANCE_ID,
+                                generation: -1,
+                                protocol: String::new(),
+                                leader: String::new(),
+                                members: Vec::new(),
+                            });
+                        }
+                        if g.leader == old_id {
+                            g.leader.clear();
+                        }
+                        id = self.new_member_id(&client_id);
+                    }
+                    None => {
+                        id = self.new_member_id(&client_id);
+                        if version >= 4 && instance_id.is_none() {
+                            g.pending_ids.insert(id.clone(), Instant::now());
+                            resp.member_id = s(&id);
+                            return fail(resp, errors::MEMBER_ID_REQUIRED);
+                        }
+                    }
+                }
+            } else if !g.members.contains_key(&id) && g.pending_ids.remove(&id).is_none() {
+                resp.member_id = s(&id);
+                return fail(resp, errors::UNKNOWN_MEMBER_ID);
+            }
+            member_id = id.clone();
+            let now = Instant::now();
+            let session = Duration::from_millis(q.session_timeout_ms as u64);
+            let member = g.members.entry(id).or_insert_with(|| Member {
+                instance_id: instance_id.clone(),
+                client_id: client_id.clone(),
+                session_timeout: session,
+                rebalance_timeout: Duration::ZERO,
+                protocols: Vec::new(),
+                assignment: Bytes::new(),
+                deadline: now + session,
+                join: None,
+                sync: None,
+            });
+            member.session_timeout = session;
+            member.rebalance_timeout = Duration::from_millis(rebalance_timeout.max(0) as u64);
+            member.protocols = q
+                .protocols
+                .iter()
+                .map(|p| (p.name.to_string(), p.metadata.clone()))
+                .collect();
+            member.deadline = now + session;
+            if let Some(old) = member.join.replace(tx) {
+                let _ = old.try_send(JoinDone {
+                    error: errors::UNKNOWN_MEMBER_ID,
+                    generation: -1,
+                    protocol: String::new(),
+                    leader: String::new(),
+                    members: Vec::new(),
+                });
+            }
+            g.protocol_type = q.protocol_type.to_string();
+            if g.state != State::PreparingRebalance {
+                self.prepare_rebalance(g);
+            }
+            if Self::all_joined(g) && Instant::now() >= g.initial_until {
+                self.complete_join(&group_id, g);
+            }
+        }
+        let Some(done) = rx.recv().await else {
+            return fail(resp, errors::UNKNOWN_MEMBER_ID);
+        };
+        resp.error_code = done.error;
+        resp.generation_id = done.generation;
+        resp.member_id = s(&member_id);
+        resp.leader = s(&done.leader);
+        resp.protocol_name = Some(s(&done.protocol));
+        if version >= 7 {
+            resp.protocol_type = Some(s(&q.protocol_type));
+        }
+        resp.members = done
+            .members
+            .into_iter()
+            .map(|(id, iid, meta)| {
+                let mut m = km::join_group_response::JoinGroupResponseMember::default();
+                m.member_id = s(&id);
+                if version >= 5 {
+                    m.group_instance_id = iid.map(|i| s(&i));
+                }
+                m.metadata = meta;
+                m
+            })
+            .collect();
+        resp
+    }
+
+    fn all_joined(g: &Group) -> bool {
+        g.members.values().all(|m| m.join.is_some())
+    }
+
+    /// Moves a group into PreparingRebalance: pending syncs are told to rejoin.
+    fn prepare_rebalance(&self, g: &mut Group) {
+        let was_empty = g.state == State::Empty;
+        g.state = State::PreparingRebalance;
+        let timeout = g
+            .members
+            .values()
+            .map(|m| m.rebalance_timeout)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        g.rebalance_deadline = now + timeout;
+        g.initial_until = if was_empty {
+            now + self.initial_delay.min(timeout)
+        } else {
+            now
+        };
+        for m in g.members.values_mut() {
+            if let Some(sync) = m.sync.take() {
+                let _ = sync.try_send((errors::REBALANCE_IN_PROGRESS, Bytes::new()));
+            }
+        }
+    }
+
+    /// Ends the join phase: drops members that did not rejoin, starts a generation and
+    /// answers the pending joins.
+    fn complete_join(&self, group_id: &str, g: &mut Group) {
+        g.members.retain(|_, m| m.join.is_some());
+        g.generation += 1;
+        if g.members.is_empty() {
+            g.state = State::Empty;
+            g.leader.clear();
+            g.protocol.clear();
+            return;
+        }
+        if !g.members.contains_key(&g.leader) {
+            g.leader = g.members.keys().next().expect("not empty").clone();
+        }
+        let leader_protocols: Vec<String> = g.members[&g.leader]
+            .protocols
+            .iter()
+            .map(|p| p.0.clone())
+            .collect();
+        let chosen = leader_protocols.into_iter().find(|name| {
+            g.members
+                .values()
+                .all(|m| m.protocols.iter().any(|p| &p.0 == name))
+        });
+        let now = Instant::now();
+        let Some(protocol) = chosen else {
+            for (_, m) in std::mem::take(&mut g.members) {
+                if let Some(j) = m.join {
+                    let _ = j.try_send(JoinDone {
+                        error: errors::INCONSISTENT_GROUP_PROTOCOL,
+                        generation: -1,
+                        protocol: String::new(),
+                        leader: String::new(),
+                        members: Vec::new(),
+                    });
+                }
+            }
+            g.state = State::Empty;
+            return;
+        };
+        g.protocol = protocol.clone();
+        g.state = State::CompletingRebalance;
+        let view: Vec<(String, Option<String>, Bytes)> = g
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|p| p.0 == protocol)
+                    .map(|p| p.1.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect();
+        tracing::info!(shard = self.shard_id, group = %group_id, generation = g.generation, members = g.members.len(), protocol = %protocol, "group rebalanced");
+        for (id, m) in g.members.iter_mut() {
+            m.deadline = now + m.session_timeout;
+            m.assignment = Bytes::new();
+            if let Some(j) = m.join.take() {
+                let _ = j.try_send(JoinDone {
+                    error: errors::NONE,
+                    generation: g.generation,
+                    protocol: protocol.clone(),
+                    leader: g.leader.clone(),
+                    members: if *id == g.leader {
+                        view.clone()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+        }
+    }
+
+    async fn sync(&self, q: km::SyncGroupRequest, version: i16) -> km::SyncGroupResponse {
+        let mut resp = km::SyncGroupResponse::default();
+        let group_id = q.group_id.0.to_string();
+        let member_id = q.member_id.to_string();
+        let rx = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(g) = groups.get_mut(&group_id) else {
+                resp.error_code = errors::UNKNOWN_MEMBER_ID;
+                return resp;
+            };
+            if version >= 5 {
+                resp.protocol_type = Some(s(&g.protocol_type));
+                resp.protocol_name = Some(s(&g.protocol));
+            }
+            if !g.members.contains_key(&member_id) {
+                resp.error_code = errors::UNKNOWN_MEMBER_ID;
+                return resp;
+            }
+            if q.generation_id != g.generation {
+                resp.error_code = errors::ILLEGAL_GENERATION;
+                return resp;
+            }
+            match g.state {
+                State::PreparingRebalance | State::Empty => {
+                    resp.error_code = errors::REBALANCE_IN_PROGRESS;
+                    return resp;
+                }
+                State::Stable => {
+                    resp.assignment = g.members[&member_id].assignment.clone();
+                    return resp;
+                }
+                State::CompletingRebalance => {}
+            }
+            let now = Instant::now();
+            if member_id == g.leader {
+                let given: HashMap<String, Bytes> = q
+                    .assignments
+                    .iter()
+                    .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                    .collect();
+                for (id, m) in g.members.iter_mut() {
+                    m.assignment = given.get(id).cloned().unwrap_or_default();
+                    m.deadline = now + m.session_timeout;
+                    if let Some(w) = m.sync.take() {
+                        let _ = w.try_send((errors::NONE, m.assignment.clone()));
+                    }
+                }
+                g.state = State::Stable;
+                resp.assignment = g.members[&member_id].assignment.clone();
+                return resp;
+            }
+            let (tx, rx) = local_channel::new_bounded(1);
+            let m = g.members.get_mut(&member_id).expect("checked above");
+            m.deadline = now + m.session_timeout;
+            m.sync = Some(tx);
+            rx
+        };
+        match rx.recv().await {
+            Some((code, assignment)) => {
+                resp.error_code = code;
+                resp.assignment = assignment;
+            }
+            None => resp.error_code = errors::REBALANCE_IN_PROGRESS,
+        }
+        resp
+    }
+
+    fn heartbeat(&self, q: km::HeartbeatRequest) -> km::HeartbeatResponse {
+        let mut resp = km::HeartbeatResponse::default();
+        let mut groups = self.groups.borrow_mut();
+        let member_id = q.member_id.to_string();
+        let Some(g) = groups.get_mut(q.group_id.0.as_str()) else {
+            resp.error_code = errors::UNKNOWN_MEMBER_ID;
+            return resp;
+        };
+        let (generation, state) = (g.generation, g.state);
+        let Some(m) = g.members.get_mut(&member_id) else {
+            resp.error_code = errors::UNKNOWN_MEMBER_ID;
+            return resp;
+        };
+        m.deadline = Instant::now() + m.session_timeout;
+        resp.error_code = if state == State::PreparingRebalance {
+            errors::REBALANCE_IN_PROGRESS
+        } else if q.generation_id != generation {
+            errors::ILLEGAL_GENERATION
+        } else {
+            errors::NONE
+        };
+        resp
+    }
+
+    fn leave(&self, q: km::LeaveGroupRequest, version: i16) -> km::LeaveGroupResponse {
+        let mut resp = km::LeaveGroupResponse::default();
+        let group_id = q.group_id.0.to_string();
+        let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+            q.members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member_id.to_string(),
+                        m.group_instance_id.as_ref().map(|i| i.to_string()),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(q.member_id.to_string(), None)]
+        };
+        let mut groups = self.groups.borrow_mut();
+        let Some(g) = groups.get_mut(&group_id) else {
+            resp.error_code = errors::UNKNOWN_MEMBER_ID;
+            return resp;
+        };
+        let mut removed = false;
+        for (id, iid) in leaving {
+            let key = if id.is_empty() {
+                iid.as_ref().and_then(|iid| {
+                    g.members
+                        .iter()
+                        .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
+                        .map(|(k, _)| k.clone())
+                })
+            } else {
+                Some(id.clone())
+            };
+            let code = match key.and_then(|k| g.members.remove(&k).map(|m| (k, m))) {
+                Some((k, m)) => {
+                    tracing::info!(shard = self.shard_id, group = %group_id, member = %k, "member left");
+                    if let Some(j) = m.join {
+                        let _ = j.try_send(JoinDone {
+                            error: errors::UNKNOWN_MEMBER_ID,
+                            generation: -1,
+                            protocol: String::new(),
+                            leader: String::new(),
+                            members: Vec::new(),
+                        });
+                    }
+                    removed = true;
+                    errors::NONE
+                }
+                None => errors::UNKNOWN_MEMBER_ID,
+            };
+            if version >= 3 {
+                let mut mr = km::leave_group_response::MemberResponse::default();
+                mr.member_id = s(&id);
+                mr.group_instance_id = iid.map(|i| s(&i));
+                mr.error_code = code;
+                resp.members.push(mr);
+            } else {
+                resp.error_code = code;
+            }
+        }
+        if removed {
+            self.after_member_loss(&group_id, g);
+        }
+        resp
+    }
+
+    /// A member left or timed out: the rest rebalance (or the group empties).
+    fn after_member_loss(&self, group_id: &str, g: &mut Group) {
+        if g.members.is_empty() {
+            g.state = State::Empty;
+            g.generation += 1;
+            g.leader.clear();
+            return;
+        }
+        if g.state != State::PreparingRebalance {
+            self.prepare_rebalance(g);
+        }
+        if Self::all_joined(g) {
+            self.complete_join(group_id, g);
+        }
+    }
+
+    /// Every 100 ms on the timing wheel: expire silent members, end rebalances whose
+    /// deadline passed.
+    async fn sweep(self: Rc<Self>) {
+        loop {
+            self.timers
+                .sleep_until(Instant::now() + Duration::from_millis(100))
+                .await;
+            let now = Instant::now();
+            let mut groups = self.groups.borrow_mut();
+            for (id, g) in groups.iter_mut() {
+                g.pending_ids
+                    .retain(|_, t| now.duration_since(*t) < Duration::from_secs(300));
+                let expired: Vec<String> = g
+                    .members
+                    .iter()
+                    .filter(|(_, m)| m.join.is_none() && m.deadline <= now)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &expired {
+                    tracing::info!(shard = self.shard_id, group = %id, member = %k, "member session expired");
+                    if let Some(m) = g.members.remove(k)
+                        && let Some(w) = m.sync
+                    {
+                        let _ = w.try_send((errors::REBALANCE_IN_PROGRESS, Bytes::new()));
+                    }
+                }
+                if !expired.is_empty() {
+                    self.after_member_loss(id, g);
+                }
+                if g.state == State::PreparingRebalance
+                    && now >= g.initial_until
+                    && (Self::all_joined(g) || now >= g.rebalance_deadline)
+                {
+                    self.complete_join(id, g);
+                }
+            }
+        }
+    }
+
+    /// Appends offset records (value `None`: delete) and waits until they are durable.
+    async fn write(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), String> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let now = ringmq_storage::now_ms();
+        let recs: Vec<Record> = records
+            .into_iter()
+            .map(|(k, v)| Record {
+                key: Some(k),
+                value: v,
+                headers: Vec::new(),
+                timestamp_ms: now,
+            })
+            .collect();
+        let b = batch::encode_batch(&recs);
+        self.log
+            .append(BytesMut::from(&b[..]))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn commit(&self, q: km::OffsetCommitRequest) -> km::OffsetCommitResponse {
+        let group_id = q.group_id.0.to_string();
+        let check = {
+            let groups = self.groups.borrow();
+            match groups.get(&group_id) {
+                _ if group_id.is_empty() => errors::INVALID_GROUP_ID,
+                // A commit outside any generation (assign() users): allowed while the
+                // group has no members.
+                None => errors::NONE,
+                Some(g) if q.generation_id_or_member_epoch < 0 => {
+                    if g.members.is_empty() {
+                        errors::NONE
+                    } else {
+                        errors::UNKNOWN_MEMBER_ID
+                    }
+                }
+                Some(g) => {
+                    if !g.members.contains_key(q.member_id.as_str()) {
+                        errors::UNKNOWN_MEMBER_ID
+                    } else if q.generation_id_or_member_epoch != g.generation {
+                        errors::ILLEGAL_GENERATION
+                    } else if g.state == State::PreparingRebalance {
+                        errors::REBALANCE_IN_PROGRESS
+                    } else {
+                        errors::NONE
+                    }
+                }
+            }
+        };
+        let mut records = Vec::new();
+        if check == errors::NONE {
+            for t in &q.topics {
+                for p in &t.partitions {
+                    records.push((
+                        offset_key(&group_id, t.name.0.as_str(), p.partition_index),
+                        Some(offset_value(
+                            p.committed_offset,
+                            p.committed_leader_epoch,
+                            p.committed_metadata.as_ref().map(|m| m.as_str()),
+                        )),
+                    ));
+                }
+            }
+        }
+        let code = if check != errors::NONE {
+            check
+        } else {
+            match self.write(records).await {
+                Ok(()) => {
+                    let mut all = self.offsets.borrow_mut();
+                    let g = all.entry(group_id.clone()).or_default();
+                    for t in &q.topics {
+                        for p in &t.partitions {
+                            g.insert(
+                                (t.name.0.to_string(), p.partition_index),
+                                (
+                                    p.committed_offset,
+                                    p.committed_leader_epoch,
+                                    p.committed_metadata.as_ref().map(|m| m.to_string()),
+                                ),
+                            );
+                        }
+                    }
+                    errors::NONE
+                }
+                Err(e) => {
+                    tracing::warn!(group = %group_id, error = %e, "offset commit failed");
+                    errors::COORDINATOR_NOT_AVAILABLE
+                }
+            }
+        };
+        let mut resp = km::OffsetCommitResponse::default();
+        for t in &q.topics {
+            let mut tr = km::offset_commit_response::OffsetCommitResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = km::offset_commit_response::OffsetCommitResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                pr.error_code = code;
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    fn fetch_offsets(&self, q: km::OffsetFetchRequest, version: i16) -> km::OffsetFetchResponse {
+        let group_id = q.group_id.0.to_string();
+        let all = self.offsets.borrow();
+        let empty = Offsets::new();
+        let mine = all.get(&group_id).unwrap_or(&empty);
+        let mut resp = km::OffsetFetchResponse::default();
+        let wanted: Vec<(String, Vec<i32>)> = match &q.topics {
+            Some(ts) => ts
+                .iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                .collect(),
+            None => {
+                let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+                for (t, p) in mine.keys() {
+                    by_topic.entry(t.clone()).or_default().push(*p);
+                }
+                by_topic.into_iter().collect()
+            }
+        };
+        for (topic, parts) in wanted {
+            let mut tr = km::offset_fetch_response::OffsetFetchResponseTopic::default();
+            tr.name = km::TopicName(s(&topic));
+            for p in parts {
+                let mut pr = km::offset_fetch_response::OffsetFetchResponsePartition::default();
+                pr.partition_index = p;
+                match mine.get(&(topic.clone(), p)) {
+                    Some((o, e, m)) => {
+                        pr.committed_offset = *o;
+                        if version >= 5 {
+                            pr.committed_leader_epoch = *e;
+                        }
+                        pr.metadata = Some(s(m.as_deref().unwrap_or("")));
+                    }
+                    None => {
+                        pr.committed_offset = -1;
+                        pr.metadata = Some(s(""));
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    async fn delete_offsets(&self, q: km::OffsetDeleteRequest) -> km::OffsetDeleteResponse {
+        let group_id = q.group_id.0.to_string();
+        let mut resp = km::OffsetDeleteResponse::default();
+        let busy = self
+            .groups
+            .borrow()
+            .get(&group_id)
+            .is_some_and(|g| !g.members.is_empty());
+        let known = self.offsets.borrow().contains_key(&group_id);
+        if !known {
+            resp.error_code = errors::GROUP_ID_NOT_FOUND;
+            return resp;
+        }
+        let mut records = Vec::new();
+        for t in &q.topics {
+            for p in &t.partitions {
+                records.push((
+                    offset_key(&group_id, t.name.0.as_str(), p.partition_index),
+                    None,
+                ));
+            }
+        }
+        let code = if busy {
+            errors::NON_EMPTY_GROUP
+        } else {
+            match self.write(records).await {
+                Ok(()) => {
+                    let mut all = self.offsets.borrow_mut();
+                    if let Some(g) = all.get_mut(&group_id) {
+                        for t in &q.topics {
+                            for p in &t.partitions {
+                                g.remove(&(t.name.0.to_string(), p.partition_index));
+                            }
+                        }
+                    }
+                    errors::NONE
+                }
+                Err(_) => errors::COORDINATOR_NOT_AVAILABLE,
+            }
+        };
+        for t in &q.topics {
+            let mut tr = km::offset_delete_response::OffsetDeleteResponseTopic::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = km::offset_delete_response::OffsetDeleteResponsePartition::default();
+                pr.partition_index = p.partition_index;
+                pr.error_code = code;
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    /// The groups this shard coordinates (members or committed offsets).
+    pub fn list(&self, version: i16) -> km::ListGroupsResponse {
+        let mut resp = km::ListGroupsResponse::default();
+        let groups = self.groups.borrow();
+        let offsets = self.offsets.borrow();
+        let mut names: Vec<&String> = groups.keys().chain(offsets.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let g = groups.get(name);
+            if g.is_none_or(|g| g.members.is_empty()) && !offsets.contains_key(name) {
+                continue;
+            }
+            let mut lg = km::list_groups_response::ListedGroup::default();
+            lg.group_id = km::GroupId(s(name));
+            lg.protocol_type = s(g.map_or("consumer", |g| g.protocol_type.as_str()));
+            if version >= 4 {
+                lg.group_state = s(g.map_or("Empty", |g| g.state.name()));
+            }
+            if version >= 5 {
+                lg.group_type = s("classic");
+            }
+            resp.groups.push(lg);
+        }
+        resp
+    }
+
+    fn describe(&self, q: km::DescribeGroupsRequest, version: i16) -> km::DescribeGroupsResponse {
+        let mut resp = km::DescribeGroupsResponse::default();
+        let groups = self.groups.borrow();
+        let offsets = self.offsets.borrow();
+        for id in q.groups {
+            let mut dg = km::describe_groups_response::DescribedGroup::default();
+            dg.group_id = id.clone();
+            match groups.get(id.0.as_str()) {
+                Some(g) => {
+                    dg.group_state = s(g.state.name());
+                    dg.protocol_type = s(&g.protocol_type);
+                    dg.protocol_data = s(&g.protocol);
+                    for (mid, m) in &g.members {
+                        let mut dm = km::describe_groups_response::DescribedGroupMember::default();
+                        dm.member_id = s(mid);
+                        if version >= 4 {
+                            dm.group_instance_id = m.instance_id.as_ref().map(|i| s(i));
+                        }
+                        dm.client_id = s(&m.client_id);
+                        dm.client_host = s("/127.0.0.1");
+                        dm.member_metadata = m
+                            .protocols
+                            .iter()
+                            .find(|p| p.0 == g.protocol)
+                            .map(|p| p.1.clone())
+                            .unwrap_or_default();
+                        dm.member_assignment = m.assignment.clone();
+                        dg.members.push(dm);
+                    }
+                }
+                None if offsets.contains_key(id.0.as_str()) => {
+                    dg.group_state = s("Empty");
+                    dg.protocol_type = s("consumer");
+                }
+                None => dg.group_state = s("Dead"),
+            }
+            resp.groups.push(dg);
+        }
+        resp
+    }
+
+    async fn delete_groups(&self, q: km::DeleteGroupsRequest) -> km::DeleteGroupsResponse {
+        let mut resp = km::DeleteGroupsResponse::default();
+        for id in q.groups_names {
+            let name = id.0.to_string();
+            let mut r = km::delete_groups_response::DeletableGroupResult::default();
+            r.group_id = id;
+            let busy = self
+                .groups
+                .borrow()
+                .get(&name)
+                .is_some_and(|g| !g.members.is_empty());
+            let keys: Option<Vec<(String, i32)>> = self
+                .offsets
+                .borrow()
+                .get(&name)
+                .map(|o| o.keys().cloned().collect());
+            r.error_code = if busy {
+                errors::NON_EMPTY_GROUP
+            } else if let Some(keys) = keys {
+                let records = keys
+                    .iter()
+                    .map(|(t, p)| (offset_key(&name, t, *p), None))
+                    .collect();
+                match self.write(records).await {
+                    Ok(()) => {
+                        self.offsets.borrow_mut().remove(&name);
+                        self.groups.borrow_mut().remove(&name);
+                        tracing::info!(group = %name, "group deleted");
+                        errors::NONE
+                    }
+                    Err(_) => errors::COORDINATOR_NOT_AVAILABLE,
+                }
+            } else if self.groups.borrow_mut().remove(&name).is_some() {
+                errors::NONE
+            } else {
+                errors::GROUP_ID_NOT_FOUND
+            };
+            resp.results.push(r);
+        }
+        resp
+    }
+
+    /// Committed offsets of a group, for tools: (topic, partition, offset).
+    pub fn committed(&self, group: &str) -> Vec<(String, i32, i64)> {
+        self.offsets
+            .borrow()
+            .get(group)
+            .map(|o| {
+                o.iter()
+                    .map(|((t, p), (off, _, _))| (t.clone(), *p, *off))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Closes the group log.
+    pub async fn close(&self) {
+        let _ = self.log.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_records_round_trip() {
+        let k = offset_key("g", "topic-a", 7);
+        assert_eq!(
+            parse_offset_key(&k),
+            Some(("g".into(), "topic-a".into(), 7))
+        );
+        let v = offset_value(42, 3, Some("meta"));
+        assert_eq!(parse_offset_value(&v), Some((42, 3, Some("meta".into()))));
+        assert_eq!(
+            parse_offset_value(&offset_value(1, -1, None)),
+            Some((1, -1, None))
+        );
+        assert_eq!(parse_offset_key(b"x"), None);
+    }
+
+    #[test]
+    fn groups_spread_over_shards_stably() {
+        let mut counts = [0u32; 4];
+        for i in 0..1000 {
+            counts[group_shard(&format!("group-{i}"), 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+        assert_eq!(group_shard("orders", 1), 0);
+        assert_eq!(group_shard("orders", 3), group_shard("orders", 3));
+    }
+}
