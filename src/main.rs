@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
 mod alloc;
+mod group;
 mod serve;
 mod tools;
 
@@ -55,6 +56,14 @@ enum Command {
     /// each second, and a report of rates and latency percentiles (produce ack and end
     /// to end) after the warm-up.
     Bench(Box<ringmq_bench::load::BenchArgs>),
+    /// Consumer groups: list, describe (members, assignments, committed offsets, lag),
+    /// reset offsets, delete. Speaks to the broker's Kafka listener (--kafka).
+    Group {
+        #[command(flatten)]
+        kafka: group::KafkaArgs,
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Read records and print them, one per line (text) or one JSON object per record.
     Consume {
         #[command(flatten)]
@@ -94,6 +103,7 @@ fn run() -> anyhow::Result<()> {
         Command::Topic { broker, command } => tools::topic(broker, command),
         Command::Produce { broker, args } => tools::produce(broker, args),
         Command::Consume { broker, args } => tools::consume(broker, args),
+        Command::Group { kafka, command } => group::group(kafka, command),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

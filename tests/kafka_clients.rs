@@ -465,3 +465,122 @@ fn kcat_balanced_consumers_share_a_topic() {
     }
     println!("kcat -G: 3 consumers shared 6 partitions {owners:?}, 6000 records");
 }
+
+#[test]
+fn group_commands_describe_reset_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, bootstrap) = kafka_broker(
+        &dir.path().join("data"),
+        &[
+            "--group-initial-rebalance-delay-ms",
+            "200",
+            "--default-partitions",
+            "2",
+        ],
+    );
+    let ringmq = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .arg("group")
+            .args(args)
+            .env("RINGMQ_KAFKA_BROKERS", &bootstrap)
+            .output()
+            .unwrap()
+    };
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let input: String = (0..10).map(|i| format!("{i}\n")).collect();
+    let mut p = Command::new("kcat")
+        .args(["-b", &bootstrap, "-P", "-t", "gc"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    assert!(p.wait().unwrap().success());
+    // One member that reads everything and commits, then stays.
+    let mut member = Command::new(python())
+        .arg(root().join("tests/kafka/clients.py"))
+        .args([
+            &bootstrap,
+            "group-member-confluent",
+            "gc",
+            "cli",
+            "cli-member",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(member.stdout.take().unwrap()).lines();
+    let mut read = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().contains("\"msg\"") {
+            read += 1;
+            if read == 10 {
+                break;
+            }
+        }
+    }
+    // Its commit lands right after its poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let described = loop {
+        let o = ringmq(&["describe", "cli"]);
+        let t = text(&o);
+        if t.contains("total lag 0") && t.contains("cli-member") {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "describe never showed lag 0: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(described.contains("state     Stable"), "{described}");
+    assert!(described.contains("members   1"), "{described}");
+    assert!(
+        described.contains("gc[0, 1]"),
+        "the member's assignment: {described}"
+    );
+    let list = text(&ringmq(&["list"]));
+    assert!(list.contains("cli") && list.contains("Stable"), "{list}");
+    // Refused while the group has a member.
+    let o = ringmq(&["reset-offsets", "cli", "--topic", "gc", "--to", "earliest"]);
+    assert!(
+        !o.status.success() && text(&o).contains("has 1 member"),
+        "{}",
+        text(&o)
+    );
+    let o = ringmq(&["delete", "cli"]);
+    assert!(
+        !o.status.success() && text(&o).contains("has 1 member"),
+        "{}",
+        text(&o)
+    );
+    // Stop the member (it leaves the group), then reset and delete.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(member.id() as i32, libc::SIGTERM) };
+    assert!(member.wait().unwrap().success());
+    let o = ringmq(&["reset-offsets", "cli", "--topic", "gc", "--to", "earliest"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&ringmq(&["describe", "cli"]));
+    assert!(t.contains("total lag 10"), "after reset to earliest: {t}");
+    let o = ringmq(&["reset-offsets", "cli", "--topic", "gc", "--to", "nonsense"]);
+    assert!(
+        !o.status.success() && text(&o).contains("expected earliest"),
+        "{}",
+        text(&o)
+    );
+    let o = ringmq(&["delete", "cli"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&ringmq(&["list"])).contains("cli "));
+    let o = ringmq(&["describe", "cli"]);
+    assert!(
+        !o.status.success() && text(&o).contains("unknown group"),
+        "{}",
+        text(&o)
+    );
+    b.stop();
+}

@@ -856,6 +856,7 @@ impl Coordinator {
             g.state = State::Empty;
             g.generation += 1;
             g.leader.clear();
+            g.protocol.clear();
             return;
         }
         if g.state != State::PreparingRebalance {
