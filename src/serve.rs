@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// rebalance completes, ms (Kafka's group.initial.rebalance.delay.ms) [default: 3000]
     #[arg(long, env = "RINGMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
+    /// Compact a shard's group log (committed offsets) once it is larger than this many
+    /// bytes and four times its last snapshot [default: 16777216]
+    #[arg(long, env = "RINGMQ_GROUP_LOG_COMPACT_BYTES")]
+    group_log_compact_bytes: Option<u64>,
     /// TOML file with any of these settings (keys as the flags, with _ for -)
     #[arg(long, env = "RINGMQ_CONFIG")]
     config: Option<PathBuf>,
@@ -103,6 +107,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    group_log_compact_bytes: Option<u64>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
     log_level: Option<String>,
@@ -125,6 +130,7 @@ struct Settings {
     kafka_listen: Option<SocketAddr>,
     kafka: KafkaOptions,
     group_initial_rebalance_delay: Duration,
+    group_log_compact_bytes: u64,
     cpus: Vec<usize>,
     log_defaults: LogConfig,
     limits: ConnLimits,
@@ -222,6 +228,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                 .or(file.group_initial_rebalance_delay_ms)
                 .unwrap_or(3000),
         ),
+        group_log_compact_bytes: args
+            .group_log_compact_bytes
+            .or(file.group_log_compact_bytes)
+            .unwrap_or(16 << 20),
         kafka_listen,
         kafka: KafkaOptions {
             advertise_host,
@@ -408,6 +418,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             call_timeout: Duration::from_millis(s.request_timeout_ms),
             zero_copy: s.zero_copy,
             group_initial_rebalance_delay: s.group_initial_rebalance_delay,
+            group_log_compact_bytes: s.group_log_compact_bytes,
         };
         let table = table.clone();
         let stop = stop.clone();

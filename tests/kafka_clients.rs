@@ -584,3 +584,56 @@ fn group_commands_describe_reset_and_delete() {
     );
     b.stop();
 }
+
+#[test]
+fn the_group_log_is_compacted_and_offsets_survive_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let extra = [
+        "--group-log-compact-bytes",
+        "65536",
+        "--default-partitions",
+        "6",
+    ];
+    let broker = Broker::start_args(&data, 2, &extra);
+    let (addr, kafka) = (broker.addr, broker.kafka);
+    let bootstrap = kafka.to_string();
+    let mut p = Command::new("kcat")
+        .args(["-b", &bootstrap, "-P", "-t", "compact"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(b"x\n").unwrap();
+    assert!(p.wait().unwrap().success());
+    clients(&bootstrap, &["commit-many", "compact", "cg", "3000"]);
+    clients(&bootstrap, &["check-committed", "compact", "cg", "3000"]);
+    broker.kill();
+    // 3000 commits of 6 offsets are 18 000 records; each shard's group log now has one
+    // generation past the first, holding a snapshot and what came after it.
+    let mut records = 0;
+    for shard in std::fs::read_dir(data.join("__ringmq_groups")).unwrap() {
+        let gens: Vec<_> = std::fs::read_dir(shard.unwrap().path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(gens.len(), 1, "one generation per shard: {gens:?}");
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .arg("log")
+            .arg(&gens[0])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let end: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("end offset"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        records += end;
+    }
+    assert!(records < 6_000, "{records} records left after compaction");
+    let _broker = Broker::start_at(&data, 2, addr, kafka, &extra);
+    clients(&bootstrap, &["check-committed", "compact", "cg", "3000"]);
+    println!("group logs: {records} records left of 18000 committed");
+}

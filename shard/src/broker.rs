@@ -58,6 +58,9 @@ pub struct ShardOptions {
     /// How long an empty consumer group waits for more members before its first
     /// rebalance completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: Duration,
+    /// A group log larger than this (and than four times its last snapshot) is
+    /// compacted.
+    pub group_log_compact_bytes: u64,
 }
 
 /// A call from one shard to another.
@@ -280,6 +283,7 @@ impl Shard {
             timers.clone(),
             cache.clone(),
             opts.group_initial_rebalance_delay,
+            opts.group_log_compact_bytes,
         )
         .await?;
         let shard = Rc::new(Self {

@@ -21,12 +21,13 @@
 //!   id takes over the old member's place without the old one timing out first.
 //!
 //! Committed offsets are appended to the shard's own group log
-//! (`<data-dir>/__ringmq_groups/<shard>`, RecordBatch v2, flush every batch) and an
+//! (`<data-dir>/__ringmq_groups/<shard>/<generation>`, RecordBatch v2, flush every batch) and an
 //! OffsetCommit is answered only once its batch is durable. At start every shard reads
 //! all group logs (its own last) and keeps the groups it owns, so a change in the shard
 //! count keeps every group's offsets. Membership is not persisted: after a broker
 //! restart members get UNKNOWN_MEMBER_ID and rejoin, as after a coordinator change in
-//! Kafka. The log is not compacted yet: it grows by one record per committed partition.
+//! Kafka. A log grown past its compaction threshold is rewritten as a snapshot of the
+//! live offsets in a new generation directory (see [`Coordinator::open`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
@@ -198,7 +199,17 @@ pub struct Coordinator {
     timers: Rc<Timers>,
     groups: RefCell<HashMap<String, Group>>,
     offsets: RefCell<HashMap<String, Offsets>>,
-    log: Rc<PartitionLog>,
+    /// The group log being written: `<root>/<shard>/<generation>`.
+    log: RefCell<Rc<PartitionLog>>,
+    log_generation: Cell<u64>,
+    own_root: PathBuf,
+    config: LogConfig,
+    cache: Rc<SegmentCache>,
+    /// Held across an append and its in-memory update, and by compaction.
+    writing: glommio::sync::Semaphore,
+    compacting: Cell<bool>,
+    compact_bytes: u64,
+    snapshot_bytes: Cell<u64>,
     initial_delay: Duration,
     next_member: Cell<u64>,
 }
@@ -260,7 +271,8 @@ fn parse_offset_value(v: &[u8]) -> Option<(i64, i32, Option<String>)> {
 
 impl Coordinator {
     /// Opens this shard's group log and rebuilds the committed offsets of the groups it
-    /// owns from every shard's group log.
+    /// owns from every shard's group log. Once the log outgrows `compact_bytes` (and
+    /// four times its last snapshot) it is compacted.
     pub async fn open(
         data_dir: &Path,
         shard_id: u32,
@@ -268,6 +280,7 @@ impl Coordinator {
         timers: Rc<Timers>,
         cache: Rc<SegmentCache>,
         initial_delay: Duration,
+        compact_bytes: u64,
     ) -> Result<Rc<Self>, String> {
         let root = data_dir.join(GROUPS_DIR);
         let config = LogConfig {
@@ -277,34 +290,71 @@ impl Coordinator {
             segment_bytes: 64 << 20,
             ..LogConfig::default()
         };
-        let own = root.join(shard_id.to_string());
-        let log = PartitionLog::open(&own, config.clone(), cache.clone())
+        let own_root = root.join(shard_id.to_string());
+        let generations = |dir: &Path| -> Vec<(u64, PathBuf)> {
+            let mut g: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+                .map(|d| {
+                    d.filter_map(|e| {
+                        let p = e.ok()?.path();
+                        let n = p.file_name()?.to_str()?.parse().ok()?;
+                        p.is_dir().then_some((n, p))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            g.sort();
+            g
+        };
+        let own_gens = generations(&own_root);
+        let current = own_gens.last().map(|g| g.0).unwrap_or(0);
+        let log_dir = own_root.join(format!("{current:020}"));
+        let log = PartitionLog::open(&log_dir, config.clone(), cache.clone())
             .await
-            .map_err(|e| format!("opening group log {}: {e}", own.display()))?;
+            .map_err(|e| format!("opening group log {}: {e}", log_dir.display()))?;
         let me = Rc::new(Self {
             shard_id,
             shard_count,
             timers,
             groups: RefCell::new(HashMap::new()),
             offsets: RefCell::new(HashMap::new()),
-            log,
+            log: RefCell::new(log),
+            log_generation: Cell::new(current),
+            own_root: own_root.clone(),
+            config,
+            cache,
+            writing: glommio::sync::Semaphore::new(1),
+            compacting: Cell::new(false),
+            compact_bytes: compact_bytes.max(64 << 10),
+            snapshot_bytes: Cell::new(0),
             initial_delay,
             next_member: Cell::new(1),
         });
-        // Other shards' logs first (groups that moved here), then ours.
+        // Other shards' logs first (groups that moved here), then ours: older
+        // generations (left by a compaction cut short) from their files, the current
+        // one through the log.
         let mut others: Vec<PathBuf> = std::fs::read_dir(&root)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        others.retain(|p| p != &own && p.is_dir());
+        others.retain(|p| p != &own_root && p.is_dir());
         others.sort();
         for dir in others {
-            me.replay_dir(&dir)?;
+            for (_, g) in generations(&dir) {
+                me.replay_dir(&g)?;
+            }
         }
-        let own_log = me.log.clone();
+        for (n, g) in &own_gens {
+            if *n != current {
+                me.replay_dir(g)?;
+            }
+        }
+        let own_log = me.log.borrow().clone();
         me.replay(&own_log).await?;
         let groups = me.offsets.borrow().len();
         if groups > 0 {
             tracing::info!(shard = shard_id, groups, "committed offsets rebuilt");
+        }
+        if own_gens.len() > 1 {
+            me.clone().compact().await;
         }
         let sweeper = me.clone();
         glommio::spawn_local(async move { sweeper.sweep().await }).detach();
@@ -906,11 +956,34 @@ impl Coordinator {
         }
     }
 
-    /// Appends offset records (value `None`: delete) and waits until they are durable.
-    async fn write(&self, records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), String> {
+    /// Appends offset records (value `None`: delete), waits until they are durable and
+    /// applies them to the offsets in memory. A compaction waits for it, and it for a
+    /// compaction, so a snapshot never misses an acknowledged commit.
+    async fn write(
+        self: &Rc<Self>,
+        records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), String> {
         if records.is_empty() {
             return Ok(());
         }
+        let b = Self::encode(records);
+        let size = {
+            let _permit = self.writing.acquire_permit(1).await;
+            let log = self.log.borrow().clone();
+            log.append(BytesMut::from(&b[..]))
+                .await
+                .map_err(|e| e.to_string())?;
+            self.apply_batch(&b);
+            log.size_bytes()
+        };
+        if size > self.compact_bytes.max(4 * self.snapshot_bytes.get()) && !self.compacting.get() {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.compact().await }).detach();
+        }
+        Ok(())
+    }
+
+    fn encode(records: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<u8> {
         let now = ringmq_storage::now_ms();
         let recs: Vec<Record> = records
             .into_iter()
@@ -921,15 +994,79 @@ impl Coordinator {
                 timestamp_ms: now,
             })
             .collect();
-        let b = batch::encode_batch(&recs);
-        self.log
-            .append(BytesMut::from(&b[..]))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        batch::encode_batch(&recs)
     }
 
-    async fn commit(&self, q: km::OffsetCommitRequest) -> km::OffsetCommitResponse {
+    /// Compaction: writes every live offset of this shard into a new generation of the
+    /// group log, switches to it and removes the older ones. Cut short by a crash, both
+    /// generations are replayed at the next start (older first), then compacted again.
+    async fn compact(self: Rc<Self>) {
+        if self.compacting.replace(true) {
+            return;
+        }
+        let _permit = self.writing.acquire_permit(1).await;
+        let next = self.log_generation.get() + 1;
+        let dir = self.own_root.join(format!("{next:020}"));
+        let result = async {
+            let log = PartitionLog::open(&dir, self.config.clone(), self.cache.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+                .offsets
+                .borrow()
+                .iter()
+                .flat_map(|(g, o)| {
+                    o.iter().map(move |((t, p), (off, e, m))| {
+                        (
+                            offset_key(g, t, *p),
+                            Some(offset_value(*off, *e, m.as_deref())),
+                        )
+                    })
+                })
+                .collect();
+            let count = records.len();
+            let mut it = records.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<_> = it.by_ref().take(1000).collect();
+                log.append(BytesMut::from(&Self::encode(chunk)[..]))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>((log, count))
+        }
+        .await;
+        match result {
+            Ok((log, count)) => {
+                let old = std::mem::replace(&mut *self.log.borrow_mut(), log.clone());
+                let before = old.size_bytes();
+                let _ = old.close().await;
+                self.log_generation.set(next);
+                self.snapshot_bytes.set(log.size_bytes());
+                if let Ok(d) = std::fs::read_dir(&self.own_root) {
+                    for e in d.flatten() {
+                        let n = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
+                        if n.is_some_and(|n| n < next) {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+                tracing::info!(
+                    shard = self.shard_id,
+                    offsets = count,
+                    before_bytes = before,
+                    after_bytes = log.size_bytes(),
+                    "group log compacted"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(shard = self.shard_id, error = %e, "group log compaction failed; the current log stays");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        self.compacting.set(false);
+    }
+
+    async fn commit(self: &Rc<Self>, q: km::OffsetCommitRequest) -> km::OffsetCommitResponse {
         let group_id = q.group_id.0.to_string();
         let check = {
             let groups = self.groups.borrow();
@@ -1060,7 +1197,10 @@ impl Coordinator {
         resp
     }
 
-    async fn delete_offsets(&self, q: km::OffsetDeleteRequest) -> km::OffsetDeleteResponse {
+    async fn delete_offsets(
+        self: &Rc<Self>,
+        q: km::OffsetDeleteRequest,
+    ) -> km::OffsetDeleteResponse {
         let group_id = q.group_id.0.to_string();
         let mut resp = km::OffsetDeleteResponse::default();
         let busy = self
@@ -1182,7 +1322,10 @@ impl Coordinator {
         resp
     }
 
-    async fn delete_groups(&self, q: km::DeleteGroupsRequest) -> km::DeleteGroupsResponse {
+    async fn delete_groups(
+        self: &Rc<Self>,
+        q: km::DeleteGroupsRequest,
+    ) -> km::DeleteGroupsResponse {
         let mut resp = km::DeleteGroupsResponse::default();
         for id in q.groups_names {
             let name = id.0.to_string();
@@ -1239,7 +1382,8 @@ impl Coordinator {
 
     /// Closes the group log.
     pub async fn close(&self) {
-        let _ = self.log.close().await;
+        let log = self.log.borrow().clone();
+        let _ = log.close().await;
     }
 }
 

@@ -602,6 +602,32 @@ def group_resume(bootstrap, topic, group):
           f"records; first record {first:.2f} s after subscribe")
 
 
+def commit_many(bootstrap, topic, group, n):
+    """Commits offsets 1..N for every partition of TOPIC, one synchronous commit each."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    t0 = time.time()
+    for i in range(1, n + 1):
+        c.commit(offsets=[TopicPartition(topic, p, i) for p in range(GROUP_PARTITIONS)],
+                 asynchronous=False)
+    c.close()
+    print(f"commits: {n} synchronous commits of {GROUP_PARTITIONS} partitions in "
+          f"{time.time() - t0:.1f} s")
+
+
+def check_committed(bootstrap, topic, group, n):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    got = c.committed([TopicPartition(topic, p) for p in range(GROUP_PARTITIONS)], timeout=30)
+    c.close()
+    offsets = [tp.offset for tp in got]
+    if offsets != [n] * GROUP_PARTITIONS:
+        fail(f"committed offsets {offsets}, expected {n} everywhere")
+    print(f"commits: committed offsets are {offsets}")
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -624,6 +650,10 @@ def main():
         group_member_kafka_python(bootstrap, args[0], args[1], args[2])
     elif cmd == "group-share":
         group_share(bootstrap, args[0], args[1], *args[2:3])
+    elif cmd == "commit-many":
+        commit_many(bootstrap, args[0], args[1], int(args[2]))
+    elif cmd == "check-committed":
+        check_committed(bootstrap, args[0], args[1], int(args[2]))
     elif cmd == "group-resume":
         group_resume(bootstrap, args[0], args[1])
     else:
