@@ -40,7 +40,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use kafka_protocol::messages::{self as km, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use ringmq_storage::batch::{self, Record};
-use ringmq_storage::{FlushPolicy, LogConfig, PartitionLog, ReadChunk, SegmentCache};
+use ringmq_storage::{FlushPolicy, LogConfig, PartitionLog, SegmentCache};
 
 use crate::timers::Timers;
 
@@ -423,22 +423,7 @@ impl Coordinator {
         let mut offset = log.start_offset();
         while offset < end {
             let r = log.read(offset, 4 << 20).await.map_err(|e| e.to_string())?;
-            let mut bytes = Vec::new();
-            for c in r.chunks {
-                match c {
-                    ReadChunk::Memory(b) => bytes.extend_from_slice(&b),
-                    ReadChunk::File {
-                        file,
-                        position,
-                        len,
-                    } => bytes.extend_from_slice(
-                        &file
-                            .read_exact(position, len as usize)
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    ),
-                }
-            }
+            let bytes = r.to_bytes().await.map_err(|e| e.to_string())?;
             let before = offset;
             let mut pos = 0;
             while let Some((base, len)) = batch::peek_frame(&bytes[pos..]) {

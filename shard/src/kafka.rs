@@ -1238,6 +1238,23 @@ impl KafkaService {
         resp
     }
 
+    /// Answers a request about one group on the group's shard.
+    async fn on_group_shard(
+        &self,
+        group: &str,
+        request: RequestKind,
+        version: i16,
+        client_id: &str,
+    ) -> Option<ResponseKind> {
+        let q = GroupRequest {
+            request,
+            version,
+            client_id: client_id.to_string(),
+        };
+        let owner = groups::group_shard(group, self.shard.shard_count());
+        self.shard.group_request_on(owner, q, Duration::ZERO).await
+    }
+
     /// DescribeGroups: each group on its own shard.
     async fn describe_groups(
         &self,
@@ -1249,13 +1266,15 @@ impl KafkaService {
         for g in &r.groups {
             let mut one = r.clone();
             one.groups = vec![g.clone()];
-            let q = GroupRequest {
-                request: RequestKind::DescribeGroups(one),
-                version,
-                client_id: client_id.clone(),
-            };
-            let owner = groups::group_shard(g.0.as_str(), self.shard.shard_count());
-            match self.shard.group_request_on(owner, q, Duration::ZERO).await {
+            match self
+                .on_group_shard(
+                    g.0.as_str(),
+                    RequestKind::DescribeGroups(one),
+                    version,
+                    &client_id,
+                )
+                .await
+            {
                 Some(ResponseKind::DescribeGroups(d)) => resp.groups.extend(d.groups),
                 _ => {
                     let mut dg = km::describe_groups_response::DescribedGroup::default();
@@ -1279,13 +1298,15 @@ impl KafkaService {
         for g in &r.groups_names {
             let mut one = r.clone();
             one.groups_names = vec![g.clone()];
-            let q = GroupRequest {
-                request: RequestKind::DeleteGroups(one),
-                version,
-                client_id: client_id.clone(),
-            };
-            let owner = groups::group_shard(g.0.as_str(), self.shard.shard_count());
-            match self.shard.group_request_on(owner, q, Duration::ZERO).await {
+            match self
+                .on_group_shard(
+                    g.0.as_str(),
+                    RequestKind::DeleteGroups(one),
+                    version,
+                    &client_id,
+                )
+                .await
+            {
                 Some(ResponseKind::DeleteGroups(d)) => resp.results.extend(d.results),
                 _ => {
                     let mut dr = km::delete_groups_response::DeletableGroupResult::default();

@@ -17,7 +17,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use ringmq_net::codec::{ErrorCode, WireError};
-use ringmq_storage::{PartitionLog, ReadChunk};
+use ringmq_storage::PartitionLog;
 
 /// Batches remembered per producer (Kafka's limit of requests in flight per
 /// partition for an idempotent producer).
@@ -251,17 +251,7 @@ impl Producers {
         let mut offset = log.start_offset().max(end - REBUILD_RECORDS);
         while offset < end {
             let r = log.read(offset, 4 << 20).await?;
-            let mut bytes = Vec::new();
-            for c in r.chunks {
-                match c {
-                    ReadChunk::Memory(b) => bytes.extend_from_slice(&b),
-                    ReadChunk::File {
-                        file,
-                        position,
-                        len,
-                    } => bytes.extend_from_slice(&file.read_exact(position, len as usize).await?),
-                }
-            }
+            let bytes = r.to_bytes().await?;
             let mut pos = 0;
             let before = offset;
             while pos + HEADER_BYTES <= bytes.len() {
