@@ -64,11 +64,21 @@ pub enum ApiKey {
     ListOffsets = 7,
     /// The broker's counters, summed over its shards.
     BrokerStats = 8,
+    /// Join a consumer group (the broker assigns partitions).
+    JoinGroup = 9,
+    /// Keep a group membership alive.
+    GroupHeartbeat = 10,
+    /// Leave a consumer group.
+    LeaveGroup = 11,
+    /// Commit a group's offsets.
+    CommitOffsets = 12,
+    /// Read a group's committed offsets.
+    FetchOffsets = 13,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 14] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -78,6 +88,11 @@ impl ApiKey {
         ApiKey::Fetch,
         ApiKey::ListOffsets,
         ApiKey::BrokerStats,
+        ApiKey::JoinGroup,
+        ApiKey::GroupHeartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::CommitOffsets,
+        ApiKey::FetchOffsets,
     ];
 
     /// The key for a wire value.
@@ -124,6 +139,12 @@ pub enum ErrorCode {
     /// An idempotent producer's batch continues a sequence the partition does not know
     /// (its state is gone); the producer starts a new epoch.
     UnknownProducer = 15,
+    /// The consumer group is rebalancing: join again.
+    RebalanceInProgress = 16,
+    /// The member is not (or no longer) in the group: join again as a new member.
+    UnknownMember = 17,
+    /// The request's generation is not the group's current one: join again.
+    IllegalGeneration = 18,
 }
 
 impl ErrorCode {
@@ -147,6 +168,9 @@ impl ErrorCode {
             ProducerFenced,
             OutOfOrderSequence,
             UnknownProducer,
+            RebalanceInProgress,
+            UnknownMember,
+            IllegalGeneration,
         ]
         .get(v as usize)
         .copied()
@@ -310,6 +334,57 @@ pub enum Request {
     },
     /// The broker's counters.
     BrokerStats,
+    /// Join (or rejoin) a consumer group. Answered when the group's rebalance
+    /// completes, with this member's partitions.
+    JoinGroup {
+        /// The group.
+        group: String,
+        /// Empty on a first join; then the id the broker gave.
+        member_id: String,
+        /// Without a heartbeat for this long, the member is removed.
+        session_timeout_ms: u32,
+        /// How long a rebalance waits for members to rejoin.
+        rebalance_timeout_ms: u32,
+        /// Topics to consume.
+        topics: Vec<String>,
+        /// `range`, `roundrobin` or `sticky`.
+        assignor: String,
+    },
+    /// Keep a membership alive.
+    GroupHeartbeat {
+        /// The group.
+        group: String,
+        /// The member.
+        member_id: String,
+        /// The generation the member is in.
+        generation: i32,
+    },
+    /// Leave a group now (the others rebalance without waiting for a timeout).
+    LeaveGroup {
+        /// The group.
+        group: String,
+        /// The member.
+        member_id: String,
+    },
+    /// Commit offsets (the next offset to read) for a group; answered once durable.
+    CommitOffsets {
+        /// The group.
+        group: String,
+        /// The member, or empty for a commit outside any generation (allowed while the
+        /// group has no members).
+        member_id: String,
+        /// The member's generation, or -1.
+        generation: i32,
+        /// (topic, partition, offset).
+        offsets: Vec<(String, u32, i64)>,
+    },
+    /// A group's committed offsets (-1 where none).
+    FetchOffsets {
+        /// The group.
+        group: String,
+        /// (topic, partition).
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 impl Request {
@@ -325,6 +400,11 @@ impl Request {
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
             Request::BrokerStats => ApiKey::BrokerStats,
+            Request::JoinGroup { .. } => ApiKey::JoinGroup,
+            Request::GroupHeartbeat { .. } => ApiKey::GroupHeartbeat,
+            Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
+            Request::CommitOffsets { .. } => ApiKey::CommitOffsets,
+            Request::FetchOffsets { .. } => ApiKey::FetchOffsets,
         }
     }
 }
@@ -482,6 +562,17 @@ pub enum Response {
     Fetch(Vec<FetchResult>),
     /// (topic, partition, error, offset) per partition.
     Offsets(Vec<(String, u32, WireError, i64)>),
+    /// Answer to JoinGroup.
+    Joined {
+        /// Success or why not.
+        error: WireError,
+        /// The group's generation.
+        generation: i32,
+        /// This member's id (keep it for the next join).
+        member_id: String,
+        /// This member's partitions.
+        assignment: Vec<(String, u32)>,
+    },
 }
 
 // ---- encoding primitives
@@ -552,6 +643,9 @@ impl<'a> Reader<'a> {
     }
     fn i64(&mut self, what: &'static str) -> Result<i64, DecodeError> {
         Ok(self.u64(what)? as i64)
+    }
+    fn i32(&mut self, what: &'static str) -> Result<i32, DecodeError> {
+        Ok(self.u32(what)? as i32)
     }
     fn str(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let n = self.u16(what)? as usize;
@@ -667,6 +761,61 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
                 out.put_u32(p.max_bytes);
             }
         }
+        Request::JoinGroup {
+            group,
+            member_id,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            topics,
+            assignor,
+        } => {
+            put_str(&mut out, group);
+            put_str(&mut out, member_id);
+            out.put_u32(*session_timeout_ms);
+            out.put_u32(*rebalance_timeout_ms);
+            out.put_u32(topics.len() as u32);
+            for t in topics {
+                put_str(&mut out, t);
+            }
+            put_str(&mut out, assignor);
+        }
+        Request::GroupHeartbeat {
+            group,
+            member_id,
+            generation,
+        } => {
+            put_str(&mut out, group);
+            put_str(&mut out, member_id);
+            out.put_i32(*generation);
+        }
+        Request::LeaveGroup { group, member_id } => {
+            put_str(&mut out, group);
+            put_str(&mut out, member_id);
+        }
+        Request::CommitOffsets {
+            group,
+            member_id,
+            generation,
+            offsets,
+        } => {
+            put_str(&mut out, group);
+            put_str(&mut out, member_id);
+            out.put_i32(*generation);
+            out.put_u32(offsets.len() as u32);
+            for (t, p, o) in offsets {
+                put_str(&mut out, t);
+                out.put_u32(*p);
+                out.put_i64(*o);
+            }
+        }
+        Request::FetchOffsets { group, partitions } => {
+            put_str(&mut out, group);
+            out.put_u32(partitions.len() as u32);
+            for (t, p) in partitions {
+                put_str(&mut out, t);
+                out.put_u32(*p);
+            }
+        }
         Request::ListOffsets { partitions } => {
             out.put_u32(partitions.len() as u32);
             for (t, p, spec) in partitions {
@@ -754,6 +903,59 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
                     max_bytes,
                     partitions,
                 }
+            }
+            ApiKey::JoinGroup => {
+                let group = r.str("group")?;
+                let member_id = r.str("member id")?;
+                let session_timeout_ms = r.u32("session timeout")?;
+                let rebalance_timeout_ms = r.u32("rebalance timeout")?;
+                let n = r.count("topics", 2)?;
+                let mut topics = Vec::with_capacity(n);
+                for _ in 0..n {
+                    topics.push(r.str("topic")?);
+                }
+                Request::JoinGroup {
+                    group,
+                    member_id,
+                    session_timeout_ms,
+                    rebalance_timeout_ms,
+                    topics,
+                    assignor: r.str("assignor")?,
+                }
+            }
+            ApiKey::GroupHeartbeat => Request::GroupHeartbeat {
+                group: r.str("group")?,
+                member_id: r.str("member id")?,
+                generation: r.i32("generation")?,
+            },
+            ApiKey::LeaveGroup => Request::LeaveGroup {
+                group: r.str("group")?,
+                member_id: r.str("member id")?,
+            },
+            ApiKey::CommitOffsets => {
+                let group = r.str("group")?;
+                let member_id = r.str("member id")?;
+                let generation = r.i32("generation")?;
+                let n = r.count("offsets", 14)?;
+                let mut offsets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    offsets.push((r.str("topic")?, r.u32("partition")?, r.i64("offset")?));
+                }
+                Request::CommitOffsets {
+                    group,
+                    member_id,
+                    generation,
+                    offsets,
+                }
+            }
+            ApiKey::FetchOffsets => {
+                let group = r.str("group")?;
+                let n = r.count("partitions", 6)?;
+                let mut partitions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    partitions.push((r.str("topic")?, r.u32("partition")?));
+                }
+                Request::FetchOffsets { group, partitions }
             }
             ApiKey::ListOffsets => {
                 let n = r.count("partitions", 14)?;
@@ -995,6 +1197,21 @@ fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
                 out.put_i64(*o);
             }
         }
+        Response::Joined {
+            error,
+            generation,
+            member_id,
+            assignment,
+        } => {
+            put_err(out, error);
+            out.put_i32(*generation);
+            put_str(out, member_id);
+            out.put_u32(assignment.len() as u32);
+            for (t, p) in assignment {
+                put_str(out, t);
+                out.put_u32(*p);
+            }
+        }
     }
 }
 
@@ -1020,7 +1237,27 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
             }
             Response::ApiVersions(v)
         }
-        ApiKey::CreateTopic | ApiKey::DeleteTopic => Response::Done(r.err()?),
+        ApiKey::CreateTopic
+        | ApiKey::DeleteTopic
+        | ApiKey::GroupHeartbeat
+        | ApiKey::LeaveGroup
+        | ApiKey::CommitOffsets => Response::Done(r.err()?),
+        ApiKey::JoinGroup => {
+            let error = r.err()?;
+            let generation = r.i32("generation")?;
+            let member_id = r.str("member id")?;
+            let n = r.count("assignment", 6)?;
+            let mut assignment = Vec::with_capacity(n);
+            for _ in 0..n {
+                assignment.push((r.str("topic")?, r.u32("partition")?));
+            }
+            Response::Joined {
+                error,
+                generation,
+                member_id,
+                assignment,
+            }
+        }
         ApiKey::ListTopics => {
             let n = r.count("topics", 2)?;
             let mut v = Vec::with_capacity(n);
@@ -1086,7 +1323,7 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
             }
             Response::Fetch(v)
         }
-        ApiKey::ListOffsets => {
+        ApiKey::ListOffsets | ApiKey::FetchOffsets => {
             let n = r.count("results", 16)?;
             let mut v = Vec::with_capacity(n);
             for _ in 0..n {
@@ -1157,6 +1394,33 @@ mod tests {
                     ("orders".into(), 0, OFFSET_EARLIEST),
                     ("orders".into(), 1, 1234),
                 ],
+            },
+            Request::JoinGroup {
+                group: "g".into(),
+                member_id: String::new(),
+                session_timeout_ms: 10_000,
+                rebalance_timeout_ms: 30_000,
+                topics: vec!["orders".into(), "audit".into()],
+                assignor: "sticky".into(),
+            },
+            Request::GroupHeartbeat {
+                group: "g".into(),
+                member_id: "m-1".into(),
+                generation: 3,
+            },
+            Request::LeaveGroup {
+                group: "g".into(),
+                member_id: "m-1".into(),
+            },
+            Request::CommitOffsets {
+                group: "g".into(),
+                member_id: "m-1".into(),
+                generation: -1,
+                offsets: vec![("orders".into(), 2, 99)],
+            },
+            Request::FetchOffsets {
+                group: "g".into(),
+                partitions: vec![("orders".into(), 2)],
             },
         ]
     }
@@ -1233,6 +1497,23 @@ mod tests {
             (
                 ApiKey::Fetch,
                 Response::Error(WireError::new(ErrorCode::Malformed, "bad")),
+            ),
+            (
+                ApiKey::JoinGroup,
+                Response::Joined {
+                    error: WireError::none(),
+                    generation: 4,
+                    member_id: "m-1".into(),
+                    assignment: vec![("orders".into(), 0), ("orders".into(), 5)],
+                },
+            ),
+            (
+                ApiKey::FetchOffsets,
+                Response::Offsets(vec![("orders".into(), 2, WireError::none(), -1)]),
+            ),
+            (
+                ApiKey::CommitOffsets,
+                Response::Done(WireError::new(ErrorCode::IllegalGeneration, "old")),
             ),
         ];
         for (api, resp) in cases {

@@ -304,6 +304,10 @@ impl Shard {
             fetch_file_bytes: Cell::new(0),
             opts,
         });
+        let weak = Rc::downgrade(&shard);
+        shard.groups.set_partition_counts(Box::new(move |t| {
+            weak.upgrade()?.topic(t).map(|m| m.partitions)
+        }));
         // Connect every end at once: a sender's connect waits for its receiver.
         let mut sender_tasks = Vec::new();
         for s in links.senders {
@@ -720,6 +724,40 @@ impl Shard {
                     .await
             }
             Request::ListOffsets { partitions } => self.list_offsets(partitions).await,
+            Request::JoinGroup { .. }
+            | Request::GroupHeartbeat { .. }
+            | Request::LeaveGroup { .. }
+            | Request::CommitOffsets { .. }
+            | Request::FetchOffsets { .. } => self.native_group(req).await,
+        }
+    }
+
+    /// A native group request: answered by the group's coordinator, as Kafka's are.
+    async fn native_group(&self, req: Request) -> Response {
+        let Some((request, version)) = crate::groups::native_to_kafka(&req) else {
+            return Response::Error(WireError::new(
+                ErrorCode::InvalidRequest,
+                "not a group request",
+            ));
+        };
+        let wait = match &req {
+            Request::JoinGroup {
+                rebalance_timeout_ms,
+                ..
+            } => Duration::from_millis(u64::from(*rebalance_timeout_ms)),
+            _ => Duration::ZERO,
+        };
+        let q = GroupRequest {
+            request,
+            version,
+            client_id: "ringmq".into(),
+        };
+        match self.group_request(q, wait).await {
+            Some(resp) => crate::groups::kafka_to_native(&req, resp),
+            None => Response::Error(WireError::new(
+                ErrorCode::Unavailable,
+                "the group's coordinator shard did not answer",
+            )),
         }
     }
 

@@ -212,6 +212,303 @@ pub struct Coordinator {
     snapshot_bytes: Cell<u64>,
     initial_delay: Duration,
     next_member: Cell<u64>,
+    partition_count: RefCell<Option<PartitionCounts>>,
+}
+
+/// A topic's partition count, if the topic exists.
+pub type PartitionCounts = Box<dyn Fn(&str) -> Option<u32>>;
+
+/// The protocol type of groups of native consumers, whose partitions the broker
+/// assigns.
+pub const NATIVE_PROTOCOL_TYPE: &str = "ringmq";
+
+/// The assignors the broker runs for native consumers.
+pub const ASSIGNORS: [&str; 3] = ["range", "roundrobin", "sticky"];
+
+fn decode_topics(meta: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(meta)
+        .split('\n')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn encode_assignment(parts: &[(String, u32)]) -> Bytes {
+    let mut out = String::new();
+    for (t, p) in parts {
+        out.push_str(&format!("{t}\t{p}\n"));
+    }
+    Bytes::from(out)
+}
+
+fn decode_assignment(b: &[u8]) -> Vec<(String, u32)> {
+    String::from_utf8_lossy(b)
+        .lines()
+        .filter_map(|l| {
+            let (t, p) = l.split_once('\t')?;
+            Some((t.to_string(), p.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Server-side assignment. `members` are (member id, subscribed topics) in id order.
+///
+/// - `range`: per topic, each subscribed member takes a contiguous range (the first
+///   ones one more when the count does not divide).
+/// - `roundrobin`: every (topic, partition) in order, dealt to the subscribed members
+///   in turn.
+/// - `sticky`: members keep what they had (still subscribed, still existing) up to a
+///   balanced share; the rest goes to the least loaded.
+pub fn assign(
+    assignor: &str,
+    members: &[(String, Vec<String>)],
+    partitions: &dyn Fn(&str) -> u32,
+    previous: &HashMap<String, Vec<(String, u32)>>,
+) -> HashMap<String, Vec<(String, u32)>> {
+    let mut out: HashMap<String, Vec<(String, u32)>> = members
+        .iter()
+        .map(|(m, _)| (m.clone(), Vec::new()))
+        .collect();
+    let mut topics: Vec<&String> = members.iter().flat_map(|(_, t)| t).collect();
+    topics.sort();
+    topics.dedup();
+    let subscribed = |m: &(String, Vec<String>), t: &str| m.1.iter().any(|x| x == t);
+    match assignor {
+        "roundrobin" => {
+            let mut next = 0usize;
+            for t in &topics {
+                for p in 0..partitions(t) {
+                    for _ in 0..members.len() {
+                        let m = &members[next % members.len()];
+                        next += 1;
+                        if subscribed(m, t) {
+                            out.get_mut(&m.0).expect("member").push(((*t).clone(), p));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        "sticky" => {
+            let all: Vec<(String, u32)> = topics
+                .iter()
+                .flat_map(|t| (0..partitions(t)).map(move |p| ((*t).clone(), p)))
+                .collect();
+            let k = members.len().max(1);
+            let (base, extra) = (all.len() / k, all.len() % k);
+            let mut owned: HashMap<(String, u32), String> = HashMap::new();
+            // Keep previous partitions, most loaded members first get the larger shares.
+            let mut order: Vec<&(String, Vec<String>)> = members.iter().collect();
+            order.sort_by_key(|m| std::cmp::Reverse(previous.get(&m.0).map_or(0, Vec::len)));
+            for (i, m) in order.iter().enumerate() {
+                let cap = base + usize::from(i < extra);
+                let mine = out.get_mut(&m.0).expect("member");
+                for tp in previous.get(&m.0).into_iter().flatten() {
+                    if mine.len() < cap
+                        && subscribed(m, &tp.0)
+                        && tp.1 < partitions(&tp.0)
+                        && !owned.contains_key(tp)
+                    {
+                        owned.insert(tp.clone(), m.0.clone());
+                        mine.push(tp.clone());
+                    }
+                }
+            }
+            for tp in all {
+                if owned.contains_key(&tp) {
+                    continue;
+                }
+                let target = members
+                    .iter()
+                    .filter(|m| subscribed(m, &tp.0))
+                    .min_by_key(|m| (out[&m.0].len(), m.0.clone()));
+                if let Some(m) = target {
+                    out.get_mut(&m.0).expect("member").push(tp);
+                }
+            }
+        }
+        _ => {
+            // range
+            for t in &topics {
+                let subs: Vec<&(String, Vec<String>)> =
+                    members.iter().filter(|m| subscribed(m, t)).collect();
+                let n = partitions(t) as usize;
+                let k = subs.len().max(1);
+                let (per, extra) = (n / k, n % k);
+                let mut p = 0u32;
+                for (i, m) in subs.iter().enumerate() {
+                    let take = per + usize::from(i < extra);
+                    for _ in 0..take {
+                        out.get_mut(&m.0).expect("member").push(((*t).clone(), p));
+                        p += 1;
+                    }
+                }
+            }
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    out
+}
+
+/// A native-protocol group request, answered by the group's shard through the same
+/// coordinator as Kafka's (the native join is a Kafka join of protocol type
+/// [`NATIVE_PROTOCOL_TYPE`], whose metadata lists the topics).
+pub fn native_to_kafka(req: &ringmq_net::codec::Request) -> Option<(RequestKind, i16)> {
+    use ringmq_net::codec::Request as R;
+    Some(match req {
+        R::JoinGroup {
+            group,
+            member_id,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            topics,
+            assignor,
+        } => {
+            let mut q = km::JoinGroupRequest::default();
+            q.group_id = km::GroupId(s(group));
+            q.member_id = s(member_id);
+            q.session_timeout_ms = *session_timeout_ms as i32;
+            q.rebalance_timeout_ms = *rebalance_timeout_ms as i32;
+            q.protocol_type = s(NATIVE_PROTOCOL_TYPE);
+            let mut p = km::join_group_request::JoinGroupRequestProtocol::default();
+            p.name = s(assignor);
+            p.metadata = Bytes::from(topics.join("\n"));
+            q.protocols = vec![p];
+            // Version 3: ids are given at the first join (no MEMBER_ID_REQUIRED round).
+            (RequestKind::JoinGroup(q), 3)
+        }
+        R::GroupHeartbeat {
+            group,
+            member_id,
+            generation,
+        } => {
+            let mut q = km::HeartbeatRequest::default();
+            q.group_id = km::GroupId(s(group));
+            q.member_id = s(member_id);
+            q.generation_id = *generation;
+            (RequestKind::Heartbeat(q), 0)
+        }
+        R::LeaveGroup { group, member_id } => {
+            let mut q = km::LeaveGroupRequest::default();
+            q.group_id = km::GroupId(s(group));
+            q.member_id = s(member_id);
+            (RequestKind::LeaveGroup(q), 0)
+        }
+        R::CommitOffsets {
+            group,
+            member_id,
+            generation,
+            offsets,
+        } => {
+            let mut q = km::OffsetCommitRequest::default();
+            q.group_id = km::GroupId(s(group));
+            q.member_id = s(member_id);
+            q.generation_id_or_member_epoch = *generation;
+            let mut by_topic: BTreeMap<&String, Vec<(u32, i64)>> = BTreeMap::new();
+            for (t, p, o) in offsets {
+                by_topic.entry(t).or_default().push((*p, *o));
+            }
+            for (t, ps) in by_topic {
+                let mut tq = km::offset_commit_request::OffsetCommitRequestTopic::default();
+                tq.name = km::TopicName(s(t));
+                for (p, o) in ps {
+                    let mut pq = km::offset_commit_request::OffsetCommitRequestPartition::default();
+                    pq.partition_index = p as i32;
+                    pq.committed_offset = o;
+                    tq.partitions.push(pq);
+                }
+                q.topics.push(tq);
+            }
+            (RequestKind::OffsetCommit(q), 2)
+        }
+        R::FetchOffsets { group, partitions } => {
+            let mut q = km::OffsetFetchRequest::default();
+            q.group_id = km::GroupId(s(group));
+            let mut by_topic: BTreeMap<&String, Vec<i32>> = BTreeMap::new();
+            for (t, p) in partitions {
+                by_topic.entry(t).or_default().push(*p as i32);
+            }
+            q.topics = Some(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        let mut tq = km::offset_fetch_request::OffsetFetchRequestTopic::default();
+                        tq.name = km::TopicName(s(t));
+                        tq.partition_indexes = ps;
+                        tq
+                    })
+                    .collect(),
+            );
+            (RequestKind::OffsetFetch(q), 1)
+        }
+        _ => return None,
+    })
+}
+
+fn native_error(code: i16, what: &str) -> ringmq_net::codec::WireError {
+    use ringmq_net::codec::{ErrorCode as E, WireError};
+    let c = match code {
+        errors::NONE => return WireError::none(),
+        errors::REBALANCE_IN_PROGRESS => E::RebalanceInProgress,
+        errors::UNKNOWN_MEMBER_ID | errors::FENCED_INSTANCE_ID => E::UnknownMember,
+        errors::ILLEGAL_GENERATION => E::IllegalGeneration,
+        errors::COORDINATOR_NOT_AVAILABLE => E::StorageError,
+        errors::UNKNOWN_TOPIC_OR_PARTITION => E::UnknownTopic,
+        _ => E::InvalidRequest,
+    };
+    WireError::new(c, format!("{what}: Kafka error {code}"))
+}
+
+/// The native answer to a group request answered by the coordinator.
+pub fn kafka_to_native(
+    req: &ringmq_net::codec::Request,
+    resp: ResponseKind,
+) -> ringmq_net::codec::Response {
+    use ringmq_net::codec::{Response as N, WireError};
+    match resp {
+        ResponseKind::JoinGroup(r) => N::Joined {
+            error: native_error(r.error_code, "join"),
+            generation: r.generation_id,
+            member_id: r.member_id.to_string(),
+            assignment: r
+                .members
+                .first()
+                .map(|m| decode_assignment(&m.metadata))
+                .unwrap_or_default(),
+        },
+        ResponseKind::Heartbeat(r) => N::Done(native_error(r.error_code, "heartbeat")),
+        ResponseKind::LeaveGroup(r) => N::Done(native_error(r.error_code, "leave")),
+        ResponseKind::OffsetCommit(r) => {
+            let code = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+                .find(|c| *c != errors::NONE)
+                .unwrap_or(errors::NONE);
+            N::Done(native_error(code, "commit"))
+        }
+        ResponseKind::OffsetFetch(r) => {
+            let mut out = Vec::new();
+            for t in r.topics {
+                for p in t.partitions {
+                    out.push((
+                        t.name.0.to_string(),
+                        p.partition_index as u32,
+                        native_error(p.error_code, "offset fetch"),
+                        p.committed_offset,
+                    ));
+                }
+            }
+            let _ = req;
+            N::Offsets(out)
+        }
+        other => N::Error(WireError::new(
+            ringmq_net::codec::ErrorCode::InvalidRequest,
+            format!("unexpected group answer {other:?}"),
+        )),
+    }
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -328,6 +625,7 @@ impl Coordinator {
             snapshot_bytes: Cell::new(0),
             initial_delay,
             next_member: Cell::new(1),
+            partition_count: RefCell::new(None),
         });
         // Other shards' logs first (groups that moved here), then ours: older
         // generations (left by a compaction cut short) from their files, the current
@@ -520,6 +818,13 @@ impl Coordinator {
             {
                 return fail(resp, errors::INCONSISTENT_GROUP_PROTOCOL);
             }
+            if q.protocol_type.as_str() == NATIVE_PROTOCOL_TYPE
+                && q.protocols
+                    .iter()
+                    .any(|p| !ASSIGNORS.contains(&p.name.as_str()))
+            {
+                return fail(resp, errors::INCONSISTENT_GROUP_PROTOCOL);
+            }
             let mut id = q.member_id.to_string();
             if id.is_empty() {
                 // A static member rejoining takes its old member's place.
@@ -709,23 +1014,56 @@ impl Coordinator {
             })
             .collect();
         tracing::info!(shard = self.shard_id, group = %group_id, generation = g.generation, members = g.members.len(), protocol = %protocol, "group rebalanced");
+        // Native consumers: the broker assigns, and the group is stable at once. Each
+        // member's join answer carries its own assignment as its only "member".
+        let native = g.protocol_type == NATIVE_PROTOCOL_TYPE;
+        if native {
+            let subscriptions: Vec<(String, Vec<String>)> = view
+                .iter()
+                .map(|(id, _, meta)| (id.clone(), decode_topics(meta)))
+                .collect();
+            let previous: HashMap<String, Vec<(String, u32)>> = g
+                .members
+                .iter()
+                .map(|(id, m)| (id.clone(), decode_assignment(&m.assignment)))
+                .collect();
+            let lookup = self.partition_count.borrow();
+            let counts = |t: &str| lookup.as_ref().and_then(|f| f(t)).unwrap_or(0);
+            let assigned = assign(&protocol, &subscriptions, &counts, &previous);
+            for (id, m) in g.members.iter_mut() {
+                m.assignment =
+                    encode_assignment(assigned.get(id).map(Vec::as_slice).unwrap_or(&[]));
+            }
+            g.state = State::Stable;
+        }
         for (id, m) in g.members.iter_mut() {
             m.deadline = now + m.session_timeout;
-            m.assignment = Bytes::new();
+            if !native {
+                m.assignment = Bytes::new();
+            }
             if let Some(j) = m.join.take() {
+                let members = if native {
+                    vec![(id.clone(), None, m.assignment.clone())]
+                } else if *id == g.leader {
+                    view.clone()
+                } else {
+                    Vec::new()
+                };
                 let _ = j.try_send(JoinDone {
                     error: errors::NONE,
                     generation: g.generation,
                     protocol: protocol.clone(),
                     leader: g.leader.clone(),
-                    members: if *id == g.leader {
-                        view.clone()
-                    } else {
-                        Vec::new()
-                    },
+                    members,
                 });
             }
         }
+    }
+
+    /// Sets how the coordinator learns a topic's partition count (for server-side
+    /// assignment): the shard's topic table.
+    pub fn set_partition_counts(&self, f: PartitionCounts) {
+        *self.partition_count.borrow_mut() = Some(f);
     }
 
     async fn sync(&self, q: km::SyncGroupRequest, version: i16) -> km::SyncGroupResponse {
@@ -1390,6 +1728,90 @@ mod tests {
             Some((1, -1, None))
         );
         assert_eq!(parse_offset_key(b"x"), None);
+    }
+
+    fn members(n: usize) -> Vec<(String, Vec<String>)> {
+        (0..n)
+            .map(|i| (format!("m{i}"), vec!["a".to_string(), "b".to_string()]))
+            .collect()
+    }
+
+    fn check_partition(out: &HashMap<String, Vec<(String, u32)>>, total: usize) {
+        let mut all: Vec<&(String, u32)> = out.values().flatten().collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "a partition assigned twice: {out:?}");
+        assert_eq!(n, total, "every partition assigned: {out:?}");
+    }
+
+    #[test]
+    fn assignors_assign_every_partition_once_and_balance() {
+        let counts = |t: &str| if t == "a" { 6 } else { 3 };
+        for assignor in ASSIGNORS {
+            for n in 1..=4 {
+                let out = assign(assignor, &members(n), &counts, &HashMap::new());
+                check_partition(&out, 9);
+                let loads: Vec<usize> = out.values().map(Vec::len).collect();
+                let spread = loads.iter().max().unwrap() - loads.iter().min().unwrap();
+                // Range balances per topic, so over two topics it may differ by 2.
+                assert!(
+                    spread <= if assignor == "range" { 2 } else { 1 },
+                    "{assignor} {n}: {out:?}"
+                );
+            }
+        }
+        let out = assign("range", &members(2), &counts, &HashMap::new());
+        assert_eq!(
+            out["m0"],
+            vec![
+                ("a".into(), 0),
+                ("a".into(), 1),
+                ("a".into(), 2),
+                ("b".into(), 0),
+                ("b".into(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn sticky_keeps_what_members_had() {
+        let counts = |t: &str| if t == "a" { 6 } else { 3 };
+        let before = assign("sticky", &members(3), &counts, &HashMap::new());
+        // m2 leaves: m0 and m1 keep all they had and split m2's partitions.
+        let after = assign("sticky", &members(2), &counts, &before);
+        check_partition(&after, 9);
+        for m in ["m0", "m1"] {
+            for tp in &before[m] {
+                assert!(
+                    after[m].contains(tp),
+                    "{m} lost {tp:?}: {before:?} -> {after:?}"
+                );
+            }
+        }
+        // A member subscribed to one topic only gets only that topic.
+        let mixed = vec![
+            ("m0".to_string(), vec!["a".to_string()]),
+            ("m1".to_string(), vec!["a".to_string(), "b".to_string()]),
+        ];
+        for assignor in ASSIGNORS {
+            let out = assign(assignor, &mixed, &counts, &HashMap::new());
+            check_partition(&out, 9);
+            assert!(
+                out["m0"].iter().all(|(t, _)| t == "a"),
+                "{assignor}: {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn assignments_encode_and_decode() {
+        let parts = vec![("orders".to_string(), 3), ("audit".to_string(), 0)];
+        assert_eq!(decode_assignment(&encode_assignment(&parts)), parts);
+        assert_eq!(
+            decode_topics(b"a\nb\n"),
+            vec!["a".to_string(), "b".to_string()]
+        );
     }
 
     #[test]

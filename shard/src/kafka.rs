@@ -260,6 +260,9 @@ fn code(e: &WireError) -> i16 {
         ErrorCode::ProducerFenced => INVALID_PRODUCER_EPOCH,
         ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::UnknownProducer => UNKNOWN_PRODUCER_ID,
+        ErrorCode::RebalanceInProgress => groups::errors::REBALANCE_IN_PROGRESS,
+        ErrorCode::UnknownMember => groups::errors::UNKNOWN_MEMBER_ID,
+        ErrorCode::IllegalGeneration => groups::errors::ILLEGAL_GENERATION,
     }
 }
 
