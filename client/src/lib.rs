@@ -35,12 +35,14 @@ mod admin;
 pub mod blocking;
 mod conn;
 mod consumer;
+mod group;
 mod partitioner;
 mod producer;
 
 pub use admin::{Admin, PartitionInfo, TopicDescription};
 pub use conn::Client;
 pub use consumer::{Consumer, ConsumerRecord, Position};
+pub use group::{GroupConfig, GroupConsumer};
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Producer, ProducerConfig};
 pub use ringmq_net::codec::ErrorCode;
