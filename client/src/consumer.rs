@@ -250,7 +250,8 @@ impl Consumer {
 fn parse_headers(raw: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let bad = || Error::Protocol("malformed record headers".into());
     let (count, mut p) = batch::read_varint(raw).ok_or_else(bad)?;
-    let mut out = Vec::with_capacity(count.max(0) as usize);
+    // A header takes at least 2 bytes: reserve no more than the bytes can hold.
+    let mut out = Vec::with_capacity((count.max(0) as usize).min(raw.len() / 2));
     for _ in 0..count.max(0) {
         let (klen, n) = batch::read_varint(&raw[p..]).ok_or_else(bad)?;
         p += n;

@@ -274,7 +274,10 @@ pub fn records(batch: &[u8]) -> Result<Vec<RecordView<'_>>, BatchError> {
 
 fn walk_records(buf: &[u8], record_count: i32) -> Result<Vec<RecordView<'_>>, BatchError> {
     let mut pos = HEADER_BYTES;
-    let mut out = Vec::with_capacity(record_count.max(0) as usize);
+    // The count comes from the batch: reserve no more than its bytes can hold (a
+    // record takes at least 7), so a forged count cannot ask for gigabytes.
+    let fits = buf.len().saturating_sub(HEADER_BYTES) / 7;
+    let mut out = Vec::with_capacity((record_count.max(0) as usize).min(fits));
     for index in 0..record_count {
         let bad = |what: &'static str| BatchError::BadRecord { index, what };
         let (len, n) = read_varint(&buf[pos..]).ok_or(bad("length"))?;

@@ -1999,7 +1999,7 @@ async fn read_leader_epochs(dir: &Path) -> Result<Vec<(i32, i64)>> {
         return Err(bad());
     }
     let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(bad)?;
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let line = lines.next().ok_or_else(bad)?;
         let (e, o) = line.split_once(' ').ok_or_else(bad)?;
