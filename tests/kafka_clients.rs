@@ -637,3 +637,25 @@ fn the_group_log_is_compacted_and_offsets_survive_it() {
     clients(&bootstrap, &["check-committed", "compact", "cg", "3000"]);
     println!("group logs: {records} records left of 18000 committed");
 }
+
+#[test]
+fn cooperative_sticky_and_static_members_with_confluent_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(
+        &dir.path().join("data"),
+        &["--group-initial-rebalance-delay-ms", "500"],
+    );
+    // Cooperative (incremental) rebalancing is client-side: the same guarantees hold.
+    let out = clients(
+        &bootstrap,
+        &[
+            "group-share",
+            "coop",
+            "gcoop",
+            "confluent",
+            "cooperative-sticky",
+        ],
+    );
+    assert!(out.contains("cooperative-sticky"));
+    clients(&bootstrap, &["group-static", "static", "gstatic"]);
+}

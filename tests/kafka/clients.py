@@ -8,7 +8,7 @@ Run by tests/kafka_clients.rs, which starts the broker on a free port:
     clients.py BOOTSTRAP admin
     clients.py BOOTSTRAP produce-idempotent TOPIC COUNT
     clients.py BOOTSTRAP verify-sequence TOPIC COUNT
-    clients.py BOOTSTRAP group-share TOPIC GROUP [confluent|kafka-python]
+    clients.py BOOTSTRAP group-share TOPIC GROUP [confluent|kafka-python] [range|cooperative-sticky|...]
     clients.py BOOTSTRAP group-resume TOPIC GROUP
 
 Each prints what it checked and exits non-zero (with the reason) on the first
@@ -409,11 +409,13 @@ def group_member_kafka_python(bootstrap, topic, group, name):
     say("closed")
 
 
-def group_member(bootstrap, topic, group, name):
-    """One member of a group (a child process of group-share): reports its
+def group_member(bootstrap, topic, group, name, strategy="range"):
+    """With GROUP_INSTANCE_ID set, a static member (session timeout 30 s).
+    One member of a group (a child process of group-share): reports its
     assignments, revocations and every record on stdout, commits synchronously after
     each poll, until SIGTERM."""
     import json
+    import os
     import signal
     from confluent_kafka import Consumer
 
@@ -431,6 +433,9 @@ def group_member(bootstrap, topic, group, name):
         "enable.auto.commit": False,
         "session.timeout.ms": SESSION_MS,
         "heartbeat.interval.ms": 500,
+        "partition.assignment.strategy": strategy,
+        **({"group.instance.id": os.environ["GROUP_INSTANCE_ID"],
+            "session.timeout.ms": 30000} if os.environ.get("GROUP_INSTANCE_ID") else {}),
     })
     c.subscribe([topic],
                 on_assign=lambda _c, ps: say("assign", partitions=sorted(p.partition for p in ps)),
@@ -460,7 +465,7 @@ def produce_values(bootstrap, topic, start, count):
         fail("producer did not deliver everything")
 
 
-def group_share(bootstrap, topic, group, client="confluent"):
+def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
     """3 members share 6 partitions without overlap; one is SIGKILLed and its
     partitions move to the others; every record is consumed at least once."""
     import json
@@ -487,7 +492,8 @@ def group_share(bootstrap, topic, group, client="confluent"):
     t_start = time.time()
     for name in ["m0", "m1", "m2"]:
         proc = subprocess.Popen(
-            [sys.executable, __file__, bootstrap, f"group-member-{client}", topic, group, name],
+            [sys.executable, __file__, bootstrap, f"group-member-{client}", topic, group, name]
+            + ([strategy] if client == "confluent" else []),
             stdout=subprocess.PIPE, text=True)
         procs[name] = proc
         threading.Thread(target=read, args=(name, proc), daemon=True).start()
@@ -499,9 +505,9 @@ def group_share(bootstrap, topic, group, client="confluent"):
             evs = sorted(events, key=lambda e: e["t"])
         for e in evs:
             if e["kind"] == "assign":
-                cur[e["member"]] = set(e["partitions"])
+                cur[e["member"]] = cur.get(e["member"], set()) | set(e["partitions"])
             elif e["kind"] == "revoke":
-                cur[e["member"]] = set()
+                cur[e["member"]] = cur.get(e["member"], set()) - set(e["partitions"])
         return {m: ps for m, ps in cur.items() if m in live}
 
     def wait_for(cond, what, timeout):
@@ -520,7 +526,7 @@ def group_share(bootstrap, topic, group, client="confluent"):
                 and sorted(p for ps in o.values() for p in ps) == list(range(GROUP_PARTITIONS)))
 
     t_shared = wait_for(lambda: spread(live), "3 members to share 6 partitions", 60)
-    print(f"group ({client}): 3 members share {GROUP_PARTITIONS} partitions "
+    print(f"group ({client}, {strategy}): 3 members share {GROUP_PARTITIONS} partitions "
           f"{sorted((m, sorted(ps)) for m, ps in owners(live).items())} "
           f"{t_shared - t_start:.1f} s after starting")
     wait_for(lambda: len({e["value"] for e in events if e["kind"] == "msg"}) >= 6000,
@@ -553,9 +559,9 @@ def group_share(bootstrap, topic, group, client="confluent"):
                 both = ps & set(e["partitions"])
                 if m != e["member"] and both:
                     fail(f"partitions {both} owned by {m} and {e['member']} at once")
-            cur[e["member"]] = set(e["partitions"])
+            cur[e["member"]] = cur.get(e["member"], set()) | set(e["partitions"])
         elif e["kind"] == "revoke":
-            cur[e["member"]] = set()
+            cur[e["member"]] = cur.get(e["member"], set()) - set(e["partitions"])
     values = [int(e["value"]) for e in events if e["kind"] == "msg"]
     missing = set(range(12000)) - set(values)
     if missing:
@@ -565,6 +571,65 @@ def group_share(bootstrap, topic, group, client="confluent"):
         fail(f"consumer errors: {errors[:3]}")
     print(f"group: all 12000 records consumed ({len(values) - 12000} redelivered after the "
           f"kill), no partition owned by two members at once")
+
+
+def group_static(bootstrap, topic, group):
+    """Static membership: a member SIGKILLed and restarted with the same
+    group.instance.id is back in the group with partitions long before its 30 s session
+    timeout."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    create_topic(bootstrap, topic, GROUP_PARTITIONS)
+    events = []
+    lock = threading.Lock()
+
+    def start(name):
+        env = dict(os.environ, GROUP_INSTANCE_ID=f"static-{name}")
+        proc = subprocess.Popen([sys.executable, __file__, bootstrap, "group-member-confluent",
+                                 topic, group, name], stdout=subprocess.PIPE, text=True, env=env)
+
+        def read():
+            for line in proc.stdout:
+                try:
+                    e = json.loads(line)
+                except ValueError:
+                    continue
+                with lock:
+                    events.append(e)
+        threading.Thread(target=read, daemon=True).start()
+        return proc
+
+    def assigned(name, after):
+        with lock:
+            return [e for e in events if e["member"] == name and e["kind"] == "assign"
+                    and e["partitions"] and e["t"] > after]
+
+    def wait_for(cond, what, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if cond():
+                return
+            time.sleep(0.05)
+        fail(f"timed out waiting for {what}; events: {events[-6:]}")
+
+    a, b = start("a"), start("b")
+    wait_for(lambda: assigned("a", 0) and assigned("b", 0), "both static members assigned", 60)
+    os.kill(a.pid, signal.SIGKILL)
+    a.wait()
+    t_kill = time.time()
+    a = start("a")
+    wait_for(lambda: assigned("a", t_kill), "the restarted static member's assignment", 20)
+    took = min(e["t"] for e in assigned("a", t_kill)) - t_kill
+    for p in (a, b):
+        p.send_signal(signal.SIGTERM)
+    for p in (a, b):
+        p.wait(timeout=30)
+    print(f"group (static): a member SIGKILLed and restarted with its group.instance.id had "
+          f"partitions again {took:.1f} s later (session timeout 30 s)")
 
 
 def group_resume(bootstrap, topic, group):
@@ -645,15 +710,17 @@ def main():
     elif cmd == "verify-sequence":
         verify_sequence(bootstrap, args[0], int(args[1]))
     elif cmd == "group-member-confluent":
-        group_member(bootstrap, args[0], args[1], args[2])
+        group_member(bootstrap, args[0], args[1], args[2], *args[3:4])
     elif cmd == "group-member-kafka-python":
         group_member_kafka_python(bootstrap, args[0], args[1], args[2])
     elif cmd == "group-share":
-        group_share(bootstrap, args[0], args[1], *args[2:3])
+        group_share(bootstrap, args[0], args[1], *args[2:4])
     elif cmd == "commit-many":
         commit_many(bootstrap, args[0], args[1], int(args[2]))
     elif cmd == "check-committed":
         check_committed(bootstrap, args[0], args[1], int(args[2]))
+    elif cmd == "group-static":
+        group_static(bootstrap, args[0], args[1])
     elif cmd == "group-resume":
         group_resume(bootstrap, args[0], args[1])
     else:
