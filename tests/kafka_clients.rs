@@ -378,20 +378,25 @@ fn confluent_group_shares_partitions_survives_member_kill_and_broker_kill() {
 }
 
 #[test]
-fn kafka_python_group_shares_partitions_and_survives_member_kill() {
+fn kafka_python_group_shares_partitions_survives_member_kill_and_broker_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let (_b, bootstrap) = kafka_broker(
-        &dir.path().join("data"),
-        &["--group-initial-rebalance-delay-ms", "500"],
-    );
+    let data = dir.path().join("data");
+    let extra = ["--group-initial-rebalance-delay-ms", "500"];
+    let broker = Broker::start_args(&data, 2, &extra);
+    let (addr, kafka) = (broker.addr, broker.kafka);
+    let bootstrap = kafka.to_string();
     clients(
         &bootstrap,
         &["group-share", "gtopic", "gpy", "kafka-python"],
     );
+    // What kafka-python committed is durable and honoured after a broker SIGKILL.
+    broker.kill();
+    let _broker = Broker::start_at(&data, 2, addr, kafka, &extra);
+    clients(&bootstrap, &["group-resume", "gtopic", "gpy"]);
 }
 
 #[test]
-fn kcat_balanced_consumers_share_a_topic() {
+fn kcat_balanced_consumers_share_a_topic_and_survive_a_member_kill() {
     let dir = tempfile::tempdir().unwrap();
     let (_b, bootstrap) = kafka_broker(
         &dir.path().join("data"),
@@ -402,19 +407,25 @@ fn kcat_balanced_consumers_share_a_topic() {
             "6",
         ],
     );
-    let input: String = (0..6000).map(|i| format!("k{i}:{i}\n")).collect();
-    let mut p = Command::new("kcat")
-        .env_remove("LD_LIBRARY_PATH")
-        .args(["-b", &bootstrap, "-P", "-t", "kg", "-K:"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    assert!(p.wait().unwrap().success());
-    // Three balanced consumers (Debian's librdkafka 2.0.2), each until the end of
-    // what it was assigned.
-    let kcats: Vec<_> = (0..3)
-        .map(|_| {
+    let produce = |from: u32, to: u32| {
+        let input: String = (from..to).map(|i| format!("k{i}:{i}\n")).collect();
+        let mut p = Command::new("kcat")
+            .env_remove("LD_LIBRARY_PATH")
+            .args(["-b", &bootstrap, "-P", "-t", "kg", "-K:"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        p.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        assert!(p.wait().unwrap().success());
+    };
+    produce(0, 6000);
+    // Three balanced consumers (Debian's librdkafka 2.0.2), output to files.
+    let outs: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("kcat{i}.out")))
+        .collect();
+    let mut kcats: Vec<_> = outs
+        .iter()
+        .map(|out| {
             Command::new("kcat")
                 .env_remove("LD_LIBRARY_PATH")
                 .args([
@@ -425,35 +436,48 @@ fn kcat_balanced_consumers_share_a_topic() {
                     "-X",
                     "auto.offset.reset=earliest",
                 ])
-                .args(["-f", "%p %s\n", "-e", "kg"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .args([
+                    "-X",
+                    "session.timeout.ms=6000",
+                    "-X",
+                    "heartbeat.interval.ms=500",
+                ])
+                .args(["-f", "%p %s\n", "-u", "kg"])
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    let mut seen = std::collections::BTreeSet::new();
-    let mut owners: Vec<std::collections::BTreeSet<u32>> = Vec::new();
-    for k in kcats {
-        let out = k.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut mine = std::collections::BTreeSet::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let (p, v) = line.split_once(' ').unwrap();
-            mine.insert(p.parse::<u32>().unwrap());
-            seen.insert(v.parse::<u32>().unwrap());
+    let read = |out: &Path| -> Vec<(u32, u32)> {
+        std::fs::read_to_string(out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (p, v) = l.split_once(' ')?;
+                Some((p.parse().ok()?, v.parse().ok()?))
+            })
+            .collect()
+    };
+    let wait = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !cond() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        owners.push(mine);
-    }
-    assert_eq!(
-        seen.len(),
-        6000,
-        "every record consumed by one of the three"
-    );
+    };
+    let seen = |outs: &[PathBuf]| -> std::collections::BTreeSet<u32> {
+        outs.iter().flat_map(|o| read(o)).map(|(_, v)| v).collect()
+    };
+    wait("the first 6000 records", &|| seen(&outs).len() >= 6000);
+    // One generation: each partition was read by one consumer only.
+    let owners: Vec<std::collections::BTreeSet<u32>> = outs
+        .iter()
+        .map(|o| read(o).into_iter().map(|(p, _)| p).collect())
+        .collect();
     for (i, a) in owners.iter().enumerate() {
         assert!(!a.is_empty(), "consumer {i} got partitions: {owners:?}");
         for b in &owners[i + 1..] {
@@ -463,7 +487,28 @@ fn kcat_balanced_consumers_share_a_topic() {
             );
         }
     }
-    println!("kcat -G: 3 consumers shared 6 partitions {owners:?}, 6000 records");
+    // SIGKILL one; the others take its partitions after its session timeout.
+    kcats[0].kill().unwrap();
+    kcats[0].wait().unwrap();
+    produce(6000, 12000);
+    wait("all 12000 records", &|| seen(&outs).len() >= 12000);
+    let moved: std::collections::BTreeSet<u32> = outs[1..]
+        .iter()
+        .flat_map(|o| read(o))
+        .filter(|(p, v)| *v >= 6000 && owners[0].contains(p))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(
+        moved, owners[0],
+        "the killed consumer's partitions moved to the others"
+    );
+    for k in &mut kcats[1..] {
+        k.kill().unwrap();
+        k.wait().unwrap();
+    }
+    println!(
+        "kcat -G: 3 consumers shared 6 partitions {owners:?}; after a SIGKILL the others read partitions {moved:?}"
+    );
 }
 
 #[test]
