@@ -465,6 +465,22 @@ def produce_values(bootstrap, topic, start, count):
         fail("producer did not deliver everything")
 
 
+def follow_events(proc, events, lock):
+    """Appends the JSON events a group member prints, from a background thread."""
+    import json
+    import threading
+
+    def read():
+        for line in proc.stdout:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            with lock:
+                events.append(e)
+    threading.Thread(target=read, daemon=True).start()
+
+
 def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
     """3 members share 6 partitions without overlap; one is SIGKILLed and its
     partitions move to the others; every record is consumed at least once."""
@@ -480,15 +496,6 @@ def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
     lock = threading.Lock()
     procs = {}
 
-    def read(name, proc):
-        for line in proc.stdout:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            with lock:
-                events.append(e)
-
     t_start = time.time()
     for name in ["m0", "m1", "m2"]:
         proc = subprocess.Popen(
@@ -496,7 +503,7 @@ def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
             + ([strategy] if client == "confluent" else []),
             stdout=subprocess.PIPE, text=True)
         procs[name] = proc
-        threading.Thread(target=read, args=(name, proc), daemon=True).start()
+        follow_events(proc, events, lock)
 
     def owners(live):
         """Each live member's current partitions, replaying events in time order."""
@@ -591,16 +598,7 @@ def group_static(bootstrap, topic, group):
         env = dict(os.environ, GROUP_INSTANCE_ID=f"static-{name}")
         proc = subprocess.Popen([sys.executable, __file__, bootstrap, "group-member-confluent",
                                  topic, group, name], stdout=subprocess.PIPE, text=True, env=env)
-
-        def read():
-            for line in proc.stdout:
-                try:
-                    e = json.loads(line)
-                except ValueError:
-                    continue
-                with lock:
-                    events.append(e)
-        threading.Thread(target=read, daemon=True).start()
+        follow_events(proc, events, lock)
         return proc
 
     def assigned(name, after):
