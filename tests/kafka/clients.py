@@ -484,7 +484,6 @@ def follow_events(proc, events, lock):
 def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
     """3 members share 6 partitions without overlap; one is SIGKILLed and its
     partitions move to the others; every record is consumed at least once."""
-    import json
     import os
     import signal
     import subprocess
@@ -584,7 +583,6 @@ def group_static(bootstrap, topic, group):
     """Static membership: a member SIGKILLed and restarted with the same
     group.instance.id is back in the group with partitions long before its 30 s session
     timeout."""
-    import json
     import os
     import signal
     import subprocess
