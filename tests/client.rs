@@ -594,3 +594,75 @@ async fn native_group_shares_partitions_and_survives_a_member_crash_and_a_broker
         by_gen.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_group_membership_survives_a_broker_restart_without_a_rebalance() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let extra = ["--group-initial-rebalance-delay-ms", "300"];
+    let broker = Broker::start_args(&data, 2, &extra);
+    let (addr, kafka) = (broker.addr, broker.kafka);
+    let client = Client::connect(&addr.to_string()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("grp", 4, &[])
+        .await
+        .unwrap();
+    let config = ringmq_client::GroupConfig {
+        session_timeout: Duration::from_secs(5),
+        heartbeat_interval: Duration::from_millis(300),
+        auto_commit: None,
+        ..Default::default()
+    };
+    let join = |client: Client, config: ringmq_client::GroupConfig| async move {
+        ringmq_client::GroupConsumer::join(client, "kept", &["grp"], config)
+            .await
+            .unwrap()
+    };
+    let (mut a, mut b) = tokio::join!(
+        join(
+            Client::connect(&addr.to_string()).await.unwrap(),
+            config.clone()
+        ),
+        join(
+            Client::connect(&addr.to_string()).await.unwrap(),
+            config.clone()
+        )
+    );
+    // Both in the same (latest) generation with two partitions each.
+    while a.generation() != b.generation() {
+        let _ = tokio::join!(a.poll(), b.poll());
+    }
+    let generation = a.generation();
+    let ids = (a.member_id().to_string(), b.member_id().to_string());
+    assert_eq!(a.assignment().len() + b.assignment().len(), 4);
+    // Let the membership reach the group log, then SIGKILL and restart the broker.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill();
+    let _broker = Broker::start_at(&data, 2, addr, kafka, &extra);
+    // The members reconnect and heartbeat on; no rebalance: same generation, and they
+    // still read their partitions.
+    produce_range(&Client::connect(&addr.to_string()).await.unwrap(), 0, 400).await;
+    let mut read = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read < 400 && std::time::Instant::now() < deadline {
+        let (ra, rb) = tokio::join!(a.poll(), b.poll());
+        read += ra.map(|r| r.len()).unwrap_or(0) + rb.map(|r| r.len()).unwrap_or(0);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = tokio::join!(a.poll(), b.poll());
+    assert_eq!(
+        read, 400,
+        "the members read what was produced after the restart"
+    );
+    assert_eq!(
+        (a.generation(), b.generation()),
+        (generation, generation),
+        "no rebalance after the restart"
+    );
+    assert_eq!(
+        (a.member_id().to_string(), b.member_id().to_string()),
+        ids,
+        "the broker still knew the members (a rejoin gets a new id)"
+    );
+}

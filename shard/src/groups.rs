@@ -213,6 +213,98 @@ pub struct Coordinator {
     initial_delay: Duration,
     next_member: Cell<u64>,
     partition_count: RefCell<Option<PartitionCounts>>,
+    /// Groups whose membership changed since it was last written to the group log.
+    dirty: RefCell<std::collections::BTreeSet<String>>,
+    /// Group membership read from the group logs at start.
+    restored: RefCell<HashMap<String, Option<GroupRecord>>>,
+}
+
+/// A stable group's membership as the group log keeps it, so a restarted broker knows
+/// its members and generation (they go on heartbeating without a rebalance).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct GroupRecord {
+    generation: i32,
+    protocol_type: String,
+    protocol: String,
+    leader: String,
+    members: Vec<MemberRecord>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MemberRecord {
+    id: String,
+    instance_id: Option<String>,
+    client_id: String,
+    session_ms: u64,
+    rebalance_ms: u64,
+    protocols: Vec<(String, Vec<u8>)>,
+    assignment: Vec<u8>,
+}
+
+fn group_key(group: &str) -> Vec<u8> {
+    let mut k = vec![b'g'];
+    k.extend_from_slice(group.as_bytes());
+    k
+}
+
+impl GroupRecord {
+    fn of(g: &Group) -> Option<Self> {
+        (g.state == State::Stable && !g.members.is_empty()).then(|| Self {
+            generation: g.generation,
+            protocol_type: g.protocol_type.clone(),
+            protocol: g.protocol.clone(),
+            leader: g.leader.clone(),
+            members: g
+                .members
+                .iter()
+                .map(|(id, m)| MemberRecord {
+                    id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    session_ms: m.session_timeout.as_millis() as u64,
+                    rebalance_ms: m.rebalance_timeout.as_millis() as u64,
+                    protocols: m
+                        .protocols
+                        .iter()
+                        .map(|(n, b)| (n.clone(), b.to_vec()))
+                        .collect(),
+                    assignment: m.assignment.to_vec(),
+                })
+                .collect(),
+        })
+    }
+
+    fn into_group(self) -> Group {
+        let now = Instant::now();
+        let mut g = Group::new();
+        g.state = State::Stable;
+        g.generation = self.generation;
+        g.protocol_type = self.protocol_type;
+        g.protocol = self.protocol;
+        g.leader = self.leader;
+        for m in self.members {
+            let session = Duration::from_millis(m.session_ms);
+            g.members.insert(
+                m.id,
+                Member {
+                    instance_id: m.instance_id,
+                    client_id: m.client_id,
+                    session_timeout: session,
+                    rebalance_timeout: Duration::from_millis(m.rebalance_ms),
+                    protocols: m
+                        .protocols
+                        .into_iter()
+                        .map(|(n, b)| (n, Bytes::from(b)))
+                        .collect(),
+                    assignment: Bytes::from(m.assignment),
+                    deadline: now + session,
+                    join: None,
+                    sync: None,
+                },
+            );
+        }
+        g
+    }
 }
 
 /// A topic's partition count, if the topic exists.
@@ -626,6 +718,8 @@ impl Coordinator {
             initial_delay,
             next_member: Cell::new(1),
             partition_count: RefCell::new(None),
+            dirty: RefCell::new(Default::default()),
+            restored: RefCell::new(HashMap::new()),
         });
         // Other shards' logs first (groups that moved here), then ours: older
         // generations (left by a compaction cut short) from their files, the current
@@ -650,6 +744,22 @@ impl Coordinator {
         let groups = me.offsets.borrow().len();
         if groups > 0 {
             tracing::info!(shard = shard_id, groups, "committed offsets rebuilt");
+        }
+        let restored: Vec<(String, GroupRecord)> = me
+            .restored
+            .borrow_mut()
+            .drain()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        if !restored.is_empty() {
+            tracing::info!(
+                shard = shard_id,
+                groups = restored.len(),
+                "group memberships restored"
+            );
+        }
+        for (name, rec) in restored {
+            me.groups.borrow_mut().insert(name, rec.into_group());
         }
         if own_gens.len() > 1 {
             me.clone().compact().await;
@@ -694,6 +804,15 @@ impl Coordinator {
         };
         let mut all = self.offsets.borrow_mut();
         for r in records {
+            if let Some(name) = r.key.and_then(|k| k.strip_prefix(b"g"))
+                && let Ok(name) = std::str::from_utf8(name)
+            {
+                if group_shard(name, self.shard_count) == self.shard_id {
+                    let rec = r.value.and_then(|v| serde_json::from_slice(v).ok());
+                    self.restored.borrow_mut().insert(name.to_string(), rec);
+                }
+                continue;
+            }
             let Some((group, topic, p)) = r.key.and_then(parse_offset_key) else {
                 continue;
             };
@@ -1035,6 +1154,7 @@ impl Coordinator {
                     encode_assignment(assigned.get(id).map(Vec::as_slice).unwrap_or(&[]));
             }
             g.state = State::Stable;
+            self.dirty.borrow_mut().insert(group_id.to_string());
         }
         for (id, m) in g.members.iter_mut() {
             m.deadline = now + m.session_timeout;
@@ -1114,6 +1234,7 @@ impl Coordinator {
                     }
                 }
                 g.state = State::Stable;
+                self.dirty.borrow_mut().insert(group_id.clone());
                 resp.assignment = g.members[&member_id].assignment.clone();
                 return resp;
             }
@@ -1230,6 +1351,7 @@ impl Coordinator {
             g.generation += 1;
             g.leader.clear();
             g.protocol.clear();
+            self.dirty.borrow_mut().insert(group_id.to_string());
             return;
         }
         if g.state != State::PreparingRebalance {
@@ -1275,6 +1397,24 @@ impl Coordinator {
                 {
                     self.complete_join(id, g);
                 }
+            }
+            // Membership changes go to the group log (a group that is not stable now
+            // is written again when it is; an empty one is removed).
+            let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+            let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = dirty
+                .iter()
+                .filter_map(|name| {
+                    let rec = groups.get(name).map(GroupRecord::of);
+                    match rec {
+                        Some(None) if groups[name].state != State::Empty => None,
+                        Some(Some(r)) => Some((group_key(name), serde_json::to_vec(&r).ok())),
+                        _ => Some((group_key(name), None)),
+                    }
+                })
+                .collect();
+            drop(groups);
+            if let Err(e) = self.write(records).await {
+                tracing::warn!(shard = self.shard_id, error = %e, "writing group membership failed");
             }
         }
     }
@@ -1347,6 +1487,10 @@ impl Coordinator {
                     })
                 })
                 .collect();
+            let mut records = records;
+            records.extend(self.groups.borrow().iter().filter_map(|(name, g)| {
+                GroupRecord::of(g).map(|r| (group_key(name), serde_json::to_vec(&r).ok()))
+            }));
             let count = records.len();
             let mut it = records.into_iter().peekable();
             while it.peek().is_some() {
