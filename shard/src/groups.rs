@@ -1369,6 +1369,16 @@ impl Coordinator {
             self.timers
                 .sleep_until(Instant::now() + Duration::from_millis(100))
                 .await;
+            let records = self.sweep_once();
+            if let Err(e) = self.write(records).await {
+                tracing::warn!(shard = self.shard_id, error = %e, "writing group membership failed");
+            }
+        }
+    }
+
+    /// One pass of [`Coordinator::sweep`]; returns the membership records to write.
+    fn sweep_once(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        {
             let now = Instant::now();
             let mut groups = self.groups.borrow_mut();
             for (id, g) in groups.iter_mut() {
@@ -1412,10 +1422,7 @@ impl Coordinator {
                     }
                 })
                 .collect();
-            drop(groups);
-            if let Err(e) = self.write(records).await {
-                tracing::warn!(shard = self.shard_id, error = %e, "writing group membership failed");
-            }
+            records
         }
     }
 
