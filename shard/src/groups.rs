@@ -24,9 +24,9 @@
 //! (`<data-dir>/__ringmq_groups/<shard>/<generation>`, RecordBatch v2, flush every batch) and an
 //! OffsetCommit is answered only once its batch is durable. At start every shard reads
 //! all group logs (its own last) and keeps the groups it owns, so a change in the shard
-//! count keeps every group's offsets. Membership is not persisted: after a broker
-//! restart members get UNKNOWN_MEMBER_ID and rejoin, as after a coordinator change in
-//! Kafka. A log grown past its compaction threshold is rewritten as a snapshot of the
+//! count keeps every group's offsets. A group's membership is written there too when
+//! it becomes stable (or empty), so a restarted broker restores stable groups and their
+//! members heartbeat on in the same generation. A log grown past its compaction threshold is rewritten as a snapshot of the
 //! live offsets in a new generation directory (see [`Coordinator::open`]).
 
 use std::cell::{Cell, RefCell};
