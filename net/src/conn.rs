@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -29,8 +30,8 @@ pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 /// Kafka produce with acks 0). Both protocols ringmq speaks frame their messages with a
 /// 4-byte big-endian length, so one connection loop serves both.
 pub trait Service: 'static {
-    /// Answers one frame.
-    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame>;
+    /// Answers one frame that arrived from `peer`.
+    fn call(self: Rc<Self>, body: Bytes, peer: Option<SocketAddr>) -> LocalFuture<OutFrame>;
 
     /// Resolves at `deadline`: the shard's timer (its timing wheel), used to close
     /// idle connections.
@@ -42,7 +43,7 @@ pub trait Service: 'static {
 pub struct Native<H>(pub Rc<H>);
 
 impl<H: Handler> Service for Native<H> {
-    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame> {
+    fn call(self: Rc<Self>, body: Bytes, _peer: Option<SocketAddr>) -> LocalFuture<OutFrame> {
         let (header, request) = codec::decode_request(body);
         match (header, request) {
             (Some(h), Ok(req)) => {
@@ -247,6 +248,7 @@ async fn read_loop<S: Service>(
     inflight: Rc<Cell<usize>>,
     last_activity: Rc<Cell<Instant>>,
 ) -> ConnEnd {
+    let peer = stream.peer_addr().ok();
     let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
         // Every complete frame in the buffer first.
@@ -270,7 +272,7 @@ async fn read_loop<S: Service>(
             let mut frame = buf.split_to(codec::LENGTH_PREFIX_BYTES + len);
             let body = frame.split_off(codec::LENGTH_PREFIX_BYTES).freeze();
             let cost = budget.acquire(body.len()).await;
-            let task = glommio::spawn_local(service.clone().call(body));
+            let task = glommio::spawn_local(service.clone().call(body, peer));
             // A full channel (inflight_max pending) blocks here: backpressure.
             inflight.set(inflight.get() + 1);
             if tx.send((task, cost)).await.is_err() {

@@ -751,6 +751,7 @@ impl Shard {
             request,
             version,
             client_id: "ringmq".into(),
+            client_host: String::new(),
         };
         match self.group_request(q, wait).await {
             Some(resp) => crate::groups::kafka_to_native(&req, resp),

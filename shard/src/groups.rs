@@ -112,6 +112,8 @@ pub struct GroupRequest {
     pub version: i16,
     /// The client id of its header.
     pub client_id: String,
+    /// Where it came from (`/IP`), or empty when unknown.
+    pub client_host: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +150,7 @@ struct JoinDone {
 struct Member {
     instance_id: Option<String>,
     client_id: String,
+    client_host: String,
     session_timeout: Duration,
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
@@ -235,6 +238,8 @@ struct MemberRecord {
     id: String,
     instance_id: Option<String>,
     client_id: String,
+    #[serde(default)]
+    client_host: String,
     session_ms: u64,
     rebalance_ms: u64,
     protocols: Vec<(String, Vec<u8>)>,
@@ -261,6 +266,7 @@ impl GroupRecord {
                     id: id.clone(),
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
                     session_ms: m.session_timeout.as_millis() as u64,
                     rebalance_ms: m.rebalance_timeout.as_millis() as u64,
                     protocols: m
@@ -289,6 +295,7 @@ impl GroupRecord {
                 Member {
                     instance_id: m.instance_id,
                     client_id: m.client_id,
+                    client_host: m.client_host,
                     session_timeout: session,
                     rebalance_timeout: Duration::from_millis(m.rebalance_ms),
                     protocols: m
@@ -865,7 +872,7 @@ impl Coordinator {
         let v = r.version;
         match r.request {
             RequestKind::JoinGroup(q) => {
-                ResponseKind::JoinGroup(self.join(q, v, r.client_id).await)
+                ResponseKind::JoinGroup(self.join(q, v, r.client_id, r.client_host).await)
             }
             RequestKind::SyncGroup(q) => ResponseKind::SyncGroup(self.sync(q, v).await),
             RequestKind::Heartbeat(q) => ResponseKind::Heartbeat(self.heartbeat(q)),
@@ -905,6 +912,7 @@ impl Coordinator {
         q: km::JoinGroupRequest,
         version: i16,
         client_id: String,
+        client_host: String,
     ) -> km::JoinGroupResponse {
         let group_id = q.group_id.0.to_string();
         let mut resp = km::JoinGroupResponse::default();
@@ -989,6 +997,7 @@ impl Coordinator {
             let member = g.members.entry(id).or_insert_with(|| Member {
                 instance_id: instance_id.clone(),
                 client_id: client_id.clone(),
+                client_host: client_host.clone(),
                 session_timeout: session,
                 rebalance_timeout: Duration::ZERO,
                 protocols: Vec::new(),
@@ -1774,7 +1783,7 @@ impl Coordinator {
                             dm.group_instance_id = m.instance_id.as_ref().map(|i| s(i));
                         }
                         dm.client_id = s(&m.client_id);
-                        dm.client_host = s("/127.0.0.1");
+                        dm.client_host = s(&m.client_host);
                         dm.member_metadata = m
                             .protocols
                             .iter()

@@ -15,6 +15,7 @@
 //! in version 0, so the client can retry with one it does.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -153,8 +154,8 @@ impl KafkaService {
 }
 
 impl Service for KafkaService {
-    fn call(self: Rc<Self>, body: Bytes) -> LocalFuture<OutFrame> {
-        Box::pin(async move { self.answer(body).await })
+    fn call(self: Rc<Self>, body: Bytes, peer: Option<SocketAddr>) -> LocalFuture<OutFrame> {
+        Box::pin(async move { self.answer(body, peer).await })
     }
 
     fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
@@ -367,7 +368,8 @@ fn effective_configs(
 }
 
 impl KafkaService {
-    async fn answer(self: Rc<Self>, body: Bytes) -> OutFrame {
+    async fn answer(self: Rc<Self>, body: Bytes, peer: Option<SocketAddr>) -> OutFrame {
+        let client_host = peer.map(|p| format!("/{}", p.ip())).unwrap_or_default();
         let d = match decode(body) {
             Ok(d) => d,
             Err(Refusal::ApiVersionsFallback(correlation_id)) => {
@@ -448,6 +450,7 @@ impl KafkaService {
                     request,
                     version,
                     client_id: d.client_id,
+                    client_host,
                 };
                 match self.shard.group_request(r, wait).await {
                     Some(resp) => resp,
@@ -1225,6 +1228,7 @@ impl KafkaService {
                 request: RequestKind::ListGroups(r.clone()),
                 version,
                 client_id: String::new(),
+                client_host: String::new(),
             };
             match self.shard.group_request_on(shard, q, Duration::ZERO).await {
                 Some(ResponseKind::ListGroups(l)) => resp.groups.extend(l.groups),
@@ -1253,6 +1257,7 @@ impl KafkaService {
             request,
             version,
             client_id: client_id.to_string(),
+            client_host: String::new(),
         };
         let owner = groups::group_shard(group, self.shard.shard_count());
         self.shard.group_request_on(owner, q, Duration::ZERO).await
