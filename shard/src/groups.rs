@@ -1597,23 +1597,8 @@ impl Coordinator {
             check
         } else {
             match self.write(records).await {
-                Ok(()) => {
-                    let mut all = self.offsets.borrow_mut();
-                    let g = all.entry(group_id.clone()).or_default();
-                    for t in &q.topics {
-                        for p in &t.partitions {
-                            g.insert(
-                                (t.name.0.to_string(), p.partition_index),
-                                (
-                                    p.committed_offset,
-                                    p.committed_leader_epoch,
-                                    p.committed_metadata.as_ref().map(|m| m.to_string()),
-                                ),
-                            );
-                        }
-                    }
-                    errors::NONE
-                }
+                // `write` applied the records to the offsets in memory.
+                Ok(()) => errors::NONE,
                 Err(e) => {
                     tracing::warn!(group = %group_id, error = %e, "offset commit failed");
                     errors::COORDINATOR_NOT_AVAILABLE
@@ -1709,17 +1694,7 @@ impl Coordinator {
             errors::NON_EMPTY_GROUP
         } else {
             match self.write(records).await {
-                Ok(()) => {
-                    let mut all = self.offsets.borrow_mut();
-                    if let Some(g) = all.get_mut(&group_id) {
-                        for t in &q.topics {
-                            for p in &t.partitions {
-                                g.remove(&(t.name.0.to_string(), p.partition_index));
-                            }
-                        }
-                    }
-                    errors::NONE
-                }
+                Ok(()) => errors::NONE,
                 Err(_) => errors::COORDINATOR_NOT_AVAILABLE,
             }
         };
@@ -1833,7 +1808,6 @@ impl Coordinator {
                     .collect();
                 match self.write(records).await {
                     Ok(()) => {
-                        self.offsets.borrow_mut().remove(&name);
                         self.groups.borrow_mut().remove(&name);
                         tracing::info!(group = %name, "group deleted");
                         errors::NONE
