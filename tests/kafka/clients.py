@@ -465,6 +465,23 @@ def produce_values(bootstrap, topic, start, count):
         fail("producer did not deliver everything")
 
 
+MEMBERS = []
+
+
+def spawn_member(args, env=None):
+    """Starts a group member (this script, in a member mode), its output on a pipe; it
+    is killed when this script exits, however it exits."""
+    import atexit
+    import subprocess
+
+    if not MEMBERS:
+        atexit.register(lambda: [p.kill() for p in MEMBERS if p.poll() is None])
+    proc = subprocess.Popen([sys.executable, __file__] + args, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    MEMBERS.append(proc)
+    return proc
+
+
 def follow_events(proc, events, lock):
     """Appends the JSON events a group member prints, from a background thread."""
     import json
@@ -486,7 +503,6 @@ def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
     partitions move to the others; every record is consumed at least once."""
     import os
     import signal
-    import subprocess
     import threading
 
     create_topic(bootstrap, topic, GROUP_PARTITIONS)
@@ -497,10 +513,9 @@ def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
 
     t_start = time.time()
     for name in ["m0", "m1", "m2"]:
-        proc = subprocess.Popen(
-            [sys.executable, __file__, bootstrap, f"group-member-{client}", topic, group, name]
-            + ([strategy] if client == "confluent" else []),
-            stdout=subprocess.PIPE, text=True)
+        proc = spawn_member(
+            [bootstrap, f"group-member-{client}", topic, group, name]
+            + ([strategy] if client == "confluent" else []))
         procs[name] = proc
         follow_events(proc, events, lock)
 
@@ -585,7 +600,6 @@ def group_static(bootstrap, topic, group):
     timeout."""
     import os
     import signal
-    import subprocess
     import threading
 
     create_topic(bootstrap, topic, GROUP_PARTITIONS)
@@ -594,8 +608,7 @@ def group_static(bootstrap, topic, group):
 
     def start(name):
         env = dict(os.environ, GROUP_INSTANCE_ID=f"static-{name}")
-        proc = subprocess.Popen([sys.executable, __file__, bootstrap, "group-member-confluent",
-                                 topic, group, name], stdout=subprocess.PIPE, text=True, env=env)
+        proc = spawn_member([bootstrap, "group-member-confluent", topic, group, name], env)
         follow_events(proc, events, lock)
         return proc
 
