@@ -68,40 +68,23 @@ fn consumer(k: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
         .context("creating a Kafka client")
 }
 
-/// Partitions assigned to a member: the consumer protocol's assignment (version,
-/// then topics with their partitions).
+/// Partitions assigned to a member, from its consumer-protocol assignment (a version,
+/// then the assignment in that version).
 fn parse_assignment(b: &[u8]) -> Vec<(String, Vec<i32>)> {
-    let mut out = Vec::new();
-    let mut at = 2usize;
-    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
-        let s = b.get(*at..*at + n)?;
-        *at += n;
-        Some(s)
+    use kafka_protocol::messages::ConsumerProtocolAssignment;
+    use kafka_protocol::protocol::Decodable;
+    let Some(version) = b.get(..2).map(|v| i16::from_be_bytes([v[0], v[1]])) else {
+        return Vec::new();
     };
-    let Some(topics) = take(&mut at, 4).map(|s| i32::from_be_bytes(s.try_into().unwrap())) else {
-        return out;
-    };
-    for _ in 0..topics.max(0) {
-        let Some(len) = take(&mut at, 2).map(|s| i16::from_be_bytes(s.try_into().unwrap())) else {
-            break;
-        };
-        let Some(name) = take(&mut at, len.max(0) as usize) else {
-            break;
-        };
-        let name = String::from_utf8_lossy(name).to_string();
-        let Some(n) = take(&mut at, 4).map(|s| i32::from_be_bytes(s.try_into().unwrap())) else {
-            break;
-        };
-        let mut parts = Vec::new();
-        for _ in 0..n.max(0) {
-            match take(&mut at, 4) {
-                Some(s) => parts.push(i32::from_be_bytes(s.try_into().unwrap())),
-                None => break,
-            }
-        }
-        out.push((name, parts));
-    }
-    out
+    let mut rest = bytes::Bytes::copy_from_slice(&b[2..]);
+    ConsumerProtocolAssignment::decode(&mut rest, version.clamp(0, 3))
+        .map(|a| {
+            a.assigned_partitions
+                .into_iter()
+                .map(|t| (t.topic.0.to_string(), t.partitions))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs a `ringmq group` command.
@@ -280,6 +263,7 @@ mod tests {
         b.extend_from_slice(&2i32.to_be_bytes());
         b.extend_from_slice(&4i32.to_be_bytes());
         b.extend_from_slice(&5i32.to_be_bytes());
+        b.extend_from_slice(&(-1i32).to_be_bytes()); // no user data
         assert_eq!(parse_assignment(&b), vec![("ord".to_string(), vec![4, 5])]);
         assert!(parse_assignment(&b[..5]).is_empty());
     }
