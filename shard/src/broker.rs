@@ -368,6 +368,11 @@ impl Shard {
         self.topics.borrow().topics.get(name).cloned()
     }
 
+    /// Whether a topic exists (without copying its metadata: produce asks this).
+    pub fn has_topic(&self, name: &str) -> bool {
+        self.topics.borrow().topics.contains_key(name)
+    }
+
     /// The names of all topics.
     pub fn topic_names(&self) -> Vec<String> {
         self.topics.borrow().topics.keys().cloned().collect()

@@ -495,7 +495,7 @@ impl KafkaService {
     /// another creator.
     async fn auto_create(&self, names: &[String]) {
         for name in names {
-            if self.shard.topic(name).is_some() {
+            if self.shard.has_topic(name) {
                 continue;
             }
             if topics::validate_name(name).is_err() {
@@ -898,7 +898,7 @@ impl KafkaService {
             ) {
                 (errors::INVALID_CONFIG, Some(e))
             } else if r.validate_only {
-                if self.shard.topic(&name).is_some() {
+                if self.shard.has_topic(&name) {
                     (
                         errors::TOPIC_ALREADY_EXISTS,
                         Some(format!("topic {name:?} exists")),
