@@ -666,3 +666,97 @@ async fn native_group_membership_survives_a_broker_restart_without_a_rebalance()
         "the broker still knew the members (a rejoin gets a new id)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
+    use ringmq_net::codec::{Request, Response};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_args(
+        &dir.path().join("data"),
+        2,
+        &["--group-initial-rebalance-delay-ms", "0"],
+    );
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("rt", 4, &[])
+        .await
+        .unwrap();
+    let join = |member: String| {
+        let client = client.clone();
+        async move {
+            match client
+                .call(Request::JoinGroup {
+                    group: "rt-group".into(),
+                    member_id: member,
+                    session_timeout_ms: 30_000,
+                    rebalance_timeout_ms: 1_500,
+                    topics: vec!["rt".into()],
+                    assignor: "range".into(),
+                })
+                .await
+                .unwrap()
+            {
+                Response::Joined {
+                    error,
+                    generation,
+                    member_id,
+                    assignment,
+                } => {
+                    assert!(error.is_ok(), "{error:?}");
+                    (generation, member_id, assignment)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    // A joins alone, then B joins: A is told by its heartbeat to rejoin, and does.
+    let (_, a, _) = join(String::new()).await;
+    let b_join = tokio::spawn(join(String::new()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (generation, _, a_parts) = join(a.clone()).await;
+    let (b_generation, b, b_parts) = b_join.await.unwrap();
+    assert_eq!(generation, b_generation);
+    assert_eq!((a_parts.len(), b_parts.len()), (2, 2));
+    // A rejoins again (say its subscription changed); B keeps heartbeating but never
+    // rejoins. At B's rebalance timeout (1.5 s) the rebalance completes without B.
+    let started = Instant::now();
+    let a_rejoin = tokio::spawn(join(a.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hb = client
+        .call(Request::GroupHeartbeat {
+            group: "rt-group".into(),
+            member_id: b.clone(),
+            generation,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&hb, Response::Done(e) if e.code == ErrorCode::RebalanceInProgress),
+        "{hb:?}"
+    );
+    let (new_generation, _, parts) = a_rejoin.await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(new_generation, generation + 1);
+    assert_eq!(parts.len(), 4, "A has all partitions once B is dropped");
+    assert!(
+        took >= Duration::from_millis(1_400) && took < Duration::from_secs(5),
+        "the rebalance waited for B's rebalance timeout: {took:?}"
+    );
+    // B is no longer a member.
+    let hb = client
+        .call(Request::GroupHeartbeat {
+            group: "rt-group".into(),
+            member_id: b,
+            generation: new_generation,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&hb, Response::Done(e) if e.code == ErrorCode::UnknownMember),
+        "{hb:?}"
+    );
+    println!(
+        "rebalance completed without the silent member after {took:?} (rebalance timeout 1.5 s)"
+    );
+}
