@@ -404,7 +404,10 @@ def group_member_kafka_python(bootstrap, topic, group, name):
             for m in msgs:
                 say("msg", partition=m.partition, offset=m.offset, value=m.value.decode())
         if got:
-            c.commit()
+            try:
+                c.commit()
+            except Exception as e:  # a rebalance ended the generation: read again
+                say("commit-failed", error=str(e))
     c.close()
     say("closed")
 
@@ -448,7 +451,10 @@ def group_member(bootstrap, topic, group, name, strategy="range"):
                 continue
             say("msg", partition=m.partition(), offset=m.offset(), value=m.value().decode())
         if msgs:
-            c.commit(asynchronous=False)
+            try:
+                c.commit(asynchronous=False)
+            except Exception as e:  # a rebalance ended the generation: read again
+                say("commit-failed", error=str(e))
     c.close()
     say("closed")
 
@@ -492,7 +498,8 @@ def follow_events(proc, events, lock):
             try:
                 e = json.loads(line)
             except ValueError:
-                continue
+                # Anything else a member prints (a traceback), kept for the failure report.
+                e = {"kind": "output", "member": "?", "t": time.time(), "line": line.rstrip()}
             with lock:
                 events.append(e)
     threading.Thread(target=read, daemon=True).start()
@@ -537,7 +544,8 @@ def group_share(bootstrap, topic, group, client="confluent", strategy="range"):
             if cond():
                 return time.time()
             time.sleep(0.05)
-        fail(f"timed out waiting for {what}; events: {events[-10:]}")
+        fail(f"timed out waiting for {what}; events other than records: "
+             f"{[e for e in events if e['kind'] != 'msg'][-20:]}")
 
     live = {"m0", "m1", "m2"}
 
@@ -623,7 +631,8 @@ def group_static(bootstrap, topic, group):
             if cond():
                 return
             time.sleep(0.05)
-        fail(f"timed out waiting for {what}; events: {events[-6:]}")
+        fail(f"timed out waiting for {what}; events other than records: "
+             f"{[e for e in events if e['kind'] != 'msg'][-20:]}")
 
     a, b = start("a"), start("b")
     wait_for(lambda: assigned("a", 0) and assigned("b", 0), "both static members assigned", 60)
