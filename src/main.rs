@@ -11,6 +11,7 @@ mod alloc;
 mod group;
 mod serve;
 mod tools;
+mod tune;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Allocator = alloc::Allocator;
@@ -64,6 +65,16 @@ enum Command {
         #[command(subcommand)]
         command: group::GroupCommand,
     },
+    /// Kernel tuning for a broker host: check, apply or revert a profile (throughput,
+    /// latency, balanced) of sysctls, sysfs settings, NIC rings and coalescing, NIC-queue
+    /// interrupt affinity to the shards' cores, and limits. The profiles are also plain
+    /// files under tuning/profiles/.
+    Tune {
+        #[command(flatten)]
+        args: tune::TuneArgs,
+        #[command(subcommand)]
+        command: tune::TuneCommand,
+    },
     /// Read records and print them, one per line (text) or one JSON object per record.
     Consume {
         #[command(flatten)]
@@ -75,7 +86,8 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -83,7 +95,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+/// `Ok(false)`: the command ran and says the answer is no (`tune check` found differences).
+fn run() -> anyhow::Result<bool> {
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Serve(a) => serve::log_level(a),
@@ -97,7 +110,11 @@ fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Tune { args, command } = cli.command {
+        return tune::tune(args, command);
+    }
     match cli.command {
+        Command::Tune { .. } => unreachable!("handled above"),
         Command::Serve(a) => serve::serve(*a),
         Command::Log { dir } => inspect_log(dir),
         Command::Topic { broker, command } => tools::topic(broker, command),
@@ -109,6 +126,7 @@ fn run() -> anyhow::Result<()> {
             .build()?
             .block_on(ringmq_bench::load::run(*args)),
     }
+    .map(|()| true)
 }
 
 fn inspect_log(dir: PathBuf) -> anyhow::Result<()> {

@@ -94,6 +94,13 @@ pub struct ServeArgs {
     /// [default: true]
     #[arg(long, env = "RINGMQ_ZERO_COPY", action = clap::ArgAction::Set)]
     zero_copy: Option<bool>,
+    /// Send each new connection to the shard on the core that received its packets (a
+    /// BPF program on the listeners' SO_REUSEPORT group reading the receiving CPU, as
+    /// SO_INCOMING_CPU reports it); false lets the kernel spread connections by hash.
+    /// Pair it with `ringmq tune apply`, which pins each NIC queue's interrupt to a
+    /// shard's core [default: true]
+    #[arg(long, env = "RINGMQ_STEER_CONNECTIONS", action = clap::ArgAction::Set)]
+    steer_connections: Option<bool>,
 }
 
 /// The same settings as the TOML file spells them.
@@ -120,6 +127,7 @@ struct FileConfig {
     idle_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     zero_copy: Option<bool>,
+    steer_connections: Option<bool>,
 }
 
 /// Settings after merging.
@@ -137,6 +145,7 @@ struct Settings {
     request_memory_bytes_max: usize,
     request_timeout_ms: u64,
     zero_copy: bool,
+    steer_connections: bool,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -275,6 +284,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .unwrap_or(256 << 20)
             .max(1 << 20),
         zero_copy: args.zero_copy.or(file.zero_copy).unwrap_or(true),
+        steer_connections: args
+            .steer_connections
+            .or(file.steer_connections)
+            .unwrap_or(true),
     })
 }
 
@@ -401,6 +414,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "off (fetched file data is copied through memory)"
         }
     );
+    let (sockets, steering) = bind_listeners(&s)?;
+    println!("  steering         {steering}");
     println!("  topics           {}", table.topics.len());
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -408,7 +423,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut handles = Vec::new();
     let all_links = links(s.cpus.len());
-    for (i, (cpu, l)) in s.cpus.iter().copied().zip(all_links).enumerate() {
+    for (i, ((cpu, l), sockets)) in s
+        .cpus
+        .iter()
+        .copied()
+        .zip(all_links)
+        .zip(sockets)
+        .enumerate()
+    {
         let opts = ShardOptions {
             shard_id: i as u32,
             shard_count,
@@ -425,6 +447,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = Listeners {
             native: s.native_listen,
             kafka: s.kafka_listen,
+            sockets,
             kafka_options: s.kafka.clone(),
             limits: s.limits,
             memory: s.request_memory_bytes_max,
@@ -450,25 +473,72 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A shard's listener: SO_REUSEPORT, so every shard listens on the address (the kernel
-/// spreads connections over them), and SO_REUSEADDR, so a restart is not refused while
-/// the previous run's closed connections sit in TIME_WAIT on the port.
-fn listen(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+/// A shard's listening socket: SO_REUSEPORT, so every shard listens on the address, and
+/// SO_REUSEADDR, so a restart is not refused while the previous run's closed connections
+/// sit in TIME_WAIT on the port.
+fn listen(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Socket, Type};
-    use std::os::fd::IntoRawFd;
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
-    // SAFETY: a bound, listening socket whose descriptor the listener owns from here on.
-    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(s.into_raw_fd()) })
+    // The kernel caps the backlog at net.core.somaxconn (4096 in the tuning profiles).
+    s.listen(4096)?;
+    Ok(s)
+}
+
+/// The listening sockets of one shard.
+struct ShardSockets {
+    native: socket2::Socket,
+    kafka: Option<socket2::Socket>,
+}
+
+/// Binds every shard's listeners here, in shard order, so that the socket of shard `i` is
+/// the `i`-th of each SO_REUSEPORT group (the index the steering program returns), then
+/// attaches the steering program. Says how connections are spread, for the startup lines.
+fn bind_listeners(s: &Settings) -> anyhow::Result<(Vec<ShardSockets>, String)> {
+    let mut all = Vec::with_capacity(s.cpus.len());
+    for _ in &s.cpus {
+        let native =
+            listen(s.native_listen).with_context(|| format!("listening on {}", s.native_listen))?;
+        let kafka = match s.kafka_listen {
+            Some(a) => Some(listen(a).with_context(|| format!("listening on {a}"))?),
+            None => None,
+        };
+        all.push(ShardSockets { native, kafka });
+    }
+    if !s.steer_connections {
+        return Ok((all, "off: the kernel spreads connections by hash".into()));
+    }
+    if s.cpus.len() == 1 {
+        return Ok((all, "one shard takes every connection".into()));
+    }
+    use std::os::fd::AsRawFd;
+    let first = &all[0];
+    let attached = std::iter::once(&first.native)
+        .chain(&first.kafka)
+        .try_for_each(|sock| ringmq_net::steer::steer_by_incoming_cpu(sock.as_raw_fd(), &s.cpus));
+    Ok(match attached {
+        Ok(()) => (
+            all,
+            "by receiving core: a connection goes to the shard on the core that took its packets"
+                .into(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "connection steering unavailable: the kernel refused the SO_REUSEPORT BPF program; connections are spread by hash");
+            (
+                all,
+                format!("off: the kernel refused the BPF program ({e}); spread by hash"),
+            )
+        }
+    })
 }
 
 /// What a shard listens on.
 struct Listeners {
     native: SocketAddr,
     kafka: Option<SocketAddr>,
+    sockets: ShardSockets,
     kafka_options: KafkaOptions,
     limits: ConnLimits,
     memory: usize,
@@ -483,12 +553,8 @@ async fn run_shard(
 ) -> Result<(), String> {
     let id = opts.shard_id;
     let shard = Shard::start(opts, table, l).await?;
-    let native = listen(listeners.native)
-        .map_err(|e| format!("shard {id}: listening on {}: {e}", listeners.native))?;
-    let kafka = match listeners.kafka {
-        Some(a) => Some(listen(a).map_err(|e| format!("shard {id}: listening on {a}: {e}"))?),
-        None => None,
-    };
+    let native = glommio_listener(listeners.sockets.native);
+    let kafka = listeners.sockets.kafka.map(glommio_listener);
     tracing::info!(shard = id, partitions = shard.partition_count(), native = %listeners.native, kafka = ?listeners.kafka, "shard ready");
     let budget = MemoryBudget::new(listeners.memory);
     let conns = Rc::new(std::cell::Cell::new(0usize));
@@ -518,6 +584,12 @@ async fn run_shard(
     );
     shard.shutdown().await;
     Ok(())
+}
+
+fn glommio_listener(s: socket2::Socket) -> glommio::net::TcpListener {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: a bound, listening socket whose descriptor the listener owns from here on.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(s.into_raw_fd()) }
 }
 
 /// What an accept loop needs besides its listener and service.

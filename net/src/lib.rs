@@ -5,7 +5,8 @@
 //! broker and by clients alike. The wire format is described in `docs/protocol.md`.
 //! With the `server` feature (the default), `conn::serve_connection` runs one connection
 //! on a shard (pipelined requests, responses in request order, backpressure by in-flight
-//! count and memory budget) and `zerocopy` sends file ranges to sockets. Without it the
+//! count and memory budget), `zerocopy` sends file ranges to sockets and `steer` sends
+//! each new connection to the shard on the core that received its packets. Without it the
 //! crate is the codec alone, which is what clients need.
 //!
 //! ```
@@ -20,5 +21,7 @@
 pub mod codec;
 #[cfg(feature = "server")]
 pub mod conn;
+#[cfg(feature = "server")]
+pub mod steer;
 #[cfg(feature = "server")]
 pub mod zerocopy;

@@ -693,6 +693,8 @@ impl Shard {
                 }
             }
         }
+        // Not a sum: which shard serves the connection that asked (connection steering).
+        sum.push(("connection_shard".into(), u64::from(self.opts.shard_id)));
         Response::Stats(sum)
     }
 
