@@ -33,6 +33,7 @@
 
 mod admin;
 pub mod blocking;
+mod codecs;
 mod conn;
 mod consumer;
 mod group;

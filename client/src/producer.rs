@@ -25,8 +25,9 @@ pub struct ProducerConfig {
     pub durable: bool,
     /// Attempts after the first for a batch that failed with a retriable error.
     pub retries: u32,
-    /// Compression of each batch's records: `None`, `Lz4` or `Zstd`. The broker stores
-    /// batches as sent.
+    /// Compression of each batch's records: `None`, `Lz4`, `Zstd`, `Gzip` or `Snappy`
+    /// (xerial framing, as Kafka's Java client writes it). The broker stores batches as
+    /// sent; consumers decompress.
     pub compression: Compression,
 }
 
@@ -337,49 +338,19 @@ async fn send_batch(inner: &Inner, topic: &str, partition: u32, plain: Vec<u8>) 
 
 /// The batch with its records section compressed.
 fn compress(plain: Vec<u8>, c: Compression) -> Result<Vec<u8>> {
-    let records = &plain[HEADER_BYTES..];
-    let packed = match c {
-        Compression::None => return Ok(plain),
-        Compression::Lz4 => {
-            use std::io::Write;
-            let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::new());
-            enc.write_all(records)
-                .and_then(|()| enc.finish().map_err(std::io::Error::other))
-                .map_err(|e| Error::Invalid(format!("lz4: {e}")))?
-        }
-        Compression::Zstd => {
-            zstd::bulk::compress(records, 3).map_err(|e| Error::Invalid(format!("zstd: {e}")))?
-        }
-        other => {
-            return Err(Error::Invalid(format!(
-                "{other:?} compression is not supported by this client"
-            )));
-        }
-    };
+    if c == Compression::None {
+        return Ok(plain);
+    }
+    let packed = crate::codecs::compress(&plain[HEADER_BYTES..], c).map_err(Error::Invalid)?;
     Ok(with_records_section(&plain, c, &packed))
 }
 
 /// The batch with its records section decompressed (unchanged if uncompressed).
 pub(crate) fn decompress(batch: &[u8], c: Compression) -> Result<Option<Vec<u8>>> {
-    let packed = &batch[HEADER_BYTES..];
-    let plain = match c {
-        Compression::None => return Ok(None),
-        Compression::Lz4 => {
-            use std::io::Read;
-            let mut out = Vec::new();
-            lz4_flex::frame::FrameDecoder::new(packed)
-                .read_to_end(&mut out)
-                .map_err(|e| Error::Protocol(format!("lz4 records: {e}")))?;
-            out
-        }
-        Compression::Zstd => zstd::stream::decode_all(packed)
-            .map_err(|e| Error::Protocol(format!("zstd records: {e}")))?,
-        other => {
-            return Err(Error::Protocol(format!(
-                "{other:?}-compressed batch: not supported by this client"
-            )));
-        }
-    };
+    if c == Compression::None {
+        return Ok(None);
+    }
+    let plain = crate::codecs::decompress(&batch[HEADER_BYTES..], c).map_err(Error::Protocol)?;
     Ok(Some(with_records_section(batch, Compression::None, &plain)))
 }
 
