@@ -169,6 +169,10 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     online - 1
                 );
             }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = c.iter().find(|&&c| !seen.insert(c)) {
+                bail!("--cpus names core {dup} twice: one shard per core");
+            }
             c
         }
         None => {
@@ -358,7 +362,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::fs::File::open(&data_dir)?.sync_all()?;
     }
     let (_, registration) = buffer_registration(s.cpus.len());
-    // Bind once here to report a busy port clearly; the shards bind their own.
+    // Bind once here to report a busy port clearly (the shards' listeners, bound below
+    // with SO_REUSEPORT, would join a group a dying broker still holds).
     // A broker killed a moment ago can hold its listening sockets for a short while
     // after it is gone (the kernel tears its io_uring rings down asynchronously), so a
     // busy port is retried for up to 3 s before giving up.
@@ -454,7 +459,15 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         };
         let h = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("shard-{i}"))
-            .spawn(move || async move { run_shard(opts, table, l, listeners, stop).await })
+            .spawn(move || async move {
+                let r = run_shard(opts, table, l, listeners, stop.clone()).await;
+                // A shard that failed leaves the listener groups with indexes that no
+                // longer match the shards (and its partitions unserved): stop them all.
+                if r.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                r
+            })
             .map_err(|e| anyhow::anyhow!("starting shard {i} on core {cpu}: {e}"))?;
         handles.push(h);
     }
@@ -515,22 +528,32 @@ fn bind_listeners(s: &Settings) -> anyhow::Result<(Vec<ShardSockets>, String)> {
     }
     use std::os::fd::AsRawFd;
     let first = &all[0];
-    let attached = std::iter::once(&first.native)
-        .chain(&first.kafka)
-        .try_for_each(|sock| ringmq_net::steer::steer_by_incoming_cpu(sock.as_raw_fd(), &s.cpus));
-    Ok(match attached {
-        Ok(()) => (
-            all,
-            "by receiving core: a connection goes to the shard on the core that took its packets"
-                .into(),
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "connection steering unavailable: the kernel refused the SO_REUSEPORT BPF program; connections are spread by hash");
-            (
-                all,
-                format!("off: the kernel refused the BPF program ({e}); spread by hash"),
-            )
+    let mut refused = Vec::new();
+    for (name, sock) in
+        std::iter::once(("native", &first.native)).chain(first.kafka.as_ref().map(|k| ("kafka", k)))
+    {
+        if let Err(e) = ringmq_net::steer::steer_by_incoming_cpu(sock.as_raw_fd(), &s.cpus) {
+            tracing::warn!(listener = name, error = %e, "connection steering unavailable: the kernel refused the SO_REUSEPORT BPF program; connections are spread by hash");
+            refused.push(format!("{name}: {e}"));
         }
+    }
+    let how = "by receiving core: a connection goes to the shard on the core that took its packets";
+    Ok(if refused.is_empty() {
+        (all, how.into())
+    } else {
+        let n = 1 + usize::from(first.kafka.is_some());
+        let what = if refused.len() == n {
+            "off".to_string()
+        } else {
+            format!("{how}, except")
+        };
+        (
+            all,
+            format!(
+                "{what}: the kernel refused the BPF program ({}); spread by hash",
+                refused.join("; ")
+            ),
+        )
     })
 }
 

@@ -64,23 +64,31 @@ pub fn tune(a: TuneArgs, cmd: TuneCommand) -> anyhow::Result<bool> {
     if !a.root.is_dir() {
         bail!("--root {}: not a directory", a.root.display());
     }
+    let online = Tuner::online_cpus(&tree).unwrap_or_else(|| (0..num_cpus::get()).collect());
     let shard_cpus = match (a.cpus, a.shards) {
-        (Some(c), _) => c,
-        (None, n) => {
-            let online =
-                Tuner::online_cpus(&tree).unwrap_or_else(|| (0..num_cpus::get()).collect());
-            match n {
-                Some(0) => bail!("--shards must be at least 1"),
-                Some(n) if n > online.len() => bail!(
-                    "--shards {n}: only {} cores are online under {}",
-                    online.len(),
-                    a.root.display()
-                ),
-                Some(n) => online[..n].to_vec(),
-                None => online,
+        (Some(c), _) => {
+            if let Some(bad) = c.iter().find(|c| !online.contains(c)) {
+                bail!(
+                    "--cpus names core {bad}, which is not online under {} (online: {})",
+                    a.root.display(),
+                    ringmq_tuning::cpus::format_list(&online.iter().copied().collect())
+                );
             }
+            c
         }
+        (None, Some(0)) => bail!("--shards must be at least 1"),
+        (None, Some(n)) if n > online.len() => bail!(
+            "--shards {n}: only {} cores are online under {}",
+            online.len(),
+            a.root.display()
+        ),
+        (None, Some(n)) => online[..n].to_vec(),
+        (None, None) => online,
     };
+    let state_shown = a.state.clone().unwrap_or_else(|| {
+        a.root
+            .join(ringmq_tuning::DEFAULT_STATE.trim_start_matches('/'))
+    });
     let tuner = Tuner::new(tree, a.profile, shard_cpus.clone(), a.state);
     let cores = ringmq_tuning::cpus::format_list(&shard_cpus.iter().copied().collect());
     let r: anyhow::Result<bool> = match cmd {
@@ -151,7 +159,7 @@ pub fn tune(a: TuneArgs, cmd: TuneCommand) -> anyhow::Result<bool> {
             if !dry_run {
                 println!(
                     "previous values recorded in {}; `ringmq tune revert` restores them",
-                    tuner_state_display(&a.root)
+                    state_shown.display()
                 );
             }
             Ok(ok)
@@ -195,10 +203,4 @@ pub fn tune(a: TuneArgs, cmd: TuneCommand) -> anyhow::Result<bool> {
         }
     };
     r
-}
-
-fn tuner_state_display(root: &std::path::Path) -> String {
-    root.join(ringmq_tuning::DEFAULT_STATE.trim_start_matches('/'))
-        .display()
-        .to_string()
 }

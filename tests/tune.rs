@@ -137,8 +137,16 @@ fn clear_errors_for_bad_arguments_and_missing_privileges() {
     );
     let o = ringmq(&["tune", "--root", "/no/such/dir", "check"]);
     assert!(text(&o).contains("not a directory"), "{}", text(&o));
+    std::fs::create_dir_all(dir.path().join("sys/devices/system/cpu")).unwrap();
+    std::fs::write(dir.path().join("sys/devices/system/cpu/online"), "0-3\n").unwrap();
     let o = ringmq(&["tune", "--root", root, "--shards", "64", "check"]);
-    assert!(!o.status.success());
+    assert!(text(&o).contains("only 4 cores are online"), "{}", text(&o));
+    let o = ringmq(&["tune", "--root", root, "--cpus", "2,7", "check"]);
+    assert!(
+        text(&o).contains("core 7, which is not online"),
+        "{}",
+        text(&o)
+    );
     // Applying to the real machine as an unprivileged user is refused with a reason.
     if Path::new("/usr/bin/setpriv").exists() && unsafe { libc::geteuid() } == 0 {
         let o = Command::new("/usr/bin/setpriv")

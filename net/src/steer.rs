@@ -12,7 +12,7 @@
 //! arrive. On loopback the packets are processed on the sending thread's CPU, which makes
 //! the steering observable in tests.
 //!
-//! The program is written here rather than taken from a crate: it is six instructions per
+//! The program is written here rather than taken from a crate: it is two instructions per
 //! shard, and the crates that build BPF programs bring eBPF toolchains this does not need.
 
 use std::io;
@@ -92,24 +92,6 @@ pub fn steer_by_incoming_cpu(fd: RawFd, shard_cpus: &[usize]) -> io::Result<()> 
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// The CPU that processed the latest packets of a connected socket (`SO_INCOMING_CPU`),
-/// or `None` where the kernel does not say.
-pub fn incoming_cpu(fd: RawFd) -> Option<u32> {
-    let mut cpu: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `cpu` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_INCOMING_CPU,
-            (&mut cpu as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0 && cpu >= 0).then_some(cpu as u32)
 }
 
 #[cfg(test)]

@@ -93,12 +93,13 @@ pub fn parse_coalesce(out: &str) -> BTreeMap<String, String> {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("Adaptive RX:") {
             // "Adaptive RX: on  TX: off"
+            // (ethtool 5 and later print n/a for what the NIC lacks.)
             let mut it = rest.split_whitespace();
-            if let Some(rx) = it.next() {
+            if let Some(rx) = it.next().filter(|v| *v != "n/a") {
                 m.insert("adaptive-rx".into(), rx.to_string());
             }
             if it.next() == Some("TX:")
-                && let Some(tx) = it.next()
+                && let Some(tx) = it.next().filter(|v| *v != "n/a")
             {
                 m.insert("adaptive-tx".into(), tx.to_string());
             }
@@ -161,6 +162,8 @@ mod tests {
         assert_eq!(m["adaptive-tx"], "off");
         assert_eq!(m["rx-usecs"], "3");
         assert!(!m.contains_key("rx-frames"));
+        let m = parse_coalesce("Adaptive RX: n/a  TX: n/a\nrx-usecs: 3\n");
+        assert!(!m.contains_key("adaptive-rx") && !m.contains_key("adaptive-tx"));
         assert_eq!(
             parse_pairs("adaptive-rx off rx-usecs 0").unwrap(),
             vec![

@@ -13,8 +13,8 @@
 //!   are queues, sizes differing by at most one; a queue's interrupt may go to any core of
 //!   its group, and RPS spreads its flows over the group's cores by hash, so each flow
 //!   still has one core;
-//! - transmit queues the same way (XPS), so a shard sends on a queue whose completions
-//!   come back to it.
+//! - transmit queues the same way (XPS), so each shard's core sends on queues of its own
+//!   and cores do not contend for one transmit queue.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -135,8 +135,9 @@ fn interrupt_names(tree: &Tree) -> Vec<(u32, String)> {
 }
 
 /// Whether an interrupt name is a receive (or combined receive/transmit) queue's:
-/// `virtio0-input.0`, `eth0-TxRx-3`, `mlx5_comp2@pci:...`, `ena-io-1`, `eth0-rx-0`,
-/// `i40e-eth0-TxRx-0`; not `virtio0-config`, `virtio0-output.0`, `eth0-tx-0`.
+/// `virtio0-input.0`, `eth0-TxRx-3` (ixgbe, i40e), `eth0-Tx-Rx-0` (ENA), `eth0-rxtx-0`
+/// (vmxnet3), `mlx5_comp2@pci:...`, `eth0-rx-0`, `gve-ntfy-blk0@pci:...`; not
+/// `virtio0-config`, `virtio0-output.0`, `eth0-tx-0`, `mlx5_async0@pci:...`.
 pub fn is_receive_queue(name: &str) -> bool {
     let name = name.split('@').next().unwrap_or(name).to_ascii_lowercase();
     let words: Vec<&str> = name
@@ -145,16 +146,18 @@ pub fn is_receive_queue(name: &str) -> bool {
         .collect();
     let has = |w: &str| words.contains(&w);
     let queue = [
-        "rx", "txrx", "input", "comp", "io", "fp", "queue", "combined",
+        "rx", "txrx", "rxtx", "input", "comp", "fp", "queue", "combined", "ntfy",
     ]
     .iter()
     .any(|w| has(w));
     let other = [
-        "config", "ctrl", "control", "async", "event", "mgmt", "output", "tx",
+        "config", "ctrl", "control", "async", "event", "mgmt", "output",
     ]
     .iter()
     .any(|w| has(w));
-    queue && !other
+    // A transmit-only vector names tx without rx (eth0-tx-0); ENA's Tx-Rx has both.
+    let tx_only = has("tx") && !has("rx");
+    queue && !other && !tx_only
 }
 
 /// The queue number in an interrupt name: its last number (before any `@bus` suffix).
@@ -177,7 +180,9 @@ mod tests {
             "virtio0-input.0",
             "eth0-TxRx-3",
             "mlx5_comp2@pci:0000:01:00.0",
-            "ena-io-1",
+            "eth0-Tx-Rx-0",
+            "eth0-rxtx-3",
+            "gve-ntfy-blk0@pci:0000:00:04.0",
             "eth0-rx-0",
             "i40e-eth0-TxRx-0",
             "virtio3-rx",

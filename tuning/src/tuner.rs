@@ -125,6 +125,9 @@ impl Saved {
 pub struct State {
     /// The profile applied last.
     pub profile: Option<Profile>,
+    /// The boot the kernel values were recorded in: a reboot resets them.
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// The values found before the first `apply`, in the order they were changed.
     pub saved: Vec<Saved>,
 }
@@ -290,13 +293,27 @@ impl Tuner {
             .filter(|i| i.row.status == Status::Differs)
             .collect();
         let mut state = self.load_state()?.unwrap_or_default();
+        let boot = self.boot_id();
+        if state.boot_id != boot {
+            // Recorded before a reboot: kernel values went back to their defaults then,
+            // so today's values are the ones to restore; the limits file stays.
+            state
+                .saved
+                .retain(|s| matches!(s, Saved::LimitsFile { .. }));
+            state.boot_id = boot;
+        }
+        // The records each item added (not those an earlier apply made).
+        let mut added: Vec<Vec<String>> = Vec::with_capacity(items.len());
         if !dry_run {
             for item in &items {
+                let mut keys = Vec::new();
                 for saved in self.saved_for(&item.action) {
                     if !state.saved.iter().any(|s| s.key() == saved.key()) {
+                        keys.push(saved.key());
                         state.saved.push(saved);
                     }
                 }
+                added.push(keys);
             }
             state.profile = Some(self.profile);
             self.store_state(&state)?;
@@ -331,7 +348,25 @@ impl Tuner {
                 outcome,
             });
         }
+        // A change that failed left its value as it was: nothing to restore for it.
+        if !dry_run {
+            let failed: Vec<&String> = changes
+                .iter()
+                .zip(&added)
+                .filter(|(c, _)| matches!(c.outcome, Outcome::Failed(_)))
+                .flat_map(|(_, keys)| keys)
+                .collect();
+            if !failed.is_empty() {
+                state.saved.retain(|s| !failed.contains(&&s.key()));
+                self.store_state(&state)?;
+            }
+        }
         Ok(changes)
+    }
+
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel has one.
+    fn boot_id(&self) -> Option<String> {
+        self.tree.read("/proc/sys/kernel/random/boot_id").ok()
     }
 
     /// Puts back every value `apply` recorded, newest first, and removes the record of
@@ -343,19 +378,33 @@ impl Tuner {
         let Some(state) = self.load_state()? else {
             return Ok(None);
         };
+        let rebooted = state.boot_id != self.boot_id();
         let mut changes = Vec::new();
         let mut kept = Vec::new();
         for saved in state.saved.iter().rev() {
             let (target, to, outcome) = match saved {
+                Saved::File { path, .. } | Saved::Ethtool { device: path, .. } if rebooted => (
+                    path.clone(),
+                    String::new(),
+                    Outcome::Manual(
+                        "not restored: recorded before a reboot, which reset it".into(),
+                    ),
+                ),
                 Saved::File { path, value } => (
                     path.clone(),
                     value.clone(),
                     if dry_run {
                         Outcome::WouldDo
                     } else {
-                        match tree::write_existing(&self.tree.path(path), value) {
-                            Ok(()) => Outcome::Done,
-                            Err(e) => Outcome::Failed(e.to_string()),
+                        let p = self.tree.path(path);
+                        match tree::read(&p) {
+                            // Gone (an interface removed): nothing left to restore.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Done,
+                            Ok(now) if Fmt::Bracketed.current(&now) == *value => Outcome::Done,
+                            _ => match tree::write_existing(&p, value) {
+                                Ok(()) => Outcome::Done,
+                                Err(e) => Outcome::Failed(e.to_string()),
+                            },
                         }
                     },
                 ),
@@ -415,8 +464,8 @@ impl Tuner {
             } else {
                 kept.reverse();
                 self.store_state(&State {
-                    profile: state.profile,
                     saved: kept,
+                    ..state
                 })?;
             }
         }
@@ -443,6 +492,10 @@ impl Tuner {
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|()| std::fs::rename(&tmp, &self.state_path))
+            .and_then(|()| match self.state_path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            })
             .map_err(|e| self.state_error(e))
     }
 
@@ -464,14 +517,33 @@ impl Tuner {
     fn saved_for(&self, a: &Action) -> Vec<Saved> {
         match a {
             Action::None => vec![],
-            Action::File { path, .. } => tree::read(path)
-                .map(|raw| Saved::File {
-                    path: self.tree.display(path),
-                    // A selector file is written back with its selected word.
-                    value: Fmt::Bracketed.current(&raw),
-                })
-                .into_iter()
-                .collect(),
+            Action::File { path, .. } => {
+                // vm.dirty_ratio and vm.dirty_bytes are one limit in two spellings:
+                // writing one zeroes the other. Where the machine used the bytes form,
+                // restoring the bytes value restores the limit (the ratio reads 0).
+                let shown = self.tree.display(path);
+                if let Some(stem) = shown.strip_suffix("_ratio")
+                    && stem.starts_with("/proc/sys/vm/dirty")
+                {
+                    let partner = self.tree.path(&format!("{stem}_bytes"));
+                    if let Ok(bytes) = tree::read(&partner)
+                        && bytes != "0"
+                    {
+                        return vec![Saved::File {
+                            path: self.tree.display(&partner),
+                            value: bytes,
+                        }];
+                    }
+                }
+                tree::read(path)
+                    .map(|raw| Saved::File {
+                        path: shown,
+                        // A selector file is written back with its selected word.
+                        value: Fmt::Bracketed.current(&raw),
+                    })
+                    .into_iter()
+                    .collect()
+            }
             Action::Ethtool {
                 device,
                 command,
@@ -555,7 +627,12 @@ impl Tuner {
                         Format::Words => Fmt::Words,
                         Format::Bracketed => Fmt::Bracketed,
                     };
-                    let paths = self.tree.glob(&s.path);
+                    let paths: Vec<PathBuf> = self
+                        .tree
+                        .glob(&s.path)
+                        .into_iter()
+                        .filter(|p| self.applies_to(p))
+                        .collect();
                     if paths.is_empty() {
                         out.push(plain(row(
                             &s.path,
@@ -605,6 +682,53 @@ impl Tuner {
         out
     }
 
+    /// Whether a file matched by a setting's glob is one the tuner should touch: only
+    /// NICs with a device (not lo, bridges, veths), and only deep idle states (exit
+    /// latency above 10 µs: state numbering differs between idle drivers).
+    fn applies_to(&self, p: &Path) -> bool {
+        let shown = self.tree.display(p);
+        if let Some(rest) = shown.strip_prefix("/sys/class/net/") {
+            let iface = rest.split('/').next().unwrap_or_default();
+            return self
+                .tree
+                .path(&format!("/sys/class/net/{iface}/device"))
+                .exists();
+        }
+        if shown.contains("/cpuidle/state") {
+            let latency = p.parent().map(|d| d.join("latency"));
+            return match latency.map(|l| tree::read(&l)) {
+                Some(Ok(us)) => us.parse::<u64>().is_ok_and(|us| us > 10),
+                _ => true,
+            };
+        }
+        true
+    }
+
+    /// Why the profile's value cannot be set here, if the kernel says it is not offered:
+    /// a selector file lists its choices; the clocksource has `available_clocksource`.
+    fn unavailable(&self, p: &Path, raw: &str, fmt: Fmt, want: &str) -> Option<String> {
+        let choices: Vec<String> = match fmt {
+            Fmt::Bracketed if raw.contains('[') => raw
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+                .collect(),
+            _ if p.ends_with("current_clocksource") => {
+                tree::read(&p.with_file_name("available_clocksource"))
+                    .ok()?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            }
+            _ => return None,
+        };
+        (!choices.iter().any(|c| c == want)).then(|| {
+            format!(
+                "{want} is not offered here (choices: {})",
+                choices.join(" ")
+            )
+        })
+    }
+
     fn file_item(&self, s: &Setting, p: &Path, fmt: Fmt, want: Option<String>) -> Item {
         let target = self.tree.display(p);
         let mut row = Row {
@@ -635,6 +759,11 @@ impl Tuner {
         row.current = fmt.current(&raw);
         let action = match want {
             None => Action::None,
+            Some(w) if !fmt.same(&raw, &w) && self.unavailable(p, &raw, fmt, &w).is_some() => {
+                row.status = Status::Absent;
+                row.note = self.unavailable(p, &raw, fmt, &w).unwrap_or_default();
+                Action::None
+            }
             Some(w) => {
                 if fmt.same(&raw, &w) || fmt.same(&row.current, &w) {
                     row.status = Status::Ok;
@@ -688,18 +817,32 @@ impl Tuner {
         for n in nics {
             // (file, format, cores) for this setting on this interface.
             let plan: Vec<(PathBuf, Fmt, BTreeSet<usize>)> = match s.id.as_str() {
-                "nic.irq_affinity" => nic::plan(n.rx_irqs.len(), &self.shard_cpus)
-                    .into_iter()
-                    .zip(&n.rx_irqs)
-                    .map(|(set, irq)| {
-                        (
-                            self.tree
-                                .path(&format!("/proc/irq/{irq}/smp_affinity_list")),
-                            Fmt::CpuList,
-                            set,
-                        )
-                    })
-                    .collect(),
+                "nic.irq_affinity" => {
+                    // Planned over the queues (as RPS and XPS are), so queue i's
+                    // interrupt and its RPS mask agree; a NIC with more vectors than
+                    // queues (one per CPU, or its maximum queue count) wraps around.
+                    let queues = if n.rx_queues.is_empty() {
+                        n.rx_irqs.len()
+                    } else {
+                        n.rx_queues.len().min(n.rx_irqs.len())
+                    };
+                    let plan = nic::plan(queues, &self.shard_cpus);
+                    n.rx_irqs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, irq)| (plan[i % queues.max(1)].clone(), irq))
+                        .collect::<Vec<_>>()
+                }
+                .into_iter()
+                .map(|(set, irq)| {
+                    (
+                        self.tree
+                            .path(&format!("/proc/irq/{irq}/smp_affinity_list")),
+                        Fmt::CpuList,
+                        set,
+                    )
+                })
+                .collect(),
                 "nic.rps" => nic::plan(n.rx_queues.len(), &self.shard_cpus)
                     .into_iter()
                     .zip(&n.rx_queues)
@@ -932,6 +1075,7 @@ impl Tuner {
             };
         };
         row.target = format!("{} ({})", li.conf_name, s.path);
+        row.note = "current: this shell's limit; the broker's come from its login or unit (LimitMEMLOCK=, LimitNOFILE=)".into();
         let current = self.tree.read("/proc/self/limits").ok().and_then(|t| {
             t.lines()
                 .find(|l| l.starts_with(li.proc_name))
@@ -974,7 +1118,10 @@ impl Tuner {
         row.status = if current.is_some_and(|c| c >= w) {
             Status::Ok
         } else if installed {
-            row.note = format!("installed in {}; applies from the next login", s.path);
+            row.note = format!(
+                "installed in {}; applies from the next login (systemd units: LimitMEMLOCK=, LimitNOFILE=)",
+                s.path
+            );
             Status::Ok
         } else {
             Status::Differs

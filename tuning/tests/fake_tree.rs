@@ -40,17 +40,22 @@ fn fake_machine(root: &Path, cpus: usize, queues: usize) {
             &format!("/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor"),
             "powersave",
         );
-        for s in 0..4 {
-            w(
-                &format!("/sys/devices/system/cpu/cpu{c}/cpuidle/state{s}/disable"),
-                "0",
-            );
+        // POLL, C1, C1E, C6: only the last two are deep (exit latency above 10 µs).
+        for (s, latency) in [0, 2, 20, 133].into_iter().enumerate() {
+            let state = format!("/sys/devices/system/cpu/cpu{c}/cpuidle/state{s}");
+            w(&format!("{state}/disable"), "0");
+            w(&format!("{state}/latency"), &latency.to_string());
         }
     }
     w(
         "/sys/devices/system/clocksource/clocksource0/current_clocksource",
         "kvm-clock",
     );
+    w(
+        "/sys/devices/system/clocksource/clocksource0/available_clocksource",
+        "kvm-clock tsc hpet acpi_pm",
+    );
+    w("/proc/sys/kernel/random/boot_id", "2f1c0a8e-boot-one");
     w(
         "/sys/block/vda/queue/scheduler",
         "none [mq-deadline] kyber bfq",
@@ -112,6 +117,7 @@ fn fake_machine(root: &Path, cpus: usize, queues: usize) {
     )
     .unwrap();
     w("/sys/devices/virtual/net/lo/queues/rx-0/rps_cpus", "0");
+    w("/sys/devices/virtual/net/lo/queues/rx-0/rps_flow_cnt", "0");
     std::os::unix::fs::symlink("../../devices/virtual/net/lo", net.join("lo")).unwrap();
     w(
         "/proc/self/limits",
@@ -550,4 +556,158 @@ fn the_plain_files_agree_with_settings_toml() {
             assert!(!text.trim().is_empty(), "{}: {what} is empty", s.id);
         }
     }
+}
+
+#[test]
+fn only_deep_idle_states_and_real_nics_are_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fake_machine(root, 2, 1);
+    let t = tuner(root, Profile::Latency, 2);
+    t.apply(false).unwrap();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    for c in 0..2 {
+        let state = |s| {
+            read(&format!(
+                "sys/devices/system/cpu/cpu{c}/cpuidle/state{s}/disable"
+            ))
+        };
+        assert_eq!(
+            [state(0), state(1), state(2), state(3)],
+            ["0\n", "0\n", "1\n", "1\n"]
+        );
+    }
+    // The balanced profile sets RFS on eth0 only, not on lo.
+    tuner(root, Profile::Balanced, 2).apply(false).unwrap();
+    assert_eq!(
+        read("sys/class/net/eth0/queues/rx-0/rps_flow_cnt"),
+        "4096\n"
+    );
+    assert_eq!(
+        read("sys/devices/virtual/net/lo/queues/rx-0/rps_flow_cnt"),
+        "0\n"
+    );
+}
+
+#[test]
+fn a_value_the_kernel_does_not_offer_is_absent_not_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fake_machine(root, 2, 1);
+    std::fs::write(
+        root.join("sys/devices/system/clocksource/clocksource0/available_clocksource"),
+        "kvm-clock acpi_pm\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("sys/block/vda/queue/scheduler"),
+        "[mq-deadline] kyber\n",
+    )
+    .unwrap();
+    let t = tuner(root, Profile::Latency, 2);
+    let rows = t.check();
+    for id in ["clocksource", "block.vd.scheduler"] {
+        let r = rows.iter().find(|r| r.id == id).unwrap();
+        assert_eq!(r.status, Status::Absent, "{id}: {r:?}");
+        assert!(r.note.contains("not offered here"), "{id}: {}", r.note);
+    }
+    assert!(
+        t.apply(false)
+            .unwrap()
+            .iter()
+            .all(|c| c.id != "clocksource")
+    );
+}
+
+#[test]
+fn dirty_limits_in_bytes_are_restored_as_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fake_machine(root, 2, 1);
+    // This machine limits dirty memory in bytes; the ratios read 0.
+    let vm = root.join("proc/sys/vm");
+    std::fs::write(vm.join("dirty_ratio"), "0\n").unwrap();
+    std::fs::write(vm.join("dirty_bytes"), "268435456\n").unwrap();
+    std::fs::write(vm.join("dirty_background_ratio"), "0\n").unwrap();
+    std::fs::write(vm.join("dirty_background_bytes"), "67108864\n").unwrap();
+    let t = tuner(root, Profile::Throughput, 2);
+    t.apply(false).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(vm.join("dirty_ratio")).unwrap(),
+        "40\n"
+    );
+    // (The kernel would zero dirty_bytes here; the fake tree does not.)
+    std::fs::write(vm.join("dirty_bytes"), "0\n").unwrap();
+    std::fs::write(vm.join("dirty_background_bytes"), "0\n").unwrap();
+    t.revert(false).unwrap().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(vm.join("dirty_bytes")).unwrap(),
+        "268435456\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vm.join("dirty_background_bytes")).unwrap(),
+        "67108864\n"
+    );
+}
+
+#[test]
+fn failed_changes_are_not_recorded_and_a_reboot_voids_kernel_records() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fake_machine(root, 2, 1);
+    // A driver that refuses new ring sizes (`ethtool -G` fails; `-g` still reports).
+    let eth = root.join("usr/sbin/ethtool");
+    std::fs::rename(&eth, root.join("usr/sbin/ethtool.real")).unwrap();
+    std::fs::write(
+        &eth,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = -G ] && {{ echo 'netlink error: Operation not supported' >&2; exit 76; }}\nexec {} \"$@\"\n",
+            root.join("usr/sbin/ethtool.real").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&eth, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = tuner(root, Profile::Throughput, 2);
+    let changes = t.apply(false).unwrap();
+    let ring = changes.iter().find(|c| c.id == "nic.ring").unwrap();
+    assert!(
+        matches!(&ring.outcome, Outcome::Failed(m) if m.contains("not supported")),
+        "{ring:?}"
+    );
+    let state = t.load_state().unwrap().unwrap();
+    assert!(
+        !state
+            .saved
+            .iter()
+            .any(|s| matches!(s, ringmq_tuning::Saved::Ethtool { command, .. } if command == "-G")),
+        "a failed change is not recorded: {state:?}"
+    );
+    assert!(
+        state
+            .saved
+            .iter()
+            .any(|s| matches!(s, ringmq_tuning::Saved::Ethtool { command, .. } if command == "-C")),
+        "the coalescing that worked is"
+    );
+    // After a reboot the kernel values are back to their defaults; revert leaves them.
+    std::fs::write(
+        root.join("proc/sys/kernel/random/boot_id"),
+        "9c4d-boot-two\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("proc/sys/vm/swappiness"), "60\n").unwrap();
+    let out = t.revert(false).unwrap().unwrap();
+    assert!(
+        out.iter()
+            .any(|c| matches!(&c.outcome, Outcome::Manual(m) if m.contains("reboot")))
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("proc/sys/vm/swappiness")).unwrap(),
+        "60\n"
+    );
+    assert!(
+        !root.join("etc/security/limits.d/90-ringmq.conf").exists(),
+        "the limits file is still removed"
+    );
 }
