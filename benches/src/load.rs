@@ -447,11 +447,13 @@ fn report(a: &BenchArgs, shared: &Shared) {
     };
     let summary = serde_json::json!({
         "produce": {
+            "messages": acked as u64,
             "messages_per_sec": acked / secs,
             "bytes_per_sec": acked * size / secs,
             "ack_latency_us": lat_us(&ack),
         },
         "consume": {
+            "messages": consumed as u64,
             "messages_per_sec": consumed / secs,
             "bytes_per_sec": consumed * size / secs,
         },
