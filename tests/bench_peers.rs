@@ -95,7 +95,10 @@ fn installed(program: &str, how: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/lib/rabbitmq/bin")])
+        .chain([
+            PathBuf::from("/usr/sbin"),
+            PathBuf::from("/usr/lib/rabbitmq/bin"),
+        ])
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not installed ({how}; scripts/test does it)"))
@@ -173,13 +176,28 @@ fn start_rabbitmq() -> Peer {
     std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
     let env = [
         ("HOME", base.display().to_string()),
-        ("RABBITMQ_CONFIG_FILE", base.join("rabbitmq.conf").display().to_string()),
-        ("RABBITMQ_ADVANCED_CONFIG_FILE", base.join("advanced.config").display().to_string()),
-        ("RABBITMQ_ENABLED_PLUGINS_FILE", base.join("enabled_plugins").display().to_string()),
-        ("RABBITMQ_MNESIA_BASE", base.join("mnesia").display().to_string()),
+        (
+            "RABBITMQ_CONFIG_FILE",
+            base.join("rabbitmq.conf").display().to_string(),
+        ),
+        (
+            "RABBITMQ_ADVANCED_CONFIG_FILE",
+            base.join("advanced.config").display().to_string(),
+        ),
+        (
+            "RABBITMQ_ENABLED_PLUGINS_FILE",
+            base.join("enabled_plugins").display().to_string(),
+        ),
+        (
+            "RABBITMQ_MNESIA_BASE",
+            base.join("mnesia").display().to_string(),
+        ),
         ("RABBITMQ_LOG_BASE", base.join("log").display().to_string()),
         ("RABBITMQ_PID_FILE", base.join("pid").display().to_string()),
-        ("RABBITMQ_NODENAME", format!("test{}@localhost", addr.port())),
+        (
+            "RABBITMQ_NODENAME",
+            format!("test{}@localhost", addr.port()),
+        ),
         ("RABBITMQ_DIST_PORT", dist.port().to_string()),
         (
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
@@ -189,7 +207,12 @@ fn start_rabbitmq() -> Peer {
     ];
     peer.spawn(
         Command::new(epmd)
-            .args(["-address", "127.0.0.1", "-port", &epmd_addr.port().to_string()])
+            .args([
+                "-address",
+                "127.0.0.1",
+                "-port",
+                &epmd_addr.port().to_string(),
+            ])
             .envs(env.clone()),
         "epmd.log",
     );
@@ -240,7 +263,11 @@ fn bench(peer: &Peer, driver: &str, topic: &str, extra: &[&str]) -> serde_json::
     let produced = r["produce"]["messages"].as_u64().unwrap();
     // One second at 1000 msgs/s, counted from intended send times.
     assert!((900..=1100).contains(&produced), "{driver}: {r}");
-    assert_eq!(r["consume"]["messages"].as_u64(), Some(produced), "{driver}: {r}");
+    assert_eq!(
+        r["consume"]["messages"].as_u64(),
+        Some(produced),
+        "{driver}: {r}"
+    );
     assert_eq!(r["errors"], 0, "{driver}: {r}");
     let e2e_p50 = r["end_to_end_latency_us"]["p50"].as_u64().unwrap();
     assert!(e2e_p50 > 0, "{driver}: {r}");
@@ -268,8 +295,18 @@ fn bench_nats_driver_publishes_to_jetstream_and_reads_it_back() {
 #[test]
 fn bench_rabbitmq_driver_uses_quorum_and_stream_queues() {
     let peer = start_rabbitmq();
-    bench(&peer, "rabbitmq", "quorum-load", &["--rabbitmq-queue", "quorum"]);
-    bench(&peer, "rabbitmq", "stream-load", &["--rabbitmq-queue", "stream"]);
+    bench(
+        &peer,
+        "rabbitmq",
+        "quorum-load",
+        &["--rabbitmq-queue", "quorum"],
+    );
+    bench(
+        &peer,
+        "rabbitmq",
+        "stream-load",
+        &["--rabbitmq-queue", "stream"],
+    );
 }
 
 #[test]
@@ -280,7 +317,15 @@ fn bench_refuses_what_a_peer_driver_cannot_measure() {
         ("nats", "--compression", "lz4"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["bench", "--driver", driver, "--brokers", "127.0.0.1:1", flag, value])
+            .args([
+                "bench",
+                "--driver",
+                driver,
+                "--brokers",
+                "127.0.0.1:1",
+                flag,
+                value,
+            ])
             .output()
             .unwrap();
         assert!(!o.status.success(), "{driver} {flag} {value}");

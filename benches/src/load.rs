@@ -16,25 +16,11 @@ use hdrhistogram::Histogram;
 
 use crate::driver::{self, Receiver, Sender};
 
-/// Workload flags of `ringmq bench` (stable: scripts use them).
-///
-/// Each driver sends the same workload through its broker's own client; a partition is
-/// a Kafka or ringmq partition, a JetStream stream, a RabbitMQ queue or a Redis stream
-/// key. Durability, for the comparison of durable with durable:
-///
-/// - native, kafka on ringmq: acknowledged once fdatasync'd (the broker's default flush
-///   policy, every_batch); kafka on another broker: acks=all, durable as that broker is.
-/// - nats: publish acks; file storage; durable when the server runs with
-///   `jetstream { sync_interval: always }` (otherwise synced every 2 minutes).
-/// - rabbitmq: persistent messages, publisher confirms; a quorum queue confirms once
-///   fdatasync'd, a stream queue once written (no fsync on a single node).
-/// - redis: XADD replies; durable when the server runs with `appendonly yes` and
-///   `appendfsync always`.
-///
-/// --batch-bytes and --linger-ms apply to native and kafka only: the nats, rabbitmq and
-/// redis clients send each message as its own command, pipelined (2048 in flight per
-/// producer at max rate). See docs/benchmarks.md.
+/// Workload flags of `ringmq bench` (stable: scripts use them). Each driver sends the
+/// same workload through its broker's own client; [`DRIVERS_HELP`] says how each maps a
+/// partition and what its acknowledgement means.
 #[derive(Args, Debug, Clone)]
+#[command(after_long_help = DRIVERS_HELP)]
 pub struct BenchArgs {
     /// Broker address, HOST:PORT [default: 127.0.0.1:9093 for native, 127.0.0.1:9092
     /// for kafka, 127.0.0.1:4222 for nats, 127.0.0.1:5672 for rabbitmq (user guest),
@@ -66,10 +52,10 @@ pub struct BenchArgs {
     /// Message (value) size in bytes, at least 8
     #[arg(long, default_value_t = 1024)]
     pub message_size: usize,
-    /// Producer batch size in bytes
+    /// Producer batch size in bytes (native and kafka)
     #[arg(long, default_value_t = 64 << 10)]
     pub batch_bytes: usize,
-    /// Producer linger in milliseconds
+    /// Producer linger in milliseconds (native and kafka)
     #[arg(long, default_value_t = 1)]
     pub linger_ms: u64,
     /// durable (acknowledged once durable) or none
@@ -99,6 +85,24 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PID")]
     pub broker_pid: Vec<u32>,
 }
+
+/// What each driver's partition and acknowledgement are, for `ringmq bench --help` (the
+/// details: docs/benchmarks.md).
+pub const DRIVERS_HELP: &str = "\
+Drivers, their partitions and what an acknowledgement means (compare durable with durable):
+  native    ringmq partitions; acked once fdatasync'd (flush every_batch, the default)
+  kafka     Kafka partitions, acks=all; on ringmq acked once fdatasync'd; on another broker
+            as durable as that broker's acks=all (Tansu: in memory)
+  nats      a JetStream stream per partition (file storage, 1 replica); publish acks;
+            durable only with `jetstream { sync_interval: always }` on the server
+            (nats-server 2.10+; otherwise synced every 2 minutes)
+  rabbitmq  a durable queue per partition, persistent messages, publisher confirms;
+            quorum queues confirm once the Raft WAL is fdatasync'd; stream queues
+            confirm without an fsync (no durability on a single node)
+  redis     a stream key per partition (XADD, XREAD BLOCK); durable only with
+            `appendonly yes` and `appendfsync always` on the server
+--batch-bytes and --linger-ms apply to native and kafka; the nats, rabbitmq and redis
+clients send each message as its own command, pipelined. See docs/benchmarks.md.";
 
 /// Sends in flight per producer at max rate.
 const MAX_INFLIGHT: usize = 2048;
