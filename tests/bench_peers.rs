@@ -77,6 +77,7 @@ impl Drop for Peer {
             // SAFETY: kill(2) with a negative pid signals the process group the child
             // leads (it was spawned with process_group(0)); no memory is involved.
             unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -95,10 +96,7 @@ fn installed(program: &str, how: &str) -> PathBuf {
     std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([
-            PathBuf::from("/usr/sbin"),
-            PathBuf::from("/usr/lib/rabbitmq/bin"),
-        ])
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|dir| dir.join(program))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not installed ({how}; scripts/test does it)"))
@@ -158,7 +156,14 @@ fn start_nats() -> Peer {
 }
 
 fn start_rabbitmq() -> Peer {
-    let server = installed("rabbitmq-server", "apt-get install rabbitmq-server");
+    // The server itself: /usr/sbin/rabbitmq-server is a wrapper that switches to the
+    // rabbitmq user, who may not write to this test's folder.
+    let server = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    assert!(
+        server.is_file(),
+        "{} is not installed (apt-get install rabbitmq-server; scripts/test does it)",
+        server.display()
+    );
     let epmd = installed("epmd", "apt-get install erlang-base");
     let mut peer = new_peer();
     let (addr, epmd_addr, dist) = (free_addr(), free_addr(), free_addr());

@@ -142,9 +142,9 @@ pub async fn receiver(
         "nats" => {
             Receiver::Nats(crate::nats::Consumer::connect(brokers, &a.topic, partitions).await?)
         }
-        "rabbitmq" => {
-            Receiver::Rabbitmq(crate::rabbitmq::Consumer::connect(brokers, a, partitions).await?)
-        }
+        "rabbitmq" => Receiver::Rabbitmq(Box::new(
+            crate::rabbitmq::Consumer::connect(brokers, a, partitions).await?,
+        )),
         "redis" => {
             Receiver::Redis(crate::redis::Consumer::connect(brokers, &a.topic, partitions).await?)
         }
@@ -207,8 +207,8 @@ pub enum Receiver {
     Kafka(rdkafka::consumer::StreamConsumer),
     /// NATS JetStream.
     Nats(crate::nats::Consumer),
-    /// RabbitMQ.
-    Rabbitmq(crate::rabbitmq::Consumer),
+    /// RabbitMQ (boxed: its connection state is large, and there is one per consumer).
+    Rabbitmq(Box<crate::rabbitmq::Consumer>),
     /// Redis streams.
     Redis(crate::redis::Consumer),
 }
