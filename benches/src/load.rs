@@ -1,11 +1,12 @@
 //! `ringmq bench`: a load generator in the manner of the OpenMessaging Benchmark, the
 //! same workload through each broker's own client (the drivers of [`crate::driver`]:
-//! ringmq's native client, Kafka, NATS JetStream, RabbitMQ, Redis streams). Producers send at a fixed rate (each latency counted from the
-//! intended send time, so a stall cannot hide behind a slowed sender) or as fast as
-//! acknowledgements allow; consumers read every partition. Reports produce and consume
-//! rates, produce-ack latency and end-to-end latency (send time carried in the value)
-//! after a warm-up, with a progress line each second. Given the broker's process ids
-//! (`--broker-pid`), it also reports the CPU time the broker used per GB moved.
+//! ringmq's native client, Kafka, NATS JetStream, RabbitMQ, Redis streams). Producers
+//! send at a fixed rate (each latency counted from the intended send time, so a stall
+//! cannot hide behind a slowed sender) or as fast as acknowledgements allow; consumers
+//! read every partition. Reports produce and consume rates, produce-ack latency and
+//! end-to-end latency (send time carried in the value) after a warm-up, with a progress
+//! line each second. Given the broker's process ids (`--broker-pid`), it also reports the
+//! CPU time the broker used per GB moved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
