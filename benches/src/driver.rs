@@ -39,6 +39,16 @@ pub fn default_brokers(driver: &str) -> &'static str {
     }
 }
 
+/// `brokers` as a URL: as given when it has a scheme, else `prefix`, the address and
+/// `suffix` (`--brokers` takes HOST:PORT or a URL).
+pub fn broker_url(brokers: &str, prefix: &str, suffix: &str) -> String {
+    if brokers.contains("://") {
+        brokers.to_string()
+    } else {
+        format!("{prefix}{brokers}{suffix}")
+    }
+}
+
 /// Checks the workload flags against what the driver can do.
 pub fn check(a: &BenchArgs) -> anyhow::Result<()> {
     match a.driver.as_str() {

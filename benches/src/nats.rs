@@ -27,16 +27,8 @@ use crate::driver::{POLL_MESSAGES_MAX, push_sent_time, take_ready};
 /// Publish acks one producer waits for at most (the load generator keeps fewer in flight).
 const ACKS_INFLIGHT_MAX: usize = 4096;
 
-fn url(brokers: &str) -> String {
-    if brokers.contains("://") {
-        brokers.to_string()
-    } else {
-        format!("nats://{brokers}")
-    }
-}
-
 async fn connect(brokers: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::connect(url(brokers))
+    async_nats::connect(crate::driver::broker_url(brokers, "nats://", ""))
         .await
         .with_context(|| format!("cannot reach a NATS server at {brokers} (--brokers)"))
 }

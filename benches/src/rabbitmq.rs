@@ -34,18 +34,13 @@ use crate::load::BenchArgs;
 /// Unacknowledged deliveries one consumer accepts (a stream queue requires a limit).
 pub const PREFETCH: u16 = 2000;
 
-fn uri(brokers: &str) -> String {
-    if brokers.contains("://") {
-        brokers.to_string()
-    } else {
-        format!("amqp://guest:guest@{brokers}/%2f")
-    }
-}
-
 async fn connect(brokers: &str) -> anyhow::Result<Connection> {
-    Connection::connect(&uri(brokers), ConnectionProperties::default())
-        .await
-        .with_context(|| format!("cannot reach a RabbitMQ server at {brokers} (--brokers)"))
+    Connection::connect(
+        &crate::driver::broker_url(brokers, "amqp://guest:guest@", "/%2f"),
+        ConnectionProperties::default(),
+    )
+    .await
+    .with_context(|| format!("cannot reach a RabbitMQ server at {brokers} (--brokers)"))
 }
 
 fn queue(topic: &str, partition: u32) -> String {

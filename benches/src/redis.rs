@@ -22,16 +22,8 @@ use anyhow::Context;
 
 use crate::driver::{POLL_MESSAGES_MAX, POLL_WAIT};
 
-fn url(brokers: &str) -> String {
-    if brokers.contains("://") {
-        brokers.to_string()
-    } else {
-        format!("redis://{brokers}/")
-    }
-}
-
 async fn connect(brokers: &str) -> anyhow::Result<MultiplexedConnection> {
-    let client = ::redis::Client::open(url(brokers))?;
+    let client = ::redis::Client::open(crate::driver::broker_url(brokers, "redis://", "/"))?;
     // A reply can wait for the fsync of the append-only file under load: the client's
     // default of 500 ms would count a slow acknowledgement as a failure.
     let config = AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
