@@ -113,20 +113,14 @@ pub fn consumer(brokers: &str, topic: &str, partitions: &[u32]) -> anyhow::Resul
     Ok(c)
 }
 
-/// Receives for up to 100 ms (at most 10000 messages); appends each message's send
-/// time (the first 8 bytes of its value).
+/// Receives what has arrived, waiting up to [`crate::driver::POLL_WAIT`] for a first
+/// message; appends each message's send time (the first 8 bytes of its value).
 pub async fn poll(c: &StreamConsumer, sent: &mut Vec<u64>) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(100);
-    while sent.len() < 10_000 {
-        match tokio::time::timeout_at(deadline, c.recv()).await {
-            Err(_) => break,
-            Ok(Err(e)) => return Err(e).context("Kafka consumer"),
-            Ok(Ok(m)) => {
-                if let Some(v) = m.payload().filter(|v| v.len() >= 8) {
-                    sent.push(u64::from_le_bytes(v[..8].try_into().expect("8 bytes")));
-                }
-            }
-        }
-    }
-    Ok(())
+    let mut stream = std::pin::pin!(c.stream());
+    crate::driver::take_ready(&mut stream, crate::driver::POLL_MESSAGES_MAX, |m| {
+        let m = m.context("Kafka consumer")?;
+        crate::driver::push_sent_time(sent, m.payload());
+        Ok(())
+    })
+    .await
 }

@@ -3,8 +3,12 @@
 //! reference measured in the same run (fio, iperf3) and print the ratio.
 #![deny(missing_docs)]
 
+pub mod driver;
 pub mod kafka;
 pub mod load;
+pub mod nats;
+pub mod rabbitmq;
+pub mod redis;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

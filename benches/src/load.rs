@@ -1,31 +1,43 @@
-//! `ringmq bench`: a load generator in the manner of the OpenMessaging Benchmark, on the
-//! native Rust client. Producers send at a fixed rate (each latency counted from the
-//! intended send time, so a stall cannot hide behind a slowed sender) or as fast as
-//! acknowledgements allow; consumers read every partition. Reports produce and consume
-//! rates, produce-ack latency and end-to-end latency (send time carried in the value)
-//! after a warm-up, with a progress line each second.
+//! `ringmq bench`: a load generator in the manner of the OpenMessaging Benchmark, the
+//! same workload through each broker's own client (the drivers of [`crate::driver`]:
+//! ringmq's native client, Kafka, NATS JetStream, RabbitMQ, Redis streams). Producers
+//! send at a fixed rate (each latency counted from the intended send time, so a stall
+//! cannot hide behind a slowed sender) or as fast as acknowledgements allow; consumers
+//! read every partition. Reports produce and consume rates, produce-ack latency and
+//! end-to-end latency (send time carried in the value) after a warm-up, with a progress
+//! line each second. Given the broker's process ids (`--broker-pid`), it also reports the
+//! CPU time the broker used per GB moved.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
-use ringmq_client::{Admin, Client, Consumer, Error, Position, Producer, ProducerConfig};
 
-/// Workload flags of `ringmq bench` (stable: scripts use them).
+use crate::driver::{self, Receiver, Sender};
+
+/// Workload flags of `ringmq bench` (stable: scripts use them). Each driver sends the
+/// same workload through its broker's own client; [`DRIVERS_HELP`] says how each maps a
+/// partition and what its acknowledgement means.
 #[derive(Args, Debug, Clone)]
+#[command(after_long_help = DRIVERS_HELP)]
 pub struct BenchArgs {
     /// Broker address, HOST:PORT [default: 127.0.0.1:9093 for native, 127.0.0.1:9092
-    /// for kafka]
+    /// for kafka, 127.0.0.1:4222 for nats, 127.0.0.1:5672 for rabbitmq (user guest),
+    /// 127.0.0.1:6379 for redis; a URL also works for these three]
     #[arg(long, env = "RINGMQ_BROKERS")]
     pub brokers: Option<String>,
-    /// Client and protocol: native (ringmq-client on the native protocol) or kafka
+    /// Client and protocol: native (ringmq-client on the native protocol), kafka
     /// (librdkafka through the rdkafka crate, on any Kafka-API broker: ringmq's Kafka
-    /// listener, Kafka, Redpanda, Tansu)
-    #[arg(long, default_value = "native", value_parser = ["native", "kafka"])]
+    /// listener, Kafka, Redpanda, Tansu), nats (NATS JetStream through async-nats),
+    /// rabbitmq (AMQP 0-9-1 through lapin) or redis (Redis streams through the redis
+    /// crate)
+    #[arg(long, default_value = "native", value_parser = driver::DRIVERS)]
     pub driver: String,
+    /// The RabbitMQ queue type of the rabbitmq driver: quorum or stream
+    #[arg(long, default_value = "quorum", value_parser = ["quorum", "stream"])]
+    pub rabbitmq_queue: String,
     /// Topic (created with --partitions if missing)
     #[arg(long, default_value = "bench")]
     pub topic: String,
@@ -41,16 +53,16 @@ pub struct BenchArgs {
     /// Message (value) size in bytes, at least 8
     #[arg(long, default_value_t = 1024)]
     pub message_size: usize,
-    /// Producer batch size in bytes
+    /// Producer batch size in bytes (native and kafka)
     #[arg(long, default_value_t = 64 << 10)]
     pub batch_bytes: usize,
-    /// Producer linger in milliseconds
+    /// Producer linger in milliseconds (native and kafka)
     #[arg(long, default_value_t = 1)]
     pub linger_ms: u64,
     /// durable (acknowledged once durable) or none
     #[arg(long, default_value = "durable", value_parser = ["durable", "none", "all", "-1", "1", "0"])]
     pub acks: String,
-    /// Batch compression: none, lz4 or zstd (kafka also gzip, snappy)
+    /// Batch compression: none, lz4, zstd, gzip or snappy (native and kafka drivers)
     #[arg(long, default_value = "none", value_parser = ["none", "lz4", "zstd", "gzip", "snappy"])]
     pub compression: String,
     /// Messages per second over all producers; 0 sends as fast as acknowledgements allow
@@ -69,7 +81,29 @@ pub struct BenchArgs {
     /// latency distribution) to this file
     #[arg(long, value_name = "FILE")]
     pub html: Option<std::path::PathBuf>,
+    /// A process id of the broker (repeatable): reports the CPU seconds it and its
+    /// descendants used during the measured period, per GB of messages produced
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Vec<u32>,
 }
+
+/// What each driver's partition and acknowledgement are, for `ringmq bench --help` (the
+/// details: docs/benchmarks.md).
+pub const DRIVERS_HELP: &str = "\
+Drivers, their partitions and what an acknowledgement means (compare durable with durable):
+  native    ringmq partitions; acked once fdatasync'd (flush every_batch, the default)
+  kafka     Kafka partitions, acks=all; on ringmq acked once fdatasync'd; on another broker
+            as durable as that broker's acks=all (Tansu: in memory)
+  nats      a JetStream stream per partition (file storage, 1 replica); publish acks;
+            durable only with `jetstream { sync_interval: always }` on the server
+            (nats-server 2.10+; otherwise synced every 2 minutes)
+  rabbitmq  a durable queue per partition, persistent messages, publisher confirms;
+            quorum queues confirm once the Raft WAL is fdatasync'd; stream queues
+            confirm without an fsync (no durability on a single node)
+  redis     a stream key per partition (XADD, XREAD BLOCK); durable only with
+            `appendonly yes` and `appendfsync always` on the server
+--batch-bytes and --linger-ms apply to native and kafka; the nats, rabbitmq and redis
+clients send each message as its own command, pipelined. See docs/benchmarks.md.";
 
 /// Sends in flight per producer at max rate.
 const MAX_INFLIGHT: usize = 2048;
@@ -106,6 +140,8 @@ struct Shared {
     series: Mutex<Vec<Sample>>,
     errors: AtomicU64,
     stop_consumers: AtomicBool,
+    /// CPU seconds the broker's processes used during the measured period.
+    broker_cpu_secs: Mutex<Option<f64>>,
 }
 
 impl Shared {
@@ -125,37 +161,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         "nothing to do: no producers or consumers"
     );
     anyhow::ensure!(a.duration > 0.0, "--duration must be positive");
-    let kafka = a.driver == "kafka";
-    let brokers = a.brokers.clone().unwrap_or_else(|| {
-        if kafka {
-            "127.0.0.1:9092"
-        } else {
-            "127.0.0.1:9093"
-        }
-        .to_string()
-    });
-    anyhow::ensure!(
-        kafka || matches!(a.compression.as_str(), "none" | "lz4" | "zstd"),
-        "--compression {}: the native client has none, lz4 and zstd",
-        a.compression
-    );
-    let partitions = if kafka {
-        crate::kafka::setup(&brokers, &a.topic, a.partitions).await?
-    } else {
-        let client = Client::connect(&brokers)
-            .await
-            .with_context(|| format!("cannot reach the broker at {brokers} (--brokers)"))?;
-        let admin = Admin::new(client.clone());
-        match admin.create_topic(&a.topic, a.partitions, &[]).await {
-            Ok(()) => {}
-            Err(Error::Broker {
-                code: ringmq_client::ErrorCode::TopicExists,
-                ..
-            }) => {}
-            Err(e) => return Err(anyhow::anyhow!("creating topic {}: {e}", a.topic)),
-        }
-        admin.describe_topic(&a.topic).await?.partitions.len() as u32
-    };
+    driver::check(&a)?;
+    let brokers = a
+        .brokers
+        .clone()
+        .unwrap_or_else(|| driver::default_brokers(&a.driver).to_string());
+    let partitions = driver::setup(&a, &brokers).await?;
     let start = Instant::now();
     let shared = Arc::new(Shared {
         start,
@@ -172,8 +183,21 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         series: Mutex::new(Vec::new()),
         errors: AtomicU64::new(0),
         stop_consumers: AtomicBool::new(false),
+        broker_cpu_secs: Mutex::new(None),
     });
     let end = shared.measure_from + Duration::from_secs_f64(a.duration);
+
+    // The broker's CPU time over the measured period, read at its two ends.
+    let cpu_meter = (!a.broker_pid.is_empty()).then(|| {
+        let (shared, pids) = (shared.clone(), a.broker_pid.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(shared.measure_from.into()).await;
+            let from = tree_cpu_secs(&pids);
+            tokio::time::sleep_until(end.into()).await;
+            let to = tree_cpu_secs(&pids);
+            *shared.broker_cpu_secs.lock().unwrap() = Some(to - from);
+        })
+    });
 
     // Consumers first, at the end of each partition, so they see every message sent.
     let mut consumers = Vec::new();
@@ -184,42 +208,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         if mine.is_empty() {
             continue;
         }
-        let receiver = if kafka {
-            Receiver::Kafka(crate::kafka::consumer(&brokers, &a.topic, &mine)?)
-        } else {
-            let client = Client::connect(&brokers).await?;
-            let mut consumer = Consumer::new(client);
-            consumer.max_wait_ms = 100;
-            for p in &mine {
-                consumer.assign(&a.topic, *p, Position::Latest).await?;
-            }
-            Receiver::Native(consumer)
-        };
+        let receiver = driver::receiver(&a, &brokers, &mine).await?;
         let shared = shared.clone();
         consumers.push(tokio::spawn(async move { consume(receiver, shared).await }));
     }
 
     let mut producers = Vec::new();
     for i in 0..a.producers {
-        let producer = if kafka {
-            Sender::Kafka(crate::kafka::producer(&brokers, &a)?)
-        } else {
-            let client = Client::connect(&brokers).await?;
-            Sender::Native(Producer::new(
-                client,
-                ProducerConfig {
-                    batch_bytes: a.batch_bytes,
-                    linger: Duration::from_millis(a.linger_ms),
-                    durable: !matches!(a.acks.as_str(), "none" | "0"),
-                    retries: 3,
-                    compression: match a.compression.as_str() {
-                        "lz4" => ringmq_client::Compression::Lz4,
-                        "zstd" => ringmq_client::Compression::Zstd,
-                        _ => ringmq_client::Compression::None,
-                    },
-                },
-            ))
-        };
+        let producer = driver::sender(&a, &brokers, partitions).await?;
         let (shared, a2) = (shared.clone(), a.clone());
         producers.push(tokio::spawn(async move {
             produce(producer, i, a2, shared, end).await
@@ -300,6 +296,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         c.await??;
     }
     progress.abort();
+    if let Some(meter) = cpu_meter {
+        meter.await?;
+    }
     report(&a, &shared);
     Ok(())
 }
@@ -313,54 +312,6 @@ fn message(template: &[u8], sent_us: u64) -> Vec<u8> {
 
 fn template(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i % 251) as u8).collect()
-}
-
-/// A producer of either driver.
-#[derive(Clone)]
-enum Sender {
-    Native(Producer),
-    Kafka(Arc<rdkafka::producer::FutureProducer>),
-}
-
-impl Sender {
-    /// Sends one message; true once acknowledged.
-    async fn send(&self, topic: &str, value: Vec<u8>) -> bool {
-        match self {
-            Sender::Native(p) => p.send(topic, None, &value, &[]).await.is_ok(),
-            Sender::Kafka(p) => crate::kafka::send(p, topic, &value).await,
-        }
-    }
-
-    async fn close(self) -> anyhow::Result<()> {
-        match self {
-            Sender::Native(p) => Ok(p.close().await?),
-            Sender::Kafka(p) => crate::kafka::flush(p).await,
-        }
-    }
-}
-
-/// A consumer of either driver.
-enum Receiver {
-    Native(Consumer),
-    Kafka(rdkafka::consumer::StreamConsumer),
-}
-
-impl Receiver {
-    /// Waits up to about 100 ms for messages; appends their send times (µs since the
-    /// start, the first 8 bytes of each value).
-    async fn poll(&mut self, sent: &mut Vec<u64>) -> anyhow::Result<()> {
-        match self {
-            Receiver::Native(c) => {
-                for r in c.poll().await? {
-                    if let Some(v) = r.value.as_deref().filter(|v| v.len() >= 8) {
-                        sent.push(u64::from_le_bytes(v[..8].try_into().expect("8 bytes")));
-                    }
-                }
-                Ok(())
-            }
-            Receiver::Kafka(c) => crate::kafka::poll(c, sent).await,
-        }
-    }
 }
 
 async fn produce(
@@ -501,16 +452,19 @@ fn report(a: &BenchArgs, shared: &Shared) {
     };
     let summary = serde_json::json!({
         "produce": {
+            "messages": acked as u64,
             "messages_per_sec": acked / secs,
             "bytes_per_sec": acked * size / secs,
             "ack_latency_us": lat_us(&ack),
         },
         "consume": {
+            "messages": consumed as u64,
             "messages_per_sec": consumed / secs,
             "bytes_per_sec": consumed * size / secs,
         },
         "end_to_end_latency_us": lat_us(&e2e),
         "errors": shared.errors.load(Ordering::Relaxed),
+        "broker": broker_cpu_json(a, shared, acked * size),
         "workload": {
             "driver": a.driver, "topic": a.topic, "partitions": a.partitions, "producers": a.producers,
             "consumers": a.consumers, "message_size": a.message_size, "batch_bytes": a.batch_bytes,
@@ -572,10 +526,84 @@ fn report(a: &BenchArgs, shared: &Shared) {
         }
         println!(" {:>8.2}", h.max() as f64 / 1000.0);
     }
+    if let Some(cpu) = *shared.broker_cpu_secs.lock().unwrap() {
+        println!(
+            "broker CPU: {cpu:.2} s over the measured period, {:.2} s per GB produced",
+            cpu / (acked * size / 1e9).max(f64::MIN_POSITIVE)
+        );
+    }
     let errors = shared.errors.load(Ordering::Relaxed);
     if errors > 0 {
         println!("errors: {errors} send(s) failed");
     }
+}
+
+/// The `broker` object of the JSON report: the CPU seconds the broker used during the
+/// measured period and those seconds per GB (10^9 bytes) of message values produced and
+/// acknowledged in it; each of those messages was also delivered to a consumer once.
+fn broker_cpu_json(a: &BenchArgs, shared: &Shared, bytes_produced: f64) -> serde_json::Value {
+    match *shared.broker_cpu_secs.lock().unwrap() {
+        Some(cpu) => serde_json::json!({
+            "pids": a.broker_pid,
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_gb": if bytes_produced > 0.0 {
+                serde_json::json!(cpu / (bytes_produced / 1e9))
+            } else {
+                serde_json::Value::Null
+            },
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// CPU seconds (user and system) used so far by the processes `pids` and all their
+/// descendants alive now, from /proc.
+fn tree_cpu_secs(pids: &[u32]) -> f64 {
+    // (pid, parent pid, user + system clock ticks) of every process.
+    let mut procs = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // The fields after the command name, which is in parentheses and may hold
+            // spaces: state, ppid, ... utime is field 14 of the line, stime field 15.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            procs.push((pid, num(1) as u32, num(11) + num(12)));
+        }
+    }
+    let mut tree: Vec<u32> = pids.to_vec();
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            procs
+                .iter()
+                .filter(|p| p.1 == parent && !tree.contains(&p.0))
+                .map(|p| p.0)
+                .collect::<Vec<_>>(),
+        );
+        i += 1;
+    }
+    // SAFETY: sysconf has no preconditions; it only reads a configuration value.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    procs
+        .iter()
+        .filter(|p| tree.contains(&p.0))
+        .map(|p| p.2 as f64)
+        .sum::<f64>()
+        / ticks_per_sec
 }
 
 /// A named, coloured line of a chart.
