@@ -830,3 +830,62 @@ async fn the_native_consumer_reads_what_librdkafka_compressed() {
     }
     broker.stop();
 }
+
+/// Linger zero: a batch goes out as soon as the one before it is answered, and what
+/// arrives meanwhile joins it. Every send resolves to the offset its record got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linger_zero_batches_what_arrives_while_a_batch_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin.create_topic("l0", 1, &[]).await.unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: std::time::Duration::ZERO,
+            ..ProducerConfig::default()
+        },
+    );
+    producer.prepare("l0").await.unwrap();
+    let sent = futures_join_all((0..3000u32).map(|i| {
+        let p = producer.clone();
+        async move {
+            let (_, offset) = p
+                .send_to("l0", 0, Some(&i.to_be_bytes()), b"v", &[])
+                .await
+                .unwrap();
+            (offset, i)
+        }
+    }))
+    .await;
+    let mut by_offset: Vec<(i64, u32)> = sent;
+    by_offset.sort();
+    assert_eq!(
+        by_offset.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (0..3000).collect::<Vec<i64>>(),
+        "every record has its own offset"
+    );
+    let mut consumer = Consumer::new(client.clone());
+    consumer.assign("l0", 0, Position::Earliest).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3000 {
+        got.extend(consumer.poll().await.unwrap());
+    }
+    for (r, (offset, i)) in got.iter().zip(&by_offset) {
+        assert_eq!(r.offset, *offset);
+        assert_eq!(
+            r.key.as_deref(),
+            Some(&i.to_be_bytes()[..]),
+            "offset {offset}"
+        );
+    }
+    // Concurrent sends shared batches: far fewer batches than records on disk.
+    let d = admin.describe_topic("l0").await.unwrap();
+    assert!(
+        d.partitions[0].size_bytes < 3000 * 40,
+        "records were batched ({} bytes for 3000 records)",
+        d.partitions[0].size_bytes
+    );
+    broker.stop();
+}

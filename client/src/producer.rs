@@ -18,7 +18,9 @@ pub struct ProducerConfig {
     /// A partition's batch is sent when the next record would take it past this many
     /// bytes; a batch is never larger, unless a single record is. Default 64 KiB.
     pub batch_bytes: usize,
-    /// ... or once its first record has waited this long. Default 5 ms.
+    /// ... or once its first record has waited this long. Default 5 ms. Zero sends a
+    /// batch as soon as the one before it on its partition is answered; records that
+    /// arrive meanwhile join it.
     pub linger: Duration,
     /// `true`: a send resolves once its batch is durable on the broker (acks `durable`);
     /// `false`: once the broker has the request (acks `none`; offsets are then -1).
@@ -48,6 +50,9 @@ type Waiter = oneshot::Sender<Result<(u32, i64)>>;
 enum Job {
     /// An uncompressed batch and the waiters of its records, in order.
     Batch(Vec<u8>, Vec<Waiter>),
+    /// Linger zero: send what has accumulated as soon as the batch before it is answered
+    /// (records that arrive meanwhile join the same batch).
+    Ready,
     Flush(oneshot::Sender<()>),
 }
 
@@ -199,6 +204,11 @@ impl Producer {
             if p.accum.batch.size_bytes() + record_bytes > self.inner.config.batch_bytes {
                 self.take_batch(topic, p);
                 None
+            } else if first && self.inner.config.linger.is_zero() {
+                // No timer: tokio's has millisecond ticks, so even a zero sleep could
+                // hold the record for up to a millisecond.
+                let _ = p.jobs.send(Job::Ready);
+                None
             } else if first {
                 Some(p.accum.generation)
             } else {
@@ -224,19 +234,8 @@ impl Producer {
 
     /// Moves a partition's records into its send queue.
     fn take_batch(&self, topic: &str, p: &mut Partition) {
-        let batch = std::mem::take(&mut p.accum.batch);
-        let waiters = std::mem::take(&mut p.accum.waiters);
-        p.accum.generation += 1;
-        if batch.is_empty() {
-            return;
-        }
-        let _ = p.jobs.send(Job::Batch(batch.finish(), waiters));
-        // Records without a key move on to another partition with each batch.
-        let mut sticky = self.inner.sticky.lock().unwrap();
-        if let Some(s) = sticky.get_mut(topic)
-            && let Some(n) = self.inner.counts.lock().unwrap().get(topic)
-        {
-            *s = (*s + 1) % n;
+        if let Some((batch, waiters)) = take_accum(&self.inner, topic, p) {
+            let _ = p.jobs.send(Job::Batch(batch, waiters));
         }
     }
 
@@ -251,7 +250,23 @@ impl Producer {
                     Job::Flush(done) => {
                         let _ = done.send(());
                     }
-                    Job::Batch(batch, waiters) => {
+                    job @ (Job::Batch(..) | Job::Ready) => {
+                        let (batch, waiters) = match job {
+                            Job::Batch(b, w) => (b, w),
+                            _ => {
+                                let taken = {
+                                    let mut parts = inner.partitions.lock().unwrap();
+                                    parts
+                                        .get_mut(&topic)
+                                        .and_then(|t| t.get_mut(&partition))
+                                        .and_then(|p| take_accum(&inner, &topic, p))
+                                };
+                                match taken {
+                                    Some(t) => t,
+                                    None => continue,
+                                }
+                            }
+                        };
                         let r = send_batch(&inner, &topic, partition, batch).await;
                         for (i, w) in waiters.into_iter().enumerate() {
                             let _ = w.send(match &r {
@@ -352,6 +367,25 @@ pub(crate) fn decompress(batch: &[u8], c: Compression) -> Result<Option<Vec<u8>>
     }
     let plain = crate::codecs::decompress(&batch[HEADER_BYTES..], c).map_err(Error::Protocol)?;
     Ok(Some(with_records_section(batch, Compression::None, &plain)))
+}
+
+/// Takes a partition's accumulated records (`None` if there are none), moving keyless
+/// records on to another partition for the next batch.
+fn take_accum(inner: &Inner, topic: &str, p: &mut Partition) -> Option<(Vec<u8>, Vec<Waiter>)> {
+    let batch = std::mem::take(&mut p.accum.batch);
+    let waiters = std::mem::take(&mut p.accum.waiters);
+    p.accum.generation += 1;
+    if batch.is_empty() {
+        return None;
+    }
+    // Records without a key move on to another partition with each batch.
+    let mut sticky = inner.sticky.lock().unwrap();
+    if let Some(s) = sticky.get_mut(topic)
+        && let Some(n) = inner.counts.lock().unwrap().get(topic)
+    {
+        *s = (*s + 1) % n;
+    }
+    Some((batch.finish(), waiters))
 }
 
 fn clone_error(e: &Error) -> Error {
