@@ -689,6 +689,18 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// The shards that serve `n` connections opened from a thread pinned to `cpu`.
+fn shards_serving(addr: SocketAddr, cpu: usize, n: usize) -> Vec<u64> {
+    std::thread::spawn(move || {
+        pin_to(cpu);
+        (0..n)
+            .map(|_| broker_stats(&mut Client::connect(addr))["connection_shard"])
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn connections_land_on_the_shard_of_the_core_that_sent_them() {
     let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -699,15 +711,7 @@ fn connections_land_on_the_shard_of_the_core_that_sent_them() {
     // to core c must be served by the shard on core c (shard c here: --shards N takes
     // cores 0..N), every time.
     for cpu in 0..shards {
-        let addr = broker.addr;
-        let served: Vec<u64> = std::thread::spawn(move || {
-            pin_to(cpu);
-            (0..20)
-                .map(|_| broker_stats(&mut Client::connect(addr))["connection_shard"])
-                .collect()
-        })
-        .join()
-        .unwrap();
+        let served = shards_serving(broker.addr, cpu, 20);
         assert!(
             served.iter().all(|&s| s == cpu as u64),
             "connections from core {cpu} were served by shards {served:?}"
@@ -721,15 +725,7 @@ fn connections_land_on_the_shard_of_the_core_that_sent_them() {
     // from core 0 all on shard 0 would be a 1 in 2^20 chance.
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start_args(dir.path(), 2, &["--steer-connections", "false"]);
-    let addr = broker.addr;
-    let served: Vec<u64> = std::thread::spawn(move || {
-        pin_to(0);
-        (0..20)
-            .map(|_| broker_stats(&mut Client::connect(addr))["connection_shard"])
-            .collect()
-    })
-    .join()
-    .unwrap();
+    let served = shards_serving(broker.addr, 0, 20);
     assert!(
         served.contains(&1),
         "hashing put every connection on shard 0: {served:?}"

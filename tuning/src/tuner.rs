@@ -939,6 +939,14 @@ impl Tuner {
                 "ethtool is not installed (Debian package ethtool)",
             ))];
         };
+        let unsupported = |dev: &str, e: String| {
+            plain(row(
+                dev,
+                "-",
+                Status::Absent,
+                &format!("not supported: {e}"),
+            ))
+        };
         let mut out = Vec::new();
         for n in nics {
             let dev = n.name.as_str();
@@ -949,12 +957,7 @@ impl Tuner {
                 let r = match rings {
                     Ok(r) => r,
                     Err(e) => {
-                        out.push(plain(row(
-                            dev,
-                            "-",
-                            Status::Absent,
-                            &format!("not supported: {e}"),
-                        )));
+                        out.push(unsupported(dev, e));
                         continue;
                     }
                 };
@@ -996,12 +999,7 @@ impl Tuner {
                 let now = match ethtool::run(&ethtool, &["-c", dev]) {
                     Ok(o) => ethtool::parse_coalesce(&o),
                     Err(e) => {
-                        out.push(plain(row(
-                            dev,
-                            "-",
-                            Status::Absent,
-                            &format!("not supported: {e}"),
-                        )));
+                        out.push(unsupported(dev, e));
                         continue;
                     }
                 };
