@@ -246,36 +246,31 @@ impl Producer {
         // One batch in flight per partition: the order of sends is the order of offsets.
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
-                match job {
+                let (batch, waiters) = match job {
                     Job::Flush(done) => {
                         let _ = done.send(());
+                        continue;
                     }
-                    job @ (Job::Batch(..) | Job::Ready) => {
-                        let (batch, waiters) = match job {
-                            Job::Batch(b, w) => (b, w),
-                            _ => {
-                                let taken = {
-                                    let mut parts = inner.partitions.lock().unwrap();
-                                    parts
-                                        .get_mut(&topic)
-                                        .and_then(|t| t.get_mut(&partition))
-                                        .and_then(|p| take_accum(&inner, &topic, p))
-                                };
-                                match taken {
-                                    Some(t) => t,
-                                    None => continue,
-                                }
-                            }
-                        };
-                        let r = send_batch(&inner, &topic, partition, batch).await;
-                        for (i, w) in waiters.into_iter().enumerate() {
-                            let _ = w.send(match &r {
-                                Ok(base) if *base >= 0 => Ok((partition, base + i as i64)),
-                                Ok(_) => Ok((partition, -1)),
-                                Err(e) => Err(clone_error(e)),
-                            });
+                    Job::Batch(batch, waiters) => (batch, waiters),
+                    Job::Ready => {
+                        let mut parts = inner.partitions.lock().unwrap();
+                        let taken = parts
+                            .get_mut(&topic)
+                            .and_then(|t| t.get_mut(&partition))
+                            .and_then(|p| take_accum(&inner, &topic, p));
+                        match taken {
+                            Some(t) => t,
+                            None => continue,
                         }
                     }
+                };
+                let r = send_batch(&inner, &topic, partition, batch).await;
+                for (i, w) in waiters.into_iter().enumerate() {
+                    let _ = w.send(match &r {
+                        Ok(base) if *base >= 0 => Ok((partition, base + i as i64)),
+                        Ok(_) => Ok((partition, -1)),
+                        Err(e) => Err(clone_error(e)),
+                    });
                 }
             }
         });

@@ -241,6 +241,38 @@ struct Item {
     action: Action,
 }
 
+impl Item {
+    /// A row the tuner only reports: nothing to change.
+    fn report(row: Row) -> Item {
+        Item {
+            row,
+            action: Action::None,
+        }
+    }
+}
+
+impl Row {
+    /// A row of setting `s` on `target`, whose profile value is `want`.
+    fn of(
+        s: &Setting,
+        want: Option<&str>,
+        target: &str,
+        current: &str,
+        status: Status,
+        note: &str,
+    ) -> Row {
+        Row {
+            id: s.id.clone(),
+            target: target.into(),
+            current: current.into(),
+            recommended: want.unwrap_or("-").into(),
+            status,
+            affects: s.affects.clone(),
+            note: note.into(),
+        }
+    }
+}
+
 /// A profile on a tree, with the cores that run shards (for the NIC-queue plan).
 #[derive(Debug, Clone)]
 pub struct Tuner {
@@ -607,19 +639,10 @@ impl Tuner {
         let mut out = Vec::new();
         for s in settings::all() {
             let want = s.value(self.profile);
-            let row = |target: &str, current: &str, status, note: &str| Row {
-                id: s.id.clone(),
-                target: target.to_string(),
-                current: current.to_string(),
-                recommended: want.unwrap_or("-").to_string(),
-                status,
-                affects: s.affects.clone(),
-                note: note.to_string(),
+            let row = |target: &str, current: &str, status, note: &str| {
+                Row::of(s, want, target, current, status, note)
             };
-            let plain = |r: Row| Item {
-                row: r,
-                action: Action::None,
-            };
+            let plain = Item::report;
             match s.kind {
                 Kind::Sysctl | Kind::Sysfs => {
                     let fmt = match s.format {
@@ -730,16 +753,14 @@ impl Tuner {
     }
 
     fn file_item(&self, s: &Setting, p: &Path, fmt: Fmt, want: Option<String>) -> Item {
-        let target = self.tree.display(p);
-        let mut row = Row {
-            id: s.id.clone(),
-            target,
-            current: String::new(),
-            recommended: want.clone().unwrap_or_else(|| "-".into()),
-            status: Status::AsIs,
-            affects: s.affects.clone(),
-            note: String::new(),
-        };
+        let mut row = Row::of(
+            s,
+            want.as_deref(),
+            &self.tree.display(p),
+            "",
+            Status::AsIs,
+            "",
+        );
         let raw = match tree::read(p) {
             Ok(r) => r,
             Err(e) => {
@@ -750,21 +771,22 @@ impl Tuner {
                 };
                 row.current = "-".into();
                 row.note = e.to_string();
-                return Item {
-                    row,
-                    action: Action::None,
-                };
+                return Item::report(row);
             }
         };
         row.current = fmt.current(&raw);
-        let action = match want {
-            None => Action::None,
-            Some(w) if !fmt.same(&raw, &w) && self.unavailable(p, &raw, fmt, &w).is_some() => {
+        let unavailable = want
+            .as_deref()
+            .filter(|w| !fmt.same(&raw, w))
+            .and_then(|w| self.unavailable(p, &raw, fmt, w));
+        let action = match (want, unavailable) {
+            (None, _) => Action::None,
+            (Some(_), Some(why)) => {
                 row.status = Status::Absent;
-                row.note = self.unavailable(p, &raw, fmt, &w).unwrap_or_default();
+                row.note = why;
                 Action::None
             }
-            Some(w) => {
+            (Some(w), None) => {
                 if fmt.same(&raw, &w) || fmt.same(&row.current, &w) {
                     row.status = Status::Ok;
                 } else {
@@ -781,21 +803,13 @@ impl Tuner {
     }
 
     fn nic_items(&self, s: &Setting, want: Option<&str>, nics: &[Nic]) -> Vec<Item> {
-        let absent = |target: &str, note: &str| Item {
-            row: Row {
-                id: s.id.clone(),
-                target: target.into(),
-                current: "-".into(),
-                recommended: want.unwrap_or("-").into(),
-                status: if want.is_some() {
-                    Status::Absent
-                } else {
-                    Status::AsIs
-                },
-                affects: s.affects.clone(),
-                note: note.into(),
-            },
-            action: Action::None,
+        let absent = |target: &str, note: &str| {
+            let status = if want.is_some() {
+                Status::Absent
+            } else {
+                Status::AsIs
+            };
+            Item::report(Row::of(s, want, target, "-", status, note))
         };
         if want.is_none() {
             return vec![absent("every NIC", "")];
@@ -907,19 +921,10 @@ impl Tuner {
     }
 
     fn ethtool_items(&self, s: &Setting, want: Option<&str>, nics: &[Nic]) -> Vec<Item> {
-        let row = |target: &str, current: &str, status, note: &str| Row {
-            id: s.id.clone(),
-            target: target.into(),
-            current: current.into(),
-            recommended: want.unwrap_or("-").into(),
-            status,
-            affects: s.affects.clone(),
-            note: note.into(),
+        let row = |target: &str, current: &str, status, note: &str| {
+            Row::of(s, want, target, current, status, note)
         };
-        let plain = |r| Item {
-            row: r,
-            action: Action::None,
-        };
+        let plain = Item::report;
         let Some(want) = want else {
             return vec![plain(row("every NIC", "-", Status::AsIs, ""))];
         };
@@ -1055,22 +1060,11 @@ impl Tuner {
     }
 
     fn limit_item(&self, s: &Setting, want: Option<&str>) -> Item {
-        let mut row = Row {
-            id: s.id.clone(),
-            target: String::new(),
-            current: "-".into(),
-            recommended: want.unwrap_or("-").into(),
-            status: Status::AsIs,
-            affects: s.affects.clone(),
-            note: String::new(),
-        };
+        let mut row = Row::of(s, want, "", "-", Status::AsIs, "");
         let Some(li) = limit_item(&s.id) else {
             row.status = Status::Error;
             row.note = format!("{}: not a limit the tuner knows", s.id);
-            return Item {
-                row,
-                action: Action::None,
-            };
+            return Item::report(row);
         };
         row.target = format!("{} ({})", li.conf_name, s.path);
         row.note = "current: this shell's limit; the broker's come from its login or unit (LimitMEMLOCK=, LimitNOFILE=)".into();
@@ -1090,18 +1084,12 @@ impl Tuner {
         });
         row.current = current.map_or("unknown".into(), |c| c.to_string());
         let Some(w) = want else {
-            return Item {
-                row,
-                action: Action::None,
-            };
+            return Item::report(row);
         };
         let Some(w) = Limit::parse(w) else {
             row.status = Status::Error;
             row.note = format!("{w:?}: not a limit value (a number or unlimited)");
-            return Item {
-                row,
-                action: Action::None,
-            };
+            return Item::report(row);
         };
         let path = self.tree.path(&s.path);
         let installed = std::fs::read_to_string(&path).is_ok_and(|t| {
