@@ -356,7 +356,12 @@ impl SegmentWriter {
 
     /// Writes a filled buffer at the end. On error nothing past the old end counts as
     /// written: the next write goes to the same position.
-    pub(crate) async fn write(&mut self, buf: WriteBuf) -> Result<()> {
+    ///
+    /// With `dsync` a direct write is also durable when it completes (`RWF_DSYNC`: the
+    /// kernel syncs it as part of the write, without a second request from here); a
+    /// buffered write ignores it and needs [`SegmentWriter::sync`]. Returns whether the
+    /// write was made durable.
+    pub(crate) async fn write(&mut self, buf: WriteBuf, dsync: bool) -> Result<bool> {
         let (data_len, new_end) = match &buf {
             WriteBuf::Direct { len, start, .. } => {
                 let data = *len as u64 - (self.write_pos - start);
@@ -365,8 +370,10 @@ impl SegmentWriter {
             WriteBuf::Buffered { buf } => (buf.len() as u64, self.write_pos + buf.len() as u64),
         };
         if data_len == 0 {
-            return Ok(());
+            return Ok(false);
         }
+        let dsync = dsync && data_len >= DSYNC_WRITE_MIN_BYTES;
+        let flags = if dsync { libc::RWF_DSYNC } else { 0 };
         self.ensure_allocated(new_end).await?;
         match (&mut self.file, buf) {
             (
@@ -400,8 +407,8 @@ impl SegmentWriter {
                     Some(head) => {
                         let expect = head.len() + body.len();
                         let (a, b) = futures_lite::future::zip(
-                            write_direct(fd, head, start),
-                            write_direct(fd, body, start + align as u64),
+                            write_direct(fd, head, start, flags),
+                            write_direct(fd, body, start + align as u64, flags),
                         )
                         .await;
                         let a = a.map_err(|e| Error::io("writing segment", &self.path, e))?;
@@ -410,7 +417,7 @@ impl SegmentWriter {
                     }
                     None => {
                         let expect = body.len();
-                        let wrote = write_direct(fd, body, start)
+                        let wrote = write_direct(fd, body, start, flags)
                             .await
                             .map_err(|e| Error::io("writing segment", &self.path, e))?;
                         (wrote, expect)
@@ -424,6 +431,8 @@ impl SegmentWriter {
                     ));
                 }
                 *tail_block = new_tail;
+                self.write_pos = new_end;
+                return Ok(dsync);
             }
             (WriterFile::Buffered(file), WriteBuf::Buffered { buf }) => {
                 let mut buf = buf;
@@ -457,7 +466,7 @@ impl SegmentWriter {
             _ => unreachable!("write buffer from another writer mode"),
         }
         self.write_pos = new_end;
-        Ok(())
+        Ok(false)
     }
 
     /// fdatasync of everything written.
@@ -490,6 +499,16 @@ impl SegmentWriter {
     }
 }
 
+/// Direct writes of at least this many bytes that are to be synced at once carry
+/// `RWF_DSYNC` instead of being followed by an fdatasync: the kernel syncs each as it
+/// completes, which saves the round trip through this thread and the fdatasync's own
+/// request. Smaller writes are two requests (the rewritten partial block and the new
+/// blocks), and two synced writes cost two flushes where one fdatasync after both costs
+/// one. Measured with `storage_append`, one appender, p50 append-to-durable (two runs
+/// each): 16 KiB 327-332 µs with fdatasync vs 355-362 µs with RWF_DSYNC; 64 KiB 386-397
+/// vs 380-405 µs; 1 MiB 962-965 vs 875-901 µs (1.07-1.10x the throughput).
+const DSYNC_WRITE_MIN_BYTES: u64 = 128 << 10;
+
 /// Alignment of direct writes: ext4's block size on these machines.
 const FS_BLOCK_BYTES: u64 = 4096;
 
@@ -497,11 +516,17 @@ const FS_BLOCK_BYTES: u64 = 4096;
 /// rather than glommio's: glommio would put it on its polled ring and busy-poll the core
 /// until it completes (see the `ringmq-uring` crate). A failure to set up the ring is
 /// this write's error.
-async fn write_direct(fd: &Rc<OwnedFd>, buf: DmaBuffer, pos: u64) -> std::io::Result<usize> {
+async fn write_direct(
+    fd: &Rc<OwnedFd>,
+    buf: DmaBuffer,
+    pos: u64,
+    rw_flags: i32,
+) -> std::io::Result<usize> {
     use ringmq_uring::{Ring, opcode, types};
     let ring = Ring::current()?;
     let sqe = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
         .offset(pos)
+        .rw_flags(rw_flags)
         .build();
     let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(buf), Box::new(fd.clone())];
     // SAFETY: the buffer the entry points at and the descriptor it names are both in

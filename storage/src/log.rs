@@ -1157,9 +1157,18 @@ impl PartitionLog {
                 s.pending_bytes = 0;
                 s.pending.drain(..).collect()
             };
+            // When this round will be synced anyway, direct writes carry the sync
+            // themselves (one request instead of a write and then an fdatasync).
+            let sync_now = {
+                let s = self.state.borrow();
+                s.sync_requested || matches!(s.config.flush, FlushPolicy::EveryBatch)
+            };
+            let mut synced_by_write = false;
             if !batches.is_empty()
                 && let Err(e) = match self.ensure_active_index().await {
-                    Ok(()) => self.write_batches(batches).await,
+                    Ok(()) => self.write_batches(batches, sync_now).await.map(|synced| {
+                        synced_by_write = synced;
+                    }),
                     Err(e) => Err(e),
                 }
             {
@@ -1186,11 +1195,16 @@ impl PartitionLog {
                 want.then_some(s.written_offset)
             };
             if let Some(target) = sync {
-                let writer = self.state.borrow_mut().writer.take();
-                let writer = writer.expect("writer present while driving");
-                let r = writer.sync().await;
+                let r = if synced_by_write && target == self.state.borrow().written_offset {
+                    Ok(())
+                } else {
+                    let writer = self.state.borrow_mut().writer.take();
+                    let writer = writer.expect("writer present while driving");
+                    let r = writer.sync().await;
+                    self.state.borrow_mut().writer = Some(writer);
+                    r
+                };
                 let mut s = self.state.borrow_mut();
-                s.writer = Some(writer);
                 match r {
                     Ok(()) => {
                         s.stats.syncs += 1;
@@ -1226,7 +1240,10 @@ impl PartitionLog {
     }
 
     /// Writes batches (in offset order) to the active segment, rolling as needed.
-    async fn write_batches(&self, batches: Vec<Pending>) -> Result<()> {
+    /// With `dsync`, direct writes are made durable as they complete; returns true when
+    /// every write was.
+    async fn write_batches(&self, batches: Vec<Pending>, dsync: bool) -> Result<bool> {
+        let mut all_synced = true;
         let mut i = 0;
         while i < batches.len() {
             let now = now_ms();
@@ -1264,10 +1281,10 @@ impl PartitionLog {
             for b in &batches[i..j] {
                 buf.extend(&b.bytes);
             }
-            let r = writer.write(buf).await;
+            let r = writer.write(buf, dsync).await;
             let mut s = self.state.borrow_mut();
             s.writer = Some(writer);
-            r?;
+            all_synced &= r?;
             s.stats.writes += 1;
             s.stats.bytes_written += total as u64;
             s.stats.appends += (j - i) as u64;
@@ -1283,7 +1300,7 @@ impl PartitionLog {
             }
             i = j;
         }
-        Ok(())
+        Ok(all_synced)
     }
 
     /// Closes the active segment (cut to size, synced, indexes written) and starts a

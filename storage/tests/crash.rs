@@ -54,7 +54,14 @@ fn crash_child() {
                 let mut rng = StdRng::seed_from_u64(seed * 100 + t);
                 for i in 0.. {
                     let s = seed << 32 | t << 24 | i;
-                    let b = make_batch(s, rng.random_range(1..8), rng.random_range(10..3000), 1000);
+                    // A quarter of the batches are large enough (up to 240 KB) that
+                    // their rounds are written with RWF_DSYNC instead of an fdatasync.
+                    let records = if rng.random_bool(0.25) {
+                        rng.random_range(40..80)
+                    } else {
+                        rng.random_range(1..8)
+                    };
+                    let b = make_batch(s, records, rng.random_range(10..3000), 1000);
                     let at = log.append(bm(&b)).await.expect("append");
                     println!("ACK {} {}", at.base_offset, content_hash(&b));
                 }

@@ -55,8 +55,13 @@ struct Args {
     json: bool,
 }
 
+/// How long before a fixed-rate send the sender stops sleeping and spins.
+const SPIN_BEFORE_SEND: Duration = Duration::from_micros(200);
+
 struct Outcome {
     hist: Histogram<u64>,
+    /// Fixed rate: how late each request left after its intended send time.
+    late: Histogram<u64>,
     bytes: u64,
     records: u64,
 }
@@ -84,6 +89,7 @@ fn run_connection(
     let per_conn_rate = args.rate as f64 / args.connections as f64 / args.batch_records as f64;
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut bytes, mut records) = (0u64, 0u64);
     let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
     let mut next_id = 0u32;
@@ -100,6 +106,11 @@ fn run_connection(
             let frame = &mut frames[partition as usize];
             frame[8..12].copy_from_slice(&next_id.to_be_bytes());
             s.write_all(frame)?;
+            if let Some(t) = intended
+                && t >= measure_from
+            {
+                late.record(t.elapsed().as_micros() as u64)?;
+            }
             inflight.push_back((next_id, intended.unwrap_or(now)));
             next_id = next_id.wrapping_add(1);
             n += 1;
@@ -110,10 +121,15 @@ fn run_connection(
                 break;
             }
             if let Some(t) = intended {
-                std::thread::sleep(
-                    t.saturating_duration_since(now)
-                        .min(Duration::from_millis(1)),
-                );
+                // Sleep to just short of the send time, then spin: a sleeping thread
+                // wakes 50-100 µs late (timer slack, wake-up), and that lateness would
+                // be counted as the broker's latency.
+                let left = t.saturating_duration_since(now);
+                if left > SPIN_BEFORE_SEND {
+                    std::thread::sleep((left - SPIN_BEFORE_SEND).min(Duration::from_millis(1)));
+                } else {
+                    std::hint::spin_loop();
+                }
             }
             continue;
         }
@@ -134,6 +150,7 @@ fn run_connection(
     }
     Ok(Outcome {
         hist,
+        late,
         bytes,
         records,
     })
@@ -169,10 +186,12 @@ fn main() -> anyhow::Result<()> {
             .collect()
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut late = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut bytes, mut records) = (0u64, 0u64);
     for o in outcomes {
         let o = o?;
         hist.add(o.hist)?;
+        late.add(o.late)?;
         bytes += o.bytes;
         records += o.records;
     }
@@ -186,6 +205,7 @@ fn main() -> anyhow::Result<()> {
                 "records_per_sec": records as f64 / secs,
                 "bytes_per_sec": bytes as f64 / secs,
                 "ack_latency_us": lat,
+                "send_late_us": ringmq_bench::percentiles_json(&late),
                 "rate": args.rate,
                 "connections": args.connections,
                 "inflight": args.inflight,
@@ -194,15 +214,24 @@ fn main() -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
-            "{:.0} records/s, {:.1} MB/s, ack latency us {}",
-            records as f64 / secs,
-            bytes as f64 / secs / 1e6,
+        let fmt = |p: [(&str, u64); 5]| {
             p.iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(" ")
+        };
+        println!(
+            "{:.0} records/s, {:.1} MB/s, ack latency us {}",
+            records as f64 / secs,
+            bytes as f64 / secs / 1e6,
+            fmt(p)
         );
+        if args.rate > 0 {
+            println!(
+                "sends after their intended time, us {}",
+                fmt(ringmq_bench::percentiles_us(&late))
+            );
+        }
     }
     Ok(())
 }
