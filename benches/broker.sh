@@ -98,6 +98,9 @@ l = mx["ack_latency_us"]
 print(f"ack latency at max rate, us: p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} max={l['max']}")
 l = fx["ack_latency_us"]
 print(f"== fixed 20k records/s ({fx['records_per_sec']:.0f} achieved): ack latency us p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} max={l['max']}  (targets p99 <= 1000, p99.9 <= 5000)")
+sl = fx.get("send_late_us")
+if sl:
+    print(f"   client sends after their intended time, us: p50={sl['p50']} p99={sl['p99']} p99.9={sl['p99.9']} (counted in the ack latency)")
 print(f"   the disk alone (fio 64 KiB O_DIRECT write + fdatasync at 312/s): p50={fio_lat[0]} p99={fio_lat[1]} p99.9={fio_lat[2]} us"
       " (write and sync percentiles added)")
 print(f"broker CPU while idle: {idle_cpu*100:.1f}% of one core (shards park when idle; no spin)")

@@ -178,6 +178,11 @@ fn dup_owned(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(dup(fd)?) })
 }
 
+/// File ranges at least this long start a read-ahead of the ranges after them.
+const READ_AHEAD_TRIGGER: u64 = 256 << 10;
+/// The smallest read-ahead window.
+const READ_AHEAD_MIN: u64 = 4 << 20;
+
 /// A pipe: read end, write end, capacity.
 struct Pipe {
     read: Rc<OwnedFd>,
@@ -254,6 +259,7 @@ impl Splicer {
         }
         let socket = Rc::new(dup_owned(socket)?);
         let file = range.fd.as_raw_fd();
+        self.read_ahead(range);
         let mut pipe: Option<(PipeGuard<'_>, glommio::sync::Permit)> = None;
         let mut pos = range.position;
         let end = range.position + range.len;
@@ -373,6 +379,49 @@ impl Splicer {
             guard.clean = true;
         }
         Ok(())
+    }
+
+    /// A consumer catching up fetches large ranges one after another; while this one
+    /// is sent, the kernel reads the next ones (the window after `range`, as long as it
+    /// again, at least [`READ_AHEAD_MIN`], within the file) into the page cache, so the
+    /// next fetch is sent from memory instead of waiting for the disk. Nothing is done
+    /// for small ranges (a consumer at the tail) or when the window's last page is
+    /// already cached. The advice runs on the ring without holding up this send.
+    fn read_ahead(&self, range: &FileRange) {
+        if range.len < READ_AHEAD_TRIGGER {
+            return;
+        }
+        let file = range.fd.as_raw_fd();
+        let start = range.position + range.len;
+        // SAFETY: fstat on a descriptor we hold open, into a zeroed local.
+        let size = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(file, &mut st) != 0 {
+                return;
+            }
+            st.st_size as u64
+        };
+        let stop = (start + range.len.max(READ_AHEAD_MIN)).min(size);
+        if stop <= start || page_cached(file, stop - 1, 1) {
+            return;
+        }
+        let advice = opcode::Fadvise::new(
+            types::Fd(file),
+            (stop - start) as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        )
+        .offset(start)
+        .build();
+        let ring = self.ring.clone();
+        let fd = range.fd.clone();
+        glommio::spawn_local(async move {
+            // SAFETY: the entry names only the file, which `keep` holds.
+            let keep: Vec<Box<dyn Any>> = vec![Box::new(fd)];
+            if let Err(e) = unsafe { ring.op(advice, keep).await } {
+                tracing::debug!(error = %e, "read-ahead advice failed");
+            }
+        })
+        .detach();
     }
 
     /// Waits until `socket` can take more bytes (a poll request on the ring).
