@@ -889,3 +889,181 @@ async fn linger_zero_batches_what_arrives_while_a_batch_is_in_flight() {
     );
     broker.stop();
 }
+
+/// The broker side of sequenced produce on the native protocol: a resent batch is
+/// answered with its first offset and not stored again, and a batch that skips ahead in
+/// its producer's sequence is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequenced_batches_are_stored_once_and_in_sequence() {
+    use ringmq_net::codec::{ProducePartition, Request, Response};
+    use ringmq_storage::batch::{Record, encode_batch, set_producer};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("sq", 1, &[])
+        .await
+        .unwrap();
+    let (id, epoch) = match client.call(Request::InitProducer).await.unwrap() {
+        Response::Producer { producer_id, epoch } => (producer_id, epoch),
+        other => panic!("{other:?}"),
+    };
+    assert!(id > 0 && epoch == 0);
+    match client.call(Request::InitProducer).await.unwrap() {
+        Response::Producer { producer_id, .. } => assert_ne!(producer_id, id, "ids are unique"),
+        other => panic!("{other:?}"),
+    }
+    let batch = |seq: i32, n: usize| {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                value: Some(format!("r{}", seq as usize + i).into_bytes()),
+                timestamp_ms: 1,
+                ..Default::default()
+            })
+            .collect();
+        let mut b = encode_batch(&records);
+        set_producer(&mut b, id, epoch, seq);
+        bytes::Bytes::from(b)
+    };
+    let produce = |b: bytes::Bytes| {
+        let client = client.clone();
+        async move {
+            match client
+                .call(Request::Produce {
+                    acks: 1,
+                    partitions: vec![ProducePartition {
+                        topic: "sq".into(),
+                        partition: 0,
+                        batch: b,
+                    }],
+                })
+                .await
+                .unwrap()
+            {
+                Response::Produce(v) => (v[0].error.code, v[0].base_offset),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(produce(batch(0, 3)).await, (ErrorCode::None, 0));
+    assert_eq!(produce(batch(3, 2)).await, (ErrorCode::None, 3));
+    // The same batch again (an answer that was lost): its offset, nothing stored.
+    assert_eq!(produce(batch(3, 2)).await, (ErrorCode::None, 3));
+    // Skipping sequence 5..7: refused.
+    assert_eq!(produce(batch(7, 1)).await.0, ErrorCode::OutOfOrderSequence);
+    assert_eq!(produce(batch(5, 1)).await, (ErrorCode::None, 5));
+    let d = Admin::new(client.clone())
+        .describe_topic("sq")
+        .await
+        .unwrap();
+    assert_eq!(d.partitions[0].end_offset, 6, "nothing stored twice");
+    broker.stop();
+}
+
+/// Up to five batches in flight per partition, through a SIGKILL of the broker and its
+/// restart: every send is answered, each record is stored once, and each partition
+/// holds its records in the order they were sent, at the offsets their sends reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_producer_keeps_order_and_stores_once_across_a_broker_kill() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = Broker::start(&data);
+    let addr = broker.addr;
+    let client = Client::connect(&addr.to_string()).await.unwrap();
+    Admin::new(client.clone())
+        .create_topic("pipe", 2, &[])
+        .await
+        .unwrap();
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            batch_bytes: 4 << 10,
+            linger: std::time::Duration::ZERO,
+            retries: 12,
+            max_in_flight: 5,
+            ..ProducerConfig::default()
+        },
+    );
+    producer.prepare("pipe").await.unwrap();
+    const N: u32 = 30_000;
+    /// Each send's outcome, by send index.
+    type Outcomes = Vec<Option<Result<(u32, i64), String>>>;
+    let results: Arc<Mutex<Outcomes>> = Arc::new(Mutex::new(vec![None; N as usize]));
+    let acked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let sender = {
+        let (producer, results, acked) = (producer.clone(), results.clone(), acked.clone());
+        tokio::spawn(async move {
+            for i in 0..N {
+                let (results, acked) = (results.clone(), acked.clone());
+                let value = format!("{i:08} {}", "v".repeat(100));
+                producer
+                    .send_with("pipe", None, value.as_bytes(), &[], move |r| {
+                        results.lock().unwrap()[i as usize] = Some(r.map_err(|e| e.to_string()));
+                        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    })
+                    .await
+                    .unwrap();
+                // Spread the sends over the kill below.
+                if i % 1000 == 999 {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < N / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    broker.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let broker = Broker::start_on(&data, 2, addr, &[]);
+    sender.await.unwrap();
+    producer.flush().await.unwrap();
+    let results = results.lock().unwrap().clone();
+    let mut at: HashMap<(u32, i64), u32> = HashMap::new();
+    let mut per_partition: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (i, r) in results.iter().enumerate() {
+        let (p, o) = match r {
+            Some(Ok(po)) => *po,
+            other => panic!("send {i}: {other:?}"),
+        };
+        assert!(
+            at.insert((p, o), i as u32).is_none(),
+            "two sends at {p}/{o}"
+        );
+        per_partition.entry(p).or_default().push(i as u32);
+    }
+    let mut consumer = Consumer::new(client.clone());
+    for p in 0..2 {
+        consumer
+            .assign("pipe", p, Position::Earliest)
+            .await
+            .unwrap();
+    }
+    let mut stored: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut n = 0;
+    while n < N as usize {
+        let records = consumer.poll().await.unwrap();
+        assert!(!records.is_empty(), "all {N} records are there ({n} read)");
+        for r in records {
+            let v = r.value.unwrap();
+            let i: u32 = std::str::from_utf8(&v[..8]).unwrap().parse().unwrap();
+            assert_eq!(
+                at.get(&(r.partition, r.offset)),
+                Some(&i),
+                "where its send said"
+            );
+            stored.entry(r.partition).or_default().push(i);
+            n += 1;
+        }
+    }
+    consumer.max_wait_ms = 200;
+    assert!(
+        consumer.poll().await.unwrap().is_empty(),
+        "nothing stored twice"
+    );
+    for (p, sent) in &per_partition {
+        assert_eq!(&stored[p], sent, "partition {p} in send order");
+    }
+    broker.stop();
+}

@@ -130,6 +130,7 @@ pub async fn sender(a: &BenchArgs, brokers: &str, partitions: u32) -> anyhow::Re
                         "snappy" => ringmq_client::Compression::Snappy,
                         _ => ringmq_client::Compression::None,
                     },
+                    ..ProducerConfig::default()
                 },
             ))
         }

@@ -142,6 +142,8 @@ struct Shared {
     stop_consumers: AtomicBool,
     /// CPU seconds the broker's processes used during the measured period.
     broker_cpu_secs: Mutex<Option<f64>>,
+    /// This process's CPU seconds (producers and consumers) over the measured period.
+    client_cpu_secs: Mutex<Option<f64>>,
 }
 
 impl Shared {
@@ -184,9 +186,20 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         errors: AtomicU64::new(0),
         stop_consumers: AtomicBool::new(false),
         broker_cpu_secs: Mutex::new(None),
+        client_cpu_secs: Mutex::new(None),
     });
     let end = shared.measure_from + Duration::from_secs_f64(a.duration);
 
+    // This process's CPU time over the measured period, read at its two ends.
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(shared.measure_from.into()).await;
+            let from = own_cpu_secs();
+            tokio::time::sleep_until(end.into()).await;
+            *shared.client_cpu_secs.lock().unwrap() = Some(own_cpu_secs() - from);
+        });
+    }
     // The broker's CPU time over the measured period, read at its two ends.
     let cpu_meter = (!a.broker_pid.is_empty()).then(|| {
         let (shared, pids) = (shared.clone(), a.broker_pid.clone());
@@ -394,6 +407,46 @@ async fn produce(
                 Some(r) = pending.next(), if !pending.is_empty() => done(r),
             }
         }
+    } else if let Sender::Native(p) = &producer {
+        // Max rate on the native client: each send returns once its record is batched
+        // and a callback records the answer (no future per message in flight); a
+        // semaphore keeps MAX_INFLIGHT outstanding.
+        let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
+        let ack_shared = Arc::new(Mutex::new(hist()));
+        let mut value = tpl.clone();
+        while Instant::now() < end {
+            let permit = inflight.clone().acquire_owned().await?;
+            let intended = Instant::now();
+            value[..8].copy_from_slice(&shared.micros_since_start(intended).to_le_bytes());
+            shared.sent.fetch_add(1, Ordering::Relaxed);
+            let (shared2, ack2) = (shared.clone(), ack_shared.clone());
+            let r = p
+                .send_with(&topic, None, &value, &[], move |r| {
+                    drop(permit);
+                    if r.is_err() {
+                        shared2.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    let us = intended.elapsed().as_micros().max(1) as u64;
+                    shared2.acked.fetch_add(1, Ordering::Relaxed);
+                    let _ = shared2.ack_tick.lock().unwrap().record(us);
+                    if intended >= shared2.measure_from {
+                        shared2.acked_measured.fetch_add(1, Ordering::Relaxed);
+                        let _ = ack2.lock().unwrap().record(us);
+                    }
+                })
+                .await;
+            if r.is_err() {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Every callback has run once all permits are back.
+        let _all = inflight.acquire_many(MAX_INFLIGHT as u32).await?;
+        shared
+            .ack
+            .lock()
+            .unwrap()
+            .add(&*ack_shared.lock().unwrap())?;
     } else {
         // Max rate: keep up to MAX_INFLIGHT sends outstanding.
         while Instant::now() < end {
@@ -465,6 +518,7 @@ fn report(a: &BenchArgs, shared: &Shared) {
         "end_to_end_latency_us": lat_us(&e2e),
         "errors": shared.errors.load(Ordering::Relaxed),
         "broker": broker_cpu_json(a, shared, acked * size),
+        "client": client_cpu_json(shared, acked * size),
         "workload": {
             "driver": a.driver, "topic": a.topic, "partitions": a.partitions, "producers": a.producers,
             "consumers": a.consumers, "message_size": a.message_size, "batch_bytes": a.batch_bytes,
@@ -532,6 +586,12 @@ fn report(a: &BenchArgs, shared: &Shared) {
             cpu / (acked * size / 1e9).max(f64::MIN_POSITIVE)
         );
     }
+    if let Some(cpu) = *shared.client_cpu_secs.lock().unwrap() {
+        println!(
+            "client CPU: {cpu:.2} s over the measured period, {:.2} s per GB produced (this process: producers and consumers)",
+            cpu / (acked * size / 1e9).max(f64::MIN_POSITIVE)
+        );
+    }
     let errors = shared.errors.load(Ordering::Relaxed);
     if errors > 0 {
         println!("errors: {errors} send(s) failed");
@@ -554,6 +614,34 @@ fn broker_cpu_json(a: &BenchArgs, shared: &Shared, bytes_produced: f64) -> serde
         }),
         None => serde_json::Value::Null,
     }
+}
+
+/// The `client` object of the JSON report: this process's CPU seconds (its producers and
+/// consumers) over the measured period, and per GB produced, as for the broker.
+fn client_cpu_json(shared: &Shared, bytes_produced: f64) -> serde_json::Value {
+    match *shared.client_cpu_secs.lock().unwrap() {
+        Some(cpu) => serde_json::json!({
+            "cpu_seconds": cpu,
+            "cpu_seconds_per_gb": if bytes_produced > 0.0 {
+                serde_json::json!(cpu / (bytes_produced / 1e9))
+            } else {
+                serde_json::Value::Null
+            },
+        }),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// CPU seconds (user and system) this process has used so far.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// CPU seconds (user and system) used so far by the processes `pids` and all their

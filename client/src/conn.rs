@@ -161,6 +161,13 @@ impl Client {
     /// Sends one request and waits for its response. A request-level error response
     /// (`Response::Error`) becomes `Error::Broker`.
     pub async fn call(&self, req: Request) -> Result<Response> {
+        self.start(req).await?.wait().await
+    }
+
+    /// Sends one request without waiting for its response. Requests started one after
+    /// another (each `start` awaited before the next) go out on the connection in that
+    /// order, and the broker answers them in that order.
+    pub(crate) async fn start(&self, req: Request) -> Result<Reply> {
         let conn = self.connection().await?;
         let (reply_tx, reply_rx) = oneshot::channel();
         let id = {
@@ -180,10 +187,30 @@ impl Client {
             conn.pending.lock().unwrap().remove(&id);
             return Err(self.io_err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
         }
-        match reply_rx.await {
+        Ok(Reply {
+            rx: reply_rx,
+            addr: self.addr.clone(),
+        })
+    }
+}
+
+/// The response to a request sent with [`Client::start`].
+pub(crate) struct Reply {
+    rx: oneshot::Receiver<Result<Response>>,
+    addr: String,
+}
+
+impl Reply {
+    /// Waits for the response. Cancel-safe: a dropped wait leaves nothing behind but the
+    /// answer, which is discarded when it comes.
+    pub(crate) async fn wait(&mut self) -> Result<Response> {
+        match (&mut self.rx).await {
             Ok(Ok(Response::Error(e))) => Err(Error::broker(&e)),
             Ok(r) => r,
-            Err(_) => Err(self.io_err(std::io::Error::from(std::io::ErrorKind::ConnectionAborted))),
+            Err(_) => Err(Error::Io {
+                addr: self.addr.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::ConnectionAborted),
+            }),
         }
     }
 }

@@ -4,8 +4,9 @@
 //!   call after a failure; [`Client::call`] sends any native-protocol request.
 //! * [`Admin`]: create, delete, list and describe topics.
 //! * [`Producer`]: `send(topic, key, value, headers)` resolving to (partition, offset);
-//!   records are batched per partition by size and linger, one batch in flight per
-//!   partition so order is kept; keyed records go where Kafka's default partitioner
+//!   records are batched per partition by size and linger, up to five batches in flight
+//!   per partition with order kept (sequenced as Kafka's idempotent producer does, so a
+//!   resent batch is not stored twice); keyed records go where Kafka's default partitioner
 //!   would put them ([`partition_for_key`], murmur2), records without a key stick to one
 //!   partition per batch.
 //! * [`Consumer`]: assign partitions at a position (earliest, latest, an offset or a

@@ -1,15 +1,28 @@
-//! The producer: per-partition batching by size and linger, one batch in flight per
-//! partition (order kept), retries on retriable errors.
+//! The producer: per-partition batching by size and linger, up to
+//! [`ProducerConfig::max_in_flight`] batches in flight per partition, retries on
+//! retriable errors, and order kept through all of it.
+//!
+//! Order with several batches in flight is kept as Kafka's idempotent producer keeps it:
+//! the producer gets a producer id from the broker (`InitProducer`) and stamps each batch
+//! with it and the sequence number of its first record. The broker appends a
+//! partition's batches from one producer only in sequence, refuses one that skips ahead
+//! (`OutOfOrderSequence`), and answers a batch it already has with its first offset
+//! instead of appending it again. So when a batch fails, the ones sent after it fail
+//! too, and they are all sent again in order; a batch whose answer was lost (a broker
+//! restart) is not stored twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ringmq_net::codec::{ProducePartition, Request, Response};
-use ringmq_storage::batch::{BatchBuilder, Compression, HEADER_BYTES, with_records_section};
+use ringmq_storage::batch::{
+    BatchBuilder, Compression, HEADER_BYTES, set_producer, with_records_section,
+};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::conn::Reply;
 use crate::{Admin, Client, Error, Result, partition_for_key};
 
 /// Producer settings.
@@ -31,7 +44,15 @@ pub struct ProducerConfig {
     /// (xerial framing, as Kafka's Java client writes it). The broker stores batches as
     /// sent; consumers decompress.
     pub compression: Compression,
+    /// Batches of one partition sent before the first of them is answered. Default 5,
+    /// the most the broker remembers per producer for recognising a resent batch; larger
+    /// values are lowered to 5. With 1, a batch waits for the one before it (the
+    /// producer then needs no producer id).
+    pub max_in_flight: usize,
 }
+
+/// The most batches per partition in flight: what the broker remembers per producer.
+const MAX_IN_FLIGHT_LIMIT: usize = 5;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -41,18 +62,41 @@ impl Default for ProducerConfig {
             durable: true,
             retries: 3,
             compression: Compression::None,
+            max_in_flight: MAX_IN_FLIGHT_LIMIT,
         }
     }
 }
 
-type Waiter = oneshot::Sender<Result<(u32, i64)>>;
+/// A `send_with` callback: told a record's (partition, offset) or why it failed.
+type Callback = dyn FnOnce(Result<(u32, i64)>) + Send + Sync;
+
+/// Who is told a record's outcome.
+enum Waiter {
+    /// A `send` future.
+    Channel(oneshot::Sender<Result<(u32, i64)>>),
+    /// A `send_with` callback.
+    Callback(Box<Callback>),
+}
+
+impl Waiter {
+    fn done(self, r: Result<(u32, i64)>) {
+        match self {
+            Waiter::Channel(tx) => {
+                let _ = tx.send(r);
+            }
+            Waiter::Callback(f) => f(r),
+        }
+    }
+}
 
 enum Job {
-    /// An uncompressed batch and the waiters of its records, in order.
-    Batch(Vec<u8>, Vec<Waiter>),
-    /// Linger zero: send what has accumulated as soon as the batch before it is answered
-    /// (records that arrive meanwhile join the same batch).
+    /// Send the partition's oldest full batch; with linger zero, when there is none,
+    /// what has accumulated (records that arrive meanwhile join it). Sent once per full
+    /// batch and once per batch started under linger zero, and handled when there is
+    /// room in flight. Batches are taken from the partition only here, oldest first, so
+    /// they go out in the order their records were sent.
     Ready,
+    /// Answered once every batch taken before it is answered.
     Flush(oneshot::Sender<()>),
 }
 
@@ -68,6 +112,8 @@ struct Accum {
 
 struct Partition {
     accum: Accum,
+    /// Full batches (uncompressed) and their records' waiters, oldest first.
+    full: VecDeque<(Vec<u8>, Vec<Waiter>)>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
@@ -79,6 +125,19 @@ struct Inner {
     counts: Mutex<HashMap<String, u32>>,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
+    /// Producer id and epoch for sequenced batches, shared by the partitions.
+    ids: tokio::sync::Mutex<Ids>,
+}
+
+/// The producer's identity for sequenced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ids {
+    /// Not asked for yet.
+    Unknown,
+    /// The broker's answer; every partition numbers its batches from 0 in it.
+    Known { producer_id: i64, epoch: i16 },
+    /// The broker has no `InitProducer`: one batch in flight per partition.
+    Unsupported,
 }
 
 /// Sends records to topics; cheap to clone (clones share batches and connection).
@@ -106,6 +165,7 @@ impl Producer {
                 counts: Mutex::new(HashMap::new()),
                 sticky: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                ids: tokio::sync::Mutex::new(Ids::Unknown),
             }),
         }
     }
@@ -142,17 +202,47 @@ impl Producer {
         headers: &[(String, Vec<u8>)],
     ) -> Result<(u32, i64)> {
         let n = self.partition_count(topic).await?;
-        let partition = match key {
-            Some(k) => partition_for_key(k, n),
-            None => *self
-                .inner
-                .sticky
-                .lock()
-                .unwrap()
-                .entry(topic.to_string())
-                .or_insert_with(|| sticky_start(topic) % n),
-        };
+        let partition = self.partition_of(topic, key, n);
         self.send_to(topic, partition, key, value, headers).await
+    }
+
+    /// Like [`Producer::send`], but returns as soon as the record is in its batch, and
+    /// `callback` gets the outcome once the batch is answered (as with the Java client's
+    /// callback). The callback runs on the producer's sending task: it must be quick and
+    /// must not block. Lighter than a future per record when many records are in flight.
+    pub async fn send_with(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(String, Vec<u8>)],
+        callback: impl FnOnce(Result<(u32, i64)>) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let n = self.partition_count(topic).await?;
+        let partition = self.partition_of(topic, key, n);
+        self.enqueue(
+            topic,
+            partition,
+            key,
+            value,
+            headers,
+            Waiter::Callback(Box::new(callback)),
+        )
+        .await
+    }
+
+    /// The partition of a record: by key, or the topic's sticky partition.
+    fn partition_of(&self, topic: &str, key: Option<&[u8]>, n: u32) -> u32 {
+        if let Some(k) = key {
+            return partition_for_key(k, n);
+        }
+        let mut sticky = self.inner.sticky.lock().unwrap();
+        if let Some(p) = sticky.get(topic) {
+            return *p;
+        }
+        let p = sticky_start(topic) % n;
+        sticky.insert(topic.to_string(), p);
+        p
     }
 
     /// Sends a record to a given partition.
@@ -164,6 +254,22 @@ impl Producer {
         value: &[u8],
         headers: &[(String, Vec<u8>)],
     ) -> Result<(u32, i64)> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(topic, partition, key, value, headers, Waiter::Channel(tx))
+            .await?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Puts a record into its partition's batch; `waiter` is told its outcome.
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partition: u32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(String, Vec<u8>)],
+        waiter: Waiter,
+    ) -> Result<()> {
         if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Closed);
         }
@@ -173,7 +279,6 @@ impl Producer {
                 "topic {topic} has {n} partitions; there is no partition {partition}"
             )));
         }
-        let (tx, rx) = oneshot::channel();
         let linger_for = {
             let mut parts = self.inner.partitions.lock().unwrap();
             if !parts.contains_key(topic) {
@@ -200,7 +305,7 @@ impl Producer {
             }
             let first = p.accum.batch.is_empty();
             p.accum.batch.push(key, Some(value), headers, now_ms());
-            p.accum.waiters.push(tx);
+            p.accum.waiters.push(waiter);
             if p.accum.batch.size_bytes() + record_bytes > self.inner.config.batch_bytes {
                 self.take_batch(topic, p);
                 None
@@ -229,53 +334,34 @@ impl Producer {
                 }
             });
         }
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(())
     }
 
     /// Moves a partition's records into its send queue.
     fn take_batch(&self, topic: &str, p: &mut Partition) {
-        if let Some((batch, waiters)) = take_accum(&self.inner, topic, p) {
-            let _ = p.jobs.send(Job::Batch(batch, waiters));
+        if let Some(full) = take_accum(&self.inner, topic, p) {
+            p.full.push_back(full);
+            let _ = p.jobs.send(Job::Ready);
         }
     }
 
     fn start_partition(&self, topic: &str, partition: u32) -> Partition {
-        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
-        let inner = self.inner.clone();
-        let topic = topic.to_string();
-        // One batch in flight per partition: the order of sends is the order of offsets.
-        tokio::spawn(async move {
-            while let Some(job) = rx.recv().await {
-                let (batch, waiters) = match job {
-                    Job::Flush(done) => {
-                        let _ = done.send(());
-                        continue;
-                    }
-                    Job::Batch(batch, waiters) => (batch, waiters),
-                    Job::Ready => {
-                        let mut parts = inner.partitions.lock().unwrap();
-                        let taken = parts
-                            .get_mut(&topic)
-                            .and_then(|t| t.get_mut(&partition))
-                            .and_then(|p| take_accum(&inner, &topic, p));
-                        match taken {
-                            Some(t) => t,
-                            None => continue,
-                        }
-                    }
-                };
-                let r = send_batch(&inner, &topic, partition, batch).await;
-                for (i, w) in waiters.into_iter().enumerate() {
-                    let _ = w.send(match &r {
-                        Ok(base) if *base >= 0 => Ok((partition, base + i as i64)),
-                        Ok(_) => Ok((partition, -1)),
-                        Err(e) => Err(clone_error(e)),
-                    });
-                }
-            }
-        });
+        let (jobs, rx) = mpsc::unbounded_channel::<Job>();
+        let worker = Worker {
+            inner: self.inner.clone(),
+            topic: topic.to_string(),
+            partition,
+            window: VecDeque::new(),
+            ids: None,
+            next_seq: 0,
+            taken: 0,
+            answered: 0,
+            flushes: Vec::new(),
+        };
+        tokio::spawn(worker.run(rx));
         Partition {
             accum: Accum::default(),
+            full: VecDeque::new(),
             jobs,
         }
     }
@@ -307,42 +393,6 @@ impl Producer {
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
-    }
-}
-
-/// Appends one batch, retrying retriable failures; the base offset (-1 with acks none).
-async fn send_batch(inner: &Inner, topic: &str, partition: u32, plain: Vec<u8>) -> Result<i64> {
-    let batch = Bytes::from(compress(plain, inner.config.compression)?);
-    let mut attempt = 0;
-    loop {
-        let r = inner
-            .client
-            .call(Request::Produce {
-                acks: u8::from(inner.config.durable),
-                partitions: vec![ProducePartition {
-                    topic: topic.into(),
-                    partition,
-                    batch: batch.clone(),
-                }],
-            })
-            .await
-            .and_then(|r| match r {
-                Response::Produce(v) if v.len() == 1 => {
-                    if v[0].error.is_ok() {
-                        Ok(v[0].base_offset)
-                    } else {
-                        Err(Error::broker(&v[0].error))
-                    }
-                }
-                other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
-            });
-        match r {
-            Err(e) if e.is_retriable() && attempt < inner.config.retries => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -411,4 +461,319 @@ fn sticky_start(topic: &str) -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     (crate::murmur2(topic.as_bytes()) as u32) ^ t
+}
+
+/// A batch taken from the accumulator, from its first send until it is answered.
+struct InFlight {
+    /// Compressed, and stamped once `seq` is set.
+    batch: Bytes,
+    records: i32,
+    waiters: Vec<Waiter>,
+    /// Its first record's sequence number under the ids it was stamped with.
+    seq: Option<i32>,
+    /// The request on the wire; `None` when it is to be sent (again).
+    reply: Option<Reply>,
+}
+
+/// One partition's sender: takes batches in order, keeps up to `max_in_flight` of them
+/// on the wire, and answers their records' sends.
+struct Worker {
+    inner: Arc<Inner>,
+    topic: String,
+    partition: u32,
+    window: VecDeque<InFlight>,
+    /// The ids this partition's sequence numbers belong to (`None`: not stamping).
+    ids: Option<(i64, i16)>,
+    next_seq: i32,
+    /// Batches taken and answered so far (flushes wait for `answered` to catch up).
+    taken: u64,
+    answered: u64,
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let mut open = true;
+        loop {
+            let room = self.window.len() < self.limit();
+            if !open && self.window.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                r = wait_first(&mut self.window), if !self.window.is_empty() => {
+                    let done = self.window.pop_front().expect("waited on it");
+                    match r {
+                        Ok(base) => self.answer(done, Ok(base)),
+                        Err(e) => self.recover(done, e).await,
+                    }
+                }
+                job = rx.recv(), if open && room => match job {
+                    None => open = false,
+                    Some(Job::Flush(done)) => self.flushes.push((self.taken, done)),
+                    Some(Job::Ready) => {
+                        let linger_zero = self.inner.config.linger.is_zero();
+                        let taken = {
+                            let mut parts = self.inner.partitions.lock().unwrap();
+                            parts
+                                .get_mut(&self.topic)
+                                .and_then(|t| t.get_mut(&self.partition))
+                                .and_then(|p| match p.full.pop_front() {
+                                    Some(full) => Some(full),
+                                    None if linger_zero => take_accum(&self.inner, &self.topic, p),
+                                    None => None,
+                                })
+                        };
+                        if let Some((batch, waiters)) = taken {
+                            self.take(batch, waiters).await;
+                        }
+                    }
+                },
+            }
+            let answered = self.answered;
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+                .into_iter()
+                .partition(|(upto, _)| *upto <= answered);
+            self.flushes = waiting;
+            for (_, done) in ready {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Batches in flight at most: 1 until the producer has ids.
+    fn limit(&self) -> usize {
+        if self.ids.is_some() {
+            self.inner
+                .config
+                .max_in_flight
+                .clamp(1, MAX_IN_FLIGHT_LIMIT)
+        } else {
+            1
+        }
+    }
+
+    /// Compresses a batch and sends it behind the ones in flight.
+    async fn take(&mut self, plain: Vec<u8>, waiters: Vec<Waiter>) {
+        self.taken += 1;
+        let records = waiters.len() as i32;
+        let batch = match compress(plain, self.inner.config.compression) {
+            Ok(b) => b,
+            Err(e) => {
+                let f = InFlight {
+                    batch: Bytes::new(),
+                    records,
+                    waiters,
+                    seq: None,
+                    reply: None,
+                };
+                self.answer(f, Err(e));
+                return;
+            }
+        };
+        let mut f = InFlight {
+            batch: Bytes::from(batch),
+            records,
+            waiters,
+            seq: None,
+            reply: None,
+        };
+        // A failed send leaves `reply` empty: the batch fails in its turn and goes
+        // through `recover`, like one whose answer was an error.
+        if let Ok(reply) = self.send(&mut f).await {
+            f.reply = Some(reply);
+        }
+        self.window.push_back(f);
+    }
+
+    /// Stamps the batch (first send only) and puts it on the wire.
+    async fn send(&mut self, f: &mut InFlight) -> Result<Reply> {
+        if f.seq.is_none() && self.inner.config.max_in_flight > 1 {
+            if self.ids.is_none() {
+                self.ids = self.producer_ids().await?;
+                self.next_seq = 0;
+            }
+            if let Some((producer_id, epoch)) = self.ids {
+                let mut b = f.batch.to_vec();
+                set_producer(&mut b, producer_id, epoch, self.next_seq);
+                f.batch = Bytes::from(b);
+                f.seq = Some(self.next_seq);
+                self.next_seq = self.next_seq.wrapping_add(f.records) & i32::MAX;
+            }
+        }
+        self.inner
+            .client
+            .start(Request::Produce {
+                acks: u8::from(self.inner.config.durable),
+                partitions: vec![ProducePartition {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    batch: f.batch.clone(),
+                }],
+            })
+            .await
+    }
+
+    /// The producer's ids, asked for once and shared by its partitions.
+    async fn producer_ids(&self) -> Result<Option<(i64, i16)>> {
+        let mut ids = self.inner.ids.lock().await;
+        if *ids == Ids::Unknown {
+            *ids = match self.inner.client.call(Request::InitProducer).await {
+                Ok(Response::Producer { producer_id, epoch }) => Ids::Known { producer_id, epoch },
+                Ok(other) => {
+                    return Err(Error::Protocol(format!("unexpected answer {other:?}")));
+                }
+                Err(Error::Broker {
+                    code: ringmq_net::codec::ErrorCode::UnsupportedVersion,
+                    ..
+                }) => Ids::Unsupported,
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(match *ids {
+            Ids::Known { producer_id, epoch } => Some((producer_id, epoch)),
+            _ => None,
+        })
+    }
+
+    /// New ids after a batch failed for good: the batches after it cannot follow its
+    /// sequence numbers (the broker would wait for the missing ones), so they start over
+    /// from 0 under a new producer id. Partitions still on the old ids go on with them.
+    async fn renew_ids(&mut self) {
+        let old = self.ids.take();
+        {
+            let mut ids = self.inner.ids.lock().await;
+            if let (
+                Some((id, epoch)),
+                Ids::Known {
+                    producer_id,
+                    epoch: e,
+                },
+            ) = (old, *ids)
+                && (id, epoch) == (producer_id, e)
+            {
+                *ids = Ids::Unknown;
+            }
+        }
+        for f in &mut self.window {
+            f.seq = None;
+        }
+    }
+
+    /// A batch failed (or could not be sent): every batch after it is answered first,
+    /// then the failed ones are sent again one at a time, in order.
+    async fn recover(&mut self, first: InFlight, error: Error) {
+        let mut outcomes: VecDeque<(InFlight, Result<i64>)> = VecDeque::new();
+        outcomes.push_back((first, Err(error)));
+        while let Some(mut f) = self.window.pop_front() {
+            let r = wait_one(&mut f).await;
+            outcomes.push_back((f, r));
+        }
+        let (mut restamp, mut last_ok) = (false, false);
+        for (mut f, r) in outcomes {
+            let mut error = match r {
+                // Stored although an earlier batch failed (only a failed write on the
+                // broker can do that): it keeps its answer.
+                Ok(base) => {
+                    self.answer(f, Ok(base));
+                    last_ok = true;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if restamp {
+                f.seq = None;
+            }
+            let mut attempt = 0;
+            let result = loop {
+                let again = match &error {
+                    e if e.is_retriable() => true,
+                    // The broker lost this producer (it restarted before storing any of
+                    // its batches): start over under new ids.
+                    Error::Broker {
+                        code: ringmq_net::codec::ErrorCode::UnknownProducer,
+                        ..
+                    } => {
+                        self.renew_ids().await;
+                        f.seq = None;
+                        restamp = true;
+                        true
+                    }
+                    // A later batch refused while an earlier one was missing: it goes
+                    // again once the earlier one is in.
+                    Error::Broker {
+                        code: ringmq_net::codec::ErrorCode::OutOfOrderSequence,
+                        ..
+                    } => true,
+                    _ => false,
+                };
+                if !again || attempt >= self.inner.config.retries {
+                    break Err(error);
+                }
+                // Right after the batch before it went in, the next one goes at once.
+                if !(attempt == 0 && last_ok) {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                }
+                attempt += 1;
+                match self.send(&mut f).await {
+                    Ok(reply) => {
+                        f.reply = Some(reply);
+                        match wait_one(&mut f).await {
+                            Ok(base) => break Ok(base),
+                            Err(e) => error = e,
+                        }
+                    }
+                    Err(e) => error = e,
+                }
+            };
+            if result.is_err() && f.seq.is_some() {
+                self.renew_ids().await;
+                restamp = true;
+            }
+            last_ok = result.is_ok();
+            self.answer(f, result);
+        }
+    }
+
+    /// Answers a batch's sends.
+    fn answer(&mut self, f: InFlight, r: Result<i64>) {
+        self.answered += 1;
+        for (i, w) in f.waiters.into_iter().enumerate() {
+            w.done(match &r {
+                Ok(base) if *base >= 0 => Ok((self.partition, base + i as i64)),
+                Ok(_) => Ok((self.partition, -1)),
+                Err(e) => Err(clone_error(e)),
+            });
+        }
+    }
+}
+
+/// The answer to the first batch in flight.
+async fn wait_first(window: &mut VecDeque<InFlight>) -> Result<i64> {
+    match window.front_mut() {
+        Some(f) => wait_one(f).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer to one batch: its first offset (-1 with acks none).
+async fn wait_one(f: &mut InFlight) -> Result<i64> {
+    let Some(reply) = f.reply.as_mut() else {
+        return Err(Error::Io {
+            addr: String::new(),
+            source: std::io::Error::from(std::io::ErrorKind::NotConnected),
+        });
+    };
+    let r = reply.wait().await;
+    f.reply = None;
+    match r? {
+        Response::Produce(v) if v.len() == 1 => {
+            if v[0].error.is_ok() {
+                Ok(v[0].base_offset)
+            } else {
+                Err(Error::broker(&v[0].error))
+            }
+        }
+        other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+    }
 }

@@ -74,11 +74,13 @@ pub enum ApiKey {
     CommitOffsets = 12,
     /// Read a group's committed offsets.
     FetchOffsets = 13,
+    /// A producer id for sequenced (idempotent) produce.
+    InitProducer = 14,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 14] = [
+    pub const ALL: [ApiKey; 15] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -93,6 +95,7 @@ impl ApiKey {
         ApiKey::LeaveGroup,
         ApiKey::CommitOffsets,
         ApiKey::FetchOffsets,
+        ApiKey::InitProducer,
     ];
 
     /// The key for a wire value.
@@ -334,6 +337,8 @@ pub enum Request {
     },
     /// The broker's counters.
     BrokerStats,
+    /// A new producer id, epoch 0, for batches that carry producer sequence numbers.
+    InitProducer,
     /// Join (or rejoin) a consumer group. Answered when the group's rebalance
     /// completes, with this member's partitions.
     JoinGroup {
@@ -400,6 +405,7 @@ impl Request {
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
             Request::BrokerStats => ApiKey::BrokerStats,
+            Request::InitProducer => ApiKey::InitProducer,
             Request::JoinGroup { .. } => ApiKey::JoinGroup,
             Request::GroupHeartbeat { .. } => ApiKey::GroupHeartbeat,
             Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
@@ -545,6 +551,13 @@ pub enum Response {
     Topics(Vec<String>),
     /// Counters by name, summed over the broker's shards.
     Stats(Vec<(String, u64)>),
+    /// A producer id and epoch.
+    Producer {
+        /// Unique on this broker, across its shards and restarts.
+        producer_id: i64,
+        /// The epoch; sequences start at 0 in it.
+        epoch: i16,
+    },
     /// A topic.
     Topic {
         /// Success or why not.
@@ -647,6 +660,9 @@ impl<'a> Reader<'a> {
     fn i32(&mut self, what: &'static str) -> Result<i32, DecodeError> {
         Ok(self.u32(what)? as i32)
     }
+    fn i16(&mut self, what: &'static str) -> Result<i16, DecodeError> {
+        Ok(self.u16(what)? as i16)
+    }
     fn str(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let n = self.u16(what)? as usize;
         let b = self.take(n, what)?;
@@ -734,7 +750,7 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
             put_configs(&mut out, configs);
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
-        Request::ListTopics | Request::BrokerStats => {}
+        Request::ListTopics | Request::BrokerStats | Request::InitProducer => {}
         Request::Produce { acks, partitions } => {
             out.put_u8(*acks);
             out.put_u32(partitions.len() as u32);
@@ -867,6 +883,7 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
             },
             ApiKey::ListTopics => Request::ListTopics,
             ApiKey::BrokerStats => Request::BrokerStats,
+            ApiKey::InitProducer => Request::InitProducer,
             ApiKey::DescribeTopic => Request::DescribeTopic {
                 name: r.str("topic")?,
             },
@@ -1160,6 +1177,10 @@ fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
                 out.put_u64(*v);
             }
         }
+        Response::Producer { producer_id, epoch } => {
+            out.put_i64(*producer_id);
+            out.put_i16(*epoch);
+        }
         Response::Topic {
             error,
             name,
@@ -1274,6 +1295,10 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
             }
             Response::Stats(v)
         }
+        ApiKey::InitProducer => Response::Producer {
+            producer_id: r.i64("producer id")?,
+            epoch: r.i16("epoch")?,
+        },
         ApiKey::DescribeTopic => {
             let error = r.err()?;
             let name = r.str("topic")?;
@@ -1369,6 +1394,7 @@ mod tests {
             Request::DeleteTopic { name: "x".into() },
             Request::ListTopics,
             Request::BrokerStats,
+            Request::InitProducer,
             Request::DescribeTopic { name: "y".into() },
             Request::Produce {
                 acks: 1,
@@ -1450,6 +1476,13 @@ mod tests {
             (
                 ApiKey::BrokerStats,
                 Response::Stats(vec![("fetch_file_bytes_spliced".into(), 7)]),
+            ),
+            (
+                ApiKey::InitProducer,
+                Response::Producer {
+                    producer_id: (1_700_000_000_000 << 8) | 3,
+                    epoch: 0,
+                },
             ),
             (
                 ApiKey::ListTopics,

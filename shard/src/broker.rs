@@ -222,6 +222,7 @@ pub struct Shard {
     groups: Rc<Coordinator>,
     fetch_memory_bytes: Cell<u64>,
     fetch_file_bytes: Cell<u64>,
+    last_producer_id: Cell<i64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -302,6 +303,7 @@ impl Shard {
             files: FileSender::new(opts.zero_copy),
             fetch_memory_bytes: Cell::new(0),
             fetch_file_bytes: Cell::new(0),
+            last_producer_id: Cell::new(0),
             opts,
         });
         let weak = Rc::downgrade(&shard);
@@ -356,6 +358,16 @@ impl Shard {
     /// This shard's index.
     pub fn id(&self) -> u32 {
         self.opts.shard_id
+    }
+
+    /// A new producer id for sequenced (idempotent) produce, on either protocol: unique
+    /// across shards (the low 8 bits are the shard) and restarts (the rest is the time in
+    /// ms, never reused on this shard).
+    pub fn new_producer_id(&self) -> i64 {
+        let now = ringmq_storage::now_ms().max(0) << 8 | i64::from(self.opts.shard_id & 0xff);
+        let id = now.max(self.last_producer_id.get() + 256);
+        self.last_producer_id.set(id);
+        id
     }
 
     /// The shard's timers.
@@ -703,6 +715,10 @@ impl Shard {
         match req {
             Request::ApiVersions { .. } => Response::ApiVersions(codec::supported_versions()),
             Request::BrokerStats => self.broker_stats().await,
+            Request::InitProducer => Response::Producer {
+                producer_id: self.new_producer_id(),
+                epoch: 0,
+            },
             Request::ListTopics => {
                 Response::Topics(self.topics.borrow().topics.keys().cloned().collect())
             }

@@ -139,17 +139,12 @@ pub struct KafkaOptions {
 pub struct KafkaService {
     shard: Rc<Shard>,
     opts: Rc<KafkaOptions>,
-    last_producer_id: std::cell::Cell<i64>,
 }
 
 impl KafkaService {
     /// The service for `shard`.
     pub fn new(shard: Rc<Shard>, opts: Rc<KafkaOptions>) -> Self {
-        Self {
-            shard,
-            opts,
-            last_producer_id: std::cell::Cell::new(0),
-        }
+        Self { shard, opts }
     }
 }
 
@@ -1057,10 +1052,9 @@ impl KafkaService {
         resp
     }
 
-    /// A producer id for an idempotent producer: unique across shards (the low 8 bits
-    /// are the shard) and restarts (the rest is the time in ms, never reused on this
-    /// shard). A producer that gives its id and epoch back (KIP-360) gets the next epoch.
-    /// Transactions are not supported.
+    /// A producer id for an idempotent producer ([`Shard::new_producer_id`]). A producer
+    /// that gives its id and epoch back (KIP-360) gets the next epoch. Transactions are
+    /// not supported.
     fn init_producer_id(&self, r: km::InitProducerIdRequest) -> km::InitProducerIdResponse {
         let mut resp = km::InitProducerIdResponse::default();
         if r.transactional_id.is_some() {
@@ -1072,10 +1066,7 @@ impl KafkaService {
             resp.producer_epoch = r.producer_epoch + 1;
             return resp;
         }
-        let now = ringmq_storage::now_ms().max(0) << 8 | i64::from(self.shard.id() & 0xff);
-        let id = now.max(self.last_producer_id.get() + 256);
-        self.last_producer_id.set(id);
-        resp.producer_id = km::ProducerId(id);
+        resp.producer_id = km::ProducerId(self.shard.new_producer_id());
         resp.producer_epoch = 0;
         resp
     }

@@ -387,6 +387,15 @@ pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[LEADER_EPOCH_POS..LEADER_EPOCH_POS + 4].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Sets the producer id, epoch and base sequence (inside the CRC range) and recomputes
+/// the CRC: what a sequenced (idempotent) producer stamps on each batch it sends.
+pub fn set_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    batch[PRODUCER_ID_POS..PRODUCER_ID_POS + 8].copy_from_slice(&producer_id.to_be_bytes());
+    batch[PRODUCER_EPOCH_POS..PRODUCER_EPOCH_POS + 2].copy_from_slice(&epoch.to_be_bytes());
+    batch[BASE_SEQUENCE_POS..BASE_SEQUENCE_POS + 4].copy_from_slice(&base_sequence.to_be_bytes());
+    fix_crc(batch);
+}
+
 /// Marks the batch as `LogAppendTime` with `now_ms` as its max timestamp and
 /// recomputes the CRC, as Kafka does.
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
