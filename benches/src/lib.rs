@@ -54,13 +54,13 @@ pub fn call(s: &mut TcpStream, req: &Request) -> anyhow::Result<Response> {
 
 /// One encoded produce request (acks durable) per partition, each carrying `batch`: a
 /// load generator sends these as they are, so encoding never limits it.
-pub fn produce_frames(topic: &str, partitions: u32, batch: &Bytes) -> Vec<Vec<u8>> {
+pub fn produce_frames(topic: &str, partitions: u32, batch: &Bytes, acks: u8) -> Vec<Vec<u8>> {
     (0..partitions)
         .map(|partition| {
             codec::encode_request(
                 0,
                 &Request::Produce {
-                    acks: 1,
+                    acks,
                     partitions: vec![ProducePartition {
                         topic: topic.into(),
                         partition,

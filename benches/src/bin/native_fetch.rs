@@ -91,7 +91,7 @@ fn load(args: &Args, bytes: u64, batch_records: usize) -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>(),
     ));
-    let frames: Vec<Vec<u8>> = produce_frames(&args.topic, args.partitions, &batch);
+    let frames: Vec<Vec<u8>> = produce_frames(&args.topic, args.partitions, &batch, 1);
     let batches = bytes.div_ceil(batch.len() as u64);
     let inflight = 8u64;
     let started = Instant::now();

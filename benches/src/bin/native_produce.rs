@@ -50,13 +50,19 @@ struct Args {
     /// Seconds of warm-up, not measured.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Fixed rate: microseconds before each send time that the sender stops sleeping
+    /// and spins (a sleeping thread wakes 50-100 µs late, which would be counted as the
+    /// broker's latency); 0 sleeps to the send time.
+    #[arg(long, default_value_t = 200)]
+    spin_us: u64,
+    /// durable (answered once durable) or none (answered on arrival: the latency without
+    /// the storage path).
+    #[arg(long, default_value = "durable", value_parser = ["durable", "none"])]
+    acks: String,
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
 }
-
-/// How long before a fixed-rate send the sender stops sleeping and spins.
-const SPIN_BEFORE_SEND: Duration = Duration::from_micros(200);
 
 struct Outcome {
     hist: Histogram<u64>,
@@ -85,7 +91,12 @@ fn run_connection(
             .collect::<Vec<_>>(),
     ));
     // The client must not be the bottleneck: encode each partition's request once.
-    let mut frames: Vec<Vec<u8>> = produce_frames(&args.topic, args.partitions, &batch);
+    let mut frames: Vec<Vec<u8>> = produce_frames(
+        &args.topic,
+        args.partitions,
+        &batch,
+        u8::from(args.acks == "durable"),
+    );
     let per_conn_rate = args.rate as f64 / args.connections as f64 / args.batch_records as f64;
     let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / per_conn_rate));
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -121,12 +132,11 @@ fn run_connection(
                 break;
             }
             if let Some(t) = intended {
-                // Sleep to just short of the send time, then spin: a sleeping thread
-                // wakes 50-100 µs late (timer slack, wake-up), and that lateness would
-                // be counted as the broker's latency.
+                // Sleep to just short of the send time, then spin (`--spin-us`).
                 let left = t.saturating_duration_since(now);
-                if left > SPIN_BEFORE_SEND {
-                    std::thread::sleep((left - SPIN_BEFORE_SEND).min(Duration::from_millis(1)));
+                let spin = Duration::from_micros(args.spin_us);
+                if left > spin {
+                    std::thread::sleep((left - spin).min(Duration::from_millis(1)));
                 } else {
                     std::hint::spin_loop();
                 }
