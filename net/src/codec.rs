@@ -1592,11 +1592,12 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_of_a_valid_request_is_an_error(cut in 0usize..100, which in 0usize..8) {
-            let req = &sample_requests()[which];
+        fn every_truncation_of_a_valid_request_is_an_error(at in 0.0f64..1.0, which in 0usize..64) {
+            let requests = sample_requests();
+            let req = &requests[which % requests.len()];
             let f = encode_request(1, req);
             let b = body(&f);
-            prop_assume!(cut < b.len());
+            let cut = ((at * b.len() as f64) as usize).min(b.len() - 1);
             let (_, r) = decode_request(b.slice(..cut));
             prop_assert!(r.is_err());
         }
