@@ -54,6 +54,11 @@ FIXED_NONE=$("$BENCH" --broker "127.0.0.1:$PORT" --topic fixednone --partitions 
 sleep 1
 FIXED=$("$BENCH" --broker "127.0.0.1:$PORT" --topic fixed --partitions 2 --connections 2 --inflight 8 \
   --record-bytes 1024 --batch-records 64 --rate 20000 --duration "$DURATION" --json)
+sleep 1
+# The same with each connection sending only to its own shard's partition: no request is
+# forwarded between shards.
+FIXED_LOCAL=$("$BENCH" --broker "127.0.0.1:$PORT" --topic fixedlocal --partitions 2 --connections 2 --inflight 8 \
+  --record-bytes 1024 --batch-records 64 --rate 20000 --duration "$DURATION" --shard-aware --json 2>/dev/null)
 CPU_BEFORE=$(awk '{print $14+$15}' /proc/$BROKER_PID/stat)
 IDLE_SECS=2
 sleep $IDLE_SECS
@@ -86,7 +91,7 @@ sleep 2
 MAX=$("$BENCH" --broker "127.0.0.1:$PORT" --partitions 2 --connections 2 --inflight 8 \
   --record-bytes 1024 --batch-records 64 --duration "$DURATION" --json)
 
-python3 - "$MAX" "$FIXED" "$IPERF_MBPS" "$FIO_MBPS" "$CPU_BEFORE" "$CPU_AFTER" "$IDLE_SECS" "$FIO_LAT" "$FIXED_NONE" <<'PY'
+python3 - "$MAX" "$FIXED" "$IPERF_MBPS" "$FIO_MBPS" "$CPU_BEFORE" "$CPU_AFTER" "$IDLE_SECS" "$FIO_LAT" "$FIXED_NONE" "$FIXED_LOCAL" <<'PY'
 import json, sys, os
 mx, fx = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 fio_lat = sys.argv[8].split()
@@ -104,6 +109,8 @@ l = mx["ack_latency_us"]
 print(f"ack latency at max rate, us: p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} max={l['max']}")
 l = fx["ack_latency_us"]
 print(f"== fixed 20k records/s ({fx['records_per_sec']:.0f} achieved): ack latency us p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} max={l['max']}  (targets p99 <= 1000, p99.9 <= 5000)")
+fl = json.loads(sys.argv[10])["ack_latency_us"]
+print(f"   each connection to its own shard's partition (--shard-aware, nothing forwarded): p50={fl['p50']} p99={fl['p99']} p99.9={fl['p99.9']} max={fl['max']} us")
 fn = json.loads(sys.argv[9])["ack_latency_us"]
 print(f"   the same with acks none (answered on arrival, no storage wait): p50={fn['p50']} p99={fn['p99']} p99.9={fn['p99.9']} us")
 sl = fx.get("send_late_us")
