@@ -43,6 +43,12 @@ pub struct BatchIds {
     pub transactional: bool,
 }
 
+/// `seq + n` in producer sequence numbers, which wrap from `i32::MAX` to 0 (as Kafka's
+/// do).
+fn seq_add(seq: i32, n: i32) -> i32 {
+    ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
+}
+
 /// The producer fields of `batch` (a RecordBatch v2), or `None` for a batch without a
 /// producer id or too short to have them.
 pub fn batch_ids(batch: &[u8]) -> Option<BatchIds> {
@@ -61,7 +67,7 @@ pub fn batch_ids(batch: &[u8]) -> Option<BatchIds> {
         producer_id,
         epoch: i16_at(51),
         first_seq,
-        last_seq: first_seq.wrapping_add(last_delta),
+        last_seq: seq_add(first_seq, last_delta),
         transactional: i16_at(21) & ATTR_TRANSACTIONAL != 0,
     })
 }
@@ -82,7 +88,7 @@ struct Producer {
 
 impl Producer {
     fn next_seq(&self) -> Option<i32> {
-        self.recent.back().map(|e| e.last_seq.wrapping_add(1))
+        self.recent.back().map(|e| seq_add(e.last_seq, 1))
     }
 
     fn push(&mut self, e: Entry) {
@@ -316,6 +322,25 @@ mod tests {
             ErrorCode::OutOfOrderSequence
         );
         assert_eq!(p.check(&ids(7, 0, 20, 20)), Check::Append);
+    }
+
+    #[test]
+    fn sequences_wrap_from_the_largest_to_zero() {
+        assert_eq!(seq_add(i32::MAX, 1), 0);
+        assert_eq!(seq_add(i32::MAX - 2, 5), 2);
+        assert_eq!(seq_add(7, 3), 10);
+        let mut p = Producers::default();
+        assert!(matches!(p.check(&ids(9, 0, 0, 0)), Check::Append));
+        p.complete(&ids(9, 0, 0, 0), Some(0));
+        // A producer far along: its batch ending at i32::MAX is followed by one at 0.
+        p.by_id
+            .get_mut(&9)
+            .unwrap()
+            .recent
+            .back_mut()
+            .unwrap()
+            .last_seq = i32::MAX;
+        assert!(matches!(p.check(&ids(9, 0, 0, 4)), Check::Append));
     }
 
     #[test]
