@@ -350,19 +350,11 @@ async fn produce(
             (intended, ok)
         }
     };
-    let mut done = |(intended, ok): (Instant, bool)| {
-        if !ok {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let us = intended.elapsed().as_micros().max(1) as u64;
-        shared.acked.fetch_add(1, Ordering::Relaxed);
-        let _ = shared.ack_tick.lock().unwrap().record(us);
-        if intended >= shared.measure_from {
-            shared.acked_measured.fetch_add(1, Ordering::Relaxed);
-            let _ = ack.record(us);
-        }
-    };
+    let mut done = |(intended, ok): (Instant, bool)| record_ack(&shared, &mut ack, intended, ok);
+    // The native client answers through callbacks (no future per message in flight);
+    // they record into this histogram.
+    let native_ack = Arc::new(Mutex::new(hist()));
+    let mut value = tpl.clone();
     if a.rate > 0 {
         // Fixed rate: a thread keeps time with the OS timer (tokio's timer works in whole
         // milliseconds, which would add up to a millisecond of lateness to every send)
@@ -398,7 +390,13 @@ async fn produce(
                 due = due_rx.recv() => match due {
                     Some(due) => {
                         while n < due {
-                            pending.push(send(shared.start + offset + interval.mul_f64(n as f64)));
+                            let intended = shared.start + offset + interval.mul_f64(n as f64);
+                            match &producer {
+                                Sender::Native(p) => {
+                                    send_native(p, &topic, &mut value, intended, &shared, &native_ack, None).await;
+                                }
+                                _ => pending.push(send(intended)),
+                            }
                             n += 1;
                         }
                     }
@@ -408,45 +406,22 @@ async fn produce(
             }
         }
     } else if let Sender::Native(p) = &producer {
-        // Max rate on the native client: each send returns once its record is batched
-        // and a callback records the answer (no future per message in flight); a
-        // semaphore keeps MAX_INFLIGHT outstanding.
+        // Max rate on the native client: a semaphore keeps MAX_INFLIGHT outstanding.
         let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
-        let ack_shared = Arc::new(Mutex::new(hist()));
-        let mut value = tpl.clone();
         while Instant::now() < end {
             let permit = inflight.clone().acquire_owned().await?;
             let intended = Instant::now();
-            value[..8].copy_from_slice(&shared.micros_since_start(intended).to_le_bytes());
-            shared.sent.fetch_add(1, Ordering::Relaxed);
-            let (shared2, ack2) = (shared.clone(), ack_shared.clone());
-            let r = p
-                .send_with(&topic, None, &value, &[], move |r| {
-                    drop(permit);
-                    if r.is_err() {
-                        shared2.errors.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    let us = intended.elapsed().as_micros().max(1) as u64;
-                    shared2.acked.fetch_add(1, Ordering::Relaxed);
-                    let _ = shared2.ack_tick.lock().unwrap().record(us);
-                    if intended >= shared2.measure_from {
-                        shared2.acked_measured.fetch_add(1, Ordering::Relaxed);
-                        let _ = ack2.lock().unwrap().record(us);
-                    }
-                })
-                .await;
-            if r.is_err() {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-            }
+            send_native(
+                p,
+                &topic,
+                &mut value,
+                intended,
+                &shared,
+                &native_ack,
+                Some(permit),
+            )
+            .await;
         }
-        // Every callback has run once all permits are back.
-        let _all = inflight.acquire_many(MAX_INFLIGHT as u32).await?;
-        shared
-            .ack
-            .lock()
-            .unwrap()
-            .add(&*ack_shared.lock().unwrap())?;
     } else {
         // Max rate: keep up to MAX_INFLIGHT sends outstanding.
         while Instant::now() < end {
@@ -461,9 +436,57 @@ async fn produce(
     while let Some(r) = pending.next().await {
         done(r);
     }
-    shared.ack.lock().unwrap().add(&ack)?;
+    // Closing waits for every send to be answered (the native client's callbacks too).
     producer.close().await?;
+    shared.ack.lock().unwrap().add(&ack)?;
+    shared
+        .ack
+        .lock()
+        .unwrap()
+        .add(&*native_ack.lock().unwrap())?;
     Ok(())
+}
+
+/// Sends one message through the native client, stamped with its intended send time;
+/// its callback records the answer into `ack` and releases `permit`.
+async fn send_native(
+    p: &ringmq_client::Producer,
+    topic: &str,
+    value: &mut [u8],
+    intended: Instant,
+    shared: &Arc<Shared>,
+    ack: &Arc<Mutex<Histogram<u64>>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    value[..8].copy_from_slice(&shared.micros_since_start(intended).to_le_bytes());
+    shared.sent.fetch_add(1, Ordering::Relaxed);
+    let (shared2, ack2) = (shared.clone(), ack.clone());
+    let r = p
+        .send_with(topic, None, value, &[], move |r| {
+            drop(permit);
+            record_ack(&shared2, &mut ack2.lock().unwrap(), intended, r.is_ok());
+        })
+        .await;
+    if r.is_err() {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts one send's answer: an error, or an acknowledgement whose latency from its
+/// intended send time goes into the per-second histogram and, when it was sent in the
+/// measured period, into `measured`.
+fn record_ack(shared: &Shared, measured: &mut Histogram<u64>, intended: Instant, ok: bool) {
+    if !ok {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let us = intended.elapsed().as_micros().max(1) as u64;
+    shared.acked.fetch_add(1, Ordering::Relaxed);
+    let _ = shared.ack_tick.lock().unwrap().record(us);
+    if intended >= shared.measure_from {
+        shared.acked_measured.fetch_add(1, Ordering::Relaxed);
+        let _ = measured.record(us);
+    }
 }
 
 async fn consume(mut receiver: Receiver, shared: Arc<Shared>) -> anyhow::Result<()> {
@@ -602,24 +625,22 @@ fn report(a: &BenchArgs, shared: &Shared) {
 /// measured period and those seconds per GB (10^9 bytes) of message values produced and
 /// acknowledged in it; each of those messages was also delivered to a consumer once.
 fn broker_cpu_json(a: &BenchArgs, shared: &Shared, bytes_produced: f64) -> serde_json::Value {
-    match *shared.broker_cpu_secs.lock().unwrap() {
-        Some(cpu) => serde_json::json!({
-            "pids": a.broker_pid,
-            "cpu_seconds": cpu,
-            "cpu_seconds_per_gb": if bytes_produced > 0.0 {
-                serde_json::json!(cpu / (bytes_produced / 1e9))
-            } else {
-                serde_json::Value::Null
-            },
-        }),
-        None => serde_json::Value::Null,
+    let mut v = cpu_json(*shared.broker_cpu_secs.lock().unwrap(), bytes_produced);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("pids".into(), serde_json::json!(a.broker_pid));
     }
+    v
 }
 
 /// The `client` object of the JSON report: this process's CPU seconds (its producers and
 /// consumers) over the measured period, and per GB produced, as for the broker.
 fn client_cpu_json(shared: &Shared, bytes_produced: f64) -> serde_json::Value {
-    match *shared.client_cpu_secs.lock().unwrap() {
+    cpu_json(*shared.client_cpu_secs.lock().unwrap(), bytes_produced)
+}
+
+/// `{cpu_seconds, cpu_seconds_per_gb}`, or null when not measured.
+fn cpu_json(cpu: Option<f64>, bytes_produced: f64) -> serde_json::Value {
+    match cpu {
         Some(cpu) => serde_json::json!({
             "cpu_seconds": cpu,
             "cpu_seconds_per_gb": if bytes_produced > 0.0 {
