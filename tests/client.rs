@@ -728,7 +728,10 @@ async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
     let started = Instant::now();
     let a_rejoin = tokio::spawn(join(a.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let hb = client
+    // B on a connection of its own: answers come in request order, and A's join on the
+    // shared connection is answered only when the rebalance completes.
+    let b_client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let hb = b_client
         .call(Request::GroupHeartbeat {
             group: "rt-group".into(),
             member_id: b.clone(),
@@ -740,6 +743,25 @@ async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
         matches!(&hb, Response::Done(e) if e.code == ErrorCode::RebalanceInProgress),
         "{hb:?}"
     );
+    // While the group prepares the rebalance, B still commits what it read with its
+    // generation (as Kafka allows: a member commits before it rejoins or leaves).
+    let commit = |generation: i32, member_id: String| {
+        let client = b_client.clone();
+        let (topic, partition) = b_parts[0].clone();
+        async move {
+            client
+                .call(Request::CommitOffsets {
+                    group: "rt-group".into(),
+                    member_id,
+                    generation,
+                    offsets: vec![(topic, partition, 1)],
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let c = commit(generation, b.clone()).await;
+    assert!(matches!(&c, Response::Done(e) if e.is_ok()), "{c:?}");
     let (new_generation, _, parts) = a_rejoin.await.unwrap();
     let took = started.elapsed();
     assert_eq!(new_generation, generation + 1);
@@ -752,7 +774,7 @@ async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
     let hb = client
         .call(Request::GroupHeartbeat {
             group: "rt-group".into(),
-            member_id: b,
+            member_id: b.clone(),
             generation: new_generation,
         })
         .await
@@ -760,6 +782,11 @@ async fn a_member_that_does_not_rejoin_is_dropped_at_the_rebalance_timeout() {
     assert!(
         matches!(&hb, Response::Done(e) if e.code == ErrorCode::UnknownMember),
         "{hb:?}"
+    );
+    let c = commit(new_generation, b.clone()).await;
+    assert!(
+        matches!(&c, Response::Done(e) if e.code == ErrorCode::UnknownMember),
+        "{c:?}"
     );
     println!(
         "rebalance completed without the silent member after {took:?} (rebalance timeout 1.5 s)"

@@ -1570,9 +1570,15 @@ impl Coordinator {
                         errors::UNKNOWN_MEMBER_ID
                     } else if q.generation_id_or_member_epoch != g.generation {
                         errors::ILLEGAL_GENERATION
-                    } else if g.state == State::PreparingRebalance {
+                    } else if g.state == State::CompletingRebalance {
+                        // A new generation is being handed out: its members have not
+                        // got their assignments yet (as Kafka answers).
                         errors::REBALANCE_IN_PROGRESS
                     } else {
+                        // Stable, or PreparingRebalance with the generation the member
+                        // still belongs to: accepted, as Kafka accepts it, so a member
+                        // can commit what it read before it rejoins or leaves (the
+                        // commit in a rebalance listener, or on close).
                         errors::NONE
                     }
                 }
