@@ -638,25 +638,15 @@ impl Worker {
 
     /// New ids after a batch failed for good: the batches after it cannot follow its
     /// sequence numbers (the broker would wait for the missing ones), so they start over
-    /// from 0 under a new producer id. Partitions still on the old ids go on with them.
+    /// from 0 under a new producer id (`recover`, the only caller, clears their sequence
+    /// numbers; nothing is in flight then). Partitions still on the old ids go on with
+    /// them.
     async fn renew_ids(&mut self) {
-        let old = self.ids.take();
-        {
+        if let Some((producer_id, epoch)) = self.ids.take() {
             let mut ids = self.inner.ids.lock().await;
-            if let (
-                Some((id, epoch)),
-                Ids::Known {
-                    producer_id,
-                    epoch: e,
-                },
-            ) = (old, *ids)
-                && (id, epoch) == (producer_id, e)
-            {
+            if *ids == (Ids::Known { producer_id, epoch }) {
                 *ids = Ids::Unknown;
             }
-        }
-        for f in &mut self.window {
-            f.seq = None;
         }
     }
 

@@ -372,7 +372,9 @@ impl SegmentWriter {
         if data_len == 0 {
             return Ok(false);
         }
-        let dsync = dsync && data_len >= DSYNC_WRITE_MIN_BYTES;
+        let dsync = dsync
+            && data_len >= DSYNC_WRITE_MIN_BYTES
+            && matches!(self.file, WriterFile::Direct { .. });
         let flags = if dsync { libc::RWF_DSYNC } else { 0 };
         self.ensure_allocated(new_end).await?;
         match (&mut self.file, buf) {
@@ -431,8 +433,6 @@ impl SegmentWriter {
                     ));
                 }
                 *tail_block = new_tail;
-                self.write_pos = new_end;
-                return Ok(dsync);
             }
             (WriterFile::Buffered(file), WriteBuf::Buffered { buf }) => {
                 let mut buf = buf;
@@ -466,7 +466,7 @@ impl SegmentWriter {
             _ => unreachable!("write buffer from another writer mode"),
         }
         self.write_pos = new_end;
-        Ok(false)
+        Ok(dsync)
     }
 
     /// fdatasync of everything written.

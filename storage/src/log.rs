@@ -1158,10 +1158,15 @@ impl PartitionLog {
                 s.pending.drain(..).collect()
             };
             // When this round will be synced anyway, direct writes carry the sync
-            // themselves (one request instead of a write and then an fdatasync).
-            let sync_now = {
+            // themselves (one request instead of a write and then an fdatasync). That
+            // covers only this round's writes: it replaces the fdatasync only when
+            // everything written before them is durable already.
+            let (sync_now, earlier_durable) = {
                 let s = self.state.borrow();
-                s.sync_requested || matches!(s.config.flush, FlushPolicy::EveryBatch)
+                (
+                    s.sync_requested || matches!(s.config.flush, FlushPolicy::EveryBatch),
+                    s.durable_offset >= s.written_offset,
+                )
             };
             let mut synced_by_write = false;
             if !batches.is_empty()
@@ -1195,7 +1200,7 @@ impl PartitionLog {
                 want.then_some(s.written_offset)
             };
             if let Some(target) = sync {
-                let r = if synced_by_write && target == self.state.borrow().written_offset {
+                let r = if synced_by_write && earlier_durable {
                     Ok(())
                 } else {
                     let writer = self.state.borrow_mut().writer.take();
