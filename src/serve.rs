@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringmq_net::conn::{ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection};
+use ringmq_net::conn::{
+    ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection, serve_handed_over,
+};
 use ringmq_shard::broker::{Shard, ShardOptions, links};
 use ringmq_shard::kafka::{KafkaOptions, KafkaService};
 use ringmq_shard::topics::TopicTable;
@@ -613,6 +615,22 @@ async fn run_shard(
         stop: stop.clone(),
         protocol,
     };
+    // Native connections other shards hand over (`BindShard`). Weak: the shard holds
+    // this, and the service holds the shard.
+    let adopt = {
+        let (weak, budget, conns, limits) =
+            (Rc::downgrade(&shard), budget.clone(), conns.clone(), listeners.limits);
+        move |conn| {
+            let Some(shard) = weak.upgrade() else {
+                return;
+            };
+            let files = shard.file_sender();
+            let served =
+                serve_handed_over(conn, Rc::new(Native(shard)), limits, budget.clone(), files);
+            spawn_served(served, id, "native", None, conns.clone());
+        }
+    };
+    shard.set_adopt(Box::new(adopt));
     let accept_native = accept_loop(native, Rc::new(Native(shard.clone())), accepting("native"));
     let accept_kafka = async {
         if let Some(kafka) = kafka {
@@ -676,36 +694,51 @@ async fn accept_loop<S: Service>(
             }
             Some(Ok(stream)) => {
                 let peer = stream.peer_addr().ok();
-                let service = service.clone();
-                let budget = a.budget.clone();
                 let files = a.shard.file_sender();
-                let conns = a.conns.clone();
-                let limits = a.limits;
-                conns.set(conns.get() + 1);
-                glommio::spawn_local(async move {
-                    let end = serve_connection(stream, service, limits, budget, files).await;
-                    conns.set(conns.get() - 1);
-                    match end {
-                        ConnEnd::Closed => {
-                            tracing::debug!(shard = id, protocol, ?peer, "connection closed")
-                        }
-                        ConnEnd::Io(e) => {
-                            tracing::info!(shard = id, protocol, ?peer, error = %e, "connection error")
-                        }
-                        ConnEnd::Idle => {
-                            tracing::debug!(shard = id, protocol, ?peer, "closed idle connection")
-                        }
-                        ConnEnd::Oversized(n) => tracing::warn!(
-                            shard = id,
-                            protocol,
-                            ?peer,
-                            frame_bytes = n,
-                            "closed connection: oversized frame"
-                        ),
-                    }
-                })
-                .detach();
+                let served =
+                    serve_connection(stream, service.clone(), a.limits, a.budget.clone(), files);
+                spawn_served(served, id, protocol, peer, a.conns.clone());
             }
         }
     }
+}
+
+/// Runs one connection on its own task, counted in `conns`, and logs how it ended.
+fn spawn_served(
+    served: impl std::future::Future<Output = ConnEnd> + 'static,
+    id: u32,
+    protocol: &'static str,
+    peer: Option<SocketAddr>,
+    conns: Rc<std::cell::Cell<usize>>,
+) {
+    conns.set(conns.get() + 1);
+    glommio::spawn_local(async move {
+        let end = served.await;
+        conns.set(conns.get() - 1);
+        match end {
+            ConnEnd::Closed => tracing::debug!(shard = id, protocol, ?peer, "connection closed"),
+            ConnEnd::Io(e) => {
+                tracing::info!(shard = id, protocol, ?peer, error = %e, "connection error")
+            }
+            ConnEnd::Idle => tracing::debug!(shard = id, protocol, ?peer, "closed idle connection"),
+            ConnEnd::Oversized(n) => tracing::warn!(
+                shard = id,
+                protocol,
+                ?peer,
+                frame_bytes = n,
+                "closed connection: oversized frame"
+            ),
+            ConnEnd::Moved(to) => {
+                tracing::debug!(shard = id, protocol, ?peer, to, "connection moved to its shard")
+            }
+            ConnEnd::MoveFailed(to) => tracing::warn!(
+                shard = id,
+                protocol,
+                ?peer,
+                to,
+                "moving a connection to another shard failed; closed"
+            ),
+        }
+    })
+    .detach();
 }

@@ -732,3 +732,90 @@ fn connections_land_on_the_shard_of_the_core_that_sent_them() {
     );
     broker.stop();
 }
+
+/// The number of request parts the shards sent on to another shard so far.
+fn forwarded(c: &mut Client) -> u64 {
+    broker_stats(c)["requests_forwarded"]
+}
+
+#[test]
+fn a_connection_bound_to_a_shard_is_served_there_without_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_with(dir.path(), 2);
+    let mut c = Client::connect(broker.addr);
+    create(&mut c, "bind", 4);
+    let shards = shards_of(&mut c, "bind");
+    let here = broker_stats(&mut c)["connection_shard"] as u32;
+    let there = 1 - here;
+    let theirs: Vec<u32> = (0..4).filter(|&p| shards[p as usize] == there).collect();
+    let mine: Vec<u32> = (0..4).filter(|&p| shards[p as usize] == here).collect();
+    assert!(!theirs.is_empty() && !mine.is_empty(), "{shards:?}");
+
+    // A request to the other shard's partition is forwarded.
+    let before = forwarded(&mut c);
+    produce(&mut c, "bind", theirs[0], &batch_for("bind", theirs[0], 0));
+    assert_eq!(forwarded(&mut c), before + 1);
+
+    // Binding to a shard that does not exist is an error, and nothing moves.
+    match c.call(Request::BindShard { shard: 7 }) {
+        Response::Done(e) => assert_eq!(e.code, ErrorCode::InvalidRequest, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Binding to its own shard is a no-op.
+    match c.call(Request::BindShard { shard: here }) {
+        Response::Done(e) => assert!(e.is_ok(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(broker_stats(&mut c)["connection_shard"], u64::from(here));
+
+    // A produce still in flight, the bind, and a produce sent right behind it (before
+    // the bind's answer): answered in order, the first by the old shard, the last by the
+    // new one, which received it from the old shard's buffer.
+    let first = c.send(&Request::Produce {
+        acks: 1,
+        partitions: vec![ProducePartition {
+            topic: "bind".into(),
+            partition: mine[0],
+            batch: Bytes::from(batch_for("bind", mine[0], 1)),
+        }],
+    });
+    let bind = c.send(&Request::BindShard { shard: there });
+    let last = c.send(&Request::Produce {
+        acks: 1,
+        partitions: vec![ProducePartition {
+            topic: "bind".into(),
+            partition: theirs[0],
+            batch: Bytes::from(batch_for("bind", theirs[0], 2)),
+        }],
+    });
+    for (want, api) in [
+        (first, ApiKey::Produce),
+        (bind, ApiKey::BindShard),
+        (last, ApiKey::Produce),
+    ] {
+        let (id, resp) = c.recv(api);
+        assert_eq!(id, want);
+        match resp {
+            Response::Produce(r) => assert!(r[0].error.is_ok(), "{:?}", r[0].error),
+            Response::Done(e) => assert!(e.is_ok(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(broker_stats(&mut c)["connection_shard"], u64::from(there));
+
+    // From here on its partitions are served without forwarding, and the others'
+    // still work (forwarded back).
+    let before = forwarded(&mut c);
+    for seq in 3..20 {
+        for &p in &theirs {
+            produce(&mut c, "bind", p, &batch_for("bind", p, seq));
+        }
+    }
+    assert_eq!(forwarded(&mut c), before);
+    produce(&mut c, "bind", mine[0], &batch_for("bind", mine[0], 20));
+    assert_eq!(forwarded(&mut c), before + 1);
+    let got = fetch_all(&mut c, "bind", theirs[0]);
+    assert_eq!(got.len(), 1 + 1 + 17, "batches 0, 2 and 3..20");
+    drop(c);
+    broker.stop();
+}

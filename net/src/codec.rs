@@ -76,11 +76,13 @@ pub enum ApiKey {
     FetchOffsets = 13,
     /// A producer id for sequenced (idempotent) produce.
     InitProducer = 14,
+    /// Move this connection to the shard that owns the partitions it will use.
+    BindShard = 15,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 15] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -96,6 +98,7 @@ impl ApiKey {
         ApiKey::CommitOffsets,
         ApiKey::FetchOffsets,
         ApiKey::InitProducer,
+        ApiKey::BindShard,
     ];
 
     /// The key for a wire value.
@@ -339,6 +342,14 @@ pub enum Request {
     BrokerStats,
     /// A new producer id, epoch 0, for batches that carry producer sequence numbers.
     InitProducer,
+    /// Serve the rest of this connection on shard `shard` (as listed by DescribeTopic),
+    /// so that requests for that shard's partitions are not forwarded between cores.
+    /// Answered (`Done`) by the new shard once the connection is there; the client
+    /// sends nothing else until then.
+    BindShard {
+        /// The shard to move to.
+        shard: u32,
+    },
     /// Join (or rejoin) a consumer group. Answered when the group's rebalance
     /// completes, with this member's partitions.
     JoinGroup {
@@ -406,6 +417,7 @@ impl Request {
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
             Request::BrokerStats => ApiKey::BrokerStats,
             Request::InitProducer => ApiKey::InitProducer,
+            Request::BindShard { .. } => ApiKey::BindShard,
             Request::JoinGroup { .. } => ApiKey::JoinGroup,
             Request::GroupHeartbeat { .. } => ApiKey::GroupHeartbeat,
             Request::LeaveGroup { .. } => ApiKey::LeaveGroup,
@@ -751,6 +763,7 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
         Request::ListTopics | Request::BrokerStats | Request::InitProducer => {}
+        Request::BindShard { shard } => out.put_u32(*shard),
         Request::Produce { acks, partitions } => {
             out.put_u8(*acks);
             out.put_u32(partitions.len() as u32);
@@ -884,6 +897,9 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
             ApiKey::ListTopics => Request::ListTopics,
             ApiKey::BrokerStats => Request::BrokerStats,
             ApiKey::InitProducer => Request::InitProducer,
+            ApiKey::BindShard => Request::BindShard {
+                shard: r.u32("shard")?,
+            },
             ApiKey::DescribeTopic => Request::DescribeTopic {
                 name: r.str("topic")?,
             },
@@ -1262,7 +1278,8 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
         | ApiKey::DeleteTopic
         | ApiKey::GroupHeartbeat
         | ApiKey::LeaveGroup
-        | ApiKey::CommitOffsets => Response::Done(r.err()?),
+        | ApiKey::CommitOffsets
+        | ApiKey::BindShard => Response::Done(r.err()?),
         ApiKey::JoinGroup => {
             let error = r.err()?;
             let generation = r.i32("generation")?;
@@ -1395,6 +1412,7 @@ mod tests {
             Request::ListTopics,
             Request::BrokerStats,
             Request::InitProducer,
+            Request::BindShard { shard: 3 },
             Request::DescribeTopic { name: "y".into() },
             Request::Produce {
                 acks: 1,
@@ -1488,6 +1506,7 @@ mod tests {
                 ApiKey::ListTopics,
                 Response::Topics(vec!["a".into(), "b".into()]),
             ),
+            (ApiKey::BindShard, Response::Done(WireError::none())),
             (
                 ApiKey::DescribeTopic,
                 Response::Topic {

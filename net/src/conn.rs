@@ -9,7 +9,7 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
-use crate::codec::{self, DecodeError, ErrorCode, OutFrame, OutPart, Request, Response, WireError};
+use crate::codec::{self, ApiKey, DecodeError, ErrorCode, OutFrame, OutPart, Request, Response, WireError};
 use crate::zerocopy::FileSender;
 
 /// A boxed, shard-local future.
@@ -36,6 +36,32 @@ pub trait Service: 'static {
     /// Resolves at `deadline`: the shard's timer (its timing wheel), used to close
     /// idle connections.
     fn sleep_until(&self, deadline: Instant) -> LocalFuture<()>;
+
+    /// For a frame that moves the connection to another shard: that shard, and the
+    /// encoded answer the connection gets once there. `None` for every other frame
+    /// (the default: a protocol without the move).
+    fn moves_to(&self, _body: &Bytes) -> Option<(u32, Bytes)> {
+        None
+    }
+
+    /// Hands a connection over to shard `to` (see [`Service::moves_to`]); false when
+    /// it could not be (the connection is then closed).
+    fn hand_over(self: Rc<Self>, _to: u32, _conn: Handoff) -> LocalFuture<bool> {
+        Box::pin(async { false })
+    }
+}
+
+/// A connection on its way to another shard of the same broker (the native protocol's
+/// `BindShard`): the socket, the answer to send there first, and the bytes already read
+/// after the request that moved it. Thread-safe, to cross between shards.
+#[derive(Debug)]
+pub struct Handoff {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// The encoded answer to the request that moved the connection.
+    pub answer: Bytes,
+    /// Bytes read past that request, not yet handled.
+    pub buffered: BytesMut,
 }
 
 /// The native protocol as a [`Service`]: decodes a request, has the [`Handler`] answer
@@ -72,6 +98,28 @@ impl<H: Handler> Service for Native<H> {
     fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
         self.0.sleep_until(deadline)
     }
+
+    fn moves_to(&self, body: &Bytes) -> Option<(u32, Bytes)> {
+        // Only the key is read from other frames.
+        if body.get(..2) != Some(&(ApiKey::BindShard as u16).to_be_bytes()[..]) {
+            return None;
+        }
+        let (Some(h), Ok(Request::BindShard { shard })) = codec::decode_request(body.clone())
+        else {
+            return None;
+        };
+        let (me, count) = self.0.shard();
+        // Its own shard, or one that does not exist: answered as a request.
+        if shard == me || shard >= count {
+            return None;
+        }
+        let answer = codec::encode_response(h.request_id, &Response::Done(WireError::none()));
+        Some((shard, answer.into_memory()?))
+    }
+
+    fn hand_over(self: Rc<Self>, to: u32, conn: Handoff) -> LocalFuture<bool> {
+        self.0.clone().hand_over(to, conn)
+    }
 }
 
 /// What answers native requests: the shard's broker.
@@ -82,6 +130,12 @@ pub trait Handler: 'static {
     /// Resolves at `deadline`: the shard's timer (its timing wheel), used to close
     /// idle connections.
     fn sleep_until(&self, deadline: Instant) -> LocalFuture<()>;
+
+    /// This shard's id and the broker's shard count.
+    fn shard(&self) -> (u32, u32);
+
+    /// Hands a connection over to shard `to`; false when it could not be.
+    fn hand_over(self: Rc<Self>, to: u32, conn: Handoff) -> LocalFuture<bool>;
 }
 
 /// Limits of one connection.
@@ -154,12 +208,66 @@ pub enum ConnEnd {
     Oversized(usize),
     /// Idle past the limit: the connection was closed.
     Idle,
+    /// Moved to another shard, which serves it from here on.
+    Moved(u32),
+    /// The move to another shard failed: the connection was closed.
+    MoveFailed(u32),
+}
+
+/// How the read loop ended.
+enum ReadEnd {
+    /// The connection ends.
+    End(ConnEnd),
+    /// The connection moves to shard `to` once the responses before the move are
+    /// written.
+    Move {
+        to: u32,
+        answer: Bytes,
+        buffered: BytesMut,
+        stream: TcpStream,
+    },
 }
 
 /// Serves one connection until it closes. Every request gets a response or, for a
 /// frame that cannot be delimited (oversized), the connection is closed.
 pub async fn serve_connection<S: Service>(
     stream: TcpStream,
+    service: Rc<S>,
+    limits: ConnLimits,
+    budget: Rc<MemoryBudget>,
+    files: Rc<FileSender>,
+) -> ConnEnd {
+    serve(stream, None, BytesMut::new(), service, limits, budget, files).await
+}
+
+/// Serves a connection handed over by another shard ([`Handoff`]): sends the answer to
+/// the request that moved it, then serves it as [`serve_connection`] does, starting
+/// with the bytes the other shard had read.
+pub async fn serve_handed_over<S: Service>(
+    conn: Handoff,
+    service: Rc<S>,
+    limits: ConnLimits,
+    budget: Rc<MemoryBudget>,
+    files: Rc<FileSender>,
+) -> ConnEnd {
+    // SAFETY: a socket descriptor owned by the handoff, owned by the stream from here.
+    let stream = unsafe { TcpStream::from_raw_fd(conn.fd.into_raw_fd()) };
+    serve(
+        stream,
+        Some(conn.answer),
+        conn.buffered,
+        service,
+        limits,
+        budget,
+        files,
+    )
+    .await
+}
+
+async fn serve<S: Service>(
+    stream: TcpStream,
+    first_answer: Option<Bytes>,
+    buffered: BytesMut,
     service: Rc<S>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
@@ -195,6 +303,11 @@ pub async fn serve_connection<S: Service>(
     let write_activity = last_activity.clone();
     let write_task = glommio::spawn_local(async move {
         let mut writer = writer;
+        if let Some(a) = first_answer
+            && let Err(e) = writer.write_all(&a).await
+        {
+            return Some(e);
+        }
         while let Some((task, cost)) = rx.recv().await {
             let frame = task.await;
             write_budget.release(cost);
@@ -213,14 +326,53 @@ pub async fn serve_connection<S: Service>(
         let _ = writer.flush().await;
         None
     });
-    let end = read_loop(stream, service, limits, budget, tx, inflight, last_activity).await;
+    let end = read_loop(
+        stream,
+        buffered,
+        service.clone(),
+        limits,
+        budget,
+        tx,
+        inflight,
+        last_activity,
+    )
+    .await;
     // The sender is dropped: the writer finishes the queued responses, then stops.
     let write_err = write_task.await;
     match (end, write_err) {
-        (ConnEnd::Closed, Some(e)) => ConnEnd::Io(e),
-        (end, _) => end,
+        (ReadEnd::End(ConnEnd::Closed), Some(e)) => ConnEnd::Io(e),
+        (ReadEnd::End(end), _) => end,
+        (ReadEnd::Move { .. }, Some(e)) => ConnEnd::Io(e),
+        (
+            ReadEnd::Move {
+                to,
+                answer,
+                buffered,
+                stream,
+            },
+            None,
+        ) => {
+            // Every response before the move is written and the writer's descriptor
+            // is closed; the socket goes on under a duplicate of the reader's.
+            let fd = match ringmq_uring::dup(stream.as_raw_fd()) {
+                Ok(fd) => fd,
+                Err(e) => return ConnEnd::Io(e),
+            };
+            drop(stream);
+            let conn = Handoff {
+                fd,
+                answer,
+                buffered,
+            };
+            if service.hand_over(to, conn).await {
+                ConnEnd::Moved(to)
+            } else {
+                ConnEnd::MoveFailed(to)
+            }
+        }
     }
 }
+
 
 /// Writes one response: encoded bytes from memory, record ranges of files through
 /// `files` (zero-copy when it can).
@@ -239,17 +391,21 @@ async fn write_frame(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn read_loop<S: Service>(
     mut stream: TcpStream,
+    mut buf: BytesMut,
     service: Rc<S>,
     limits: ConnLimits,
     budget: Rc<MemoryBudget>,
     tx: local_channel::LocalSender<(glommio::Task<OutFrame>, usize)>,
     inflight: Rc<Cell<usize>>,
     last_activity: Rc<Cell<Instant>>,
-) -> ConnEnd {
+) -> ReadEnd {
     let peer = stream.peer_addr().ok();
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    if buf.capacity() < 64 << 10 {
+        buf.reserve((64 << 10) - buf.len());
+    }
     loop {
         // Every complete frame in the buffer first.
         loop {
@@ -262,7 +418,7 @@ async fn read_loop<S: Service>(
                         max = limits.frame_bytes_max,
                         "oversized frame; closing connection"
                     );
-                    return ConnEnd::Oversized(n);
+                    return ReadEnd::End(ConnEnd::Oversized(n));
                 }
             };
             if buf.len() < codec::LENGTH_PREFIX_BYTES + len {
@@ -271,12 +427,20 @@ async fn read_loop<S: Service>(
             }
             let mut frame = buf.split_to(codec::LENGTH_PREFIX_BYTES + len);
             let body = frame.split_off(codec::LENGTH_PREFIX_BYTES).freeze();
+            if let Some((to, answer)) = service.moves_to(&body) {
+                return ReadEnd::Move {
+                    to,
+                    answer,
+                    buffered: buf,
+                    stream,
+                };
+            }
             let cost = budget.acquire(body.len()).await;
             let task = glommio::spawn_local(service.clone().call(body, peer));
             // A full channel (inflight_max pending) blocks here: backpressure.
             inflight.set(inflight.get() + 1);
             if tx.send((task, cost)).await.is_err() {
-                return ConnEnd::Closed;
+                return ReadEnd::End(ConnEnd::Closed);
             }
         }
         if buf.capacity() - buf.len() < 4096 {
@@ -317,18 +481,11 @@ async fn read_loop<S: Service>(
         last_activity.set(Instant::now());
         match got {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                buf.truncate(start);
-                return ConnEnd::Idle;
+                return ReadEnd::End(ConnEnd::Idle);
             }
-            Ok(0) => {
-                buf.truncate(start);
-                return ConnEnd::Closed;
-            }
+            Ok(0) => return ReadEnd::End(ConnEnd::Closed),
             Ok(n) => buf.truncate(start + n),
-            Err(e) => {
-                buf.truncate(start);
-                return ConnEnd::Io(e);
-            }
+            Err(e) => return ReadEnd::End(ConnEnd::Io(e)),
         }
     }
 }

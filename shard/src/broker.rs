@@ -20,7 +20,7 @@ use ringmq_net::codec::{
     self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
     ProducePartition, ProduceResult, Records, RecordsChunk, Request, Response, WireError,
 };
-use ringmq_net::conn::{Handler, LocalFuture};
+use ringmq_net::conn::{Handler, Handoff, LocalFuture};
 use ringmq_net::zerocopy::{FileRange, FileSender};
 use ringmq_storage::{
     BatchError, LogConfig, Notify, PartitionLog, ReadChunk, ReadResult, SegmentCache,
@@ -146,6 +146,8 @@ pub enum Envelope {
         /// The reply.
         reply: Reply,
     },
+    /// A client connection moving to this shard (native `BindShard`).
+    Connection(Handoff),
 }
 
 /// One shard's ends of the cross-shard channels: `senders[j]` goes to shard `j`,
@@ -223,7 +225,14 @@ pub struct Shard {
     fetch_memory_bytes: Cell<u64>,
     fetch_file_bytes: Cell<u64>,
     last_producer_id: Cell<i64>,
+    adopt: RefCell<Option<Adopt>>,
+    /// Request parts sent on to the shard that owns their partitions.
+    forwarded: Cell<u64>,
 }
+
+/// What serves a native connection handed over from another shard (set by the server,
+/// which owns the connection settings).
+pub type Adopt = Box<dyn Fn(Handoff)>;
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -304,6 +313,8 @@ impl Shard {
             fetch_memory_bytes: Cell::new(0),
             fetch_file_bytes: Cell::new(0),
             last_producer_id: Cell::new(0),
+            adopt: RefCell::new(None),
+            forwarded: Cell::new(0),
             opts,
         });
         let weak = Rc::downgrade(&shard);
@@ -353,6 +364,12 @@ impl Shard {
         let me = shard.clone();
         glommio::spawn_local(async move { me.housekeeping().await }).detach();
         Ok(shard)
+    }
+
+    /// Sets what serves the native connections other shards hand over to this one
+    /// (`BindShard`); until it is set they are closed.
+    pub fn set_adopt(&self, adopt: Adopt) {
+        *self.adopt.borrow_mut() = Some(adopt);
     }
 
     /// This shard's index.
@@ -540,6 +557,13 @@ impl Shard {
 
     async fn on_envelope(self: Rc<Self>, env: Envelope) {
         match env {
+            Envelope::Connection(conn) => match self.adopt.borrow().as_ref() {
+                Some(adopt) => adopt(conn),
+                None => tracing::warn!(
+                    shard = self.opts.shard_id,
+                    "a connection handed over before the shard serves connections; closed"
+                ),
+            },
             Envelope::Reply { id, reply } => {
                 let tx = self.pending.borrow_mut().remove(&id);
                 if let Some(tx) = tx {
@@ -677,6 +701,7 @@ impl Shard {
             ("send_file_bytes_spliced".into(), sent.spliced_bytes),
             ("send_file_bytes_copied".into(), sent.copied_bytes),
             ("zero_copy_shards".into(), u64::from(self.files.zero_copy())),
+            ("requests_forwarded".into(), self.forwarded.get()),
             ("shards".into(), 1),
         ]
     }
@@ -719,6 +744,19 @@ impl Shard {
                 producer_id: self.new_producer_id(),
                 epoch: 0,
             },
+            // A move to another shard is done by the connection loop; what reaches here
+            // names this shard (nothing to do) or no shard.
+            Request::BindShard { shard } if shard < self.opts.shard_count => {
+                Response::Done(WireError::none())
+            }
+            Request::BindShard { shard } => Response::Done(WireError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "no shard {shard}: this broker has {} (0-{})",
+                    self.opts.shard_count,
+                    self.opts.shard_count - 1
+                ),
+            )),
             Request::ListTopics => {
                 Response::Topics(self.topics.borrow().topics.keys().cloned().collect())
             }
@@ -1104,6 +1142,7 @@ impl Shard {
                     .collect();
                 let req = request(group);
                 let answer = answer.clone();
+                self.forwarded.set(self.forwarded.get() + 1);
                 Box::pin(async move {
                     match me.call(owner, Call::Request(req)).await {
                         Some(Reply::Response(r)) => match answer(r) {
@@ -1439,5 +1478,27 @@ impl Handler for Shard {
 
     fn sleep_until(&self, deadline: Instant) -> LocalFuture<()> {
         Box::pin(self.timers.sleep_until(deadline))
+    }
+
+    fn shard(&self) -> (u32, u32) {
+        (self.opts.shard_id, self.opts.shard_count)
+    }
+
+    fn hand_over(self: Rc<Self>, to: u32, conn: Handoff) -> LocalFuture<bool> {
+        Box::pin(async move {
+            let sender = {
+                let peers = self.peers.borrow();
+                peers
+                    .get(to as usize)
+                    .and_then(|p| p.as_ref())
+                    .map(|p| p as *const ConnectedSender<Envelope>)
+            };
+            let Some(sender) = sender else {
+                return false;
+            };
+            // SAFETY: as in `call`: `peers` never changes after `start`.
+            let sender = unsafe { &*sender };
+            sender.send(Envelope::Connection(conn)).await.is_ok()
+        })
     }
 }

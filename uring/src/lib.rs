@@ -139,29 +139,89 @@ impl Ring {
     /// The entry's pointers and descriptors must stay valid until its completion; they
     /// do if they are owned by `keep` (or by something `keep` holds).
     pub async unsafe fn op(&self, sqe: squeue::Entry, keep: Vec<Box<dyn Any>>) -> io::Result<u32> {
+        // SAFETY: passed on from the caller.
+        let mut results = unsafe { self.ops(vec![(sqe, keep)]) }.await;
+        results.pop().expect("one result per entry")
+    }
+
+    /// Submits several requests with one system call and waits for all of them: their
+    /// results in the order given. They run concurrently and complete in any order;
+    /// each entry's `keep` is held until that entry completes.
+    ///
+    /// # Safety
+    /// As for [`Ring::op`], for every entry.
+    pub async unsafe fn ops(
+        &self,
+        entries: Vec<(squeue::Entry, Vec<Box<dyn Any>>)>,
+    ) -> Vec<io::Result<u32>> {
+        let n = entries.len();
+        // SAFETY: passed on from the caller.
+        let idxs = match unsafe { self.submit(entries) } {
+            Ok(idxs) => idxs,
+            Err(e) => {
+                let kind = e.kind();
+                let msg = e.to_string();
+                let mut out = vec![Err(e)];
+                out.extend((1..n).map(|_| Err(io::Error::new(kind, msg.clone()))));
+                return out;
+            }
+        };
+        // Every future exists before the first is awaited: if this one is dropped, the
+        // ones not yet awaited give up their slots too (released at their completions).
+        let futures: Vec<OpFuture<'_>> = idxs.into_iter().map(|idx| OpFuture { ring: self, idx }).collect();
+        let mut out = Vec::with_capacity(n);
+        for f in futures {
+            let res = f.await;
+            out.push(if res < 0 {
+                Err(io::Error::from_raw_os_error(-res))
+            } else {
+                Ok(res as u32)
+            });
+        }
+        out
+    }
+
+    /// Puts each entry in a slot holding its `keep`, pushes them all and submits them
+    /// with one system call: the slots, in order.
+    ///
+    /// # Safety
+    /// As for [`Ring::op`].
+    unsafe fn submit(
+        &self,
+        entries: Vec<(squeue::Entry, Vec<Box<dyn Any>>)>,
+    ) -> io::Result<Vec<usize>> {
         if self.broken.get() {
             return Err(io::Error::other("the second io_uring ring failed"));
         }
-        let idx = {
-            let mut slots = self.slots.borrow_mut();
-            let slot = Slot {
-                state: SlotState::Waiting(None),
-                keep,
-            };
-            match self.free.borrow_mut().pop() {
-                Some(i) => {
-                    slots[i] = Some(slot);
-                    i
-                }
-                None => {
-                    slots.push(Some(slot));
-                    slots.len() - 1
-                }
-            }
+        let mut ring = self.ring.borrow_mut();
+        let room = {
+            let sq = ring.submission();
+            sq.capacity() - sq.len()
         };
-        let sqe = sqe.user_data(idx as u64);
-        {
-            let mut ring = self.ring.borrow_mut();
+        if room < entries.len() {
+            // Not room for all of them: submit what is queued first.
+            ring.submit()?;
+        }
+        let mut idxs = Vec::with_capacity(entries.len());
+        for (sqe, keep) in entries {
+            let idx = {
+                let mut slots = self.slots.borrow_mut();
+                let slot = Slot {
+                    state: SlotState::Waiting(None),
+                    keep,
+                };
+                match self.free.borrow_mut().pop() {
+                    Some(i) => {
+                        slots[i] = Some(slot);
+                        i
+                    }
+                    None => {
+                        slots.push(Some(slot));
+                        slots.len() - 1
+                    }
+                }
+            };
+            let sqe = sqe.user_data(idx as u64);
             // SAFETY: the caller guarantees the entry's pointers and descriptors live
             // until its completion (held by the slot's `keep`).
             let pushed = unsafe { ring.submission().push(&sqe).is_ok() };
@@ -174,20 +234,28 @@ impl Ring {
             if !pushed {
                 drop(ring);
                 self.release(idx);
+                // The entries pushed before this one are submitted with the next
+                // request and released at their completions.
+                for idx in idxs {
+                    self.abandon(idx);
+                }
                 return Err(io::Error::other("io_uring submission queue full"));
             }
-            if let Err(e) = ring.submit() {
-                // The entry may not have reached the kernel; it stays in its slot and
-                // the ring is treated as failed from here on.
-                self.broken.set(true);
-                return Err(e);
-            }
+            idxs.push(idx);
         }
-        let res = OpFuture { ring: self, idx }.await;
-        if res < 0 {
-            Err(io::Error::from_raw_os_error(-res))
-        } else {
-            Ok(res as u32)
+        if let Err(e) = ring.submit() {
+            // The entries may not have reached the kernel; they stay in their slots and
+            // the ring is treated as failed from here on.
+            self.broken.set(true);
+            return Err(e);
+        }
+        Ok(idxs)
+    }
+
+    /// Gives up on a submitted request: its slot is released at its completion.
+    fn abandon(&self, idx: usize) {
+        if let Some(slot) = self.slots.borrow_mut()[idx].as_mut() {
+            slot.state = SlotState::Abandoned;
         }
     }
 
