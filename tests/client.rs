@@ -1094,3 +1094,81 @@ async fn a_pipelined_producer_keeps_order_and_stores_once_across_a_broker_kill()
     }
     broker.stop();
 }
+
+/// How many request parts the broker's shards have forwarded to another shard so far.
+async fn forwarded(client: &Client) -> u64 {
+    use ringmq_net::codec::{Request, Response};
+    match client.call(Request::BrokerStats).await.unwrap() {
+        Response::Stats(v) => v
+            .iter()
+            .find(|(k, _)| k == "requests_forwarded")
+            .map(|(_, v)| *v)
+            .expect("requests_forwarded"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_aware_producer_sends_each_partition_to_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("data"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin.create_topic("aware", 4, &[]).await.unwrap();
+    let shards: Vec<u32> = admin
+        .describe_topic("aware")
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.shard)
+        .collect();
+    assert!(shards.contains(&0) && shards.contains(&1), "{shards:?}");
+    for aware in [true, false] {
+        let producer = Producer::new(
+            client.clone(),
+            ProducerConfig {
+                shard_aware: aware,
+                linger: std::time::Duration::ZERO,
+                ..ProducerConfig::default()
+            },
+        );
+        let before = forwarded(&client).await;
+        let mut sent = Vec::new();
+        for i in 0..400u32 {
+            let v = format!("{aware}-{i}");
+            sent.push(
+                producer
+                    .send_to("aware", i % 4, None, v.as_bytes(), &[])
+                    .await
+                    .unwrap(),
+            );
+        }
+        producer.flush().await.unwrap();
+        let moved = forwarded(&client).await - before;
+        if aware {
+            assert_eq!(moved, 0, "no batch forwarded between shards");
+        } else {
+            assert!(moved > 0, "one connection: the other shard's batches are forwarded");
+        }
+        // Every record at its partition, in send order.
+        for p in 0..4u32 {
+            let offsets: Vec<i64> = sent
+                .iter()
+                .filter(|(part, _)| *part == p)
+                .map(|(_, o)| *o)
+                .collect();
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        }
+    }
+    let mut consumer = Consumer::new(client.clone());
+    for p in 0..4 {
+        consumer.assign("aware", p, Position::Earliest).await.unwrap();
+    }
+    let mut n = 0;
+    while n < 800 {
+        n += consumer.poll().await.unwrap().len();
+    }
+    assert_eq!(n, 800);
+    drop(broker);
+}

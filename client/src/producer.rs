@@ -49,6 +49,11 @@ pub struct ProducerConfig {
     /// values are lowered to 5. With 1, a batch waits for the one before it (the
     /// producer then needs no producer id).
     pub max_in_flight: usize,
+    /// Send each partition's batches on a connection served by the broker shard (core)
+    /// that owns the partition, as Kafka clients send to each partition's leader: one
+    /// connection per shard used, no request forwarded between cores. Default on; off
+    /// sends everything on the client's one connection.
+    pub shard_aware: bool,
 }
 
 /// The most batches per partition in flight: what the broker remembers per producer.
@@ -63,6 +68,7 @@ impl Default for ProducerConfig {
             retries: 3,
             compression: Compression::None,
             max_in_flight: MAX_IN_FLIGHT_LIMIT,
+            shard_aware: true,
         }
     }
 }
@@ -123,6 +129,10 @@ struct Inner {
     /// By topic, then partition index (looked up by `&str`: no allocation per send).
     partitions: Mutex<HashMap<String, HashMap<u32, Partition>>>,
     counts: Mutex<HashMap<String, u32>>,
+    /// By topic: each partition's shard (shard-aware sending).
+    shards: Mutex<HashMap<String, Vec<u32>>>,
+    /// A connection per shard (shard-aware sending), shared by its partitions.
+    shard_clients: Mutex<HashMap<u32, Client>>,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
     /// Producer id and epoch for sequenced batches, shared by the partitions.
@@ -163,6 +173,8 @@ impl Producer {
                 config,
                 partitions: Mutex::new(HashMap::new()),
                 counts: Mutex::new(HashMap::new()),
+                shards: Mutex::new(HashMap::new()),
+                shard_clients: Mutex::new(HashMap::new()),
                 sticky: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 ids: tokio::sync::Mutex::new(Ids::Unknown),
@@ -187,6 +199,10 @@ impl Producer {
         if n == 0 {
             return Err(Error::Invalid(format!("topic {topic} has no partitions")));
         }
+        self.inner.shards.lock().unwrap().insert(
+            topic.into(),
+            d.partitions.iter().map(|p| p.shard).collect(),
+        );
         self.inner.counts.lock().unwrap().insert(topic.into(), n);
         Ok(n)
     }
@@ -347,7 +363,26 @@ impl Producer {
 
     fn start_partition(&self, topic: &str, partition: u32) -> Partition {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
+        let shard = self
+            .inner
+            .shards
+            .lock()
+            .unwrap()
+            .get(topic)
+            .and_then(|s| s.get(partition as usize).copied());
+        let client = match shard {
+            Some(shard) if self.inner.config.shard_aware => self
+                .inner
+                .shard_clients
+                .lock()
+                .unwrap()
+                .entry(shard)
+                .or_insert_with(|| self.inner.client.on_shard(shard))
+                .clone(),
+            _ => self.inner.client.clone(),
+        };
         let worker = Worker {
+            client,
             inner: self.inner.clone(),
             topic: topic.to_string(),
             partition,
@@ -478,6 +513,8 @@ struct InFlight {
 /// One partition's sender: takes batches in order, keeps up to `max_in_flight` of them
 /// on the wire, and answers their records' sends.
 struct Worker {
+    /// The connection this partition's batches go on.
+    client: Client,
     inner: Arc<Inner>,
     topic: String,
     partition: u32,
@@ -601,8 +638,7 @@ impl Worker {
                 self.next_seq = self.next_seq.wrapping_add(f.records) & i32::MAX;
             }
         }
-        self.inner
-            .client
+        self.client
             .start(Request::Produce {
                 acks: u8::from(self.inner.config.durable),
                 partitions: vec![ProducePartition {
