@@ -59,38 +59,15 @@ struct Args {
     /// the storage path).
     #[arg(long, default_value = "durable", value_parser = ["durable", "none"])]
     acks: String,
-    /// Each connection sends only to the partitions of the shard that serves it (as a
-    /// Kafka client sends each partition's requests to its leader), so no request is
-    /// forwarded between shards. Connection i is opened from a thread pinned to core i:
-    /// the broker steers a connection to the shard on the core that received it, which
-    /// on loopback is the sender's core. Off: every connection sends to every partition
-    /// in turn.
+    /// Each connection is bound to one shard (connection i to shard i mod shards, with
+    /// the native `BindShard` request) and sends only to that shard's partitions, as a
+    /// Kafka client sends each partition's requests to its leader: no request is
+    /// forwarded between shards. Off: every connection sends to every partition in turn.
     #[arg(long)]
     shard_aware: bool,
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
-}
-
-/// Pins the calling thread to `cpus` (all online cores when `None`).
-fn pin(cpus: Option<usize>) -> anyhow::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity write
-    // and read only this local.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
-        for cpu in 0..n {
-            if cpus.is_none_or(|c| c % n == cpu) {
-                libc::CPU_SET(cpu, &mut set);
-            }
-        }
-        anyhow::ensure!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// The partitions connection `index` sends to, in turn.
@@ -99,29 +76,26 @@ fn partitions_for(args: &Args, index: usize, s: &mut TcpStream) -> anyhow::Resul
     if !args.shard_aware {
         return Ok(all);
     }
-    let shard = match call(s, &Request::BrokerStats)? {
-        Response::Stats(v) => v
-            .iter()
-            .find(|(k, _)| k == "connection_shard")
-            .map(|(_, v)| *v as u32),
-        other => anyhow::bail!("broker stats: {other:?}"),
-    };
-    let on_shard: Vec<u32> = match call(
+    let shards: Vec<u32> = match call(
         s,
         &Request::DescribeTopic {
             name: args.topic.clone(),
         },
     )? {
-        Response::Topic { partitions, .. } => partitions
-            .iter()
-            .filter(|p| Some(p.shard) == shard)
-            .map(|p| p.partition)
-            .collect(),
+        Response::Topic { partitions, .. } => partitions.iter().map(|p| p.shard).collect(),
         other => anyhow::bail!("describing {}: {other:?}", args.topic),
     };
+    let count = shards.iter().max().map_or(1, |m| m + 1);
+    let shard = index as u32 % count;
+    match call(s, &Request::BindShard { shard })? {
+        Response::Done(e) if e.is_ok() => {}
+        other => anyhow::bail!("binding to shard {shard}: {other:?}"),
+    }
+    let on_shard: Vec<u32> = (0..args.partitions)
+        .filter(|&p| shards.get(p as usize) == Some(&shard))
+        .collect();
     eprintln!(
-        "connection {index}: shard {}, partitions {on_shard:?}",
-        shard.map_or("?".to_string(), |s| s.to_string())
+        "connection {index}: shard {shard}, partitions {on_shard:?}"
     );
     Ok(if on_shard.is_empty() { all } else { on_shard })
 }
@@ -141,13 +115,7 @@ fn run_connection(
     measure_from: Instant,
     end: Instant,
 ) -> anyhow::Result<Outcome> {
-    if args.shard_aware {
-        pin(Some(index))?;
-    }
     let mut s = TcpStream::connect(args.broker)?;
-    if args.shard_aware {
-        pin(None)?;
-    }
     s.set_nodelay(true)?;
     let mine = partitions_for(args, index, &mut s)?;
     let batch = Bytes::from(encode_batch(
