@@ -618,8 +618,12 @@ async fn run_shard(
     // Native connections other shards hand over (`BindShard`). Weak: the shard holds
     // this, and the service holds the shard.
     let adopt = {
-        let (weak, budget, conns, limits) =
-            (Rc::downgrade(&shard), budget.clone(), conns.clone(), listeners.limits);
+        let (weak, budget, conns, limits) = (
+            Rc::downgrade(&shard),
+            budget.clone(),
+            conns.clone(),
+            listeners.limits,
+        );
         move |conn| {
             let Some(shard) = weak.upgrade() else {
                 return;
@@ -729,7 +733,13 @@ fn spawn_served(
                 "closed connection: oversized frame"
             ),
             ConnEnd::Moved(to) => {
-                tracing::debug!(shard = id, protocol, ?peer, to, "connection moved to its shard")
+                tracing::debug!(
+                    shard = id,
+                    protocol,
+                    ?peer,
+                    to,
+                    "connection moved to its shard"
+                )
             }
             ConnEnd::MoveFailed(to) => tracing::warn!(
                 shard = id,

@@ -1149,7 +1149,10 @@ async fn a_shard_aware_producer_sends_each_partition_to_its_shard() {
         if aware {
             assert_eq!(moved, 0, "no batch forwarded between shards");
         } else {
-            assert!(moved > 0, "one connection: the other shard's batches are forwarded");
+            assert!(
+                moved > 0,
+                "one connection: the other shard's batches are forwarded"
+            );
         }
         // Every record at its partition, in send order.
         for p in 0..4u32 {
@@ -1163,7 +1166,10 @@ async fn a_shard_aware_producer_sends_each_partition_to_its_shard() {
     }
     let mut consumer = Consumer::new(client.clone());
     for p in 0..4 {
-        consumer.assign("aware", p, Position::Earliest).await.unwrap();
+        consumer
+            .assign("aware", p, Position::Earliest)
+            .await
+            .unwrap();
     }
     let mut n = 0;
     while n < 800 {

@@ -199,10 +199,11 @@ impl Producer {
         if n == 0 {
             return Err(Error::Invalid(format!("topic {topic} has no partitions")));
         }
-        self.inner.shards.lock().unwrap().insert(
-            topic.into(),
-            d.partitions.iter().map(|p| p.shard).collect(),
-        );
+        self.inner
+            .shards
+            .lock()
+            .unwrap()
+            .insert(topic.into(), d.partitions.iter().map(|p| p.shard).collect());
         self.inner.counts.lock().unwrap().insert(topic.into(), n);
         Ok(n)
     }

@@ -19,7 +19,9 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 
-use crate::codec::{self, ApiKey, DecodeError, ErrorCode, OutFrame, OutPart, Request, Response, WireError};
+use crate::codec::{
+    self, ApiKey, DecodeError, ErrorCode, OutFrame, OutPart, Request, Response, WireError,
+};
 use crate::zerocopy::FileSender;
 
 /// A boxed, shard-local future.
@@ -237,7 +239,16 @@ pub async fn serve_connection<S: Service>(
     budget: Rc<MemoryBudget>,
     files: Rc<FileSender>,
 ) -> ConnEnd {
-    serve(stream, None, BytesMut::new(), service, limits, budget, files).await
+    serve(
+        stream,
+        None,
+        BytesMut::new(),
+        service,
+        limits,
+        budget,
+        files,
+    )
+    .await
 }
 
 /// Serves a connection handed over by another shard ([`Handoff`]): sends the answer to
@@ -372,7 +383,6 @@ async fn serve<S: Service>(
         }
     }
 }
-
 
 /// Writes one response: encoded bytes from memory, record ranges of files through
 /// `files` (zero-copy when it can).

@@ -520,11 +520,10 @@ async fn write_direct(
     let entries = bufs
         .into_iter()
         .map(|(buf, pos)| {
-            let sqe =
-                opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
-                    .offset(pos)
-                    .rw_flags(rw_flags)
-                    .build();
+            let sqe = opcode::Write::new(types::Fd(fd.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+                .offset(pos)
+                .rw_flags(rw_flags)
+                .build();
             let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(buf), Box::new(fd.clone())];
             (sqe, keep)
         })

@@ -168,7 +168,10 @@ impl Ring {
         };
         // Every future exists before the first is awaited: if this one is dropped, the
         // ones not yet awaited give up their slots too (released at their completions).
-        let futures: Vec<OpFuture<'_>> = idxs.into_iter().map(|idx| OpFuture { ring: self, idx }).collect();
+        let futures: Vec<OpFuture<'_>> = idxs
+            .into_iter()
+            .map(|idx| OpFuture { ring: self, idx })
+            .collect();
         let mut out = Vec::with_capacity(n);
         for f in futures {
             let res = f.await;

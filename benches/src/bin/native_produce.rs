@@ -94,9 +94,7 @@ fn partitions_for(args: &Args, index: usize, s: &mut TcpStream) -> anyhow::Resul
     let on_shard: Vec<u32> = (0..args.partitions)
         .filter(|&p| shards.get(p as usize) == Some(&shard))
         .collect();
-    eprintln!(
-        "connection {index}: shard {shard}, partitions {on_shard:?}"
-    );
+    eprintln!("connection {index}: shard {shard}, partitions {on_shard:?}");
     Ok(if on_shard.is_empty() { all } else { on_shard })
 }
 
