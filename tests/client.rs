@@ -1164,17 +1164,40 @@ async fn a_shard_aware_producer_sends_each_partition_to_its_shard() {
             assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
         }
     }
-    let mut consumer = Consumer::new(client.clone());
-    for p in 0..4 {
-        consumer
-            .assign("aware", p, Position::Earliest)
-            .await
-            .unwrap();
+    // The consumer likewise: one fetch per shard on a bound connection, none forwarded;
+    // every record once, in offset order per partition.
+    for aware in [true, false] {
+        let mut consumer = Consumer::new(client.clone());
+        consumer.shard_aware = aware;
+        consumer.max_bytes = 4096; // many small fetches
+        for p in 0..4 {
+            consumer
+                .assign("aware", p, Position::Earliest)
+                .await
+                .unwrap();
+        }
+        let before = forwarded(&client).await;
+        let mut next: HashMap<u32, i64> = HashMap::new();
+        let mut n = 0;
+        while n < 800 {
+            for r in consumer.poll().await.unwrap() {
+                let want = next.entry(r.partition).or_insert(0);
+                assert_eq!(r.offset, *want, "partition {}", r.partition);
+                *want += 1;
+                n += 1;
+            }
+        }
+        assert_eq!(n, 800);
+        drop(consumer);
+        let moved = forwarded(&client).await - before;
+        if aware {
+            assert_eq!(moved, 0, "no fetch forwarded between shards");
+        } else {
+            assert!(
+                moved > 0,
+                "one connection: the other shard's part is forwarded"
+            );
+        }
     }
-    let mut n = 0;
-    while n < 800 {
-        n += consumer.poll().await.unwrap().len();
-    }
-    assert_eq!(n, 800);
     drop(broker);
 }

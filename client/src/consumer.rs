@@ -1,12 +1,14 @@
 //! The consumer: assigned partitions, positions, and a poll that long-polls the broker.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use ringmq_net::codec::{self, FetchPartition, Request, Response};
 use ringmq_storage::batch;
 
-use crate::{Client, Error, Result};
+use tokio::sync::mpsc;
+
+use crate::{Admin, Client, Error, Result};
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,31 +47,50 @@ struct Assigned {
     topic: String,
     partition: u32,
     offset: i64,
+    /// The broker shard that owns the partition, when known.
+    shard: Option<u32>,
 }
 
-/// Reads assigned partitions. Prefetched records are bounded by `max_bytes` per poll.
+/// A fetch's answer: the group it was for (its shard, or `None`), the assignment
+/// generation it was started in, and the response.
+type Fetched = (Option<u32>, u64, Result<Response>);
+
+/// Reads assigned partitions. Each group of partitions (one per broker shard when
+/// shard-aware, otherwise all of them) has one fetch in flight, started when its last
+/// answer was returned: prefetched records are bounded by `max_bytes` per group.
 #[derive(Debug)]
 pub struct Consumer {
     client: Client,
     assigned: Vec<Assigned>,
     buffered: VecDeque<ConsumerRecord>,
-    /// The next fetch, started when the last poll returned (prefetch: one fetch ahead,
-    /// so at most `max_bytes` of records beyond what the application holds).
-    next: Option<tokio::task::JoinHandle<Result<Response>>>,
+    /// The fetch in flight of each group.
+    in_flight: HashMap<Option<u32>, tokio::task::JoinHandle<()>>,
+    done_tx: mpsc::UnboundedSender<Fetched>,
+    done_rx: mpsc::UnboundedReceiver<Fetched>,
+    /// Bumped by each assignment: answers to fetches started before it are dropped.
+    generation: u64,
+    /// By topic: each partition's shard.
+    shards: HashMap<String, Vec<u32>>,
+    /// A connection per shard (shard-aware fetching).
+    shard_clients: HashMap<u32, Client>,
     /// Record bytes the last fetch brought.
     last_fetch_bytes: usize,
     /// Longest a poll waits on the broker for data.
     pub max_wait_ms: u32,
     /// Bytes fetched per partition per poll at most.
     pub partition_max_bytes: u32,
-    /// Bytes fetched per poll at most.
+    /// Bytes fetched per fetch (per group) at most.
     pub max_bytes: u32,
+    /// Fetch each shard's partitions on a connection bound to that shard (one fetch per
+    /// shard in flight), so no fetch is forwarded between the broker's cores. Default
+    /// on; takes effect for partitions assigned afterwards.
+    pub shard_aware: bool,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if let Some(next) = self.next.take() {
-            next.abort();
+        for (_, t) in self.in_flight.drain() {
+            t.abort();
         }
     }
 }
@@ -77,16 +98,40 @@ impl Drop for Consumer {
 impl Consumer {
     /// A consumer reading through `client`.
     pub fn new(client: Client) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
             client,
             assigned: Vec::new(),
             buffered: VecDeque::new(),
-            next: None,
+            in_flight: HashMap::new(),
+            done_tx,
+            done_rx,
+            generation: 0,
+            shards: HashMap::new(),
+            shard_clients: HashMap::new(),
             last_fetch_bytes: 0,
             max_wait_ms: 500,
             partition_max_bytes: 1 << 20,
             max_bytes: 8 << 20,
+            shard_aware: true,
         }
+    }
+
+    /// The shard that owns a partition (looked up once per topic); `None` when not
+    /// shard-aware or when the broker does not say.
+    async fn shard_of(&mut self, topic: &str, partition: u32) -> Option<u32> {
+        if !self.shard_aware {
+            return None;
+        }
+        if !self.shards.contains_key(topic) {
+            let d = Admin::new(self.client.clone())
+                .describe_topic(topic)
+                .await
+                .ok()?;
+            let shards = d.partitions.iter().map(|p| p.shard).collect();
+            self.shards.insert(topic.to_string(), shards);
+        }
+        self.shards.get(topic)?.get(partition as usize).copied()
     }
 
     /// Resolves a position to an offset.
@@ -118,6 +163,7 @@ impl Consumer {
     /// Reads `partition` of `topic` from `at` (replacing an earlier assignment of it).
     pub async fn assign(&mut self, topic: &str, partition: u32, at: Position) -> Result<()> {
         let offset = self.offset_for(topic, partition, at).await?;
+        let shard = self.shard_of(topic, partition).await;
         self.assigned
             .retain(|a| !(a.topic == topic && a.partition == partition));
         self.buffered
@@ -126,11 +172,13 @@ impl Consumer {
             topic: topic.into(),
             partition,
             offset,
+            shard,
         });
-        // A prefetch for the old positions is of no use now.
-        if let Some(next) = self.next.take() {
-            next.abort();
+        // Prefetches for the old positions are of no use now.
+        for (_, t) in self.in_flight.drain() {
+            t.abort();
         }
+        self.generation += 1;
         Ok(())
     }
 
@@ -140,21 +188,41 @@ impl Consumer {
         self.last_fetch_bytes
     }
 
-    fn fetch_request(&self) -> Request {
-        Request::Fetch {
-            max_wait_ms: self.max_wait_ms,
-            min_bytes: 1,
-            max_bytes: self.max_bytes,
-            partitions: self
-                .assigned
-                .iter()
-                .map(|a| FetchPartition {
-                    topic: a.topic.clone(),
-                    partition: a.partition,
-                    offset: a.offset,
-                    max_bytes: self.partition_max_bytes,
-                })
-                .collect(),
+    /// Starts a fetch for every group that has none in flight.
+    fn start_fetches(&mut self) {
+        let mut groups: HashMap<Option<u32>, Vec<FetchPartition>> = HashMap::new();
+        for a in &self.assigned {
+            if self.in_flight.contains_key(&a.shard) {
+                continue;
+            }
+            groups.entry(a.shard).or_default().push(FetchPartition {
+                topic: a.topic.clone(),
+                partition: a.partition,
+                offset: a.offset,
+                max_bytes: self.partition_max_bytes,
+            });
+        }
+        for (group, partitions) in groups {
+            let client = match group {
+                Some(shard) => self
+                    .shard_clients
+                    .entry(shard)
+                    .or_insert_with(|| self.client.on_shard(shard))
+                    .clone(),
+                None => self.client.clone(),
+            };
+            let req = Request::Fetch {
+                max_wait_ms: self.max_wait_ms,
+                min_bytes: 1,
+                max_bytes: self.max_bytes,
+                partitions,
+            };
+            let (done, generation) = (self.done_tx.clone(), self.generation);
+            let task = tokio::spawn(async move {
+                let r = client.call(req).await;
+                let _ = done.send((group, generation, r));
+            });
+            self.in_flight.insert(group, task);
         }
     }
 
@@ -175,11 +243,16 @@ impl Consumer {
         if self.assigned.is_empty() {
             return Err(Error::Invalid("no partition assigned".into()));
         }
-        let resp = match self.next.take() {
-            Some(next) => next
-                .await
-                .map_err(|e| Error::Protocol(format!("prefetch task: {e}")))??,
-            None => self.client.call(self.fetch_request()).await?,
+        self.start_fetches();
+        let resp = loop {
+            // The consumer holds a sender, so the channel never closes.
+            let Some((group, generation, resp)) = self.done_rx.recv().await else {
+                return Err(Error::Protocol("fetch channel closed".into()));
+            };
+            if generation == self.generation {
+                self.in_flight.remove(&group);
+                break resp?;
+            }
         };
         let Response::Fetch(results) = resp else {
             return Err(Error::Protocol(format!("unexpected answer {resp:?}")));
@@ -239,9 +312,9 @@ impl Consumer {
                 a.offset = a.offset.max(info.last_offset() + 1);
             }
         }
-        // Prefetch: the next fetch runs while the application handles these records.
-        let (client, req) = (self.client.clone(), self.fetch_request());
-        self.next = Some(tokio::spawn(async move { client.call(req).await }));
+        // Prefetch: the group's next fetch runs while the application handles these
+        // records.
+        self.start_fetches();
         self.last_fetch_bytes = fetched;
         Ok(self.buffered.drain(..).collect())
     }
