@@ -1109,7 +1109,7 @@ async fn forwarded(client: &Client) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shard_aware_producer_sends_each_partition_to_its_shard() {
+async fn shard_aware_producer_and_consumer_reach_each_partition_on_its_shard() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("data"));
     let client = Client::connect(&broker.addr.to_string()).await.unwrap();

@@ -75,15 +75,20 @@ fn create(c: &mut Client, name: &str, partitions: u32) {
     }
 }
 
-fn produce(c: &mut Client, topic: &str, partition: u32, b: &[u8]) -> i64 {
-    match c.call(Request::Produce {
+/// A durable produce of one batch.
+fn produce_request(topic: &str, partition: u32, b: &[u8]) -> Request {
+    Request::Produce {
         acks: 1,
         partitions: vec![ProducePartition {
             topic: topic.into(),
             partition,
             batch: Bytes::copy_from_slice(b),
         }],
-    }) {
+    }
+}
+
+fn produce(c: &mut Client, topic: &str, partition: u32, b: &[u8]) -> i64 {
+    match c.call(produce_request(topic, partition, b)) {
         Response::Produce(r) => {
             assert!(r[0].error.is_ok(), "{:?}", r[0].error);
             r[0].base_offset
@@ -771,23 +776,17 @@ fn a_connection_bound_to_a_shard_is_served_there_without_forwarding() {
     // A produce still in flight, the bind, and a produce sent right behind it (before
     // the bind's answer): answered in order, the first by the old shard, the last by the
     // new one, which received it from the old shard's buffer.
-    let first = c.send(&Request::Produce {
-        acks: 1,
-        partitions: vec![ProducePartition {
-            topic: "bind".into(),
-            partition: mine[0],
-            batch: Bytes::from(batch_for("bind", mine[0], 1)),
-        }],
-    });
+    let first = c.send(&produce_request(
+        "bind",
+        mine[0],
+        &batch_for("bind", mine[0], 1),
+    ));
     let bind = c.send(&Request::BindShard { shard: there });
-    let last = c.send(&Request::Produce {
-        acks: 1,
-        partitions: vec![ProducePartition {
-            topic: "bind".into(),
-            partition: theirs[0],
-            batch: Bytes::from(batch_for("bind", theirs[0], 2)),
-        }],
-    });
+    let last = c.send(&produce_request(
+        "bind",
+        theirs[0],
+        &batch_for("bind", theirs[0], 2),
+    ));
     for (want, api) in [
         (first, ApiKey::Produce),
         (bind, ApiKey::BindShard),

@@ -499,21 +499,10 @@ impl Shard {
         self.next_call_id.set(id + 1);
         let (tx, rx) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(id, tx);
-        let sender = {
-            let peers = self.peers.borrow();
-            peers
-                .get(to as usize)
-                .and_then(|p| p.as_ref())
-                .map(|p| p as *const ConnectedSender<Envelope>)
-        };
-        let Some(sender) = sender else {
+        let Some(sender) = self.peer(to) else {
             self.pending.borrow_mut().remove(&id);
             return None;
         };
-        // SAFETY: `peers` is filled once in `start` and never changed afterwards, so
-        // the sender outlives this call; the pointer avoids holding the RefCell borrow
-        // across the send's await.
-        let sender = unsafe { &*sender };
         let env = Envelope::Call {
             id,
             from: self.opts.shard_id,
@@ -541,18 +530,19 @@ impl Shard {
     }
 
     async fn reply(&self, to: u32, id: u64, reply: Reply) {
-        let sender = {
-            let peers = self.peers.borrow();
-            peers
-                .get(to as usize)
-                .and_then(|p| p.as_ref())
-                .map(|p| p as *const ConnectedSender<Envelope>)
-        };
-        if let Some(sender) = sender {
-            // SAFETY: as in `call`: `peers` never changes after `start`.
-            let sender = unsafe { &*sender };
+        if let Some(sender) = self.peer(to) {
             let _ = sender.send(Envelope::Reply { id, reply }).await;
         }
+    }
+
+    /// The channel to shard `to`.
+    fn peer(&self, to: u32) -> Option<&ConnectedSender<Envelope>> {
+        let peers = self.peers.borrow();
+        let p = peers.get(to as usize)?.as_ref()? as *const ConnectedSender<Envelope>;
+        // SAFETY: `peers` is filled once in `start` and never changed afterwards, so the
+        // sender lives as long as `self`; a plain reference avoids holding the RefCell
+        // borrow across a send's await.
+        Some(unsafe { &*p })
     }
 
     async fn on_envelope(self: Rc<Self>, env: Envelope) {
@@ -1486,19 +1476,10 @@ impl Handler for Shard {
 
     fn hand_over(self: Rc<Self>, to: u32, conn: Handoff) -> LocalFuture<bool> {
         Box::pin(async move {
-            let sender = {
-                let peers = self.peers.borrow();
-                peers
-                    .get(to as usize)
-                    .and_then(|p| p.as_ref())
-                    .map(|p| p as *const ConnectedSender<Envelope>)
-            };
-            let Some(sender) = sender else {
-                return false;
-            };
-            // SAFETY: as in `call`: `peers` never changes after `start`.
-            let sender = unsafe { &*sender };
-            sender.send(Envelope::Connection(conn)).await.is_ok()
+            match self.peer(to) {
+                Some(sender) => sender.send(Envelope::Connection(conn)).await.is_ok(),
+                None => false,
+            }
         })
     }
 }
