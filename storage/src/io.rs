@@ -411,10 +411,9 @@ impl SegmentWriter {
                     Some(head) => vec![(head, start), (body, start + align as u64)],
                     None => vec![(body, start)],
                 };
-                let mut wrote = 0;
-                for r in write_direct(fd, bufs, flags).await {
-                    wrote += r.map_err(|e| Error::io("writing segment", &self.path, e))?;
-                }
+                let wrote = write_direct(fd, bufs, flags)
+                    .await
+                    .map_err(|e| Error::io("writing segment", &self.path, e))?;
                 if wrote != expect {
                     return Err(Error::io(
                         "short write to segment",
@@ -505,18 +504,15 @@ const FS_BLOCK_BYTES: u64 = 4096;
 /// O_DIRECT writes of whole aligned buffers, each at its position, issued together with
 /// one system call on the shard's second ring rather than glommio's: glommio would put
 /// them on its polled ring and busy-poll the core until they complete (see the
-/// `ringmq-uring` crate). Each write's result, in order; a failure to set up the ring is
-/// every write's error.
+/// `ringmq-uring` crate). The bytes written in all, or the first error (a failure to
+/// set up the ring included).
 async fn write_direct(
     fd: &Rc<OwnedFd>,
     bufs: Vec<(DmaBuffer, u64)>,
     rw_flags: i32,
-) -> Vec<std::io::Result<usize>> {
+) -> std::io::Result<usize> {
     use ringmq_uring::{Ring, opcode, types};
-    let ring = match Ring::current() {
-        Ok(r) => r,
-        Err(e) => return vec![Err(e)],
-    };
+    let ring = Ring::current()?;
     let entries = bufs
         .into_iter()
         .map(|(buf, pos)| {
@@ -530,8 +526,8 @@ async fn write_direct(
         .collect();
     // SAFETY: the buffer each entry points at and the descriptor it names are both in
     // its `keep`, held by the ring until that write completes.
-    let results = unsafe { ring.ops(entries).await };
-    results.into_iter().map(|r| r.map(|n| n as usize)).collect()
+    let written = unsafe { ring.ops(entries).await? };
+    Ok(written.iter().map(|&n| n as usize).sum())
 }
 
 /// Writes a small file crash-safely: write to `<name>.tmp`, fdatasync, rename over the

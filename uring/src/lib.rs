@@ -140,48 +140,39 @@ impl Ring {
     /// do if they are owned by `keep` (or by something `keep` holds).
     pub async unsafe fn op(&self, sqe: squeue::Entry, keep: Vec<Box<dyn Any>>) -> io::Result<u32> {
         // SAFETY: passed on from the caller.
-        let mut results = unsafe { self.ops(vec![(sqe, keep)]) }.await;
-        results.pop().expect("one result per entry")
+        let mut results = unsafe { self.ops(vec![(sqe, keep)]) }.await?;
+        Ok(results.pop().expect("one result per entry"))
     }
 
-    /// Submits several requests with one system call and waits for all of them: their
-    /// results in the order given. They run concurrently and complete in any order;
-    /// each entry's `keep` is held until that entry completes.
+    /// Submits several requests with one system call and waits for them: their results
+    /// in the order given, or the first error. They run concurrently and complete in any
+    /// order; each entry's `keep` is held until that entry completes, also when this
+    /// returns early with an error.
     ///
     /// # Safety
     /// As for [`Ring::op`], for every entry.
     pub async unsafe fn ops(
         &self,
         entries: Vec<(squeue::Entry, Vec<Box<dyn Any>>)>,
-    ) -> Vec<io::Result<u32>> {
-        let n = entries.len();
+    ) -> io::Result<Vec<u32>> {
         // SAFETY: passed on from the caller.
-        let idxs = match unsafe { self.submit(entries) } {
-            Ok(idxs) => idxs,
-            Err(e) => {
-                let kind = e.kind();
-                let msg = e.to_string();
-                let mut out = vec![Err(e)];
-                out.extend((1..n).map(|_| Err(io::Error::new(kind, msg.clone()))));
-                return out;
-            }
-        };
-        // Every future exists before the first is awaited: if this one is dropped, the
-        // ones not yet awaited give up their slots too (released at their completions).
+        let idxs = unsafe { self.submit(entries) }?;
+        // Every future exists before the first is awaited: the ones not awaited (this
+        // future dropped, or an error returned) give up their slots, which are released
+        // at their completions.
         let futures: Vec<OpFuture<'_>> = idxs
             .into_iter()
             .map(|idx| OpFuture { ring: self, idx })
             .collect();
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::with_capacity(futures.len());
         for f in futures {
             let res = f.await;
-            out.push(if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
-            } else {
-                Ok(res as u32)
-            });
+            if res < 0 {
+                return Err(io::Error::from_raw_os_error(-res));
+            }
+            out.push(res as u32);
         }
-        out
+        Ok(out)
     }
 
     /// Puts each entry in a slot holding its `keep`, pushes them all and submits them
