@@ -162,7 +162,7 @@ pub async fn receiver(
             for p in partitions {
                 consumer.assign(&a.topic, *p, Position::Latest).await?;
             }
-            Receiver::Native(consumer)
+            Receiver::Native(Box::new(consumer))
         }
     })
 }
@@ -209,7 +209,7 @@ impl Sender {
 /// A consumer of any driver.
 pub enum Receiver {
     /// ringmq's native client.
-    Native(Consumer),
+    Native(Box<Consumer>),
     /// librdkafka, on any Kafka-API broker.
     Kafka(rdkafka::consumer::StreamConsumer),
     /// NATS JetStream.

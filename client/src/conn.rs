@@ -40,6 +40,38 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// One user's connections bound to broker shards ([`Client::on_shard`]), made on first
+/// use, one per shard. A producer and a consumer each keep their own, so a consumer's
+/// long-polling fetch never holds up a producer's answers behind it on one connection.
+#[derive(Debug)]
+pub(crate) struct ShardClients {
+    base: Client,
+    bound: Mutex<HashMap<u32, Client>>,
+}
+
+impl ShardClients {
+    pub(crate) fn new(base: Client) -> Self {
+        Self {
+            base,
+            bound: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connection for partitions of `shard`; the unbound one for `None`.
+    pub(crate) fn get(&self, shard: Option<u32>) -> Client {
+        match shard {
+            Some(s) => self
+                .bound
+                .lock()
+                .unwrap()
+                .entry(s)
+                .or_insert_with(|| self.base.on_shard(s))
+                .clone(),
+            None => self.base.clone(),
+        }
+    }
+}
+
 /// Largest response frame accepted.
 const FRAME_BYTES_MAX: usize = 256 << 20;
 

@@ -8,6 +8,7 @@ use ringmq_storage::batch;
 
 use tokio::sync::mpsc;
 
+use crate::conn::ShardClients;
 use crate::{Admin, Client, Error, Result};
 
 /// Where to start reading a partition.
@@ -72,7 +73,7 @@ pub struct Consumer {
     /// By topic: each partition's shard.
     shards: HashMap<String, Vec<u32>>,
     /// A connection per shard (shard-aware fetching).
-    shard_clients: HashMap<u32, Client>,
+    shard_clients: ShardClients,
     /// Record bytes the last fetch brought.
     last_fetch_bytes: usize,
     /// Longest a poll waits on the broker for data.
@@ -100,6 +101,7 @@ impl Consumer {
     pub fn new(client: Client) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
+            shard_clients: ShardClients::new(client.clone()),
             client,
             assigned: Vec::new(),
             buffered: VecDeque::new(),
@@ -108,7 +110,6 @@ impl Consumer {
             done_rx,
             generation: 0,
             shards: HashMap::new(),
-            shard_clients: HashMap::new(),
             last_fetch_bytes: 0,
             max_wait_ms: 500,
             partition_max_bytes: 1 << 20,
@@ -203,14 +204,7 @@ impl Consumer {
             });
         }
         for (group, partitions) in groups {
-            let client = match group {
-                Some(shard) => self
-                    .shard_clients
-                    .entry(shard)
-                    .or_insert_with(|| self.client.on_shard(shard))
-                    .clone(),
-                None => self.client.clone(),
-            };
+            let client = self.shard_clients.get(group);
             let req = Request::Fetch {
                 max_wait_ms: self.max_wait_ms,
                 min_bytes: 1,

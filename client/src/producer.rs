@@ -22,7 +22,7 @@ use ringmq_storage::batch::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::Reply;
+use crate::conn::{Reply, ShardClients};
 use crate::{Admin, Client, Error, Result, partition_for_key};
 
 /// Producer settings.
@@ -128,11 +128,10 @@ struct Inner {
     config: ProducerConfig,
     /// By topic, then partition index (looked up by `&str`: no allocation per send).
     partitions: Mutex<HashMap<String, HashMap<u32, Partition>>>,
-    counts: Mutex<HashMap<String, u32>>,
-    /// By topic: each partition's shard (shard-aware sending).
-    shards: Mutex<HashMap<String, Vec<u32>>>,
+    /// By topic: each partition's shard (so also the partition count).
+    topics: Mutex<HashMap<String, Vec<u32>>>,
     /// A connection per shard (shard-aware sending), shared by its partitions.
-    shard_clients: Mutex<HashMap<u32, Client>>,
+    shard_clients: ShardClients,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
     /// Producer id and epoch for sequenced batches, shared by the partitions.
@@ -169,12 +168,11 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
+                shard_clients: ShardClients::new(client.clone()),
                 client,
                 config,
                 partitions: Mutex::new(HashMap::new()),
-                counts: Mutex::new(HashMap::new()),
-                shards: Mutex::new(HashMap::new()),
-                shard_clients: Mutex::new(HashMap::new()),
+                topics: Mutex::new(HashMap::new()),
                 sticky: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 ids: tokio::sync::Mutex::new(Ids::Unknown),
@@ -189,8 +187,8 @@ impl Producer {
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(n) = self.inner.counts.lock().unwrap().get(topic) {
-            return Ok(*n);
+        if let Some(shards) = self.inner.topics.lock().unwrap().get(topic) {
+            return Ok(shards.len() as u32);
         }
         let d = Admin::new(self.inner.client.clone())
             .describe_topic(topic)
@@ -200,11 +198,10 @@ impl Producer {
             return Err(Error::Invalid(format!("topic {topic} has no partitions")));
         }
         self.inner
-            .shards
+            .topics
             .lock()
             .unwrap()
             .insert(topic.into(), d.partitions.iter().map(|p| p.shard).collect());
-        self.inner.counts.lock().unwrap().insert(topic.into(), n);
         Ok(n)
     }
 
@@ -366,22 +363,13 @@ impl Producer {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
         let shard = self
             .inner
-            .shards
+            .topics
             .lock()
             .unwrap()
             .get(topic)
-            .and_then(|s| s.get(partition as usize).copied());
-        let client = match shard {
-            Some(shard) if self.inner.config.shard_aware => self
-                .inner
-                .shard_clients
-                .lock()
-                .unwrap()
-                .entry(shard)
-                .or_insert_with(|| self.inner.client.on_shard(shard))
-                .clone(),
-            _ => self.inner.client.clone(),
-        };
+            .and_then(|s| s.get(partition as usize).copied())
+            .filter(|_| self.inner.config.shard_aware);
+        let client = self.inner.shard_clients.get(shard);
         let worker = Worker {
             client,
             inner: self.inner.clone(),
@@ -462,9 +450,9 @@ fn take_accum(inner: &Inner, topic: &str, p: &mut Partition) -> Option<(Vec<u8>,
     // Records without a key move on to another partition with each batch.
     let mut sticky = inner.sticky.lock().unwrap();
     if let Some(s) = sticky.get_mut(topic)
-        && let Some(n) = inner.counts.lock().unwrap().get(topic)
+        && let Some(n) = inner.topics.lock().unwrap().get(topic).map(Vec::len)
     {
-        *s = (*s + 1) % n;
+        *s = (*s + 1) % n as u32;
     }
     Some((batch.finish(), waiters))
 }
