@@ -461,8 +461,8 @@ impl SegmentWriter {
     /// fdatasync of everything written.
     pub(crate) async fn sync(&self) -> Result<()> {
         let r = match &self.file {
-            WriterFile::Direct { file, .. } => file.fdatasync().await,
-            WriterFile::Buffered(file) => file.fdatasync().await,
+            WriterFile::Direct { fd, .. } => sync_direct(fd).await,
+            WriterFile::Buffered(file) => file.fdatasync().await.map_err(Into::into),
         };
         r.map_err(|e| Error::io("syncing segment", &self.path, e))
     }
@@ -504,8 +504,9 @@ const FS_BLOCK_BYTES: u64 = 4096;
 /// O_DIRECT writes of whole aligned buffers, each at its position, issued together with
 /// one system call on the shard's second ring rather than glommio's: glommio would put
 /// them on its polled ring and busy-poll the core until they complete (see the
-/// `ringmq-uring` crate). The bytes written in all, or the first error (a failure to
-/// set up the ring included).
+/// `ringmq-uring` crate). Waited on with the ring's completion polling, when the shard
+/// has it on (`Ring::set_poll`). The bytes written in all, or the first error (a
+/// failure to set up the ring included).
 async fn write_direct(
     fd: &Rc<OwnedFd>,
     bufs: Vec<(DmaBuffer, u64)>,
@@ -526,8 +527,22 @@ async fn write_direct(
         .collect();
     // SAFETY: the buffer each entry points at and the descriptor it names are both in
     // its `keep`, held by the ring until that write completes.
-    let written = unsafe { ring.ops(entries).await? };
+    let written = unsafe { ring.ops_polled(entries).await? };
     Ok(written.iter().map(|&n| n as usize).sum())
+}
+
+/// fdatasync of a segment written with direct writes, on the same ring as the writes
+/// and waited on the same way (polled when the shard has it on).
+async fn sync_direct(fd: &Rc<OwnedFd>) -> std::io::Result<()> {
+    use ringmq_uring::{Ring, opcode, types};
+    let ring = Ring::current()?;
+    let sqe = opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
+        .flags(types::FsyncFlags::DATASYNC)
+        .build();
+    let keep: Vec<Box<dyn std::any::Any>> = vec![Box::new(fd.clone())];
+    // SAFETY: the descriptor is in `keep`, held by the ring until the sync completes.
+    unsafe { ring.ops_polled(vec![(sqe, keep)]).await? };
+    Ok(())
 }
 
 /// Writes a small file crash-safely: write to `<name>.tmp`, fdatasync, rename over the
