@@ -581,6 +581,36 @@ mod tests {
     }
 
     #[test]
+    fn polling_stops_for_the_rest_of_a_window_whose_share_is_spent() {
+        on_executor(|| async {
+            let ring = Ring::current().unwrap();
+            // This window's polling share is spent: the wait sleeps.
+            ring.polled.set((POLL_WINDOW, Instant::now()));
+            let (byte, wall, cpu) =
+                polled_read_of_late_byte(Duration::from_secs(5), Duration::from_millis(60)).await;
+            assert_eq!(byte, 42);
+            assert!(
+                cpu < Duration::from_millis(20),
+                "{cpu:?} of CPU in {wall:?}: polled past the budget"
+            );
+            // The same spent share in a window that is over: a new window, polling again.
+            ring.polled
+                .set((POLL_WINDOW, Instant::now() - POLL_WINDOW * 2));
+            let (_, wall, cpu) =
+                polled_read_of_late_byte(Duration::from_secs(5), Duration::from_millis(100)).await;
+            assert!(
+                cpu >= Duration::from_millis(20),
+                "{cpu:?} of CPU in {wall:?}"
+            );
+            let (spent, _) = ring.polled.get();
+            assert!(
+                spent >= Duration::from_millis(100),
+                "polling counted: {spent:?}"
+            );
+        });
+    }
+
+    #[test]
     fn a_dropped_op_is_reaped_and_the_ring_goes_on() {
         on_executor(|| async {
             let ring = Ring::current().unwrap();
