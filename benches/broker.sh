@@ -3,7 +3,9 @@
 #   * iperf3 over loopback (client and server on different cores),
 #   * fio: 1 MiB O_DIRECT writes with fdatasync after each,
 #   * ringmq serve (2 shards, flush every_batch) with native_produce: 1 KiB records in
-#     64 KiB batches at max rate, then at a fixed 20k records/s for ack latency.
+#     64 KiB batches at max rate, then at a fixed 20k records/s for ack latency, with the
+#     broker's CPU at that rate; the bound fixed-rate run again on a broker with disk
+#     polling off (--disk-poll-us 0), for what the default polling buys and costs.
 #
 #   benches/broker.sh                        # defaults: 5 s runs, ./bench-data
 #   DURATION=10 DATA_DIR=/mnt/nvme benches/broker.sh
@@ -37,13 +39,32 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-PORT=$(free_port)
-target/release/ringmq serve --shards 2 --data-dir "$WORK/data" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
-  --log-level warn >/dev/null &
-BROKER_PID=$!
-for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT))" 2>/dev/null && break; sleep 0.1; done
-
+# Starts a broker on a fresh port and data directory ($1), extra flags after it.
+start_broker() {
+  local dir=$1
+  shift
+  PORT=$(free_port)
+  target/release/ringmq serve --shards 2 --data-dir "$dir" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
+    --log-level warn "$@" >/dev/null &
+  BROKER_PID=$!
+  for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT))" 2>/dev/null && break; sleep 0.1; done
+}
+cpu_ticks() { awk '{print $14+$15}' "/proc/$BROKER_PID/stat"; }
+now() { date +%s.%N; }
 BENCH=target/release/native_produce
+
+# First, the bound fixed-rate run on a broker that sleeps through every disk wait
+# (--disk-poll-us 0), for comparison with the default below; on a fresh broker and a
+# quiet disk like the default's runs.
+start_broker "$WORK/data-nopoll" --disk-poll-us 0
+NOPOLL_CPU_BEFORE=$(cpu_ticks) NOPOLL_T0=$(now)
+FIXED_NOPOLL=$("$BENCH" --broker "127.0.0.1:$PORT" --topic fixedlocal --partitions 2 --connections 2 --inflight 8 \
+  --record-bytes 1024 --batch-records 64 --rate 20000 --duration "$DURATION" --shard-aware --json 2>/dev/null)
+NOPOLL_CPU="$(($(cpu_ticks) - NOPOLL_CPU_BEFORE)) $NOPOLL_T0 $(now)"
+kill "$BROKER_PID" && wait "$BROKER_PID" 2>/dev/null || true
+sleep 1
+start_broker "$WORK/data"
+
 # The fixed-rate runs first, on a fresh broker and a quiet disk: right after a saturating
 # run (ours, or fio's) the virtual disk is still catching up (stalls of up to 0.9 s were
 # seen), which would measure the previous run rather than this one. The acks-none run
@@ -58,8 +79,10 @@ sleep 1
 # The same with each connection bound to a shard (native BindShard, connection i to shard
 # i) and sending only to that shard's partition, as ringmq's client and Kafka clients
 # route: no request is forwarded between shards.
+FIXED_CPU_BEFORE=$(cpu_ticks) FIXED_T0=$(now)
 FIXED_LOCAL=$("$BENCH" --broker "127.0.0.1:$PORT" --topic fixedlocal --partitions 2 --connections 2 --inflight 8 \
   --record-bytes 1024 --batch-records 64 --rate 20000 --duration "$DURATION" --shard-aware --json 2>/dev/null)
+FIXED_CPU="$(($(cpu_ticks) - FIXED_CPU_BEFORE)) $FIXED_T0 $(now)"
 CPU_BEFORE=$(awk '{print $14+$15}' /proc/$BROKER_PID/stat)
 IDLE_SECS=2
 sleep $IDLE_SECS
@@ -95,7 +118,9 @@ sleep 2
 MAX_LOCAL=$("$BENCH" --broker "127.0.0.1:$PORT" --topic maxlocal --partitions 2 --connections 2 --inflight 8 \
   --record-bytes 1024 --batch-records 64 --duration "$DURATION" --shard-aware --json 2>/dev/null)
 
-python3 - "$MAX" "$FIXED" "$IPERF_MBPS" "$FIO_MBPS" "$CPU_BEFORE" "$CPU_AFTER" "$IDLE_SECS" "$FIO_LAT" "$FIXED_NONE" "$FIXED_LOCAL" "$MAX_LOCAL" <<'PY'
+
+python3 - "$MAX" "$FIXED" "$IPERF_MBPS" "$FIO_MBPS" "$CPU_BEFORE" "$CPU_AFTER" "$IDLE_SECS" "$FIO_LAT" "$FIXED_NONE" "$FIXED_LOCAL" "$MAX_LOCAL" \
+  "$FIXED_NOPOLL" "$FIXED_CPU" "$NOPOLL_CPU" <<'PY'
 import json, sys, os
 mx, fx = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 fio_lat = sys.argv[8].split()
@@ -117,8 +142,18 @@ print(f"each connection bound to its partition's shard (--shard-aware): {ml['byt
       f" = {ml['bytes_per_sec']/1e6/low:.2f} of the lower limit; ack p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} us")
 l = fx["ack_latency_us"]
 print(f"== fixed 20k records/s ({fx['records_per_sec']:.0f} achieved): ack latency us p50={l['p50']} p99={l['p99']} p99.9={l['p99.9']} max={l['max']}  (targets p99 <= 1000, p99.9 <= 5000)")
-fl = json.loads(sys.argv[10])["ack_latency_us"]
+fj = json.loads(sys.argv[10])
+fl = fj["ack_latency_us"]
 print(f"   each connection bound to its partition's shard (--shard-aware, nothing forwarded): p50={fl['p50']} p99={fl['p99']} p99.9={fl['p99.9']} max={fl['max']} us")
+# Broker CPU over a fixed-rate run ("ticks start end"), as a share of one core.
+def cpu_share(arg):
+    t, t0, t1 = arg.split()
+    return f"{int(t) / ticks / (float(t1) - float(t0)) * 100:.1f}% of one core"
+nl = json.loads(sys.argv[12])["ack_latency_us"]
+print(f"     broker CPU during it: {cpu_share(sys.argv[13])} (shards poll up to 1000 us for each segment write and"
+      " fdatasync, the default --disk-poll-us)")
+print(f"   the same on a broker with disk polling off (--disk-poll-us 0): p50={nl['p50']} p99={nl['p99']} p99.9={nl['p99.9']}"
+      f" max={nl['max']} us; broker CPU {cpu_share(sys.argv[14])}")
 fn = json.loads(sys.argv[9])["ack_latency_us"]
 print(f"   the same with acks none (answered on arrival, no storage wait): p50={fn['p50']} p99={fn['p99']} p99.9={fn['p99.9']} us")
 sl = fx.get("send_late_us")
@@ -126,5 +161,6 @@ if sl:
     print(f"   client sends after their intended time, us: p50={sl['p50']} p99={sl['p99']} p99.9={sl['p99.9']} (counted in the ack latency)")
 print(f"   the disk alone (fio 64 KiB O_DIRECT write + fdatasync at 312/s): p50={fio_lat[0]} p99={fio_lat[1]} p99.9={fio_lat[2]} us"
       " (write and sync percentiles added)")
-print(f"broker CPU while idle: {idle_cpu*100:.1f}% of one core (shards park when idle; no spin)")
+print(f"broker CPU while idle: {idle_cpu*100:.1f}% of one core (shards park when idle: no spin before parking,"
+      " and disk polling only while a write or fdatasync is in flight)")
 PY
