@@ -145,15 +145,22 @@ print(f"== fixed 20k records/s ({fx['records_per_sec']:.0f} achieved): ack laten
 fj = json.loads(sys.argv[10])
 fl = fj["ack_latency_us"]
 print(f"   each connection bound to its partition's shard (--shard-aware, nothing forwarded): p50={fl['p50']} p99={fl['p99']} p99.9={fl['p99.9']} max={fl['max']} us")
+# How late the sender itself was (p99.9, µs) in a fixed-rate run: a host stall shows here
+# first, and such a run measures the host rather than the broker.
+def late(j):
+    v = (j.get("send_late_us") or {}).get("p99.9", 0)
+    return f"sender late p99.9 {v} us" + (" (a host stall: rerun)" if v > 1000 else "")
+print(f"     alternating run {late(fx)}; bound run {late(fj)}")
 # Broker CPU over a fixed-rate run ("ticks start end"), as a share of one core.
 def cpu_share(arg):
     t, t0, t1 = arg.split()
     return f"{int(t) / ticks / (float(t1) - float(t0)) * 100:.1f}% of one core"
-nl = json.loads(sys.argv[12])["ack_latency_us"]
+nj = json.loads(sys.argv[12])
+nl = nj["ack_latency_us"]
 print(f"     broker CPU during it: {cpu_share(sys.argv[13])} (shards poll up to 1000 us for each segment write and"
       " fdatasync, the default --disk-poll-us)")
 print(f"   the same on a broker with disk polling off (--disk-poll-us 0): p50={nl['p50']} p99={nl['p99']} p99.9={nl['p99.9']}"
-      f" max={nl['max']} us; broker CPU {cpu_share(sys.argv[14])}")
+      f" max={nl['max']} us; broker CPU {cpu_share(sys.argv[14])}; {late(nj)}")
 fn = json.loads(sys.argv[9])["ack_latency_us"]
 print(f"   the same with acks none (answered on arrival, no storage wait): p50={fn['p50']} p99={fn['p99']} p99.9={fn['p99.9']} us")
 sl = fx.get("send_late_us")
