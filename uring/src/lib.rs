@@ -46,9 +46,10 @@ const RING_ENTRIES: u32 = 256;
 /// share is spent, waits sleep until the window ends. Under light load (the case polling
 /// is for: a 64 KiB durable append at 20k records/s keeps a shard waiting about 10 % of
 /// the time) it always polls; under saturation, where the thread would rarely sleep
-/// anyway, it stops taking the CPU that other work on the core needs. Polling all the
-/// time took 13-15 % off the broker's max produce rate here when the load generator
-/// shared the cores.
+/// anyway, it stops taking the CPU that other work on the core needs. Polling without
+/// this cap took 13-15 % off the broker's max produce rate here (connections sending to
+/// both shards' partitions, the load generator on the same two cores); with it, the max
+/// rate is within its noise.
 const POLL_SHARE_MAX: f64 = 0.2;
 
 /// The window over which [`POLL_SHARE_MAX`] is counted.
