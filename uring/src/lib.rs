@@ -512,27 +512,31 @@ mod tests {
         });
     }
 
-    /// CPU time this thread has used.
-    fn thread_cpu() -> Duration {
-        // SAFETY: getrusage fills the zeroed struct it is given.
-        let r = unsafe {
-            let mut r: libc::rusage = std::mem::zeroed();
-            assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut r), 0);
-            r
-        };
-        let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
-        t(r.ru_utime) + t(r.ru_stime)
+    /// How a wait for a late byte went: the byte, the wall time, and how often the
+    /// waiting future was polled: in all, and once `late_after` had passed.
+    struct Waited {
+        byte: u8,
+        wall: Duration,
+        polls: usize,
+        late_polls: usize,
     }
 
     /// Reads one byte from a pipe that another thread writes to after `delay`, with
-    /// `ops_polled` and the given poll limit: the byte, the wall time and this thread's
-    /// CPU time while waiting.
-    async fn polled_read_of_late_byte(poll: Duration, delay: Duration) -> (u8, Duration, Duration) {
+    /// `ops_polled` and the given poll limit. A polling wait is polled again on every
+    /// turn of the executor, a sleeping one only when woken: counting polls tells the two
+    /// apart whatever share of the CPU the thread gets on a busy machine.
+    async fn polled_read_of_late_byte(
+        poll: Duration,
+        delay: Duration,
+        late_after: Duration,
+    ) -> Waited {
         let ring = Ring::current().unwrap();
         ring.set_poll(poll);
         let mut fds = [0; 2];
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Before the writer starts: the byte cannot arrive sooner than `delay` after it.
+        let start = Instant::now();
         let writer = std::thread::spawn(move || {
             std::thread::sleep(delay);
             std::fs::File::from(w).write_all(&[42]).unwrap();
@@ -540,28 +544,48 @@ mod tests {
         let mut buf = vec![0u8; 1];
         let sqe = opcode::Read::new(types::Fd(r.as_raw_fd()), buf.as_mut_ptr(), 1).build();
         let r = Rc::new(r);
-        let (wall, cpu) = (Instant::now(), thread_cpu());
         let keep: Vec<Box<dyn Any>> = vec![Box::new(r.clone())];
-        let n = unsafe { ring.ops_polled(vec![(sqe, keep)]).await }.unwrap();
-        let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
+        let (polls, late_polls) = (Cell::new(0), Cell::new(0));
+        let mut wait = std::pin::pin!(unsafe { ring.ops_polled(vec![(sqe, keep)]) });
+        let n = std::future::poll_fn(|cx| {
+            polls.set(polls.get() + 1);
+            if start.elapsed() > late_after {
+                late_polls.set(late_polls.get() + 1);
+            }
+            wait.as_mut().poll(cx)
+        })
+        .await
+        .unwrap();
+        let wall = start.elapsed();
         writer.join().unwrap();
         ring.set_poll(Duration::ZERO);
         assert_eq!(n, vec![1]);
-        (buf[0], wall, cpu)
+        Waited {
+            byte: buf[0],
+            wall,
+            polls: polls.get(),
+            late_polls: late_polls.get(),
+        }
     }
 
     #[test]
     fn a_polled_op_keeps_the_thread_polling_until_it_completes() {
         on_executor(|| async {
-            let (byte, wall, cpu) =
-                polled_read_of_late_byte(Duration::from_secs(5), Duration::from_millis(100)).await;
-            assert_eq!(byte, 42);
-            assert!(wall >= Duration::from_millis(100), "{wall:?}");
-            // Polling, yielding the core between polls: the thread ran for much of the
-            // wait (it would use next to nothing asleep).
+            let w = polled_read_of_late_byte(
+                Duration::from_secs(5),
+                Duration::from_millis(100),
+                Duration::from_millis(50),
+            )
+            .await;
+            assert_eq!(w.byte, 42);
+            assert!(w.wall >= Duration::from_millis(100), "{:?}", w.wall);
+            // Still polling in the second half of the wait (asleep, it would be polled
+            // once at the start and once at the completion).
             assert!(
-                cpu >= Duration::from_millis(20),
-                "{cpu:?} of CPU in {wall:?}"
+                w.late_polls >= 10,
+                "{} polls after 50 ms, {} in all",
+                w.late_polls,
+                w.polls
             );
         });
     }
@@ -569,14 +593,19 @@ mod tests {
     #[test]
     fn a_polled_op_sleeps_once_the_poll_limit_passes() {
         on_executor(|| async {
-            let (byte, wall, cpu) =
-                polled_read_of_late_byte(Duration::from_millis(1), Duration::from_millis(150))
-                    .await;
-            assert_eq!(byte, 42);
-            assert!(wall >= Duration::from_millis(150), "{wall:?}");
+            let w = polled_read_of_late_byte(
+                Duration::from_millis(1),
+                Duration::from_millis(150),
+                Duration::from_millis(50),
+            )
+            .await;
+            assert_eq!(w.byte, 42);
+            assert!(w.wall >= Duration::from_millis(150), "{:?}", w.wall);
+            // After the 1 ms limit only the completion's wake-up polls it.
             assert!(
-                cpu < Duration::from_millis(50),
-                "{cpu:?} of CPU in {wall:?}: still polling after the limit"
+                w.late_polls <= 2,
+                "{} polls after 50 ms: still polling after the limit",
+                w.late_polls
             );
         });
     }
@@ -585,24 +614,26 @@ mod tests {
     fn polling_stops_for_the_rest_of_a_window_whose_share_is_spent() {
         on_executor(|| async {
             let ring = Ring::current().unwrap();
-            // This window's polling share is spent: the wait sleeps.
+            // This window's polling share is spent: the wait sleeps from the start.
             ring.polled.set((POLL_WINDOW, Instant::now()));
-            let (byte, wall, cpu) =
-                polled_read_of_late_byte(Duration::from_secs(5), Duration::from_millis(60)).await;
-            assert_eq!(byte, 42);
-            assert!(
-                cpu < Duration::from_millis(20),
-                "{cpu:?} of CPU in {wall:?}: polled past the budget"
-            );
+            let w = polled_read_of_late_byte(
+                Duration::from_secs(5),
+                Duration::from_millis(60),
+                Duration::ZERO,
+            )
+            .await;
+            assert_eq!(w.byte, 42);
+            assert!(w.polls <= 3, "{} polls: polled past the budget", w.polls);
             // The same spent share in a window that is over: a new window, polling again.
             ring.polled
                 .set((POLL_WINDOW, Instant::now() - POLL_WINDOW * 2));
-            let (_, wall, cpu) =
-                polled_read_of_late_byte(Duration::from_secs(5), Duration::from_millis(100)).await;
-            assert!(
-                cpu >= Duration::from_millis(20),
-                "{cpu:?} of CPU in {wall:?}"
-            );
+            let w = polled_read_of_late_byte(
+                Duration::from_secs(5),
+                Duration::from_millis(100),
+                Duration::from_millis(50),
+            )
+            .await;
+            assert!(w.late_polls >= 10, "{} polls after 50 ms", w.late_polls);
             let (spent, _) = ring.polled.get();
             assert!(
                 spent >= Duration::from_millis(100),
