@@ -384,6 +384,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
     let data_dir = std::path::absolute(&s.data_dir)?;
+    let producer_id_key = ringmq_shard::producer_ids::IdKey::load_or_create(&data_dir)
+        .with_context(|| format!("the producer-id key in {}", data_dir.display()))?;
     let shard_count = s.cpus.len() as u32;
     let mut table = TopicTable::load(&data_dir).map_err(anyhow::Error::msg)?;
     let moves = table.fit_to_shards(shard_count);
@@ -497,6 +499,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             zero_copy: s.zero_copy,
             group_initial_rebalance_delay: s.group_initial_rebalance_delay,
             group_log_compact_bytes: s.group_log_compact_bytes,
+            producer_id_key,
         };
         let table = table.clone();
         let stop = stop.clone();

@@ -28,6 +28,7 @@ use ringmq_storage::{
 
 use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
 use crate::placement::place;
+use crate::producer_ids::{IdKey, ProducerIds};
 use crate::producers::{self, Check, Producers};
 use crate::timers::Timers;
 use crate::topics::{self, TopicMeta, TopicTable};
@@ -61,6 +62,8 @@ pub struct ShardOptions {
     /// A group log larger than this (and than four times its last snapshot) is
     /// compacted.
     pub group_log_compact_bytes: u64,
+    /// The node's key for producer ids ([`IdKey::load_or_create`]).
+    pub producer_id_key: IdKey,
 }
 
 /// A call from one shard to another.
@@ -206,6 +209,25 @@ enum Edit {
     Topic(TopicChange),
 }
 
+/// The channel to another shard. Sends go out in the order they were made: the
+/// channel lets a new send take a free slot ahead of tasks already waiting for one, so
+/// a FIFO semaphore orders them (a connection's forwarded produce requests must reach
+/// the owner, and its partitions, in the order they arrived).
+struct Peer {
+    sender: ConnectedSender<Envelope>,
+    order: glommio::sync::Semaphore,
+}
+
+impl Peer {
+    /// Sends `env` after every send started before it.
+    async fn send(&self, env: Envelope) -> Result<(), ()> {
+        let Ok(_turn) = self.order.acquire_permit(1).await else {
+            return Err(());
+        };
+        self.sender.send(env).await.map_err(|_| ())
+    }
+}
+
 /// One core's broker.
 pub struct Shard {
     opts: ShardOptions,
@@ -215,7 +237,7 @@ pub struct Shard {
     partitions: RefCell<HashMap<(String, u32), Rc<PartitionLog>>>,
     producers: RefCell<HashMap<(String, u32), SharedProducers>>,
     data_arrived: Notify,
-    peers: RefCell<Vec<Option<ConnectedSender<Envelope>>>>,
+    peers: RefCell<Vec<Option<Rc<Peer>>>>,
     pending: RefCell<HashMap<u64, local_channel::LocalSender<Reply>>>,
     next_call_id: Cell<u64>,
     metadata_lock: glommio::sync::Semaphore,
@@ -224,7 +246,7 @@ pub struct Shard {
     groups: Rc<Coordinator>,
     fetch_memory_bytes: Cell<u64>,
     fetch_file_bytes: Cell<u64>,
-    last_producer_id: Cell<i64>,
+    producer_ids: ProducerIds,
     adopt: RefCell<Option<Adopt>>,
     /// Request parts sent on to the shard that owns their partitions.
     forwarded: Cell<u64>,
@@ -296,6 +318,9 @@ impl Shard {
             opts.group_log_compact_bytes,
         )
         .await?;
+        let producer_ids = ProducerIds::open(&opts.data_dir, opts.producer_id_key, opts.shard_id)
+            .await
+            .map_err(|e| e.to_string())?;
         let shard = Rc::new(Self {
             cache,
             timers,
@@ -312,7 +337,7 @@ impl Shard {
             files: FileSender::new(opts.zero_copy),
             fetch_memory_bytes: Cell::new(0),
             fetch_file_bytes: Cell::new(0),
-            last_producer_id: Cell::new(0),
+            producer_ids,
             adopt: RefCell::new(None),
             forwarded: Cell::new(0),
             opts,
@@ -341,7 +366,17 @@ impl Shard {
         for t in sender_tasks {
             peers.push(t.await);
         }
-        *shard.peers.borrow_mut() = peers;
+        *shard.peers.borrow_mut() = peers
+            .into_iter()
+            .map(|p| {
+                p.map(|sender| {
+                    Rc::new(Peer {
+                        sender,
+                        order: glommio::sync::Semaphore::new(1),
+                    })
+                })
+            })
+            .collect();
         let mut receivers = Vec::new();
         for (from, t) in receiver_tasks {
             receivers.push((from, t.await));
@@ -377,14 +412,13 @@ impl Shard {
         self.opts.shard_id
     }
 
-    /// A new producer id for sequenced (idempotent) produce, on either protocol: unique
-    /// across shards (the low 8 bits are the shard) and restarts (the rest is the time in
-    /// ms, never reused on this shard).
-    pub fn new_producer_id(&self) -> i64 {
-        let now = ringmq_storage::now_ms().max(0) << 8 | i64::from(self.opts.shard_id & 0xff);
-        let id = now.max(self.last_producer_id.get() + 256);
-        self.last_producer_id.set(id);
-        id
+    /// A new producer id for sequenced (idempotent) produce, on either protocol: never
+    /// issued before on this node ([`ProducerIds`]).
+    pub async fn new_producer_id(&self) -> Result<i64, WireError> {
+        self.producer_ids.issue().await.map_err(|e| {
+            tracing::error!(shard = self.opts.shard_id, error = %e, "issuing a producer id failed");
+            WireError::new(ErrorCode::StorageError, e.to_string())
+        })
     }
 
     /// The shard's timers.
@@ -536,13 +570,8 @@ impl Shard {
     }
 
     /// The channel to shard `to`.
-    fn peer(&self, to: u32) -> Option<&ConnectedSender<Envelope>> {
-        let peers = self.peers.borrow();
-        let p = peers.get(to as usize)?.as_ref()? as *const ConnectedSender<Envelope>;
-        // SAFETY: `peers` is filled once in `start` and never changed afterwards, so the
-        // sender lives as long as `self`; a plain reference avoids holding the RefCell
-        // borrow across a send's await.
-        Some(unsafe { &*p })
+    fn peer(&self, to: u32) -> Option<Rc<Peer>> {
+        self.peers.borrow().get(to as usize)?.clone()
     }
 
     async fn on_envelope(self: Rc<Self>, env: Envelope) {
@@ -730,9 +759,12 @@ impl Shard {
         match req {
             Request::ApiVersions { .. } => Response::ApiVersions(codec::supported_versions()),
             Request::BrokerStats => self.broker_stats().await,
-            Request::InitProducer => Response::Producer {
-                producer_id: self.new_producer_id(),
-                epoch: 0,
+            Request::InitProducer => match self.new_producer_id().await {
+                Ok(producer_id) => Response::Producer {
+                    producer_id,
+                    epoch: 0,
+                },
+                Err(e) => Response::Error(e),
             },
             // A move to another shard is done by the connection loop; what reaches here
             // names this shard (nothing to do) or no shard.
@@ -1211,6 +1243,25 @@ impl Shard {
                         base_offset: -1,
                     };
                 };
+                // A producer id this node did not issue is refused: a client must not
+                // act as another producer (its batches would be taken for that one's
+                // retries) (`producer_ids`).
+                if let Some((ids, _)) = &producer
+                    && !me.producer_ids.issued(ids.producer_id)
+                {
+                    return ProduceResult {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: WireError::new(
+                            ErrorCode::UnknownProducer,
+                            format!(
+                                "producer id {} was not issued by this broker; ask for one with InitProducerId",
+                                ids.producer_id
+                            ),
+                        ),
+                        base_offset: -1,
+                    };
+                }
                 // Idempotent producers: checked before the first await, so batches are
                 // checked in the order they arrived.
                 if let Some((ids, state)) = &producer {

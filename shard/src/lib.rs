@@ -13,6 +13,7 @@ pub mod broker;
 pub mod groups;
 pub mod kafka;
 pub mod placement;
+pub mod producer_ids;
 pub mod producers;
 pub mod timers;
 pub mod topics;

@@ -239,6 +239,38 @@ struct Pending {
     info: BatchInfo,
 }
 
+/// An append's place in the admission queue ([`State::admit_waiting`]). Dropped
+/// before admission (refused, or the append's future dropped), it leaves the queue
+/// and lets the next one go.
+struct AdmitGuard<'a> {
+    log: &'a PartitionLog,
+    ticket: u64,
+}
+
+impl AdmitGuard<'_> {
+    /// Leaves the queue as admitted (the caller holds the state borrow).
+    fn admitted(&mut self, s: &mut State) {
+        let first = s.admit_waiting.pop_front();
+        assert_eq!(first, Some(self.ticket), "admitted out of turn");
+        self.ticket = u64::MAX;
+        self.log.changed.notify_all();
+    }
+}
+
+impl Drop for AdmitGuard<'_> {
+    fn drop(&mut self) {
+        if self.ticket == u64::MAX {
+            return;
+        }
+        let mut s = self.log.state.borrow_mut();
+        if let Some(i) = s.admit_waiting.iter().position(|&t| t == self.ticket) {
+            s.admit_waiting.remove(i);
+        }
+        drop(s);
+        self.log.changed.notify_all();
+    }
+}
+
 #[derive(Debug, Default)]
 struct TailCache {
     batches: VecDeque<(i64, i64, Bytes)>,
@@ -305,6 +337,10 @@ struct State {
     durable_offset: i64,
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// Appends waiting for room in `pending`, by ticket, in arrival order: only the
+    /// first may be admitted.
+    admit_waiting: VecDeque<u64>,
+    admit_next_ticket: u64,
     flushing: bool,
     sync_requested: bool,
     unsynced_bytes: u64,
@@ -790,6 +826,8 @@ impl PartitionLog {
             durable_offset: next_offset,
             pending: VecDeque::new(),
             pending_bytes: 0,
+            admit_waiting: VecDeque::new(),
+            admit_next_ticket: 0,
             flushing: false,
             sync_requested: false,
             unsynced_bytes: 0,
@@ -1003,15 +1041,29 @@ impl PartitionLog {
             (s.config.message_bytes_max, s.config.write_buffer_bytes_max)
         };
         let info = batch::validate(&batch, message_bytes_max)?;
-        // Backpressure: wait while the queue is over its budget.
+        // Backpressure: wait while the queue is over its budget. Appends are admitted
+        // in the order they arrived: a waiting large batch is never overtaken by a
+        // later small one that would fit (Kafka appends a connection's requests to a
+        // partition in arrival order).
+        let ticket = {
+            let mut s = self.state.borrow_mut();
+            let t = s.admit_next_ticket;
+            s.admit_next_ticket += 1;
+            s.admit_waiting.push_back(t);
+            t
+        };
+        let mut waiting = AdmitGuard { log: self, ticket };
         loop {
             let changed = {
                 let s = self.state.borrow();
                 self.check_writable(&s)?;
-                if s.pending.is_empty() || s.pending_bytes + batch.len() <= write_buffer_max {
+                let first = s.admit_waiting.front() == Some(&ticket);
+                if first
+                    && (s.pending.is_empty() || s.pending_bytes + batch.len() <= write_buffer_max)
+                {
                     break;
                 }
-                if s.flushing {
+                if s.flushing || !first {
                     Some(self.changed.changed())
                 } else {
                     None
@@ -1024,6 +1076,7 @@ impl PartitionLog {
         }
         let (base_offset, end, generation, append_time, wait_durable) = {
             let mut s = self.state.borrow_mut();
+            waiting.admitted(&mut s);
             let base = s.next_offset;
             batch::set_base_offset(&mut batch, base);
             // Always stamped, so recovery can check every batch against the
