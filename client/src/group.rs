@@ -186,7 +186,7 @@ impl GroupConsumer {
             for (t, p) in &self.assignment {
                 let at = committed
                     .iter()
-                    .find(|(ct, cp, e, o)| ct == t && cp == p && e.is_ok() && *o >= 0)
+                    .find(|(ct, cp, e, o, _)| ct == t && cp == p && e.is_ok() && *o >= 0)
                     .map(|c| Position::Offset(c.3))
                     .unwrap_or(self.config.start);
                 consumer.assign(t, *p, at).await?;

@@ -585,8 +585,10 @@ pub enum Response {
     Produce(Vec<ProduceResult>),
     /// Per-partition fetch results.
     Fetch(Vec<FetchResult>),
-    /// (topic, partition, error, offset) per partition.
-    Offsets(Vec<(String, u32, WireError, i64)>),
+    /// (topic, partition, error, offset, timestamp) per partition. The timestamp is
+    /// the found record's for a query by timestamp or for the largest timestamp, -1
+    /// otherwise; it is not part of the native wire format (decoded as -1).
+    Offsets(Vec<(String, u32, WireError, i64, i64)>),
     /// Answer to JoinGroup.
     Joined {
         /// Success or why not.
@@ -1227,7 +1229,7 @@ fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
         Response::Fetch(_) => unreachable!("encoded above"),
         Response::Offsets(v) => {
             out.put_u32(v.len() as u32);
-            for (t, p, e, o) in v {
+            for (t, p, e, o, _timestamp) in v {
                 put_str(out, t);
                 out.put_u32(*p);
                 put_err(out, e);
@@ -1374,6 +1376,7 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
                     r.u32("partition")?,
                     r.err()?,
                     r.i64("offset")?,
+                    -1,
                 ));
             }
             Response::Offsets(v)
@@ -1544,7 +1547,7 @@ mod tests {
             ),
             (
                 ApiKey::ListOffsets,
-                Response::Offsets(vec![("a".into(), 0, WireError::none(), 5)]),
+                Response::Offsets(vec![("a".into(), 0, WireError::none(), 5, -1)]),
             ),
             (
                 ApiKey::Fetch,
@@ -1561,7 +1564,7 @@ mod tests {
             ),
             (
                 ApiKey::FetchOffsets,
-                Response::Offsets(vec![("orders".into(), 2, WireError::none(), -1)]),
+                Response::Offsets(vec![("orders".into(), 2, WireError::none(), -1, -1)]),
             ),
             (
                 ApiKey::CommitOffsets,

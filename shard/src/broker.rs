@@ -35,6 +35,13 @@ use crate::topics::{self, TopicMeta, TopicTable};
 
 /// Capacity of each cross-shard channel (messages).
 pub const CROSS_SHARD_CHANNEL_MAX: usize = 1024;
+/// ListOffsets for the record with the largest timestamp (Kafka's `MAX_TIMESTAMP`,
+/// KIP-734).
+pub const OFFSET_MAX_TIMESTAMP: i64 = -3;
+/// ListOffsets for the first offset on local storage (KIP-405): the log start here.
+pub const OFFSET_EARLIEST_LOCAL: i64 = -4;
+/// ListOffsets for the last offset on tiered storage (KIP-1005): none here.
+pub const OFFSET_LATEST_TIERED: i64 = -5;
 /// Shard that owns topic metadata changes.
 pub const METADATA_SHARD: u32 = 0;
 
@@ -1457,7 +1464,7 @@ impl Shard {
     async fn list_offsets(self: Rc<Self>, partitions: Vec<(String, u32, i64)>) -> Response {
         let ops = Scatter {
             key: Box::new(|p: &(String, u32, i64)| (p.0.as_str(), p.1)),
-            failed: Box::new(|p: &(String, u32, i64), error| (p.0.clone(), p.1, error, -1)),
+            failed: Box::new(|p: &(String, u32, i64), error| (p.0.clone(), p.1, error, -1, -1)),
             local: Box::new(|me, group| {
                 Box::pin(async move { me.list_offsets_local(group).await })
             }),
@@ -1473,7 +1480,7 @@ impl Shard {
     async fn list_offsets_local(
         self: &Rc<Self>,
         partitions: Vec<(String, u32, i64)>,
-    ) -> Vec<(String, u32, WireError, i64)> {
+    ) -> Vec<(String, u32, WireError, i64, i64)> {
         let mut out = Vec::with_capacity(partitions.len());
         for (t, p, spec) in partitions {
             let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
@@ -1486,26 +1493,35 @@ impl Shard {
                         "partition is not on this shard",
                     ),
                     -1,
+                    -1,
                 ));
                 continue;
             };
             let r = match spec {
-                OFFSET_EARLIEST => Ok(log.start_offset()),
-                OFFSET_LATEST => Ok(log.committed_offset()),
-                ts if ts >= 0 => log.offset_for_timestamp(ts).await.map(|o| o.unwrap_or(-1)),
+                OFFSET_EARLIEST | OFFSET_EARLIEST_LOCAL => Ok(Some((log.start_offset(), -1))),
+                OFFSET_LATEST => Ok(Some((log.committed_offset(), -1))),
+                // No tiered storage: nothing has been tiered.
+                OFFSET_LATEST_TIERED => Ok(None),
+                OFFSET_MAX_TIMESTAMP => match log.max_timestamp() {
+                    ts if ts >= 0 => log.record_for_timestamp(ts).await,
+                    _ => Ok(None),
+                },
+                ts if ts >= 0 => log.record_for_timestamp(ts).await,
                 other => {
                     out.push((
                         t,
                         p,
                         WireError::new(ErrorCode::InvalidRequest, format!("offset spec {other}")),
                         -1,
+                        -1,
                     ));
                     continue;
                 }
             };
             match r {
-                Ok(o) => out.push((t, p, WireError::none(), o)),
-                Err(e) => out.push((t, p, storage_error(&e), -1)),
+                Ok(Some((o, ts))) => out.push((t, p, WireError::none(), o, ts)),
+                Ok(None) => out.push((t, p, WireError::none(), -1, -1)),
+                Err(e) => out.push((t, p, storage_error(&e), -1, -1)),
             }
         }
         out

@@ -597,6 +597,7 @@ pub fn kafka_to_native(
                         p.partition_index as u32,
                         native_error(p.error_code, "offset fetch"),
                         p.committed_offset,
+                        -1,
                     ));
                 }
             }

@@ -63,6 +63,8 @@ pub mod errors {
     pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
     /// acks other than -1, 0, 1.
     pub const INVALID_REQUIRED_ACKS: i16 = 21;
+    /// Unknown topic id (KIP-516).
+    pub const UNKNOWN_TOPIC_ID: i16 = 100;
     /// Unsupported API version.
     pub const UNSUPPORTED_VERSION: i16 = 35;
     /// Topic exists.
@@ -87,30 +89,41 @@ pub mod errors {
     pub const INVALID_RECORD: i16 = 87;
 }
 
+/// What a transactional request gets (InitProducerId with a transactional id,
+/// FindCoordinator for a transaction): UNSUPPORTED_VERSION, with a message saying that
+/// transactions are not supported. Clients treat it as fatal at once, instead of
+/// retrying a coordinator lookup until their timeout.
+const TRANSACTIONS_UNSUPPORTED: i16 = errors::UNSUPPORTED_VERSION;
+/// The message that goes with [`TRANSACTIONS_UNSUPPORTED`].
+const TRANSACTIONS_UNSUPPORTED_MESSAGE: &str =
+    "transactions are not supported by this broker (ringmq): use an idempotent producer";
+
 /// The APIs and versions this listener implements: exactly what ApiVersions reports.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 18),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::InitProducerId, 0, 5),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::FindCoordinator, 0, 3),
-    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 4),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
-    (ApiKey::ListGroups, 0, 4),
-    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
 ];
@@ -276,7 +289,37 @@ fn topic_name(v: &str) -> km::TopicName {
 
 /// A topic's Kafka id: ringmq's topic number in a fixed namespace (never zero).
 pub fn topic_uuid(id: u32) -> uuid::Uuid {
-    uuid::Uuid::from_u64_pair(0x7269_6e67_6d71_0000, u64::from(id) + 1)
+    uuid::Uuid::from_u64_pair(TOPIC_UUID_NAMESPACE, u64::from(id) + 1)
+}
+
+/// The high half of every topic id ("ringmq" and two zero bytes).
+const TOPIC_UUID_NAMESPACE: u64 = 0x7269_6e67_6d71_0000;
+
+/// Holds a fetch response to Kafka's size limits (KIP-74): the records of all
+/// partitions together stay within `max_bytes` and each partition's within its
+/// `partition_max_bytes`, except that the first non-empty partition keeps its data
+/// even when its first batch alone is larger (so a consumer can always make progress).
+///
+/// The shards read their partitions concurrently, each within `max_bytes` and with a
+/// first batch allowed over the limit, so together they can exceed it. A partition
+/// whose data does not fit what is left is answered with no records (and no error):
+/// the client fetches it again. A partition's read is either within its limits or a
+/// single batch larger than them, so this keeps or drops whole reads.
+fn limit_fetch(results: &mut [ringmq_net::codec::FetchResult], partition_max: &[usize], max_bytes: usize) {
+    let mut total = 0usize;
+    for (i, r) in results.iter_mut().enumerate() {
+        let len = r.records.len();
+        if len == 0 {
+            continue;
+        }
+        let part_max = partition_max.get(i).copied().unwrap_or(usize::MAX);
+        let fits = len <= part_max && total + len <= max_bytes;
+        if fits || total == 0 {
+            total += len;
+        } else {
+            r.records = ringmq_net::codec::Records::new();
+        }
+    }
 }
 
 /// Kafka topic config names and ringmq's.
@@ -413,7 +456,7 @@ impl KafkaService {
                 ResponseKind::IncrementalAlterConfigs(self.alter_configs(r).await)
             }
             RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(self.init_producer_id(r))
+                ResponseKind::InitProducerId(self.init_producer_id(r, version).await)
             }
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
@@ -429,6 +472,9 @@ impl KafkaService {
             }
             RequestKind::DeleteGroups(r) => {
                 ResponseKind::DeleteGroups(self.delete_groups(r, version, d.client_id).await)
+            }
+            RequestKind::OffsetFetch(r) if version >= 8 => {
+                ResponseKind::OffsetFetch(self.offset_fetch_groups(r, &d.client_id).await)
             }
             request @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
@@ -600,8 +646,20 @@ impl KafkaService {
             }
             return Some(resp);
         }
-        if self.opts.auto_create_topics {
-            let names: Vec<String> = r.topic_data.iter().map(|t| t.name.0.to_string()).collect();
+        // From v13 topics are named by id (KIP-516); an id names an existing topic.
+        let names: Vec<Option<String>> = r
+            .topic_data
+            .iter()
+            .map(|t| {
+                if version >= 13 {
+                    self.topic_by_uuid(t.topic_id)
+                } else {
+                    Some(t.name.0.to_string())
+                }
+            })
+            .collect();
+        if self.opts.auto_create_topics && version < 13 {
+            let names: Vec<String> = names.iter().flatten().cloned().collect();
             self.auto_create(&names).await;
         }
         // Partitions with a batch go to the shard; the rest are answered here.
@@ -609,10 +667,20 @@ impl KafkaService {
         let mut early: HashMap<(usize, usize), (i16, String)> = HashMap::new();
         for (ti, t) in r.topic_data.iter().enumerate() {
             for (pi, p) in t.partition_data.iter().enumerate() {
+                let Some(name) = &names[ti] else {
+                    early.insert(
+                        (ti, pi),
+                        (
+                            errors::UNKNOWN_TOPIC_ID,
+                            format!("unknown topic id {}", t.topic_id),
+                        ),
+                    );
+                    continue;
+                };
                 match (&p.records, u32::try_from(p.index)) {
                     (Some(batch), Ok(partition)) if !batch.is_empty() => {
                         parts.push(ProducePartition {
-                            topic: t.name.0.to_string(),
+                            topic: name.clone(),
                             partition,
                             batch: batch.clone(),
                         })
@@ -653,7 +721,11 @@ impl KafkaService {
         };
         for (ti, t) in r.topic_data.iter().enumerate() {
             let mut tr = km::produce_response::TopicProduceResponse::default();
-            tr.name = t.name.clone();
+            if version >= 13 {
+                tr.topic_id = t.topic_id;
+            } else {
+                tr.name = t.name.clone();
+            }
             for (pi, p) in t.partition_data.iter().enumerate() {
                 let mut pr = km::produce_response::PartitionProduceResponse::default();
                 pr.index = p.index;
@@ -680,46 +752,65 @@ impl KafkaService {
 
     async fn fetch(&self, r: km::FetchRequest, version: i16, cid: i32) -> OutFrame {
         let mut parts = Vec::new();
-        // (topic, partition index) in request order; a negative partition is answered
-        // with an error without asking the shard.
-        let mut order: Vec<(String, Vec<(i32, bool)>)> = Vec::new();
+        // Per topic in request order: its name, its id, and each partition with the
+        // error it gets without asking the shard (a negative partition, an unknown
+        // topic id), or `None` when the shard answers it.
+        let mut order: Vec<(String, uuid::Uuid, Vec<(i32, Option<i16>)>)> = Vec::new();
         for t in &r.topics {
-            let name = t.topic.0.to_string();
+            // From v13 topics are named by id (KIP-516).
+            let name = if version >= 13 {
+                self.topic_by_uuid(t.topic_id)
+            } else {
+                Some(t.topic.0.to_string())
+            };
             let mut ps = Vec::new();
             for p in &t.partitions {
-                match u32::try_from(p.partition) {
-                    Ok(partition) => {
+                match (&name, u32::try_from(p.partition)) {
+                    (None, _) => ps.push((p.partition, Some(errors::UNKNOWN_TOPIC_ID))),
+                    (Some(name), Ok(partition)) => {
                         parts.push(FetchPartition {
                             topic: name.clone(),
                             partition,
                             offset: p.fetch_offset,
                             max_bytes: p.partition_max_bytes.max(0) as u32,
                         });
-                        ps.push((p.partition, true));
+                        ps.push((p.partition, None));
                     }
-                    Err(_) => ps.push((p.partition, false)),
+                    (Some(_), Err(_)) => {
+                        ps.push((p.partition, Some(errors::UNKNOWN_TOPIC_OR_PARTITION)))
+                    }
                 }
             }
-            order.push((name, ps));
+            order.push((name.unwrap_or_default(), t.topic_id, ps));
         }
+        let max_bytes = if r.max_bytes > 0 {
+            r.max_bytes as u32
+        } else {
+            i32::MAX as u32
+        };
         let answer = self
             .shard
             .clone()
             .handle_request(Request::Fetch {
                 max_wait_ms: r.max_wait_ms.max(0) as u32,
                 min_bytes: r.min_bytes.max(0) as u32,
-                max_bytes: if r.max_bytes > 0 {
-                    r.max_bytes as u32
-                } else {
-                    i32::MAX as u32
-                },
+                max_bytes,
                 partitions: parts,
             })
             .await;
         let mut results = match answer {
-            Response::Fetch(v) => v.into_iter(),
-            _ => Vec::new().into_iter(),
+            Response::Fetch(v) => v,
+            _ => Vec::new(),
         };
+        let limits: Vec<usize> = r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .filter(|p| p.partition >= 0)
+            .map(|p| p.partition_max_bytes.max(0) as usize)
+            .collect();
+        limit_fetch(&mut results, &limits, max_bytes as usize);
+        let mut results = results.into_iter();
         let flexible = version >= 12;
         let mut f = OutFrame::begin();
         {
@@ -733,11 +824,15 @@ impl KafkaService {
             b.put_i32(0); // session id 0: no incremental fetch session (KIP-227)
             put_len(b, order.len(), flexible);
         }
-        for (name, ps) in &order {
-            put_string(f.bytes_mut(), name, flexible);
+        for (name, id, ps) in &order {
+            if version >= 13 {
+                f.bytes_mut().put_slice(id.as_bytes());
+            } else {
+                put_string(f.bytes_mut(), name, flexible);
+            }
             put_len(f.bytes_mut(), ps.len(), flexible);
-            for &(partition, asked) in ps {
-                let res = if asked { results.next() } else { None };
+            for &(partition, early) in ps {
+                let res = if early.is_none() { results.next() } else { None };
                 let b = f.bytes_mut();
                 b.put_i32(partition);
                 match &res {
@@ -748,7 +843,7 @@ impl KafkaService {
                         b.put_i64(res.start_offset);
                     }
                     None => {
-                        b.put_i16(errors::UNKNOWN_TOPIC_OR_PARTITION);
+                        b.put_i16(early.unwrap_or(errors::UNKNOWN_TOPIC_OR_PARTITION));
                         b.put_i64(-1);
                         b.put_i64(-1);
                         b.put_i64(-1);
@@ -781,11 +876,24 @@ impl KafkaService {
         f.seal()
     }
 
+    /// The name of the topic with Kafka id `id`, if there is one.
+    fn topic_by_uuid(&self, id: uuid::Uuid) -> Option<String> {
+        let (ns, n) = id.as_u64_pair();
+        if ns != TOPIC_UUID_NAMESPACE || n == 0 {
+            return None;
+        }
+        let want = u32::try_from(n - 1).ok()?;
+        self.shard
+            .topic_names()
+            .into_iter()
+            .find(|name| self.shard.topic(name).is_some_and(|m| m.id == want))
+    }
+
     /// Native ListOffsets: (topic, partition, error, offset) in request order.
     async fn offsets(
         &self,
         parts: Vec<(String, u32, i64)>,
-    ) -> std::vec::IntoIter<(String, u32, WireError, i64)> {
+    ) -> std::vec::IntoIter<(String, u32, WireError, i64, i64)> {
         let answer = self
             .shard
             .clone()
@@ -822,9 +930,10 @@ impl KafkaService {
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
                 match results.next() {
-                    Some((_, _, e, offset)) if p.partition_index >= 0 => {
+                    Some((_, _, e, offset, timestamp)) if p.partition_index >= 0 => {
                         pr.error_code = code(&e);
                         pr.offset = offset;
+                        pr.timestamp = timestamp;
                         if offset >= 0 && version >= 4 {
                             pr.leader_epoch = 0;
                         }
@@ -1052,22 +1161,30 @@ impl KafkaService {
         resp
     }
 
-    /// A producer id for an idempotent producer ([`Shard::new_producer_id`]). A producer
-    /// that gives its id and epoch back (KIP-360) gets the next epoch. Transactions are
-    /// not supported.
-    fn init_producer_id(&self, r: km::InitProducerIdRequest) -> km::InitProducerIdResponse {
+    /// A producer id for an idempotent producer: always a new one, with epoch 0, as
+    /// Kafka answers when there is no transactional id. The id and epoch a client sends
+    /// are ignored: an id the broker did not issue must never become the client's
+    /// (some clients send producer id 0 by default; they would all share it).
+    async fn init_producer_id(
+        &self,
+        r: km::InitProducerIdRequest,
+        version: i16,
+    ) -> km::InitProducerIdResponse {
         let mut resp = km::InitProducerIdResponse::default();
+        resp.producer_id = km::ProducerId(-1);
+        resp.producer_epoch = -1;
         if r.transactional_id.is_some() {
-            resp.error_code = errors::INVALID_REQUEST;
+            resp.error_code = TRANSACTIONS_UNSUPPORTED;
+            let _ = version;
             return resp;
         }
-        if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX - 1 {
-            resp.producer_id = r.producer_id;
-            resp.producer_epoch = r.producer_epoch + 1;
-            return resp;
+        match self.shard.new_producer_id().await {
+            Ok(id) => {
+                resp.producer_id = km::ProducerId(id);
+                resp.producer_epoch = 0;
+            }
+            Err(e) => resp.error_code = code(&e),
         }
-        resp.producer_id = km::ProducerId(self.shard.new_producer_id());
-        resp.producer_epoch = 0;
         resp
     }
 
@@ -1188,6 +1305,9 @@ impl KafkaService {
     }
 
     /// Every group's coordinator is this node (the group's shard is found inside).
+    /// From v4 a request names several keys (KIP-699) and each gets its own answer.
+    /// Transaction coordinators (key type 1) are refused: transactions are not
+    /// supported; share groups (key type 2) neither.
     fn find_coordinator(
         &self,
         r: km::FindCoordinatorRequest,
@@ -1195,11 +1315,41 @@ impl KafkaService {
     ) -> km::FindCoordinatorResponse {
         let mut resp = km::FindCoordinatorResponse::default();
         let (host, port) = self.broker();
-        if r.key_type != 0 {
-            resp.error_code = errors::INVALID_REQUEST;
+        let refusal = match r.key_type {
+            0 => None,
+            1 => Some((TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string())),
+            2 => Some((
+                errors::INVALID_REQUEST,
+                "share groups are not supported by this broker".to_string(),
+            )),
+            t => Some((errors::INVALID_REQUEST, format!("unknown coordinator key type {t}"))),
+        };
+        if version >= 4 {
+            for key in r.coordinator_keys {
+                let mut c = km::find_coordinator_response::Coordinator::default();
+                c.key = key;
+                match &refusal {
+                    Some((code, message)) => {
+                        c.error_code = *code;
+                        c.error_message = Some(s(message));
+                        c.node_id = km::BrokerId(-1);
+                        c.host = s("");
+                        c.port = -1;
+                    }
+                    None => {
+                        c.node_id = km::BrokerId(NODE_ID);
+                        c.host = host.clone();
+                        c.port = port;
+                    }
+                }
+                resp.coordinators.push(c);
+            }
+            return resp;
+        }
+        if let Some((code, message)) = refusal {
+            resp.error_code = code;
             if version >= 1 {
-                resp.error_message =
-                    Some(s("transactions are not supported: only group coordinators"));
+                resp.error_message = Some(s(&message));
             }
             resp.node_id = km::BrokerId(-1);
             resp.port = -1;
@@ -1208,6 +1358,67 @@ impl KafkaService {
         resp.node_id = km::BrokerId(NODE_ID);
         resp.host = host;
         resp.port = port;
+        resp
+    }
+
+    /// OffsetFetch from v8 names several groups; each is asked on its own shard as a
+    /// v7 request, and the answers are put together.
+    async fn offset_fetch_groups(
+        &self,
+        r: km::OffsetFetchRequest,
+        client_id: &str,
+    ) -> km::OffsetFetchResponse {
+        let mut resp = km::OffsetFetchResponse::default();
+        for g in r.groups {
+            let mut one = km::OffsetFetchRequest::default();
+            one.group_id = g.group_id.clone();
+            one.require_stable = r.require_stable;
+            one.topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| {
+                        let mut q = km::offset_fetch_request::OffsetFetchRequestTopic::default();
+                        q.name = t.name;
+                        q.partition_indexes = t.partition_indexes;
+                        q
+                    })
+                    .collect()
+            });
+            let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
+            gr.group_id = g.group_id.clone();
+            match self
+                .on_group_shard(g.group_id.0.as_str(), RequestKind::OffsetFetch(one), 7, client_id)
+                .await
+            {
+                Some(ResponseKind::OffsetFetch(a)) => {
+                    gr.error_code = a.error_code;
+                    gr.topics = a
+                        .topics
+                        .into_iter()
+                        .map(|t| {
+                            let mut tr =
+                                km::offset_fetch_response::OffsetFetchResponseTopics::default();
+                            tr.name = t.name;
+                            tr.partitions = t
+                                .partitions
+                                .into_iter()
+                                .map(|p| {
+                                    let mut pr = km::offset_fetch_response::OffsetFetchResponsePartitions::default();
+                                    pr.partition_index = p.partition_index;
+                                    pr.committed_offset = p.committed_offset;
+                                    pr.committed_leader_epoch = p.committed_leader_epoch;
+                                    pr.metadata = p.metadata;
+                                    pr.error_code = p.error_code;
+                                    pr
+                                })
+                                .collect();
+                            tr
+                        })
+                        .collect();
+                }
+                _ => gr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
+            }
+            resp.groups.push(gr);
+        }
         resp
     }
 
@@ -1225,6 +1436,15 @@ impl KafkaService {
                 Some(ResponseKind::ListGroups(l)) => resp.groups.extend(l.groups),
                 _ => resp.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
             }
+        }
+        // v5 (KIP-848): every group here is a classic group.
+        if !r.types_filter.is_empty()
+            && !r
+                .types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("classic"))
+        {
+            resp.groups.clear();
         }
         if !r.states_filter.is_empty() {
             resp.groups.retain(|g| {
@@ -1357,11 +1577,11 @@ impl KafkaService {
                 let mut pr = km::offset_for_leader_epoch_response::EpochEndOffset::default();
                 pr.partition = p.partition;
                 match results.next() {
-                    Some((_, _, e, offset)) if e.is_ok() && p.leader_epoch >= 0 => {
+                    Some((_, _, e, offset, _)) if e.is_ok() && p.leader_epoch >= 0 => {
                         pr.leader_epoch = 0;
                         pr.end_offset = offset;
                     }
-                    Some((_, _, e, _)) if !e.is_ok() => {
+                    Some((_, _, e, _, _)) if !e.is_ok() => {
                         pr.error_code = code(&e);
                         pr.leader_epoch = -1;
                         pr.end_offset = -1;

@@ -1582,6 +1582,28 @@ impl PartitionLog {
     /// ListOffsets by timestamp), or `None` when every record is older. For compressed
     /// batches the answer is the batch's base offset.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        Ok(self
+            .record_for_timestamp(timestamp_ms)
+            .await?
+            .map(|(offset, _)| offset))
+    }
+
+    /// The largest record timestamp in the log, or -1 for an empty log (Kafka's
+    /// `MAX_TIMESTAMP` query, KIP-734, looks up the record with it).
+    pub fn max_timestamp(&self) -> i64 {
+        let s = self.state.borrow();
+        s.closed
+            .values()
+            .map(|c| c.max_timestamp_ms)
+            .chain(std::iter::once(s.active.builder.max_timestamp_ms))
+            .max()
+            .unwrap_or(-1)
+    }
+
+    /// [`PartitionLog::offset_for_timestamp`] with the found record's timestamp:
+    /// `(offset, timestamp)`. In a compressed batch, or under `LogAppendTime`, records
+    /// are not looked into: the batch's base offset and its largest timestamp.
+    pub async fn record_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
         self.ensure_active_index().await?;
         enum Target {
             Active(Rc<SegmentFile>, u64, u64),
@@ -1628,7 +1650,7 @@ impl PartitionLog {
             if h.info.compression != batch::Compression::None
                 || self.state.borrow().config.timestamp_type == TimestampType::LogAppendTime
             {
-                return Ok(Some(h.info.base_offset));
+                return Ok(Some((h.info.base_offset, h.info.max_timestamp)));
             }
             let body = file.read_exact(h.position, h.info.size_bytes).await?;
             let records = batch::records(&body).map_err(|_| Error::Corrupt {
@@ -1636,11 +1658,12 @@ impl PartitionLog {
                 path: file.path().to_owned(),
             })?;
             for r in records {
-                if h.info.base_timestamp + r.timestamp_delta >= timestamp_ms {
-                    return Ok(Some(h.info.base_offset + i64::from(r.offset_delta)));
+                let ts = h.info.base_timestamp + r.timestamp_delta;
+                if ts >= timestamp_ms {
+                    return Ok(Some((h.info.base_offset + i64::from(r.offset_delta), ts)));
                 }
             }
-            return Ok(Some(h.info.base_offset));
+            return Ok(Some((h.info.base_offset, h.info.max_timestamp)));
         }
         Ok(None)
     }
