@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// Largest batch accepted, bytes [default: 1048588]
     #[arg(long, env = "RINGMQ_MESSAGE_BYTES_MAX")]
     message_bytes_max: Option<usize>,
+    /// Bytes of appends a partition queues while its previous write and sync run;
+    /// further appends wait, in arrival order (at least --message-bytes-max)
+    /// [default: 8388608]
+    #[arg(long, env = "RINGMQ_WRITE_BUFFER_BYTES_MAX")]
+    write_buffer_bytes_max: Option<usize>,
     /// Requests in flight per connection [default: 64]
     #[arg(long, env = "RINGMQ_INFLIGHT_MAX")]
     inflight_max: Option<usize>,
@@ -138,6 +143,7 @@ struct FileConfig {
     retention_ms: Option<i64>,
     flush: Option<String>,
     message_bytes_max: Option<usize>,
+    write_buffer_bytes_max: Option<usize>,
     inflight_max: Option<usize>,
     request_memory_bytes_max: Option<usize>,
     idle_timeout_ms: Option<u64>,
@@ -221,6 +227,9 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     if let Some(v) = args.message_bytes_max.or(file.message_bytes_max) {
         log_defaults.message_bytes_max = v;
         log_defaults.write_buffer_bytes_max = log_defaults.write_buffer_bytes_max.max(v);
+    }
+    if let Some(v) = args.write_buffer_bytes_max.or(file.write_buffer_bytes_max) {
+        log_defaults.write_buffer_bytes_max = v.max(log_defaults.message_bytes_max);
     }
     log_defaults.validate().context("invalid log settings")?;
     let kafka_listen = match args

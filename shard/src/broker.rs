@@ -86,6 +86,9 @@ pub enum Call {
     Counters,
     /// Change a topic (on the metadata shard).
     ChangeTopic(TopicChange),
+    /// Move log start offsets of partitions the callee owns: (topic, partition,
+    /// offset) (Kafka's DeleteRecords).
+    DeleteRecords(Vec<(String, u32, i64)>),
     /// A consumer-group request for a group this shard coordinates; `wait` is how long
     /// it may legitimately take (a join waits for the rebalance).
     Group {
@@ -135,6 +138,8 @@ pub enum Reply {
     Counters(Vec<(String, u64)>),
     /// Answer to `Call::Group`.
     Group(Box<ResponseKind>),
+    /// Answer to `Call::DeleteRecords`: (error, log start offset) per partition.
+    DeletedRecords(Vec<(WireError, i64)>),
 }
 
 /// What travels on a cross-shard channel.
@@ -607,6 +612,9 @@ impl Shard {
                     }
                     Call::ChangeTopic(c) => {
                         Reply::Response(self.clone().change_metadata(Edit::Topic(c)).await)
+                    }
+                    Call::DeleteRecords(parts) => {
+                        Reply::DeletedRecords(self.delete_records_local(parts).await)
                     }
                 };
                 self.reply(from, id, reply).await;
@@ -1459,6 +1467,58 @@ impl Shard {
             }
             futures_lite::future::or(arrived, self.timers.sleep_until(deadline)).await;
         }
+    }
+
+    /// Kafka's DeleteRecords: moves each partition's log start offset up to the given
+    /// offset (-1: the high watermark). Returns (error, log start offset) per
+    /// partition, in request order.
+    pub async fn delete_records(
+        self: Rc<Self>,
+        parts: Vec<(String, u32, i64)>,
+    ) -> Vec<(WireError, i64)> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let r = match self.owner(&part.0, part.1) {
+                Err(e) => (e, -1),
+                Ok(owner) if owner == self.opts.shard_id => {
+                    self.delete_records_local(vec![part]).await.remove(0)
+                }
+                Ok(owner) => match self.call(owner, Call::DeleteRecords(vec![part])).await {
+                    Some(Reply::DeletedRecords(mut v)) if v.len() == 1 => v.remove(0),
+                    _ => (
+                        WireError::new(
+                            ErrorCode::Unavailable,
+                            format!("shard {owner} did not answer"),
+                        ),
+                        -1,
+                    ),
+                },
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    async fn delete_records_local(&self, parts: Vec<(String, u32, i64)>) -> Vec<(WireError, i64)> {
+        let mut out = Vec::with_capacity(parts.len());
+        for (t, p, offset) in parts {
+            let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
+            let Some(log) = log else {
+                out.push((
+                    WireError::new(ErrorCode::UnknownPartition, "partition is not on this shard"),
+                    -1,
+                ));
+                continue;
+            };
+            out.push(match log.delete_records_before(offset).await {
+                Ok(start) => {
+                    tracing::info!(topic = %t, partition = p, start, "records deleted: log start offset moved");
+                    (WireError::none(), start)
+                }
+                Err(e) => (storage_error(&e), -1),
+            });
+        }
+        out
     }
 
     async fn list_offsets(self: Rc<Self>, partitions: Vec<(String, u32, i64)>) -> Response {

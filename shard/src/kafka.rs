@@ -455,8 +455,14 @@ impl KafkaService {
             RequestKind::IncrementalAlterConfigs(r) => {
                 ResponseKind::IncrementalAlterConfigs(self.alter_configs(r).await)
             }
+            RequestKind::DeleteRecords(r) => {
+                ResponseKind::DeleteRecords(self.delete_records(r).await)
+            }
+            RequestKind::AlterConfigs(r) => {
+                ResponseKind::AlterConfigs(self.alter_configs_whole(r).await)
+            }
             RequestKind::InitProducerId(r) => {
-                ResponseKind::InitProducerId(self.init_producer_id(r, version).await)
+                ResponseKind::InitProducerId(self.init_producer_id(r).await)
             }
             RequestKind::OffsetForLeaderEpoch(r) => {
                 ResponseKind::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r).await)
@@ -1165,18 +1171,21 @@ impl KafkaService {
     /// Kafka answers when there is no transactional id. The id and epoch a client sends
     /// are ignored: an id the broker did not issue must never become the client's
     /// (some clients send producer id 0 by default; they would all share it).
-    async fn init_producer_id(
-        &self,
-        r: km::InitProducerIdRequest,
-        version: i16,
-    ) -> km::InitProducerIdResponse {
+    async fn init_producer_id(&self, r: km::InitProducerIdRequest) -> km::InitProducerIdResponse {
         let mut resp = km::InitProducerIdResponse::default();
         resp.producer_id = km::ProducerId(-1);
         resp.producer_epoch = -1;
-        if r.transactional_id.is_some() {
-            resp.error_code = TRANSACTIONS_UNSUPPORTED;
-            let _ = version;
-            return resp;
+        match &r.transactional_id {
+            None => {}
+            // Kafka's answer to an empty transactional id.
+            Some(t) if t.is_empty() => {
+                resp.error_code = errors::INVALID_REQUEST;
+                return resp;
+            }
+            Some(_) => {
+                resp.error_code = TRANSACTIONS_UNSUPPORTED;
+                return resp;
+            }
         }
         match self.shard.new_producer_id().await {
             Ok(id) => {
@@ -1224,6 +1233,113 @@ impl KafkaService {
             resp.results.push(tr);
         }
         resp
+    }
+
+    /// DeleteRecords: moves log start offsets (retention and reads respect them).
+    async fn delete_records(&self, r: km::DeleteRecordsRequest) -> km::DeleteRecordsResponse {
+        let mut parts = Vec::new();
+        for t in &r.topics {
+            for p in &t.partitions {
+                parts.push((t.name.0.to_string(), p.partition_index.max(0) as u32, p.offset));
+            }
+        }
+        let mut results = self.shard.clone().delete_records(parts).await.into_iter();
+        let mut resp = km::DeleteRecordsResponse::default();
+        for t in &r.topics {
+            let mut tr = km::delete_records_response::DeleteRecordsTopicResult::default();
+            tr.name = t.name.clone();
+            for p in &t.partitions {
+                let mut pr = km::delete_records_response::DeleteRecordsPartitionResult::default();
+                pr.partition_index = p.partition_index;
+                match results.next() {
+                    Some((e, start)) if p.partition_index >= 0 => {
+                        pr.error_code = code(&e);
+                        pr.low_watermark = start;
+                    }
+                    _ => {
+                        pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.low_watermark = -1;
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    /// AlterConfigs (the whole set): a topic's configs become exactly the ones given;
+    /// every other goes back to its default.
+    async fn alter_configs_whole(&self, r: km::AlterConfigsRequest) -> km::AlterConfigsResponse {
+        let mut resp = km::AlterConfigsResponse::default();
+        for res in r.resources {
+            let mut rr = km::alter_configs_response::AlterConfigsResourceResponse::default();
+            rr.resource_type = res.resource_type;
+            rr.resource_name = res.resource_name.clone();
+            let name = res.resource_name.to_string();
+            let result = if res.resource_type != 2 {
+                Err((
+                    errors::INVALID_REQUEST,
+                    format!(
+                        "resource type {}: only topics (2) can be altered",
+                        res.resource_type
+                    ),
+                ))
+            } else if let Some(meta) = self.shard.topic(&name) {
+                match configs_from_kafka(
+                    res.configs
+                        .iter()
+                        .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
+                ) {
+                    Err(e) => Err((errors::INVALID_CONFIG, e)),
+                    Ok(set) => {
+                        let remove: Vec<String> = meta
+                            .configs
+                            .keys()
+                            .filter(|k| !set.iter().any(|(s, _)| s == *k))
+                            .cloned()
+                            .collect();
+                        self.change_configs(name, set, remove, r.validate_only).await
+                    }
+                }
+            } else {
+                Err((
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name:?}"),
+                ))
+            };
+            if let Err((c, m)) = result {
+                rr.error_code = c;
+                rr.error_message = Some(s(&m));
+            }
+            resp.responses.push(rr);
+        }
+        resp
+    }
+
+    /// Sets and removes a topic's configs (ringmq's names) on the metadata shard.
+    async fn change_configs(
+        &self,
+        name: String,
+        set: Vec<(String, String)>,
+        remove: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        let e = self
+            .shard
+            .clone()
+            .change_topic(TopicChange::Configs {
+                name,
+                set,
+                remove,
+                validate_only,
+            })
+            .await;
+        match e.code {
+            ErrorCode::None => Ok(()),
+            ErrorCode::InvalidRequest => Err((errors::INVALID_CONFIG, e.message)),
+            _ => Err((code(&e), e.message)),
+        }
     }
 
     /// IncrementalAlterConfigs on topics: SET and DELETE of the settings ringmq has

@@ -27,6 +27,9 @@ use crate::notify::Notify;
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
+/// The log start offset set by [`PartitionLog::delete_records_before`] (Kafka's
+/// `log-start-offset-checkpoint`), when it lies above the first segment's base.
+const LOG_START_FILE: &str = "log-start-offset";
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 const HEADER_SCAN_CHUNK_BYTES: usize = 16 << 10;
 
@@ -793,7 +796,8 @@ impl PartitionLog {
         write_recovery_point(&dir, active_base).await?;
         let next_offset = scan.next_offset;
         leader_epochs.retain(|&(_, start)| start <= next_offset);
-        let start_offset = closed.keys().next().copied().unwrap_or(active_base);
+        let first_base = closed.keys().next().copied().unwrap_or(active_base);
+        let start_offset = read_log_start(&dir).await?.max(first_base).min(next_offset);
         if report.truncated_bytes > 0 || report.segments_scanned > 0 || report.indexes_rebuilt > 0 {
             tracing::info!(
                 dir = %dir.display(),
@@ -1685,7 +1689,8 @@ impl PartitionLog {
                 let by_time = s.config.retention_ms.is_some_and(|ms| {
                     c.max_timestamp_ms >= 0 && now_ms - c.max_timestamp_ms > ms as i64
                 });
-                if !(by_size || by_time) {
+                let below_start = c.next_offset <= s.start_offset;
+                if !(by_size || by_time || below_start) {
                     break;
                 }
                 total -= c.size_bytes;
@@ -1695,7 +1700,7 @@ impl PartitionLog {
                 s.closed.remove(&c.base_offset);
             }
             if let Some(last) = doomed.last() {
-                s.start_offset = last.next_offset;
+                s.start_offset = s.start_offset.max(last.next_offset);
                 s.tail.batches.retain(|b| b.0 >= last.next_offset);
                 s.tail.bytes = s.tail.batches.iter().map(|b| b.2.len()).sum();
             }
@@ -1728,6 +1733,37 @@ impl PartitionLog {
             "retention deleted segments"
         );
         Ok(outcome)
+    }
+
+    /// Kafka's DeleteRecords: moves the log start offset up to `offset` (-1: the
+    /// committed offset, Kafka's high watermark), so records below it are no longer
+    /// read, and deletes the segments wholly below it. The new start is recorded
+    /// durably before it takes effect. An offset below the start changes nothing; one
+    /// above the committed offset is refused. Returns the log start offset.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        let (start, committed) = {
+            let s = self.state.borrow();
+            self.check_writable(&s)?;
+            (s.start_offset, Self::committed(&s))
+        };
+        let offset = if offset == -1 { committed } else { offset };
+        if offset < 0 || offset > committed {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                start,
+                end: committed,
+            });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        write_log_start(&self.dir, offset).await?;
+        {
+            let mut s = self.state.borrow_mut();
+            s.start_offset = s.start_offset.max(offset);
+        }
+        self.apply_retention(now_ms()).await?;
+        Ok(self.start_offset())
     }
 
     /// Cuts the log back so that `offset` is its end (a follower that diverged from
@@ -2071,6 +2107,23 @@ async fn read_recovery_point(dir: &Path) -> Result<i64> {
         tracing::warn!(dir = %dir.display(), "unreadable recovery point; validating every segment");
         0
     }))
+}
+
+async fn read_log_start(dir: &Path) -> Result<i64> {
+    let Some(bytes) = io::read_file(&dir.join(LOG_START_FILE)).await? else {
+        return Ok(0);
+    };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .ok_or_else(|| Error::Corrupt {
+            what: "log start offset checkpoint",
+            path: dir.join(LOG_START_FILE),
+        })
+}
+
+async fn write_log_start(dir: &Path, offset: i64) -> Result<()> {
+    io::write_file_atomic(&dir.join(LOG_START_FILE), format!("{offset}\n").as_bytes()).await
 }
 
 async fn write_recovery_point(dir: &Path, offset: i64) -> Result<()> {

@@ -559,3 +559,54 @@ fn pipelined_appends_of_mixed_sizes_are_stored_in_arrival_order() {
         });
     }
 }
+
+#[test]
+fn delete_records_moves_the_start_durably_and_retention_respects_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let cfg = small_config();
+        let log = open(&path, cfg.clone()).await;
+        for i in 0..100u64 {
+            log.append(bm(&make_batch(i, 2, 1000, 1000 + i as i64)))
+                .await
+                .unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(segments > 2);
+        let end = log.end_offset();
+        // Beyond the committed offset: refused, nothing changes.
+        let e = log.delete_records_before(end + 1).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OffsetOutOfRange);
+        assert_eq!(log.start_offset(), 0);
+        // Into the middle of a batch of a later segment.
+        assert_eq!(log.delete_records_before(101).await.unwrap(), 101);
+        assert_eq!(log.start_offset(), 101);
+        assert!(log.segment_count() < segments, "segments below the start deleted");
+        assert_eq!(
+            log.read(99, 1 << 20).await.unwrap_err().kind(),
+            ErrorKind::OffsetOutOfRange
+        );
+        let r = log.read(101, 1 << 20).await.unwrap();
+        assert!(!r.is_empty());
+        // Lower than the start: nothing changes.
+        assert_eq!(log.delete_records_before(50).await.unwrap(), 101);
+        // Retention never moves the start back below it.
+        log.apply_retention(i64::MAX).await.unwrap();
+        assert_eq!(log.start_offset(), 101);
+        log.close().await.unwrap();
+        let log = open(&path, cfg.clone()).await;
+        assert_eq!(log.start_offset(), 101, "the start survives a reopen");
+        // -1 means the committed offset.
+        assert_eq!(log.delete_records_before(-1).await.unwrap(), end);
+        let at = log
+            .append(bm(&make_batch(7, 1, 10, 5000)))
+            .await
+            .unwrap();
+        assert_eq!(at.base_offset, end);
+        log.close().await.unwrap();
+        let log = open(&path, cfg).await;
+        assert_eq!(log.start_offset(), end);
+        assert_eq!(read_all(&log).await.len(), 1);
+    });
+}
