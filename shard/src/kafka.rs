@@ -826,8 +826,10 @@ impl KafkaService {
                 b.put_u8(0); // response header tagged fields
             }
             b.put_i32(0); // throttle_time_ms
-            b.put_i16(errors::NONE);
-            b.put_i32(0); // session id 0: no incremental fetch session (KIP-227)
+            if version >= 7 {
+                b.put_i16(errors::NONE);
+                b.put_i32(0); // session id 0: no incremental fetch session (KIP-227)
+            }
             put_len(b, order.len(), flexible);
         }
         for (name, id, ps) in &order {
@@ -846,13 +848,17 @@ impl KafkaService {
                         b.put_i16(code(&res.error));
                         b.put_i64(res.high_watermark);
                         b.put_i64(res.high_watermark); // last stable offset: no transactions
-                        b.put_i64(res.start_offset);
+                        if version >= 5 {
+                            b.put_i64(res.start_offset);
+                        }
                     }
                     None => {
                         b.put_i16(early.unwrap_or(errors::UNKNOWN_TOPIC_OR_PARTITION));
                         b.put_i64(-1);
                         b.put_i64(-1);
-                        b.put_i64(-1);
+                        if version >= 5 {
+                            b.put_i64(-1);
+                        }
                     }
                 }
                 put_len(b, 0, flexible); // aborted transactions: none
