@@ -209,3 +209,227 @@ fn idempotent_batch(producer_id: i64, epoch: i16, seq: i32, value: &str) -> Byte
     batch::fix_crc(&mut b);
     Bytes::from(b)
 }
+
+fn subscription(topics: &[&str]) -> Bytes {
+    use kafka_protocol::protocol::Encodable;
+    let mut b = bytes::BytesMut::new();
+    b.extend_from_slice(&0i16.to_be_bytes());
+    let mut sub = km::ConsumerProtocolSubscription::default();
+    sub.topics = topics.iter().map(|t| s(t)).collect();
+    sub.encode(&mut b, 0).unwrap();
+    b.freeze()
+}
+
+fn join_request(group: &str, member: &str, instance: Option<&str>, topics: &[&str]) -> RequestKind {
+    let mut q = km::JoinGroupRequest::default();
+    q.group_id = km::GroupId(s(group));
+    q.session_timeout_ms = 30_000;
+    q.rebalance_timeout_ms = 30_000;
+    q.member_id = s(member);
+    q.group_instance_id = instance.map(s);
+    q.protocol_type = s("consumer");
+    let mut p = km::join_group_request::JoinGroupRequestProtocol::default();
+    p.name = s("range");
+    p.metadata = subscription(topics);
+    q.protocols = vec![p];
+    RequestKind::JoinGroup(q)
+}
+
+fn joined(r: ResponseKind) -> km::JoinGroupResponse {
+    match r {
+        ResponseKind::JoinGroup(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sync_request(
+    group: &str,
+    generation: i32,
+    member: &str,
+    instance: Option<&str>,
+    assignments: &[(&str, &str)],
+) -> RequestKind {
+    let mut q = km::SyncGroupRequest::default();
+    q.group_id = km::GroupId(s(group));
+    q.generation_id = generation;
+    q.member_id = s(member);
+    q.group_instance_id = instance.map(s);
+    q.protocol_type = Some(s("consumer"));
+    q.protocol_name = Some(s("range"));
+    q.assignments = assignments
+        .iter()
+        .map(|(m, a)| {
+            let mut x = km::sync_group_request::SyncGroupRequestAssignment::default();
+            x.member_id = s(m);
+            x.assignment = Bytes::from(a.as_bytes().to_vec());
+            x
+        })
+        .collect();
+    RequestKind::SyncGroup(q)
+}
+
+fn synced(r: ResponseKind) -> (i16, String) {
+    match r {
+        ResponseKind::SyncGroup(r) => (r.error_code, String::from_utf8_lossy(&r.assignment).to_string()),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn heartbeat(k: &mut Kafka, group: &str, generation: i32, member: &str, instance: Option<&str>) -> i16 {
+    let mut q = km::HeartbeatRequest::default();
+    q.group_id = km::GroupId(s(group));
+    q.generation_id = generation;
+    q.member_id = s(member);
+    q.group_instance_id = instance.map(s);
+    match k.call(4, RequestKind::Heartbeat(q)) {
+        ResponseKind::Heartbeat(r) => r.error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn commit(
+    k: &mut Kafka,
+    group: &str,
+    generation: i32,
+    member: &str,
+    instance: Option<&str>,
+    parts: &[(&str, i32, i64)],
+) -> Vec<i16> {
+    let mut q = km::OffsetCommitRequest::default();
+    q.group_id = km::GroupId(s(group));
+    q.generation_id_or_member_epoch = generation;
+    q.member_id = s(member);
+    q.group_instance_id = instance.map(s);
+    for (t, p, o) in parts {
+        let mut pp = km::offset_commit_request::OffsetCommitRequestPartition::default();
+        pp.partition_index = *p;
+        pp.committed_offset = *o;
+        let mut tt = km::offset_commit_request::OffsetCommitRequestTopic::default();
+        tt.name = km::TopicName(s(t));
+        tt.partitions = vec![pp];
+        q.topics.push(tt);
+    }
+    match k.call(9, RequestKind::OffsetCommit(q)) {
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+const ILLEGAL_GENERATION: i16 = 22;
+const UNKNOWN_MEMBER_ID: i16 = 25;
+const REBALANCE_IN_PROGRESS: i16 = 27;
+const FENCED_INSTANCE_ID: i16 = 82;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+
+/// Static membership (KIP-345): a static member that restarts gets its place and its
+/// assignment back without a rebalance of the others, and its old member id is fenced.
+/// Ids the coordinator did not hand out, or that belong to another instance, are
+/// refused. Commits for partitions that do not exist, and the deletion of offsets of
+/// topics the group consumes, are refused per partition.
+#[test]
+fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&dir.path().join("data"));
+    let mut k = Kafka::connect(b.kafka);
+    create_topic(&mut k, "st", 2, &[]);
+    create_topic(&mut k, "other", 1, &[]);
+    let g = "static-group";
+    let (mut ka, mut kb) = (Kafka::connect(b.kafka), Kafka::connect(b.kafka));
+    // A joins alone: generation 1, A leads.
+    let r = joined(ka.call(9, join_request(g, "", Some("i1"), &["st"])));
+    assert_eq!(r.error_code, 0);
+    let a = r.member_id.to_string();
+    assert_eq!(synced(ka.call(5, sync_request(g, r.generation_id, &a, Some("i1"), &[(&a, "a1")]))).1, "a1");
+    // B joins; A rejoins when its heartbeat says so.
+    let b_join = kb.send(9, join_request(g, "", Some("i2"), &["st"]));
+    let mut tries = 0;
+    while heartbeat(&mut ka, g, r.generation_id, &a, Some("i1")) != REBALANCE_IN_PROGRESS {
+        tries += 1;
+        assert!(tries < 200, "the rebalance starts");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let a_join = ka.send(9, join_request(g, &a, Some("i1"), &["st"]));
+    let (ra, rb) = (joined(ka.receive(a_join)), joined(kb.receive(b_join)));
+    assert_eq!((ra.error_code, rb.error_code), (0, 0));
+    assert_eq!(ra.generation_id, rb.generation_id);
+    let generation = ra.generation_id;
+    let bm = rb.member_id.to_string();
+    assert_eq!(ra.leader.as_str(), a);
+    assert_eq!(ra.members.len(), 2);
+    let b_sync = kb.send(5, sync_request(g, generation, &bm, Some("i2"), &[]));
+    let a_sync = synced(ka.call(5, sync_request(g, generation, &a, Some("i1"), &[(&a, "a2"), (&bm, "b2")])));
+    assert_eq!(a_sync, (0, "a2".to_string()));
+    assert_eq!(synced(kb.receive(b_sync)), (0, "b2".to_string()));
+
+    // Ids the coordinator did not issue, or of another instance.
+    assert_eq!(heartbeat(&mut kb, g, generation, "made-up", None), UNKNOWN_MEMBER_ID);
+    assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i1")), FENCED_INSTANCE_ID);
+    assert_eq!(heartbeat(&mut kb, g, generation + 1, &bm, Some("i2")), ILLEGAL_GENERATION);
+    assert_eq!(joined(kb.call(9, join_request(g, "made-up", Some("i2"), &["st"]))).error_code, FENCED_INSTANCE_ID);
+    assert_eq!(commit(&mut kb, g, generation, &bm, Some("i1"), &[("st", 0, 1)]), vec![FENCED_INSTANCE_ID]);
+    assert_eq!(commit(&mut kb, g, generation, "made-up", None, &[("st", 0, 1)]), vec![UNKNOWN_MEMBER_ID]);
+    // The group is untouched by all that.
+    assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i2")), 0);
+
+    // A restarts: same instance id, no member id. It is back at once, in the same
+    // generation, under a new id; B sees no rebalance.
+    let mut ka2 = Kafka::connect(b.kafka);
+    let r = joined(ka2.call(9, join_request(g, "", Some("i1"), &["st"])));
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.generation_id, generation, "no new generation");
+    let a2 = r.member_id.to_string();
+    assert_ne!(a2, a);
+    assert_eq!(r.leader.as_str(), a2, "it led before, it leads now");
+    assert!(r.skip_assignment, "the leader keeps the assignment it made");
+    assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i2")), 0, "B: no rebalance");
+    assert_eq!(synced(ka2.call(5, sync_request(g, generation, &a2, Some("i1"), &[]))), (0, "a2".to_string()));
+    // The old id is fenced.
+    assert_eq!(heartbeat(&mut ka, g, generation, &a, Some("i1")), FENCED_INSTANCE_ID);
+    assert_eq!(heartbeat(&mut ka, g, generation, &a, None), UNKNOWN_MEMBER_ID);
+
+    // Commits: per partition, unknown ones refused.
+    assert_eq!(
+        commit(&mut kb, g, generation, &bm, Some("i2"), &[("st", 0, 5), ("nope", 0, 5), ("st", 99, 5), ("other", 0, 7)]),
+        vec![0, UNKNOWN_TOPIC_OR_PARTITION, UNKNOWN_TOPIC_OR_PARTITION, 0]
+    );
+    // OffsetDelete while the group has members: the topic it consumes is refused, the
+    // other deleted.
+    let mut q = km::OffsetDeleteRequest::default();
+    q.group_id = km::GroupId(s(g));
+    for t in ["st", "other"] {
+        let mut tt = km::offset_delete_request::OffsetDeleteRequestTopic::default();
+        tt.name = km::TopicName(s(t));
+        let mut p = km::offset_delete_request::OffsetDeleteRequestPartition::default();
+        p.partition_index = 0;
+        tt.partitions = vec![p];
+        q.topics.push(tt);
+    }
+    match k.call(0, RequestKind::OffsetDelete(q)) {
+        ResponseKind::OffsetDelete(r) => {
+            assert_eq!(r.error_code, 0);
+            assert_eq!(r.topics[0].partitions[0].error_code, GROUP_SUBSCRIBED_TO_TOPIC);
+            assert_eq!(r.topics[1].partitions[0].error_code, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut t = km::offset_fetch_request::OffsetFetchRequestTopic::default();
+    t.name = km::TopicName(s("other"));
+    t.partition_indexes = vec![0];
+    let mut t2 = km::offset_fetch_request::OffsetFetchRequestTopic::default();
+    t2.name = km::TopicName(s("st"));
+    t2.partition_indexes = vec![0];
+    let mut q = km::OffsetFetchRequest::default();
+    q.group_id = km::GroupId(s(g));
+    q.topics = Some(vec![t, t2]);
+    match k.call(7, RequestKind::OffsetFetch(q)) {
+        ResponseKind::OffsetFetch(r) => {
+            assert_eq!(r.topics[0].partitions[0].committed_offset, -1, "other: deleted");
+            assert_eq!(r.topics[1].partitions[0].committed_offset, 5, "st: kept");
+        }
+        other => panic!("{other:?}"),
+    }
+}

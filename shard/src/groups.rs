@@ -30,7 +30,7 @@
 //! live offsets in a new generation directory (see [`Coordinator::open`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -75,6 +75,8 @@ pub mod errors {
     pub const MEMBER_ID_REQUIRED: i16 = 79;
     /// Static member fenced by a newer instance.
     pub const FENCED_INSTANCE_ID: i16 = 82;
+    /// The group consumes the topic whose offsets were to be deleted.
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 }
 
 /// The shard that coordinates `group`: FNV-1a of the id, modulo the shard count.
@@ -176,6 +178,25 @@ struct Group {
 }
 
 impl Group {
+    /// The member registered with static instance id `iid`.
+    fn static_member(&self, iid: &str) -> Option<&String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.instance_id.as_deref() == Some(iid))
+            .map(|(k, _)| k)
+    }
+
+    /// Kafka's check of a request that names a static instance id: the member must be
+    /// the one registered with that id (KIP-345). `None` when the request may go on.
+    fn fenced(&self, member_id: &str, instance_id: Option<&str>) -> Option<i16> {
+        let iid = instance_id?;
+        match self.static_member(iid) {
+            Some(k) if k == member_id => None,
+            Some(_) => Some(errors::FENCED_INSTANCE_ID),
+            None => Some(errors::UNKNOWN_MEMBER_ID),
+        }
+    }
+
     fn new() -> Self {
         let now = Instant::now();
         Self {
@@ -214,7 +235,6 @@ pub struct Coordinator {
     compact_bytes: u64,
     snapshot_bytes: Cell<u64>,
     initial_delay: Duration,
-    next_member: Cell<u64>,
     partition_count: RefCell<Option<PartitionCounts>>,
     /// Groups whose membership changed since it was last written to the group log.
     dirty: RefCell<std::collections::BTreeSet<String>>,
@@ -323,6 +343,34 @@ pub const NATIVE_PROTOCOL_TYPE: &str = "ringmq";
 
 /// The assignors the broker runs for native consumers.
 pub const ASSIGNORS: [&str; 3] = ["range", "roundrobin", "sticky"];
+
+/// The topics a member subscribes to, from its metadata in the group's protocol:
+/// Kafka's ConsumerProtocolSubscription (a version, then the message) for protocol type
+/// `consumer`, a list of names for native members. `None` for another protocol type or
+/// metadata that does not decode.
+fn subscribed_topics(protocol_type: &str, meta: &Bytes) -> Option<Vec<String>> {
+    use kafka_protocol::protocol::Decodable;
+    match protocol_type {
+        NATIVE_PROTOCOL_TYPE => Some(decode_topics(meta)),
+        "consumer" => {
+            let mut b = meta.clone();
+            if b.len() < 2 {
+                return None;
+            }
+            let version = i16::from_be_bytes([b[0], b[1]]);
+            bytes::Buf::advance(&mut b, 2);
+            // Versions newer than the crate knows keep the fields it reads first.
+            let version = version.clamp(0, 3);
+            let sub = std::panic::catch_unwind(|| {
+                km::ConsumerProtocolSubscription::decode(&mut b.clone(), version).ok()
+            })
+            .ok()
+            .flatten()?;
+            Some(sub.topics.iter().map(|t| t.to_string()).collect())
+        }
+        _ => None,
+    }
+}
 
 fn decode_topics(meta: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(meta)
@@ -724,7 +772,6 @@ impl Coordinator {
             compact_bytes: compact_bytes.max(64 << 10),
             snapshot_bytes: Cell::new(0),
             initial_delay,
-            next_member: Cell::new(1),
             partition_count: RefCell::new(None),
             dirty: RefCell::new(Default::default()),
             restored: RefCell::new(HashMap::new()),
@@ -893,18 +940,33 @@ impl Coordinator {
         }
     }
 
+    /// Tells a replaced static member's waiting join and sync that it is fenced.
+    fn fence_waiters(m: &mut Member) {
+        if let Some(join) = m.join.take() {
+            let _ = join.try_send(JoinDone {
+                error: errors::FENCED_INSTANCE_ID,
+                generation: -1,
+                protocol: String::new(),
+                leader: String::new(),
+                members: Vec::new(),
+            });
+        }
+        if let Some(sync) = m.sync.take() {
+            let _ = sync.try_send((errors::FENCED_INSTANCE_ID, Bytes::new()));
+        }
+    }
+
+    /// A new member id: the client id and a random UUID, as Kafka makes them, so one
+    /// client cannot guess another's id and act as that member.
     fn new_member_id(&self, client_id: &str) -> String {
-        let n = self.next_member.get();
-        self.next_member.set(n + 1);
         format!(
-            "{}-{}-{}-{n}",
+            "{}-{}",
             if client_id.is_empty() {
                 "member"
             } else {
                 client_id
             },
-            self.shard_id,
-            ringmq_storage::now_ms()
+            uuid::Uuid::new_v4()
         )
     }
 
@@ -956,12 +1018,74 @@ impl Coordinator {
             let mut id = q.member_id.to_string();
             if id.is_empty() {
                 // A static member rejoining takes its old member's place.
-                let old = instance_id.as_ref().and_then(|iid| {
-                    g.members
-                        .iter()
-                        .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
-                        .map(|(k, _)| k.clone())
-                });
+                let old = instance_id
+                    .as_ref()
+                    .and_then(|iid| g.static_member(iid).cloned());
+                let protocols: Vec<(String, Bytes)> = q
+                    .protocols
+                    .iter()
+                    .map(|p| (p.name.to_string(), p.metadata.clone()))
+                    .collect();
+                if let Some(old_id) = &old
+                    && g.state == State::Stable
+                    && g.members[old_id].protocols == protocols
+                {
+                    // KIP-345: a static member that restarts with what it had gets its
+                    // place back, under a new member id, without a rebalance of the
+                    // others; its SyncGroup returns its assignment.
+                    let new_id = self.new_member_id(&client_id);
+                    let mut m = g.members.remove(old_id).expect("found above");
+                    Self::fence_waiters(&mut m);
+                    let now = Instant::now();
+                    let session = Duration::from_millis(q.session_timeout_ms as u64);
+                    m.client_id = client_id.clone();
+                    m.client_host = client_host.clone();
+                    m.session_timeout = session;
+                    m.rebalance_timeout = Duration::from_millis(rebalance_timeout.max(0) as u64);
+                    m.deadline = now + session;
+                    g.members.insert(new_id.clone(), m);
+                    if g.leader == *old_id {
+                        g.leader = new_id.clone();
+                    }
+                    self.dirty.borrow_mut().insert(group_id.clone());
+                    tracing::info!(shard = self.shard_id, group = %group_id, old = %old_id, new = %new_id, "static member rejoined without a rebalance");
+                    let leader = g.leader == new_id;
+                    resp.error_code = errors::NONE;
+                    resp.generation_id = g.generation;
+                    resp.member_id = s(&new_id);
+                    resp.leader = s(&g.leader);
+                    resp.protocol_name = Some(s(&g.protocol));
+                    if version >= 7 {
+                        resp.protocol_type = Some(s(&g.protocol_type));
+                    }
+                    // The leader gets the members, as after a rebalance (from v9 it is
+                    // told to skip the assignment: the group keeps the one it has).
+                    if leader {
+                        resp.members = g
+                            .members
+                            .iter()
+                            .map(|(mid, m)| {
+                                let mut jm =
+                                    km::join_group_response::JoinGroupResponseMember::default();
+                                jm.member_id = s(mid);
+                                if version >= 5 {
+                                    jm.group_instance_id = m.instance_id.as_deref().map(s);
+                                }
+                                jm.metadata = m
+                                    .protocols
+                                    .iter()
+                                    .find(|p| p.0 == g.protocol)
+                                    .map(|p| p.1.clone())
+                                    .unwrap_or_default();
+                                jm
+                            })
+                            .collect();
+                        if version >= 9 {
+                            resp.skip_assignment = true;
+                        }
+                    }
+                    return resp;
+                }
                 match old {
                     Some(old_id) => {
                         let m = g.members.remove(&old_id).expect("found above");
@@ -988,6 +1112,9 @@ impl Coordinator {
                         }
                     }
                 }
+            } else if let Some(code) = g.fenced(&id, instance_id.as_deref()) {
+                resp.member_id = s(&id);
+                return fail(resp, code);
             } else if !g.members.contains_key(&id) && g.pending_ids.remove(&id).is_none() {
                 resp.member_id = s(&id);
                 return fail(resp, errors::UNKNOWN_MEMBER_ID);
@@ -1210,6 +1337,10 @@ impl Coordinator {
                 resp.protocol_type = Some(s(&g.protocol_type));
                 resp.protocol_name = Some(s(&g.protocol));
             }
+            if let Some(code) = g.fenced(&member_id, q.group_instance_id.as_deref()) {
+                resp.error_code = code;
+                return resp;
+            }
             if !g.members.contains_key(&member_id) {
                 resp.error_code = errors::UNKNOWN_MEMBER_ID;
                 return resp;
@@ -1272,6 +1403,10 @@ impl Coordinator {
             resp.error_code = errors::UNKNOWN_MEMBER_ID;
             return resp;
         };
+        if let Some(code) = g.fenced(&member_id, q.group_instance_id.as_deref()) {
+            resp.error_code = code;
+            return resp;
+        }
         let (generation, state) = (g.generation, g.state);
         let Some(m) = g.members.get_mut(&member_id) else {
             resp.error_code = errors::UNKNOWN_MEMBER_ID;
@@ -1312,16 +1447,19 @@ impl Coordinator {
         let mut removed = false;
         for (id, iid) in leaving {
             let key = if id.is_empty() {
-                iid.as_ref().and_then(|iid| {
-                    g.members
-                        .iter()
-                        .find(|(_, m)| m.instance_id.as_ref() == Some(iid))
-                        .map(|(k, _)| k.clone())
-                })
+                iid.as_ref().and_then(|iid| g.static_member(iid).cloned())
             } else {
                 Some(id.clone())
             };
-            let code = match key.and_then(|k| g.members.remove(&k).map(|m| (k, m))) {
+            // A static member's id must match its instance id (KIP-345).
+            let fenced = if id.is_empty() {
+                None
+            } else {
+                g.fenced(&id, iid.as_deref())
+            };
+            let code = match fenced {
+                Some(code) => code,
+                None => match key.and_then(|k| g.members.remove(&k).map(|m| (k, m))) {
                 Some((k, m)) => {
                     tracing::info!(shard = self.shard_id, group = %group_id, member = %k, "member left");
                     if let Some(j) = m.join {
@@ -1337,6 +1475,7 @@ impl Coordinator {
                     errors::NONE
                 }
                 None => errors::UNKNOWN_MEMBER_ID,
+                },
             };
             if version >= 3 {
                 let mut mr = km::leave_group_response::MemberResponse::default();
@@ -1567,7 +1706,11 @@ impl Coordinator {
                     }
                 }
                 Some(g) => {
-                    if !g.members.contains_key(q.member_id.as_str()) {
+                    if let Some(code) =
+                        g.fenced(q.member_id.as_str(), q.group_instance_id.as_deref())
+                    {
+                        code
+                    } else if !g.members.contains_key(q.member_id.as_str()) {
                         errors::UNKNOWN_MEMBER_ID
                     } else if q.generation_id_or_member_epoch != g.generation {
                         errors::ILLEGAL_GENERATION
@@ -1585,10 +1728,20 @@ impl Coordinator {
                 }
             }
         };
+        // A partition that does not exist gets UNKNOWN_TOPIC_OR_PARTITION, as in Kafka;
+        // the others are committed.
+        let exists = |topic: &str, partition: i32| {
+            let counts = self.partition_count.borrow();
+            let count = counts.as_ref().and_then(|f| f(topic));
+            count.is_some_and(|n| partition >= 0 && (partition as u32) < n)
+        };
         let mut records = Vec::new();
         if check == errors::NONE {
             for t in &q.topics {
                 for p in &t.partitions {
+                    if !exists(t.name.0.as_str(), p.partition_index) {
+                        continue;
+                    }
                     records.push((
                         offset_key(&group_id, t.name.0.as_str(), p.partition_index),
                         Some(offset_value(
@@ -1619,7 +1772,11 @@ impl Coordinator {
             for p in &t.partitions {
                 let mut pr = km::offset_commit_response::OffsetCommitResponsePartition::default();
                 pr.partition_index = p.partition_index;
-                pr.error_code = code;
+                pr.error_code = if code == errors::NONE && !exists(t.name.0.as_str(), p.partition_index) {
+                    errors::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    code
+                };
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);
@@ -1697,13 +1854,42 @@ impl Coordinator {
                 ));
             }
         }
-        let code = if busy {
-            errors::NON_EMPTY_GROUP
-        } else {
-            match self.write(records).await {
-                Ok(()) => errors::NONE,
-                Err(_) => errors::COORDINATOR_NOT_AVAILABLE,
+        // With members, only the offsets of topics no member subscribes to can go
+        // (GROUP_SUBSCRIBED_TO_TOPIC for the others, per partition, as Kafka answers);
+        // a group whose subscriptions cannot be read keeps all (NON_EMPTY_GROUP).
+        let subscribed: Option<HashSet<String>> = if busy {
+            let groups = self.groups.borrow();
+            let g = groups.get(&group_id).expect("busy means present");
+            let mut all = HashSet::new();
+            let mut readable = true;
+            for m in g.members.values() {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|p| p.0 == g.protocol)
+                    .or(m.protocols.first())
+                    .map(|p| p.1.clone())
+                    .unwrap_or_default();
+                match subscribed_topics(&g.protocol_type, &meta) {
+                    Some(ts) => all.extend(ts),
+                    None => readable = false,
+                }
             }
+            if !readable {
+                resp.error_code = errors::NON_EMPTY_GROUP;
+                return resp;
+            }
+            Some(all)
+        } else {
+            None
+        };
+        let in_use = |topic: &str| subscribed.as_ref().is_some_and(|s| s.contains(topic));
+        records.retain(|(k, _)| {
+            parse_offset_key(k).is_some_and(|(_, topic, _)| !in_use(&topic))
+        });
+        let code = match self.write(records).await {
+            Ok(()) => errors::NONE,
+            Err(_) => errors::COORDINATOR_NOT_AVAILABLE,
         };
         for t in &q.topics {
             let mut tr = km::offset_delete_response::OffsetDeleteResponseTopic::default();
@@ -1711,7 +1897,11 @@ impl Coordinator {
             for p in &t.partitions {
                 let mut pr = km::offset_delete_response::OffsetDeleteResponsePartition::default();
                 pr.partition_index = p.partition_index;
-                pr.error_code = code;
+                pr.error_code = if in_use(t.name.0.as_str()) {
+                    errors::GROUP_SUBSCRIBED_TO_TOPIC
+                } else {
+                    code
+                };
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);
