@@ -34,7 +34,6 @@
 
 mod admin;
 pub mod blocking;
-mod codecs;
 mod conn;
 mod consumer;
 mod group;

@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 
 pub mod batch;
+pub mod codecs;
 #[cfg(feature = "log")]
 mod config;
 mod error;

@@ -1,4 +1,5 @@
-//! Record compression of Kafka's batch format: what a producer writes and a consumer reads.
+//! Record compression of Kafka's batch format: what a producer writes, a consumer reads
+//! and the broker rewrites when a topic's `compression.type` asks for another codec.
 //! lz4 (Kafka's LZ4 frame), zstd, gzip and snappy. Snappy batches from Kafka's Java client
 //! use the xerial framing (a magic header, then length-prefixed raw snappy blocks) and
 //! librdkafka's are raw snappy; both are read. This client writes the xerial framing,
@@ -6,7 +7,7 @@
 
 use std::io::{Read, Write};
 
-use ringmq_storage::batch::Compression;
+use crate::batch::Compression;
 
 /// The xerial snappy stream header: magic, then version 1 and minimum compatible version 1.
 const XERIAL_MAGIC: [u8; 8] = [0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0];
@@ -15,7 +16,7 @@ const XERIAL_HEADER_BYTES: usize = 16;
 const XERIAL_BLOCK: usize = 32 << 10;
 
 /// Compresses a records section; `Err` says why.
-pub(crate) fn compress(records: &[u8], c: Compression) -> Result<Vec<u8>, String> {
+pub fn compress(records: &[u8], c: Compression) -> Result<Vec<u8>, String> {
     match c {
         Compression::None => Ok(records.to_vec()),
         Compression::Lz4 => {
@@ -50,29 +51,57 @@ pub(crate) fn compress(records: &[u8], c: Compression) -> Result<Vec<u8>, String
 }
 
 /// Decompresses a records section; `Err` says what was wrong with it.
-pub(crate) fn decompress(packed: &[u8], c: Compression) -> Result<Vec<u8>, String> {
+pub fn decompress(packed: &[u8], c: Compression) -> Result<Vec<u8>, String> {
+    decompress_max(packed, c, usize::MAX)
+}
+
+/// [`decompress`] that refuses to produce more than `max_bytes` (a hostile batch that
+/// would expand without bound is refused, not held in memory).
+pub fn decompress_max(packed: &[u8], c: Compression, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let limit = (max_bytes as u64).saturating_add(1);
+    let check = |out: Vec<u8>| {
+        if out.len() > max_bytes {
+            Err(format!("records expand beyond {max_bytes} bytes"))
+        } else {
+            Ok(out)
+        }
+    };
     match c {
-        Compression::None => Ok(packed.to_vec()),
+        Compression::None => check(packed.to_vec()),
         Compression::Lz4 => {
             let mut out = Vec::new();
             lz4_flex::frame::FrameDecoder::new(packed)
+                .take(limit)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("lz4 records: {e}"))?;
-            Ok(out)
+            check(out)
         }
         Compression::Zstd => {
-            zstd::stream::decode_all(packed).map_err(|e| format!("zstd records: {e}"))
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(packed)
+                .and_then(|d| d.take(limit).read_to_end(&mut out))
+                .map_err(|e| format!("zstd records: {e}"))?;
+            check(out)
         }
         Compression::Gzip => {
             let mut out = Vec::new();
             flate2::read::GzDecoder::new(packed)
+                .take(limit)
                 .read_to_end(&mut out)
                 .map_err(|e| format!("gzip records: {e}"))?;
-            Ok(out)
+            check(out)
         }
         Compression::Snappy => {
             let mut dec = snap::raw::Decoder::new();
+            let fits = |block: &[u8], sofar: usize| {
+                let n = snap::raw::decompress_len(block).map_err(|e| format!("snappy records: {e}"))?;
+                if sofar.saturating_add(n) > max_bytes {
+                    return Err(format!("records expand beyond {max_bytes} bytes"));
+                }
+                Ok(())
+            };
             if !packed.starts_with(&XERIAL_MAGIC) {
+                fits(packed, 0)?;
                 return dec
                     .decompress_vec(packed)
                     .map_err(|e| format!("snappy records: {e}"));
@@ -89,6 +118,7 @@ pub(crate) fn decompress(packed: &[u8], c: Compression) -> Result<Vec<u8>, Strin
                 let block = rest
                     .get(4..4 + len)
                     .ok_or("snappy records: block longer than the batch")?;
+                fits(block, out.len())?;
                 out.extend(
                     dec.decompress_vec(block)
                         .map_err(|e| format!("snappy records: {e}"))?,
@@ -125,6 +155,19 @@ mod tests {
                     "{c:?} truncated"
                 );
             }
+        }
+        // A small batch that expands beyond the limit is refused, whatever the codec.
+        let zeros = vec![0u8; 8 << 20];
+        for c in [
+            Compression::None,
+            Compression::Lz4,
+            Compression::Zstd,
+            Compression::Gzip,
+            Compression::Snappy,
+        ] {
+            let packed = compress(&zeros, c).unwrap();
+            assert!(decompress_max(&packed, c, 1 << 20).is_err(), "{c:?}");
+            assert_eq!(decompress_max(&packed, c, 8 << 20).unwrap().len(), 8 << 20);
         }
         // librdkafka's snappy: raw, without the xerial framing.
         let raw = snap::raw::Encoder::new().compress_vec(&records).unwrap();
