@@ -433,3 +433,159 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
         other => panic!("{other:?}"),
     }
 }
+
+fn describe(k: &mut Kafka, topic: &str) -> BTreeMap<String, (String, i8)> {
+    let mut res = km::describe_configs_request::DescribeConfigsResource::default();
+    res.resource_type = 2;
+    res.resource_name = s(topic);
+    res.configuration_keys = None;
+    let mut q = km::DescribeConfigsRequest::default();
+    q.resources = vec![res];
+    match k.call(4, RequestKind::DescribeConfigs(q)) {
+        ResponseKind::DescribeConfigs(r) => r.results[0]
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), (c.value.as_deref().unwrap_or("").to_string(), c.config_source)))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn alter(k: &mut Kafka, topic: &str, ops: &[(&str, i8, Option<&str>)]) -> (i16, Option<String>) {
+    let mut res = km::incremental_alter_configs_request::AlterConfigsResource::default();
+    res.resource_type = 2;
+    res.resource_name = s(topic);
+    res.configs = ops
+        .iter()
+        .map(|(n, op, v)| {
+            let mut c = km::incremental_alter_configs_request::AlterableConfig::default();
+            c.name = s(n);
+            c.config_operation = *op;
+            c.value = v.map(s);
+            c
+        })
+        .collect();
+    let mut q = km::IncrementalAlterConfigsRequest::default();
+    q.resources = vec![res];
+    match k.call(1, RequestKind::IncrementalAlterConfigs(q)) {
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            (r.responses[0].error_code, r.responses[0].error_message.as_ref().map(|m| m.to_string()))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn keyed_batch(keys: &[Option<&str>]) -> Bytes {
+    let recs: Vec<Record> = keys
+        .iter()
+        .map(|k| Record {
+            key: k.map(|k| k.as_bytes().to_vec()),
+            value: Some(b"value".repeat(40)),
+            headers: vec![("h".into(), b"1".to_vec())],
+            timestamp_ms: 1_700_000_000_000,
+        })
+        .collect();
+    Bytes::from(batch::encode_batch(&recs))
+}
+
+const INVALID_RECORD: i16 = 87;
+const NOT_ENOUGH_REPLICAS: i16 = 19;
+
+/// Every topic config Kafka defines is accepted and described; list configs take
+/// APPEND and SUBTRACT; a compacted topic refuses records without keys and says which
+/// (KIP-467); `compression.type` rewrites batches in the topic's codec;
+/// `min.insync.replicas` above the in-sync replicas refuses acks=all.
+#[test]
+fn topic_configs_behave_as_in_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&dir.path().join("data"));
+    let mut k = Kafka::connect(b.kafka);
+    create_topic(&mut k, "cfg", 1, &[("min.cleanable.dirty.ratio", "0.3"), ("preallocate", "true")]);
+    let d = describe(&mut k, "cfg");
+    for name in [
+        "cleanup.policy", "compression.type", "delete.retention.ms", "file.delete.delay.ms",
+        "flush.messages", "flush.ms", "index.interval.bytes", "local.retention.ms",
+        "max.compaction.lag.ms", "max.message.bytes", "message.timestamp.type",
+        "min.compaction.lag.ms", "min.insync.replicas", "remote.storage.enable",
+        "retention.bytes", "retention.ms", "segment.bytes", "segment.index.bytes",
+        "segment.jitter.ms", "segment.ms", "unclean.leader.election.enable",
+        "message.timestamp.before.max.ms", "message.timestamp.after.max.ms",
+    ] {
+        assert!(d.contains_key(name), "{name} described");
+    }
+    assert_eq!(d["min.cleanable.dirty.ratio"], ("0.3".into(), 1), "set on the topic");
+    assert_eq!(d["preallocate"], ("true".into(), 1));
+    assert_eq!(d["cleanup.policy"], ("delete".into(), 5), "the default");
+    // Unknown names and bad values: INVALID_CONFIG.
+    let mut t = km::create_topics_request::CreatableTopic::default();
+    t.name = km::TopicName(s("cfg-bad"));
+    t.num_partitions = 1;
+    t.replication_factor = 1;
+    let mut c = km::create_topics_request::CreatableTopicConfig::default();
+    c.name = s("no.such.config");
+    c.value = Some(s("1"));
+    t.configs = vec![c];
+    let mut q = km::CreateTopicsRequest::default();
+    q.topics = vec![t];
+    match k.call(7, RequestKind::CreateTopics(q)) {
+        ResponseKind::CreateTopics(r) => assert_eq!(r.topics[0].error_code, INVALID_CONFIG),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(alter(&mut k, "cfg", &[("min.insync.replicas", 0, Some("0"))]).0, INVALID_CONFIG);
+    // APPEND and SUBTRACT on a list; not on a number.
+    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 2, Some("compact"))]).0, 0);
+    assert_eq!(describe(&mut k, "cfg")["cleanup.policy"], ("delete,compact".into(), 1));
+    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("delete"))]).0, 0);
+    assert_eq!(describe(&mut k, "cfg")["cleanup.policy"].0, "compact");
+    let (code, message) = alter(&mut k, "cfg", &[("retention.ms", 2, Some("5"))]);
+    assert_eq!(code, INVALID_CONFIG);
+    assert!(message.unwrap().contains("not a list"));
+    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("compact"))]).0, INVALID_CONFIG, "never empty");
+
+    // cfg is compact-only now: records need keys; the refused ones are named.
+    let (code, _) = produce_one(&mut k, 9, "cfg", 0, keyed_batch(&[Some("a"), Some("b")]));
+    assert_eq!(code, 0);
+    match k.call(9, produce_request("cfg", 0, keyed_batch(&[Some("a"), None, Some("c"), None]))) {
+        ResponseKind::Produce(r) => {
+            let p = &r.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, INVALID_RECORD);
+            assert_eq!(p.record_errors.iter().map(|e| e.batch_index).collect::<Vec<_>>(), vec![1, 3]);
+            assert!(p.error_message.as_ref().unwrap().contains("without keys"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fetch_values(&mut k, "cfg", 0).len(), 2, "nothing of the refused batch stored");
+    // DELETE: back to the default, records without keys go in again.
+    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 1, None)]).0, 0);
+    assert_eq!(describe(&mut k, "cfg")["cleanup.policy"], ("delete".into(), 5));
+    assert_eq!(produce_one(&mut k, 9, "cfg", 0, keyed_batch(&[None])).0, 0);
+
+    // compression.type: the broker stores the topic's codec whatever the producer sent.
+    create_topic(&mut k, "gz", 1, &[("compression.type", "gzip")]);
+    let sent = keyed_batch(&[Some("x"), None, Some("z")]);
+    assert_eq!(produce_one(&mut k, 9, "gz", 0, sent.clone()).0, 0);
+    let r = match k.call(12, RequestKind::Fetch(fetch_request("gz", 0, 0, 1 << 20, 1 << 20))) {
+        ResponseKind::Fetch(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let stored = r.responses[0].partitions[0].records.clone().unwrap();
+    let info = batch::validate(&stored, usize::MAX).unwrap();
+    assert_eq!(info.compression, batch::Compression::Gzip);
+    assert_eq!(info.record_count, 3);
+    let plain = ringmq_storage::codecs::decompress(&stored[batch::HEADER_BYTES..], batch::Compression::Gzip).unwrap();
+    assert_eq!(plain, sent[batch::HEADER_BYTES..].to_vec(), "the same records");
+    assert_eq!(fetch_values(&mut k, "gz", 0).len(), 3);
+
+    // min.insync.replicas: acks=all needs that many in-sync replicas; acks=1 does not.
+    create_topic(&mut k, "isr", 1, &[("min.insync.replicas", "2")]);
+    assert_eq!(produce_one(&mut k, 9, "isr", 0, keyed_batch(&[Some("a")])).0, NOT_ENOUGH_REPLICAS);
+    let mut q = match produce_request("isr", 0, keyed_batch(&[Some("a")])) {
+        RequestKind::Produce(q) => q,
+        _ => unreachable!(),
+    };
+    q.acks = 1;
+    match k.call(9, RequestKind::Produce(q)) {
+        ResponseKind::Produce(r) => assert_eq!(r.responses[0].partition_responses[0].error_code, 0),
+        other => panic!("{other:?}"),
+    }
+}

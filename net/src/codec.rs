@@ -151,6 +151,12 @@ pub enum ErrorCode {
     UnknownMember = 17,
     /// The request's generation is not the group's current one: join again.
     IllegalGeneration = 18,
+    /// A record of the batch breaks a rule of the topic (a compacted topic needs keys).
+    InvalidRecord = 19,
+    /// A record's timestamp is outside what the topic accepts.
+    InvalidTimestamp = 20,
+    /// Fewer in-sync replicas than the topic's `min.insync.replicas` (acks=all).
+    NotEnoughReplicas = 21,
 }
 
 impl ErrorCode {
@@ -177,6 +183,9 @@ impl ErrorCode {
             RebalanceInProgress,
             UnknownMember,
             IllegalGeneration,
+            InvalidRecord,
+            InvalidTimestamp,
+            NotEnoughReplicas,
         ]
         .get(v as usize)
         .copied()
@@ -453,6 +462,9 @@ pub struct ProduceResult {
     pub error: WireError,
     /// Offset of the batch's first record (-1 on error or acks 0).
     pub base_offset: i64,
+    /// For a batch refused because of some of its records: each one's index in the
+    /// batch and why (Kafka's record errors, KIP-467). Not on the native wire.
+    pub record_errors: Vec<(i32, String)>,
 }
 
 /// Result of fetching from one partition.
@@ -1348,6 +1360,7 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
                     partition: r.u32("partition")?,
                     error: r.err()?,
                     base_offset: r.i64("base offset")?,
+                    record_errors: Vec::new(),
                 });
             }
             Response::Produce(v)
@@ -1532,6 +1545,7 @@ mod tests {
                     partition: 0,
                     error: WireError::none(),
                     base_offset: 7,
+                    record_errors: Vec::new(),
                 }]),
             ),
             (

@@ -29,6 +29,7 @@ use ringmq_storage::{
 use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
 use crate::placement::place;
 use crate::producer_ids::{IdKey, ProducerIds};
+use crate::topic_configs::TopicPolicy;
 use crate::producers::{self, Check, Producers};
 use crate::timers::Timers;
 use crate::topics::{self, TopicMeta, TopicTable};
@@ -248,6 +249,8 @@ pub struct Shard {
     topics: RefCell<TopicTable>,
     partitions: RefCell<HashMap<(String, u32), Rc<PartitionLog>>>,
     producers: RefCell<HashMap<(String, u32), SharedProducers>>,
+    /// What produce applies per topic (`compression.type`, `cleanup.policy`, ...).
+    policies: RefCell<HashMap<String, Rc<TopicPolicy>>>,
     data_arrived: Notify,
     peers: RefCell<Vec<Option<Rc<Peer>>>>,
     pending: RefCell<HashMap<u64, local_channel::LocalSender<Reply>>>,
@@ -340,6 +343,7 @@ impl Shard {
             topics: RefCell::new(TopicTable::default()),
             partitions: RefCell::new(HashMap::new()),
             producers: RefCell::new(HashMap::new()),
+            policies: RefCell::new(HashMap::new()),
             data_arrived: Notify::new(),
             peers: RefCell::new(Vec::new()),
             pending: RefCell::new(HashMap::new()),
@@ -626,8 +630,13 @@ impl Shard {
     async fn apply_topics(&self, table: TopicTable) -> Result<(), String> {
         let me = self.opts.shard_id;
         let mut wanted: Vec<(String, u32, LogConfig)> = Vec::new();
+        let mut policies = HashMap::new();
         for (name, t) in &table.topics {
             let config = topics::log_config(&t.configs, &self.opts.log_defaults)?;
+            let mut policy = TopicPolicy::of(&t.configs);
+            policy.log_append_time =
+                config.timestamp_type == ringmq_storage::batch::TimestampType::LogAppendTime;
+            policies.insert(name.clone(), Rc::new(policy));
             for (p, owner) in t.placement.iter().enumerate() {
                 if *owner == me {
                     wanted.push((name.clone(), p as u32, config.clone()));
@@ -685,6 +694,7 @@ impl Shard {
             }
         }
         *self.topics.borrow_mut() = table;
+        *self.policies.borrow_mut() = policies;
         Ok(())
     }
 
@@ -1217,6 +1227,7 @@ impl Shard {
                 partition: p.partition,
                 error,
                 base_offset: -1,
+                record_errors: Vec::new(),
             }),
             local: Box::new(move |me, group| {
                 Box::pin(async move { me.produce_local(acks, group).await })
@@ -1242,6 +1253,7 @@ impl Shard {
                 .borrow()
                 .get(&(p.topic.clone(), p.partition))
                 .cloned();
+            let policy = self.policies.borrow().get(&p.topic).cloned();
             let producer = producers::batch_ids(&p.batch).zip(
                 self.producers
                     .borrow()
@@ -1256,6 +1268,7 @@ impl Shard {
                         partition: p.partition,
                         error: WireError::new(ErrorCode::UnknownPartition, "partition is not on this shard"),
                         base_offset: -1,
+                        record_errors: Vec::new(),
                     };
                 };
                 // A producer id this node did not issue is refused: a client must not
@@ -1275,8 +1288,25 @@ impl Shard {
                             ),
                         ),
                         base_offset: -1,
+                        record_errors: Vec::new(),
                     };
                 }
+                // The topic's rules: records it refuses, the codec it stores in. Applied
+                // before the sequence check, so a refused batch leaves no trace.
+                let rewritten = match policy.as_ref().map(|pol| pol.apply(&p.batch, ringmq_storage::now_ms())) {
+                    None | Some(Ok(None)) => None,
+                    Some(Ok(Some(b))) => Some(b),
+                    Some(Err(refused)) => {
+                        tracing::info!(topic = %p.topic, partition = p.partition, error = %refused.message, "produce refused by the topic's configs");
+                        return ProduceResult {
+                            topic: p.topic,
+                            partition: p.partition,
+                            error: WireError::new(refused.code, refused.message),
+                            base_offset: -1,
+                            record_errors: refused.record_errors,
+                        };
+                    }
+                };
                 // Idempotent producers: checked before the first await, so batches are
                 // checked in the order they arrived.
                 if let Some((ids, state)) = &producer {
@@ -1288,6 +1318,7 @@ impl Shard {
                                 partition: p.partition,
                                 error: WireError::none(),
                                 base_offset,
+                                record_errors: Vec::new(),
                             };
                         }
                         Check::Refuse(error) => {
@@ -1297,11 +1328,15 @@ impl Shard {
                                 partition: p.partition,
                                 error,
                                 base_offset: -1,
+                                record_errors: Vec::new(),
                             };
                         }
                     }
                 }
-                let batch = BytesMut::from(&p.batch[..]);
+                let batch = match &rewritten {
+                    Some(b) => BytesMut::from(&b[..]),
+                    None => BytesMut::from(&p.batch[..]),
+                };
                 if acks == 0 {
                     // Fire and forget: the append still runs to completion.
                     let me2 = me.clone();
@@ -1320,6 +1355,7 @@ impl Shard {
                         partition: p.partition,
                         error: WireError::none(),
                         base_offset: -1,
+                        record_errors: Vec::new(),
                     };
                 }
                 let r = log.append(batch).await;
@@ -1334,6 +1370,7 @@ impl Shard {
                             partition: p.partition,
                             error: WireError::none(),
                             base_offset: at.base_offset,
+                            record_errors: Vec::new(),
                         }
                     }
                     Err(e) => {
@@ -1343,6 +1380,7 @@ impl Shard {
                             partition: p.partition,
                             error: storage_error(&e),
                             base_offset: -1,
+                            record_errors: Vec::new(),
                         }
                     }
                 }

@@ -34,6 +34,7 @@ use ringmq_net::conn::{LocalFuture, Service};
 
 use crate::broker::{Shard, TopicChange};
 use crate::groups::{self, GroupRequest};
+use crate::topic_configs;
 use crate::topics;
 
 /// The broker's node id in Kafka metadata (a single node).
@@ -57,6 +58,10 @@ pub mod errors {
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
     /// Request timed out.
     pub const REQUEST_TIMED_OUT: i16 = 7;
+    /// Fewer in-sync replicas than `min.insync.replicas` (acks=all).
+    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
+    /// A record's timestamp is out of the topic's range.
+    pub const INVALID_TIMESTAMP: i16 = 32;
     /// Batch larger than the topic's max.message.bytes.
     pub const MESSAGE_TOO_LARGE: i16 = 10;
     /// Invalid topic name.
@@ -272,6 +277,9 @@ fn code(e: &WireError) -> i16 {
         ErrorCode::RebalanceInProgress => groups::errors::REBALANCE_IN_PROGRESS,
         ErrorCode::UnknownMember => groups::errors::UNKNOWN_MEMBER_ID,
         ErrorCode::IllegalGeneration => groups::errors::ILLEGAL_GENERATION,
+        ErrorCode::InvalidRecord => INVALID_RECORD,
+        ErrorCode::InvalidTimestamp => INVALID_TIMESTAMP,
+        ErrorCode::NotEnoughReplicas => NOT_ENOUGH_REPLICAS,
     }
 }
 
@@ -322,88 +330,175 @@ fn limit_fetch(results: &mut [ringmq_net::codec::FetchResult], partition_max: &[
     }
 }
 
-/// Kafka topic config names and ringmq's.
-const CONFIG_NAMES: &[(&str, &str)] = &[
-    ("retention.ms", "retention_ms"),
-    ("retention.bytes", "retention_bytes"),
-    ("segment.bytes", "segment_bytes"),
-    ("segment.ms", "segment_ms"),
-    ("max.message.bytes", "message_bytes_max"),
-    ("message.timestamp.type", "timestamp_type"),
-    ("ringmq.flush", "flush"),
-];
+/// One config change from a Kafka client, in the names stored for the topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConfigChange {
+    /// Set a stored config.
+    Set(String, String),
+    /// Back to the broker's default.
+    Reset(String),
+}
 
-/// Topic configs given by a Kafka client, in ringmq's names. Kafka's `flush.ms` and
-/// `flush.messages` map onto the flush policy; a few Kafka settings whose only value
-/// here is the one ringmq has are accepted as they are.
+/// A Kafka topic config as the topic stores it (`topic_configs`): a ringmq log setting
+/// under ringmq's name, anything else Kafka defines under Kafka's name. Kafka's
+/// `flush.ms` and `flush.messages` map onto the flush policy (their default, the
+/// largest long, means the broker's policy). An unknown name or a bad value is refused
+/// with the reason.
+fn config_from_kafka(name: &str, value: Option<&str>) -> Result<ConfigChange, String> {
+    let Some(v) = value else {
+        return Err(format!("config {name} has no value"));
+    };
+    let never = i64::MAX.to_string();
+    match name {
+        "flush.messages" => {
+            let v = topic_configs::check(name, v)?;
+            return match v.as_str() {
+                "1" => Ok(ConfigChange::Set("flush".into(), "every_batch".into())),
+                n if n == never => Ok(ConfigChange::Reset("flush".into())),
+                n => Err(format!(
+                    "flush.messages={n}: ringmq syncs every batch (1), by time (flush.ms) or by bytes (ringmq.flush=bytes:N)"
+                )),
+            };
+        }
+        "flush.ms" => {
+            let v = topic_configs::check(name, v)?;
+            return Ok(if v == never {
+                ConfigChange::Reset("flush".into())
+            } else {
+                ConfigChange::Set("flush".into(), format!("interval_ms:{v}"))
+            });
+        }
+        _ => {}
+    }
+    if let Some((_, ours)) = topic_configs::SETTING_NAMES.iter().find(|(k, _)| *k == name) {
+        let v = if topic_configs::def(name).is_some() {
+            topic_configs::check(name, v)?
+        } else {
+            v.to_string()
+        };
+        return Ok(ConfigChange::Set(ours.to_string(), v));
+    }
+    if topic_configs::def(name).is_some() {
+        return Ok(ConfigChange::Set(name.to_string(), topic_configs::check(name, v)?));
+    }
+    Err(format!(
+        "unknown topic config {name}: ringmq takes every topic config Kafka defines (docs/kafka.md), and ringmq.flush"
+    ))
+}
+
+/// Topic configs given by a Kafka client (CreateTopics, AlterConfigs), as stored.
 fn configs_from_kafka<'a>(
     items: impl Iterator<Item = (&'a str, Option<&'a str>)>,
 ) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (k, v) in items {
-        let Some(v) = v else {
-            return Err(format!("config {k} has no value"));
-        };
-        if let Some((_, ours)) = CONFIG_NAMES.iter().find(|(kn, _)| *kn == k) {
-            out.push((ours.to_string(), v.to_string()));
-            continue;
-        }
-        match (k, v) {
-            ("flush.messages", "1") => out.push(("flush".into(), "every_batch".into())),
-            ("flush.ms", ms) => out.push(("flush".into(), format!("interval_ms:{ms}"))),
-            ("cleanup.policy", "delete")
-            | ("compression.type", "producer")
-            | ("min.insync.replicas", "1")
-            | ("unclean.leader.election.enable", "false") => {}
-            _ => {
-                return Err(format!(
-                    "topic config {k}={v} is not supported; supported: {}, flush.ms, flush.messages=1",
-                    CONFIG_NAMES
-                        .iter()
-                        .map(|(k, _)| *k)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+        if let ConfigChange::Set(k, v) = config_from_kafka(k, v)? {
+            out.push((k, v));
         }
     }
     Ok(out)
 }
 
-/// A topic's effective configs in Kafka's names: (name, value, set on the topic).
+/// One described config.
+struct Described {
+    name: String,
+    value: String,
+    /// Set on the topic (else the default).
+    set: bool,
+    config_type: i8,
+}
+
+/// A topic's effective configs in Kafka's names: every config Kafka defines, and
+/// `ringmq.flush`.
 fn effective_configs(
     explicit: &BTreeMap<String, String>,
     defaults: &ringmq_storage::LogConfig,
-) -> Vec<(String, String, bool)> {
-    let c = topics::log_config(explicit, defaults).unwrap_or_else(|_| defaults.clone());
+) -> Vec<Described> {
+    // Shown as configured, also where a compact-only policy turns retention off.
+    let mut settings = explicit.clone();
+    settings.remove("cleanup.policy");
+    let c = topics::log_config(&settings, defaults).unwrap_or_else(|_| defaults.clone());
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-1".into());
-    let values = [
-        ("retention.ms", opt(c.retention_ms)),
-        ("retention.bytes", opt(c.retention_bytes)),
-        ("segment.bytes", c.segment_bytes.to_string()),
-        ("segment.ms", c.segment_ms.to_string()),
-        ("max.message.bytes", c.message_bytes_max.to_string()),
-        (
-            "message.timestamp.type",
-            match c.timestamp_type {
-                ringmq_storage::batch::TimestampType::CreateTime => "CreateTime".into(),
-                ringmq_storage::batch::TimestampType::LogAppendTime => "LogAppendTime".into(),
-            },
-        ),
-        ("ringmq.flush", c.flush.to_string()),
-        ("cleanup.policy", "delete".into()),
-        ("compression.type", "producer".into()),
-        ("min.insync.replicas", "1".into()),
-    ];
-    values
-        .into_iter()
-        .map(|(k, v)| {
-            let ours = CONFIG_NAMES.iter().find(|(kn, _)| *kn == k).map(|p| p.1);
-            let set = ours.is_some_and(|o| explicit.contains_key(o));
-            (k.to_string(), v, set)
+    let never = i64::MAX.to_string();
+    let mut out: Vec<Described> = topic_configs::DEFS
+        .iter()
+        .map(|d| {
+            let ours = topic_configs::SETTING_NAMES
+                .iter()
+                .find(|(k, _)| *k == d.name)
+                .map(|p| p.1);
+            let (value, set) = match d.name {
+                "retention.ms" => (opt(c.retention_ms), None),
+                "retention.bytes" => (opt(c.retention_bytes), None),
+                "segment.bytes" => (c.segment_bytes.to_string(), None),
+                "segment.ms" => (c.segment_ms.to_string(), None),
+                "max.message.bytes" => (c.message_bytes_max.to_string(), None),
+                "index.interval.bytes" => (c.index_interval_bytes.to_string(), None),
+                "message.timestamp.type" => (
+                    match c.timestamp_type {
+                        ringmq_storage::batch::TimestampType::CreateTime => "CreateTime".into(),
+                        ringmq_storage::batch::TimestampType::LogAppendTime => {
+                            "LogAppendTime".into()
+                        }
+                    },
+                    None,
+                ),
+                "flush.messages" => (
+                    if c.flush == ringmq_storage::FlushPolicy::EveryBatch {
+                        "1".into()
+                    } else {
+                        never.clone()
+                    },
+                    Some(explicit.contains_key("flush")),
+                ),
+                "flush.ms" => (
+                    match c.flush {
+                        ringmq_storage::FlushPolicy::IntervalMs(ms) => ms.to_string(),
+                        _ => never.clone(),
+                    },
+                    Some(explicit.contains_key("flush")),
+                ),
+                name => (
+                    explicit
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| d.default.to_string()),
+                    Some(explicit.contains_key(name)),
+                ),
+            };
+            let set = set.unwrap_or_else(|| ours.is_some_and(|o| explicit.contains_key(o)));
+            Described {
+                name: d.name.to_string(),
+                value,
+                set,
+                config_type: d.config_type(),
+            }
         })
-        .collect()
+        .collect();
+    out.push(Described {
+        name: "ringmq.flush".into(),
+        value: c.flush.to_string(),
+        set: explicit.contains_key("flush"),
+        config_type: 2,
+    });
+    out
 }
+
+/// Kafka's broker-level names of the topic defaults this broker gives new topics.
+const BROKER_CONFIG_NAMES: &[(&str, &str)] = &[
+    ("retention.ms", "log.retention.ms"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    ("max.message.bytes", "message.max.bytes"),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    ("flush.ms", "log.flush.interval.ms"),
+    ("flush.messages", "log.flush.interval.messages"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("compression.type", "compression.type"),
+    ("min.insync.replicas", "min.insync.replicas"),
+];
 
 impl KafkaService {
     async fn answer(self: Rc<Self>, body: Bytes, peer: Option<SocketAddr>) -> OutFrame {
@@ -444,7 +539,7 @@ impl KafkaService {
                 ResponseKind::DeleteTopics(self.delete_topics(r, version).await)
             }
             RequestKind::DescribeConfigs(r) => {
-                ResponseKind::DescribeConfigs(self.describe_configs(r))
+                ResponseKind::DescribeConfigs(self.describe_configs(r, version))
             }
             RequestKind::DescribeCluster(_) => {
                 ResponseKind::DescribeCluster(self.describe_cluster())
@@ -683,6 +778,25 @@ impl KafkaService {
                     );
                     continue;
                 };
+                // acks=all on a single node: one in-sync replica, so a topic that asks
+                // for more refuses it (acks=1 is not affected), as Kafka does.
+                if acks == -1
+                    && let Some(meta) = self.shard.topic(name)
+                {
+                    let min = topic_configs::TopicPolicy::of(&meta.configs).min_insync_replicas;
+                    if min > 1 {
+                        early.insert(
+                            (ti, pi),
+                            (
+                                errors::NOT_ENOUGH_REPLICAS,
+                                format!(
+                                    "min.insync.replicas={min} but the in-sync replica set has 1 replica: this broker is a single node"
+                                ),
+                            ),
+                        );
+                        continue;
+                    }
+                }
                 match (&p.records, u32::try_from(p.index)) {
                     (Some(batch), Ok(partition)) if !batch.is_empty() => {
                         parts.push(ProducePartition {
@@ -745,6 +859,18 @@ impl KafkaService {
                     pr.error_code = code(&res.error);
                     pr.error_message = msg(&res.error).filter(|_| version >= 8);
                     pr.base_offset = res.base_offset;
+                    if version >= 8 {
+                        pr.record_errors = res
+                            .record_errors
+                            .iter()
+                            .map(|(i, m)| {
+                                let mut e = km::produce_response::BatchIndexAndErrorMessage::default();
+                                e.batch_index = *i;
+                                e.batch_index_error_message = Some(s(m));
+                                e
+                            })
+                            .collect();
+                    }
                 } else {
                     pr.error_code = errors::UNKNOWN_SERVER_ERROR;
                     pr.base_offset = -1;
@@ -1047,12 +1173,12 @@ impl KafkaService {
                 tr.configs = Some(
                     effective_configs(&explicit, &self.shard.log_defaults())
                         .into_iter()
-                        .map(|(k, v, set)| {
+                        .map(|d| {
                             let mut c =
                                 km::create_topics_response::CreatableTopicConfigs::default();
-                            c.name = s(&k);
-                            c.value = Some(s(&v));
-                            c.config_source = if set { 1 } else { 5 };
+                            c.name = s(&d.name);
+                            c.value = Some(s(&d.value));
+                            c.config_source = if d.set { 1 } else { 5 };
                             c
                         })
                         .collect(),
@@ -1114,58 +1240,65 @@ impl KafkaService {
         resp
     }
 
-    fn describe_configs(&self, r: km::DescribeConfigsRequest) -> km::DescribeConfigsResponse {
+    fn describe_configs(
+        &self,
+        r: km::DescribeConfigsRequest,
+        version: i16,
+    ) -> km::DescribeConfigsResponse {
         let mut resp = km::DescribeConfigsResponse::default();
         for res in r.resources {
             let mut rr = km::describe_configs_response::DescribeConfigsResult::default();
             rr.resource_type = res.resource_type;
             rr.resource_name = res.resource_name.clone();
             let name = res.resource_name.to_string();
-            let configs = match res.resource_type {
+            // (described, source): TOPIC_CONFIG 1, STATIC_BROKER_CONFIG 4, DEFAULT_CONFIG 5.
+            let configs: Vec<(Described, i8)> = match res.resource_type {
                 // TOPIC
                 2 => match self.shard.topic(&name) {
-                    Some(meta) => {
-                        Some(effective_configs(&meta.configs, &self.shard.log_defaults()))
-                    }
+                    Some(meta) => effective_configs(&meta.configs, &self.shard.log_defaults())
+                        .into_iter()
+                        .map(|d| {
+                            let source = if d.set { 1 } else { 5 };
+                            (d, source)
+                        })
+                        .collect(),
                     None => {
                         rr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
                         rr.error_message = Some(s(&format!("unknown topic {name:?}")));
-                        None
+                        Vec::new()
                     }
                 },
                 // BROKER: the defaults new topics start from.
-                4 => Some(
-                    effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
-                        .into_iter()
-                        .map(|(k, v, _)| {
-                            (
-                                format!("log.{k}")
-                                    .replace("log.max.message.bytes", "message.max.bytes"),
-                                v,
-                                false,
-                            )
-                        })
-                        .collect(),
-                ),
+                4 => effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
+                    .into_iter()
+                    .filter_map(|mut d| {
+                        let (_, broker) =
+                            BROKER_CONFIG_NAMES.iter().find(|(t, _)| *t == d.name)?;
+                        d.name = broker.to_string();
+                        Some((d, 4))
+                    })
+                    .collect(),
                 other => {
                     rr.error_code = errors::INVALID_REQUEST;
                     rr.error_message = Some(s(&format!("resource type {other} is not supported")));
-                    None
+                    Vec::new()
                 }
             };
             let keys: Option<HashSet<String>> = res
                 .configuration_keys
                 .map(|k| k.iter().map(|k| k.to_string()).collect());
-            for (k, v, set) in configs.unwrap_or_default() {
-                if keys.as_ref().is_some_and(|keys| !keys.contains(&k)) {
+            for (d, source) in configs {
+                if keys.as_ref().is_some_and(|keys| !keys.contains(&d.name)) {
                     continue;
                 }
                 let mut c = km::describe_configs_response::DescribeConfigsResourceResult::default();
-                c.name = s(&k);
-                c.value = Some(s(&v));
+                c.name = s(&d.name);
+                c.value = Some(s(&d.value));
                 c.read_only = false;
-                c.config_source = if set { 1 } else { 5 };
-
+                c.config_source = source;
+                if version >= 3 {
+                    c.config_type = d.config_type;
+                }
                 rr.configs.push(c);
             }
             resp.results.push(rr);
@@ -1360,6 +1493,7 @@ impl KafkaService {
                 km::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
             rr.resource_type = res.resource_type;
             rr.resource_name = res.resource_name.clone();
+            let name = res.resource_name.to_string();
             let result = if res.resource_type != 2 {
                 Err((
                     errors::INVALID_REQUEST,
@@ -1368,54 +1502,16 @@ impl KafkaService {
                         res.resource_type
                     ),
                 ))
+            } else if let Some(meta) = self.shard.topic(&name) {
+                match incremental_changes(&meta.configs, &self.shard.log_defaults(), &res.configs) {
+                    Err(e) => Err((errors::INVALID_CONFIG, e)),
+                    Ok((set, remove)) => self.change_configs(name, set, remove, r.validate_only).await,
+                }
             } else {
-                let mut set = Vec::new();
-                let mut remove = Vec::new();
-                let mut bad = None;
-                for c in &res.configs {
-                    let name = c.name.as_str();
-                    match c.config_operation {
-                        0 => match configs_from_kafka(std::iter::once((
-                            name,
-                            c.value.as_ref().map(|v| v.as_str()),
-                        ))) {
-                            Ok(v) => set.extend(v),
-                            Err(e) => bad = Some(e),
-                        },
-                        1 => match CONFIG_NAMES.iter().find(|(k, _)| *k == name) {
-                            Some((_, ours)) => remove.push(ours.to_string()),
-                            None if matches!(name, "flush.ms" | "flush.messages") => {
-                                remove.push("flush".into())
-                            }
-                            None => bad = Some(format!("topic config {name} is not supported")),
-                        },
-                        op => {
-                            bad = Some(format!(
-                                "config operation {op} on {name}: only SET (0) and DELETE (1) apply"
-                            ))
-                        }
-                    }
-                }
-                match bad {
-                    Some(e) => Err((errors::INVALID_CONFIG, e)),
-                    None => {
-                        let e = self
-                            .shard
-                            .clone()
-                            .change_topic(TopicChange::Configs {
-                                name: res.resource_name.to_string(),
-                                set,
-                                remove,
-                                validate_only: r.validate_only,
-                            })
-                            .await;
-                        match e.code {
-                            ErrorCode::None => Ok(()),
-                            ErrorCode::InvalidRequest => Err((errors::INVALID_CONFIG, e.message)),
-                            _ => Err((code(&e), e.message)),
-                        }
-                    }
-                }
+                Err((
+                    errors::UNKNOWN_TOPIC_OR_PARTITION,
+                    format!("unknown topic {name:?}"),
+                ))
             };
             if let Err((c, m)) = result {
                 rr.error_code = c;
@@ -1719,6 +1815,55 @@ impl KafkaService {
         }
         resp
     }
+}
+
+/// IncrementalAlterConfigs' operations on one topic as stored changes: SET (0),
+/// DELETE (1, back to the default), and for list configs APPEND (2) and SUBTRACT (3),
+/// applied to the topic's effective value. Returns (set, remove).
+fn incremental_changes(
+    stored: &BTreeMap<String, String>,
+    defaults: &ringmq_storage::LogConfig,
+    ops: &[km::incremental_alter_configs_request::AlterableConfig],
+) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    let mut set = Vec::new();
+    let mut remove = Vec::new();
+    let effective = effective_configs(stored, defaults);
+    for c in ops {
+        let name = c.name.as_str();
+        let value = c.value.as_ref().map(|v| v.as_str());
+        let change = match c.config_operation {
+            0 => config_from_kafka(name, value)?,
+            1 => match config_from_kafka(name, Some(topic_configs::def(name).map_or("", |d| d.default))) {
+                Ok(ConfigChange::Set(k, _) | ConfigChange::Reset(k)) => ConfigChange::Reset(k),
+                Err(_) if name == "ringmq.flush" => ConfigChange::Reset("flush".into()),
+                Err(e) => return Err(e),
+            },
+            op @ (2 | 3) => {
+                let def = topic_configs::def(name)
+                    .ok_or_else(|| format!("unknown topic config {name}"))?;
+                if !def.is_list() {
+                    return Err(format!(
+                        "{} is not allowed on {name}: it is not a list config",
+                        if op == 2 { "APPEND" } else { "SUBTRACT" }
+                    ));
+                }
+                let current = effective
+                    .iter()
+                    .find(|d| d.name == name)
+                    .map(|d| d.value.clone())
+                    .unwrap_or_default();
+                let next =
+                    topic_configs::append_or_subtract(&current, value.unwrap_or(""), op == 2);
+                config_from_kafka(name, Some(&next))?
+            }
+            op => return Err(format!("config operation {op} on {name}: expected 0 to 3")),
+        };
+        match change {
+            ConfigChange::Set(k, v) => set.push((k, v)),
+            ConfigChange::Reset(k) => remove.push(k),
+        }
+    }
+    Ok((set, remove))
 }
 
 /// Encodes a response frame: length, header, body.

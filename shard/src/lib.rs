@@ -16,5 +16,6 @@ pub mod placement;
 pub mod producer_ids;
 pub mod producers;
 pub mod timers;
+pub mod topic_configs;
 pub mod topics;
 pub mod wheel;

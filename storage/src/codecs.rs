@@ -50,6 +50,29 @@ pub fn compress(records: &[u8], c: Compression) -> Result<Vec<u8>, String> {
     }
 }
 
+/// [`compress`] at a given level for gzip (-1: zlib's default, 6; else 1 to 9) and
+/// zstd (Kafka's `compression.gzip.level` and `compression.zstd.level`); the other
+/// codecs have one level here.
+pub fn compress_level(records: &[u8], c: Compression, level: i32) -> Result<Vec<u8>, String> {
+    match c {
+        Compression::Gzip => {
+            let level = if level < 0 {
+                flate2::Compression::default()
+            } else {
+                flate2::Compression::new(level.clamp(1, 9) as u32)
+            };
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
+            enc.write_all(records)
+                .and_then(|()| enc.finish())
+                .map_err(|e| format!("gzip: {e}"))
+        }
+        Compression::Zstd => {
+            zstd::bulk::compress(records, level).map_err(|e| format!("zstd: {e}"))
+        }
+        other => compress(records, other),
+    }
+}
+
 /// Decompresses a records section; `Err` says what was wrong with it.
 pub fn decompress(packed: &[u8], c: Compression) -> Result<Vec<u8>, String> {
     decompress_max(packed, c, usize::MAX)

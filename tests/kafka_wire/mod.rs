@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{self as km, ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::RecordBatchDecoder;
+use ringmq_storage::{batch, codecs};
 
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub const UNSUPPORTED_VERSION: i16 = 35;
@@ -189,20 +189,27 @@ pub fn fetch_values(k: &mut Kafka, topic: &str, partition: i32) -> Vec<String> {
         };
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "fetch {topic}/{partition}@{offset}");
-        let Some(mut records) = p.records.clone() else { break };
+        let Some(records) = p.records.clone() else { break };
         if records.is_empty() {
             break;
         }
         let mut got = 0;
-        while !records.is_empty() {
-            let set = RecordBatchDecoder::decode(&mut records).unwrap();
-            for rec in set.records {
-                if rec.offset >= offset {
-                    out.push(String::from_utf8_lossy(rec.value.as_deref().unwrap_or_default()).to_string());
-                    offset = rec.offset + 1;
+        let mut pos = 0;
+        while pos < records.len() {
+            let (_, size) = batch::peek_frame(&records[pos..]).expect("a batch frame");
+            let info = batch::validate(&records[pos..pos + size], usize::MAX).expect("a stored batch");
+            let raw = &records[pos..pos + info.size_bytes];
+            let plain = codecs::decompress(&raw[batch::HEADER_BYTES..], info.compression).unwrap();
+            let plain_batch = batch::with_records_section(raw, batch::Compression::None, &plain);
+            for rec in batch::records(&plain_batch).unwrap() {
+                let at = info.base_offset + i64::from(rec.offset_delta);
+                if at >= offset {
+                    out.push(String::from_utf8_lossy(rec.value.unwrap_or_default()).to_string());
+                    offset = at + 1;
                     got += 1;
                 }
             }
+            pos += info.size_bytes;
         }
         if got == 0 || offset >= p.high_watermark {
             break;
