@@ -727,3 +727,25 @@ fn cooperative_sticky_and_static_members_with_confluent_kafka() {
     assert!(out.contains("cooperative-sticky"));
     clients(&bootstrap, &["group-static", "static", "gstatic"]);
 }
+
+/// Regression: producers that sent InitProducerId with producer id 0 all got id 0, and
+/// the second producer's batches were acknowledged as the first one's retries and not
+/// stored. Two idempotent producers at once and a restart, with both clients.
+#[test]
+fn two_idempotent_producers_and_a_restart_store_every_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    for client in ["kafka-python", "confluent"] {
+        let out = clients(&bootstrap, &["idempotent-pair", client]);
+        assert!(out.contains("all stored once"), "{out}");
+    }
+}
+
+/// A transactional producer fails within a second, and says why.
+#[test]
+fn transactional_producers_fail_fast_saying_transactions_are_not_supported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    let out = clients(&bootstrap, &["transactions"]);
+    assert!(out.contains("transactions are not supported"), "{out}");
+}

@@ -48,7 +48,10 @@ fn init_producer_id_issues_a_new_id_at_every_version_whatever_the_client_sends()
             };
             assert_eq!(r.error_code, 0, "v{v}");
             assert!(r.producer_id.0 >= 0, "v{v}");
-            assert_ne!(r.producer_id.0, sent_id, "v{v}: the client's id is not reused");
+            assert_ne!(
+                r.producer_id.0, sent_id,
+                "v{v}: the client's id is not reused"
+            );
             assert_eq!(r.producer_epoch, 0, "v{v}");
             assert!(seen.insert(r.producer_id.0), "v{v}: id issued twice");
         }
@@ -60,7 +63,7 @@ fn init_producer_id_issues_a_new_id_at_every_version_whatever_the_client_sends()
         q.producer_epoch = -1;
         match k.call(v, RequestKind::InitProducerId(q)) {
             ResponseKind::InitProducerId(r) => {
-                assert_eq!(r.error_code, UNSUPPORTED_VERSION, "v{v}");
+                assert_eq!(r.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "v{v}");
                 assert_eq!(r.producer_id.0, -1);
             }
             other => panic!("{other:?}"),
@@ -99,7 +102,10 @@ fn producers_with_identical_sequences_are_all_stored_and_forged_ids_are_refused(
             let batch = idempotent_batch(pid, 0, i, &format!("{tag}-{i}"));
             let (code, offset) = produce_one(&mut k, 9, "idem", 0, batch);
             assert_eq!(code, 0, "{tag} batch {i}");
-            assert!(offsets.insert(offset), "{tag} batch {i}: offset {offset} given twice");
+            assert!(
+                offsets.insert(offset),
+                "{tag} batch {i}: offset {offset} given twice"
+            );
         }
     }
     // A retry of a stored batch is acknowledged with its offset, not stored again.
@@ -119,8 +125,13 @@ fn producers_with_identical_sequences_are_all_stored_and_forged_ids_are_refused(
     };
     assert_ne!(restarted, a);
     for i in 0..10 {
-        let (code, offset) =
-            produce_one(&mut k2, 9, "idem", 0, idempotent_batch(restarted, 0, i, &format!("r-{i}")));
+        let (code, offset) = produce_one(
+            &mut k2,
+            9,
+            "idem",
+            0,
+            idempotent_batch(restarted, 0, i, &format!("r-{i}")),
+        );
         assert_eq!(code, 0);
         assert!(offsets.insert(offset));
     }
@@ -130,7 +141,11 @@ fn producers_with_identical_sequences_are_all_stored_and_forged_ids_are_refused(
         assert_eq!(code, UNKNOWN_PRODUCER_ID, "forged id {forged}");
     }
     let values = fetch_values(&mut k2, "idem", 0);
-    assert_eq!(values.len(), 2 * per_producer as usize + 10, "every acknowledged batch is stored");
+    assert_eq!(
+        values.len(),
+        2 * per_producer as usize + 10,
+        "every acknowledged batch is stored"
+    );
     let unique: HashSet<_> = values.iter().collect();
     assert_eq!(unique.len(), values.len());
     assert!(!values.iter().any(|v| v == "x"));
@@ -270,12 +285,21 @@ fn sync_request(
 
 fn synced(r: ResponseKind) -> (i16, String) {
     match r {
-        ResponseKind::SyncGroup(r) => (r.error_code, String::from_utf8_lossy(&r.assignment).to_string()),
+        ResponseKind::SyncGroup(r) => (
+            r.error_code,
+            String::from_utf8_lossy(&r.assignment).to_string(),
+        ),
         other => panic!("{other:?}"),
     }
 }
 
-fn heartbeat(k: &mut Kafka, group: &str, generation: i32, member: &str, instance: Option<&str>) -> i16 {
+fn heartbeat(
+    k: &mut Kafka,
+    group: &str,
+    generation: i32,
+    member: &str,
+    instance: Option<&str>,
+) -> i16 {
     let mut q = km::HeartbeatRequest::default();
     q.group_id = km::GroupId(s(group));
     q.generation_id = generation;
@@ -343,7 +367,14 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
     let r = joined(ka.call(9, join_request(g, "", Some("i1"), &["st"])));
     assert_eq!(r.error_code, 0);
     let a = r.member_id.to_string();
-    assert_eq!(synced(ka.call(5, sync_request(g, r.generation_id, &a, Some("i1"), &[(&a, "a1")]))).1, "a1");
+    assert_eq!(
+        synced(ka.call(
+            5,
+            sync_request(g, r.generation_id, &a, Some("i1"), &[(&a, "a1")])
+        ))
+        .1,
+        "a1"
+    );
     // B joins; A rejoins when its heartbeat says so.
     let b_join = kb.send(9, join_request(g, "", Some("i2"), &["st"]));
     let mut tries = 0;
@@ -361,17 +392,38 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
     assert_eq!(ra.leader.as_str(), a);
     assert_eq!(ra.members.len(), 2);
     let b_sync = kb.send(5, sync_request(g, generation, &bm, Some("i2"), &[]));
-    let a_sync = synced(ka.call(5, sync_request(g, generation, &a, Some("i1"), &[(&a, "a2"), (&bm, "b2")])));
+    let a_sync = synced(ka.call(
+        5,
+        sync_request(g, generation, &a, Some("i1"), &[(&a, "a2"), (&bm, "b2")]),
+    ));
     assert_eq!(a_sync, (0, "a2".to_string()));
     assert_eq!(synced(kb.receive(b_sync)), (0, "b2".to_string()));
 
     // Ids the coordinator did not issue, or of another instance.
-    assert_eq!(heartbeat(&mut kb, g, generation, "made-up", None), UNKNOWN_MEMBER_ID);
-    assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i1")), FENCED_INSTANCE_ID);
-    assert_eq!(heartbeat(&mut kb, g, generation + 1, &bm, Some("i2")), ILLEGAL_GENERATION);
-    assert_eq!(joined(kb.call(9, join_request(g, "made-up", Some("i2"), &["st"]))).error_code, FENCED_INSTANCE_ID);
-    assert_eq!(commit(&mut kb, g, generation, &bm, Some("i1"), &[("st", 0, 1)]), vec![FENCED_INSTANCE_ID]);
-    assert_eq!(commit(&mut kb, g, generation, "made-up", None, &[("st", 0, 1)]), vec![UNKNOWN_MEMBER_ID]);
+    assert_eq!(
+        heartbeat(&mut kb, g, generation, "made-up", None),
+        UNKNOWN_MEMBER_ID
+    );
+    assert_eq!(
+        heartbeat(&mut kb, g, generation, &bm, Some("i1")),
+        FENCED_INSTANCE_ID
+    );
+    assert_eq!(
+        heartbeat(&mut kb, g, generation + 1, &bm, Some("i2")),
+        ILLEGAL_GENERATION
+    );
+    assert_eq!(
+        joined(kb.call(9, join_request(g, "made-up", Some("i2"), &["st"]))).error_code,
+        FENCED_INSTANCE_ID
+    );
+    assert_eq!(
+        commit(&mut kb, g, generation, &bm, Some("i1"), &[("st", 0, 1)]),
+        vec![FENCED_INSTANCE_ID]
+    );
+    assert_eq!(
+        commit(&mut kb, g, generation, "made-up", None, &[("st", 0, 1)]),
+        vec![UNKNOWN_MEMBER_ID]
+    );
     // The group is untouched by all that.
     assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i2")), 0);
 
@@ -385,15 +437,35 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
     assert_ne!(a2, a);
     assert_eq!(r.leader.as_str(), a2, "it led before, it leads now");
     assert!(r.skip_assignment, "the leader keeps the assignment it made");
-    assert_eq!(heartbeat(&mut kb, g, generation, &bm, Some("i2")), 0, "B: no rebalance");
-    assert_eq!(synced(ka2.call(5, sync_request(g, generation, &a2, Some("i1"), &[]))), (0, "a2".to_string()));
+    assert_eq!(
+        heartbeat(&mut kb, g, generation, &bm, Some("i2")),
+        0,
+        "B: no rebalance"
+    );
+    assert_eq!(
+        synced(ka2.call(5, sync_request(g, generation, &a2, Some("i1"), &[]))),
+        (0, "a2".to_string())
+    );
     // The old id is fenced.
-    assert_eq!(heartbeat(&mut ka, g, generation, &a, Some("i1")), FENCED_INSTANCE_ID);
-    assert_eq!(heartbeat(&mut ka, g, generation, &a, None), UNKNOWN_MEMBER_ID);
+    assert_eq!(
+        heartbeat(&mut ka, g, generation, &a, Some("i1")),
+        FENCED_INSTANCE_ID
+    );
+    assert_eq!(
+        heartbeat(&mut ka, g, generation, &a, None),
+        UNKNOWN_MEMBER_ID
+    );
 
     // Commits: per partition, unknown ones refused.
     assert_eq!(
-        commit(&mut kb, g, generation, &bm, Some("i2"), &[("st", 0, 5), ("nope", 0, 5), ("st", 99, 5), ("other", 0, 7)]),
+        commit(
+            &mut kb,
+            g,
+            generation,
+            &bm,
+            Some("i2"),
+            &[("st", 0, 5), ("nope", 0, 5), ("st", 99, 5), ("other", 0, 7)]
+        ),
         vec![0, UNKNOWN_TOPIC_OR_PARTITION, UNKNOWN_TOPIC_OR_PARTITION, 0]
     );
     // OffsetDelete while the group has members: the topic it consumes is refused, the
@@ -411,7 +483,10 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
     match k.call(0, RequestKind::OffsetDelete(q)) {
         ResponseKind::OffsetDelete(r) => {
             assert_eq!(r.error_code, 0);
-            assert_eq!(r.topics[0].partitions[0].error_code, GROUP_SUBSCRIBED_TO_TOPIC);
+            assert_eq!(
+                r.topics[0].partitions[0].error_code,
+                GROUP_SUBSCRIBED_TO_TOPIC
+            );
             assert_eq!(r.topics[1].partitions[0].error_code, 0);
         }
         other => panic!("{other:?}"),
@@ -427,7 +502,10 @@ fn group_identities_are_checked_and_a_static_member_restarts_without_a_rebalance
     q.topics = Some(vec![t, t2]);
     match k.call(7, RequestKind::OffsetFetch(q)) {
         ResponseKind::OffsetFetch(r) => {
-            assert_eq!(r.topics[0].partitions[0].committed_offset, -1, "other: deleted");
+            assert_eq!(
+                r.topics[0].partitions[0].committed_offset, -1,
+                "other: deleted"
+            );
             assert_eq!(r.topics[1].partitions[0].committed_offset, 5, "st: kept");
         }
         other => panic!("{other:?}"),
@@ -445,7 +523,15 @@ fn describe(k: &mut Kafka, topic: &str) -> BTreeMap<String, (String, i8)> {
         ResponseKind::DescribeConfigs(r) => r.results[0]
             .configs
             .iter()
-            .map(|c| (c.name.to_string(), (c.value.as_deref().unwrap_or("").to_string(), c.config_source)))
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    (
+                        c.value.as_deref().unwrap_or("").to_string(),
+                        c.config_source,
+                    ),
+                )
+            })
             .collect(),
         other => panic!("{other:?}"),
     }
@@ -468,9 +554,10 @@ fn alter(k: &mut Kafka, topic: &str, ops: &[(&str, i8, Option<&str>)]) -> (i16, 
     let mut q = km::IncrementalAlterConfigsRequest::default();
     q.resources = vec![res];
     match k.call(1, RequestKind::IncrementalAlterConfigs(q)) {
-        ResponseKind::IncrementalAlterConfigs(r) => {
-            (r.responses[0].error_code, r.responses[0].error_message.as_ref().map(|m| m.to_string()))
-        }
+        ResponseKind::IncrementalAlterConfigs(r) => (
+            r.responses[0].error_code,
+            r.responses[0].error_message.as_ref().map(|m| m.to_string()),
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -500,20 +587,48 @@ fn topic_configs_behave_as_in_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let b = broker(&dir.path().join("data"));
     let mut k = Kafka::connect(b.kafka);
-    create_topic(&mut k, "cfg", 1, &[("min.cleanable.dirty.ratio", "0.3"), ("preallocate", "true")]);
+    create_topic(
+        &mut k,
+        "cfg",
+        1,
+        &[
+            ("min.cleanable.dirty.ratio", "0.3"),
+            ("preallocate", "true"),
+        ],
+    );
     let d = describe(&mut k, "cfg");
     for name in [
-        "cleanup.policy", "compression.type", "delete.retention.ms", "file.delete.delay.ms",
-        "flush.messages", "flush.ms", "index.interval.bytes", "local.retention.ms",
-        "max.compaction.lag.ms", "max.message.bytes", "message.timestamp.type",
-        "min.compaction.lag.ms", "min.insync.replicas", "remote.storage.enable",
-        "retention.bytes", "retention.ms", "segment.bytes", "segment.index.bytes",
-        "segment.jitter.ms", "segment.ms", "unclean.leader.election.enable",
-        "message.timestamp.before.max.ms", "message.timestamp.after.max.ms",
+        "cleanup.policy",
+        "compression.type",
+        "delete.retention.ms",
+        "file.delete.delay.ms",
+        "flush.messages",
+        "flush.ms",
+        "index.interval.bytes",
+        "local.retention.ms",
+        "max.compaction.lag.ms",
+        "max.message.bytes",
+        "message.timestamp.type",
+        "min.compaction.lag.ms",
+        "min.insync.replicas",
+        "remote.storage.enable",
+        "retention.bytes",
+        "retention.ms",
+        "segment.bytes",
+        "segment.index.bytes",
+        "segment.jitter.ms",
+        "segment.ms",
+        "unclean.leader.election.enable",
+        "message.timestamp.before.max.ms",
+        "message.timestamp.after.max.ms",
     ] {
         assert!(d.contains_key(name), "{name} described");
     }
-    assert_eq!(d["min.cleanable.dirty.ratio"], ("0.3".into(), 1), "set on the topic");
+    assert_eq!(
+        d["min.cleanable.dirty.ratio"],
+        ("0.3".into(), 1),
+        "set on the topic"
+    );
     assert_eq!(d["preallocate"], ("true".into(), 1));
     assert_eq!(d["cleanup.policy"], ("delete".into(), 5), "the default");
     // Unknown names and bad values: INVALID_CONFIG.
@@ -531,40 +646,75 @@ fn topic_configs_behave_as_in_kafka() {
         ResponseKind::CreateTopics(r) => assert_eq!(r.topics[0].error_code, INVALID_CONFIG),
         other => panic!("{other:?}"),
     }
-    assert_eq!(alter(&mut k, "cfg", &[("min.insync.replicas", 0, Some("0"))]).0, INVALID_CONFIG);
+    assert_eq!(
+        alter(&mut k, "cfg", &[("min.insync.replicas", 0, Some("0"))]).0,
+        INVALID_CONFIG
+    );
     // APPEND and SUBTRACT on a list; not on a number.
-    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 2, Some("compact"))]).0, 0);
-    assert_eq!(describe(&mut k, "cfg")["cleanup.policy"], ("delete,compact".into(), 1));
-    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("delete"))]).0, 0);
+    assert_eq!(
+        alter(&mut k, "cfg", &[("cleanup.policy", 2, Some("compact"))]).0,
+        0
+    );
+    assert_eq!(
+        describe(&mut k, "cfg")["cleanup.policy"],
+        ("delete,compact".into(), 1)
+    );
+    assert_eq!(
+        alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("delete"))]).0,
+        0
+    );
     assert_eq!(describe(&mut k, "cfg")["cleanup.policy"].0, "compact");
     let (code, message) = alter(&mut k, "cfg", &[("retention.ms", 2, Some("5"))]);
     assert_eq!(code, INVALID_CONFIG);
     assert!(message.unwrap().contains("not a list"));
-    assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("compact"))]).0, INVALID_CONFIG, "never empty");
+    assert_eq!(
+        alter(&mut k, "cfg", &[("cleanup.policy", 3, Some("compact"))]).0,
+        INVALID_CONFIG,
+        "never empty"
+    );
 
     // cfg is compact-only now: records need keys; the refused ones are named.
     let (code, _) = produce_one(&mut k, 9, "cfg", 0, keyed_batch(&[Some("a"), Some("b")]));
     assert_eq!(code, 0);
-    match k.call(9, produce_request("cfg", 0, keyed_batch(&[Some("a"), None, Some("c"), None]))) {
+    match k.call(
+        9,
+        produce_request("cfg", 0, keyed_batch(&[Some("a"), None, Some("c"), None])),
+    ) {
         ResponseKind::Produce(r) => {
             let p = &r.responses[0].partition_responses[0];
             assert_eq!(p.error_code, INVALID_RECORD);
-            assert_eq!(p.record_errors.iter().map(|e| e.batch_index).collect::<Vec<_>>(), vec![1, 3]);
+            assert_eq!(
+                p.record_errors
+                    .iter()
+                    .map(|e| e.batch_index)
+                    .collect::<Vec<_>>(),
+                vec![1, 3]
+            );
             assert!(p.error_message.as_ref().unwrap().contains("without keys"));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(fetch_values(&mut k, "cfg", 0).len(), 2, "nothing of the refused batch stored");
+    assert_eq!(
+        fetch_values(&mut k, "cfg", 0).len(),
+        2,
+        "nothing of the refused batch stored"
+    );
     // DELETE: back to the default, records without keys go in again.
     assert_eq!(alter(&mut k, "cfg", &[("cleanup.policy", 1, None)]).0, 0);
-    assert_eq!(describe(&mut k, "cfg")["cleanup.policy"], ("delete".into(), 5));
+    assert_eq!(
+        describe(&mut k, "cfg")["cleanup.policy"],
+        ("delete".into(), 5)
+    );
     assert_eq!(produce_one(&mut k, 9, "cfg", 0, keyed_batch(&[None])).0, 0);
 
     // compression.type: the broker stores the topic's codec whatever the producer sent.
     create_topic(&mut k, "gz", 1, &[("compression.type", "gzip")]);
     let sent = keyed_batch(&[Some("x"), None, Some("z")]);
     assert_eq!(produce_one(&mut k, 9, "gz", 0, sent.clone()).0, 0);
-    let r = match k.call(12, RequestKind::Fetch(fetch_request("gz", 0, 0, 1 << 20, 1 << 20))) {
+    let r = match k.call(
+        12,
+        RequestKind::Fetch(fetch_request("gz", 0, 0, 1 << 20, 1 << 20)),
+    ) {
         ResponseKind::Fetch(r) => r,
         other => panic!("{other:?}"),
     };
@@ -572,13 +722,24 @@ fn topic_configs_behave_as_in_kafka() {
     let info = batch::validate(&stored, usize::MAX).unwrap();
     assert_eq!(info.compression, batch::Compression::Gzip);
     assert_eq!(info.record_count, 3);
-    let plain = ringmq_storage::codecs::decompress(&stored[batch::HEADER_BYTES..], batch::Compression::Gzip).unwrap();
-    assert_eq!(plain, sent[batch::HEADER_BYTES..].to_vec(), "the same records");
+    let plain = ringmq_storage::codecs::decompress(
+        &stored[batch::HEADER_BYTES..],
+        batch::Compression::Gzip,
+    )
+    .unwrap();
+    assert_eq!(
+        plain,
+        sent[batch::HEADER_BYTES..].to_vec(),
+        "the same records"
+    );
     assert_eq!(fetch_values(&mut k, "gz", 0).len(), 3);
 
     // min.insync.replicas: acks=all needs that many in-sync replicas; acks=1 does not.
     create_topic(&mut k, "isr", 1, &[("min.insync.replicas", "2")]);
-    assert_eq!(produce_one(&mut k, 9, "isr", 0, keyed_batch(&[Some("a")])).0, NOT_ENOUGH_REPLICAS);
+    assert_eq!(
+        produce_one(&mut k, 9, "isr", 0, keyed_batch(&[Some("a")])).0,
+        NOT_ENOUGH_REPLICAS
+    );
     let mut q = match produce_request("isr", 0, keyed_batch(&[Some("a")])) {
         RequestKind::Produce(q) => q,
         _ => unreachable!(),

@@ -82,7 +82,11 @@ struct Matrix {
 
 impl Matrix {
     fn max(&self, api: ApiKey) -> i16 {
-        self.ranges.iter().find(|r| r.0 == api).expect("advertised").2
+        self.ranges
+            .iter()
+            .find(|r| r.0 == api)
+            .expect("advertised")
+            .2
     }
 
     fn metadata(&mut self, topic: &str) -> km::metadata_response::MetadataResponseTopic {
@@ -307,7 +311,10 @@ impl Matrix {
                         let rec = &first.records[0];
                         assert_eq!(rec.offset, 0);
                         assert_eq!(rec.value.as_deref(), Some(&b"seed-0"[..]), "v{v}");
-                        assert_eq!(rec.headers.get(&s("h")).cloned().flatten().as_deref(), Some(&b"v"[..]));
+                        assert_eq!(
+                            rec.headers.get(&s("h")).cloned().flatten().as_deref(),
+                            Some(&b"v"[..])
+                        );
                     }
                     other => panic!("{other:?}"),
                 }
@@ -369,7 +376,10 @@ impl Matrix {
                     ResponseKind::AlterConfigs(r) => assert_eq!(r.responses[0].error_code, 0),
                     other => panic!("{other:?}"),
                 }
-                assert_eq!(self.describe_config(&name, "retention.ms"), ("1234567".into(), 1));
+                assert_eq!(
+                    self.describe_config(&name, "retention.ms"),
+                    ("1234567".into(), 1)
+                );
                 // Not in the new set: back to its default.
                 assert_eq!(self.describe_config(&name, "segment.ms").1, 5, "v{v}");
             }
@@ -378,7 +388,8 @@ impl Matrix {
                 c.name = s("retention.bytes");
                 c.config_operation = 0;
                 c.value = Some(s(&format!("{}", 1_000_000 + i64::from(v))));
-                let mut res = km::incremental_alter_configs_request::AlterConfigsResource::default();
+                let mut res =
+                    km::incremental_alter_configs_request::AlterConfigsResource::default();
                 res.resource_type = 2;
                 res.resource_name = s("matrix");
                 res.configs = vec![c];
@@ -425,7 +436,8 @@ impl Matrix {
             }
             ApiKey::OffsetForLeaderEpoch => {
                 let end = self.list_offset("matrix", 1, -1).0;
-                let mut p = km::offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+                let mut p =
+                    km::offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
                 p.partition = 1;
                 p.current_leader_epoch = -1;
                 p.leader_epoch = 0;
@@ -463,7 +475,8 @@ impl Matrix {
                 let name = format!("dr-{v}");
                 create_topic(&mut self.k, &name, 1, &[]);
                 for i in 0..5 {
-                    let (code, _) = produce_one(&mut self.k, 9, &name, 0, one_record(&i.to_string(), 1));
+                    let (code, _) =
+                        produce_one(&mut self.k, 9, &name, 0, one_record(&i.to_string(), 1));
                     assert_eq!(code, 0);
                 }
                 let mut p = km::delete_records_request::DeleteRecordsPartition::default();
@@ -519,11 +532,14 @@ impl Matrix {
                     match self.k.call(v, RequestKind::FindCoordinator(q)) {
                         ResponseKind::FindCoordinator(r) => {
                             let (code, msg) = if v >= 4 {
-                                (r.coordinators[0].error_code, r.coordinators[0].error_message.clone())
+                                (
+                                    r.coordinators[0].error_code,
+                                    r.coordinators[0].error_message.clone(),
+                                )
                             } else {
                                 (r.error_code, r.error_message.clone())
                             };
-                            assert_eq!(code, UNSUPPORTED_VERSION, "v{v}");
+                            assert_eq!(code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED, "v{v}");
                             assert!(msg.unwrap().contains("transactions are not supported"));
                         }
                         other => panic!("{other:?}"),
@@ -533,7 +549,11 @@ impl Matrix {
             group_api => {
                 let mut versions: Vec<(ApiKey, i16)> =
                     GROUP_APIS.iter().map(|a| (*a, self.max(*a))).collect();
-                versions.iter_mut().find(|(a, _)| *a == group_api).unwrap().1 = v;
+                versions
+                    .iter_mut()
+                    .find(|(a, _)| *a == group_api)
+                    .unwrap()
+                    .1 = v;
                 let group = format!("g-{group_api:?}-{v}");
                 self.group_flow(&group, &versions);
             }
@@ -573,7 +593,10 @@ impl Matrix {
             other => panic!("{other:?}"),
         };
         if jv >= 4 {
-            assert_eq!(r.error_code, 79, "JoinGroup v{jv}: MEMBER_ID_REQUIRED first");
+            assert_eq!(
+                r.error_code, 79,
+                "JoinGroup v{jv}: MEMBER_ID_REQUIRED first"
+            );
             let member = r.member_id.to_string();
             r = match self.k.call(jv, join(&member)) {
                 ResponseKind::JoinGroup(r) => r,
@@ -584,7 +607,11 @@ impl Matrix {
         let member = r.member_id.to_string();
         let generation = r.generation_id;
         assert!(generation >= 1);
-        assert_eq!(r.leader.as_str(), member, "JoinGroup v{jv}: the only member leads");
+        assert_eq!(
+            r.leader.as_str(),
+            member,
+            "JoinGroup v{jv}: the only member leads"
+        );
         assert_eq!(r.members.len(), 1);
         assert_eq!(r.members[0].metadata, subscription.clone().freeze());
         if jv >= 7 {
@@ -649,7 +676,10 @@ impl Matrix {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(self.committed(group, ver(ApiKey::OffsetFetch)), vec![(0, 3), (1, 4)]);
+        assert_eq!(
+            self.committed(group, ver(ApiKey::OffsetFetch)),
+            vec![(0, 3), (1, 4)]
+        );
         // Describe and list.
         let dv = ver(ApiKey::DescribeGroups);
         let mut q = km::DescribeGroupsRequest::default();
@@ -693,7 +723,9 @@ impl Matrix {
             let mut q = km::ListGroupsRequest::default();
             q.types_filter = vec![s("consumer")];
             match self.k.call(lv, RequestKind::ListGroups(q)) {
-                ResponseKind::ListGroups(r) => assert!(r.groups.is_empty(), "no new-protocol groups"),
+                ResponseKind::ListGroups(r) => {
+                    assert!(r.groups.is_empty(), "no new-protocol groups")
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -726,22 +758,33 @@ impl Matrix {
         p.partition_index = 0;
         t.partitions = vec![p];
         q.topics = vec![t];
-        match self.k.call(ver(ApiKey::OffsetDelete), RequestKind::OffsetDelete(q)) {
+        match self
+            .k
+            .call(ver(ApiKey::OffsetDelete), RequestKind::OffsetDelete(q))
+        {
             ResponseKind::OffsetDelete(r) => {
                 assert_eq!(r.error_code, 0);
                 assert_eq!(r.topics[0].partitions[0].error_code, 0);
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(self.committed(group, ver(ApiKey::OffsetFetch)), vec![(0, -1), (1, 4)]);
+        assert_eq!(
+            self.committed(group, ver(ApiKey::OffsetFetch)),
+            vec![(0, -1), (1, 4)]
+        );
         let gv = ver(ApiKey::DeleteGroups);
         let mut q = km::DeleteGroupsRequest::default();
         q.groups_names = vec![gid.clone()];
         match self.k.call(gv, RequestKind::DeleteGroups(q)) {
-            ResponseKind::DeleteGroups(r) => assert_eq!(r.results[0].error_code, 0, "DeleteGroups v{gv}"),
+            ResponseKind::DeleteGroups(r) => {
+                assert_eq!(r.results[0].error_code, 0, "DeleteGroups v{gv}")
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(self.committed(group, ver(ApiKey::OffsetFetch)), vec![(0, -1), (1, -1)]);
+        assert_eq!(
+            self.committed(group, ver(ApiKey::OffsetFetch)),
+            vec![(0, -1), (1, -1)]
+        );
     }
 
     /// The group's committed offsets of partitions 0 and 1 of `matrix`.
@@ -849,11 +892,20 @@ fn every_advertised_version_of_every_api_answers_meaningfully() {
         &["--group-initial-rebalance-delay-ms", "0"],
     );
     let mut k = Kafka::connect(b.kafka);
-    let ranges = match k.call(3, RequestKind::ApiVersions(km::ApiVersionsRequest::default())) {
+    let ranges = match k.call(
+        3,
+        RequestKind::ApiVersions(km::ApiVersionsRequest::default()),
+    ) {
         ResponseKind::ApiVersions(r) => r
             .api_keys
             .iter()
-            .map(|a| (ApiKey::try_from(a.api_key).unwrap(), a.min_version, a.max_version))
+            .map(|a| {
+                (
+                    ApiKey::try_from(a.api_key).unwrap(),
+                    a.min_version,
+                    a.max_version,
+                )
+            })
             .collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
@@ -866,7 +918,10 @@ fn every_advertised_version_of_every_api_answers_meaningfully() {
         .filter(|(api, _, hi)| *hi != newest_request(*api))
         .map(|(api, _, hi)| format!("{api:?} v{hi} of v{}", newest_request(*api)))
         .collect();
-    assert!(behind.is_empty(), "newest versions not advertised: {behind:?}");
+    assert!(
+        behind.is_empty(),
+        "newest versions not advertised: {behind:?}"
+    );
     create_topic(&mut k, "matrix", 2, &[("segment.ms", "86400000")]);
     let (code, _) = produce_one(&mut k, 9, "matrix", 0, one_record("seed-0", 5));
     assert_eq!(code, 0);

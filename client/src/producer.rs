@@ -425,7 +425,8 @@ fn compress(plain: Vec<u8>, c: Compression) -> Result<Vec<u8>> {
     if c == Compression::None {
         return Ok(plain);
     }
-    let packed = ringmq_storage::codecs::compress(&plain[HEADER_BYTES..], c).map_err(Error::Invalid)?;
+    let packed =
+        ringmq_storage::codecs::compress(&plain[HEADER_BYTES..], c).map_err(Error::Invalid)?;
     Ok(with_records_section(&plain, c, &packed))
 }
 
@@ -434,7 +435,8 @@ pub(crate) fn decompress(batch: &[u8], c: Compression) -> Result<Option<Vec<u8>>
     if c == Compression::None {
         return Ok(None);
     }
-    let plain = ringmq_storage::codecs::decompress(&batch[HEADER_BYTES..], c).map_err(Error::Protocol)?;
+    let plain =
+        ringmq_storage::codecs::decompress(&batch[HEADER_BYTES..], c).map_err(Error::Protocol)?;
     Ok(Some(with_records_section(batch, Compression::None, &plain)))
 }
 

@@ -29,9 +29,9 @@ use ringmq_storage::{
 use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
 use crate::placement::place;
 use crate::producer_ids::{IdKey, ProducerIds};
-use crate::topic_configs::TopicPolicy;
 use crate::producers::{self, Check, Producers};
 use crate::timers::Timers;
+use crate::topic_configs::TopicPolicy;
 use crate::topics::{self, TopicMeta, TopicTable};
 
 /// Capacity of each cross-shard channel (messages).
@@ -1543,7 +1543,10 @@ impl Shard {
             let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
             let Some(log) = log else {
                 out.push((
-                    WireError::new(ErrorCode::UnknownPartition, "partition is not on this shard"),
+                    WireError::new(
+                        ErrorCode::UnknownPartition,
+                        "partition is not on this shard",
+                    ),
                     -1,
                 ));
                 continue;

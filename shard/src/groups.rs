@@ -1460,21 +1460,21 @@ impl Coordinator {
             let code = match fenced {
                 Some(code) => code,
                 None => match key.and_then(|k| g.members.remove(&k).map(|m| (k, m))) {
-                Some((k, m)) => {
-                    tracing::info!(shard = self.shard_id, group = %group_id, member = %k, "member left");
-                    if let Some(j) = m.join {
-                        let _ = j.try_send(JoinDone {
-                            error: errors::UNKNOWN_MEMBER_ID,
-                            generation: -1,
-                            protocol: String::new(),
-                            leader: String::new(),
-                            members: Vec::new(),
-                        });
+                    Some((k, m)) => {
+                        tracing::info!(shard = self.shard_id, group = %group_id, member = %k, "member left");
+                        if let Some(j) = m.join {
+                            let _ = j.try_send(JoinDone {
+                                error: errors::UNKNOWN_MEMBER_ID,
+                                generation: -1,
+                                protocol: String::new(),
+                                leader: String::new(),
+                                members: Vec::new(),
+                            });
+                        }
+                        removed = true;
+                        errors::NONE
                     }
-                    removed = true;
-                    errors::NONE
-                }
-                None => errors::UNKNOWN_MEMBER_ID,
+                    None => errors::UNKNOWN_MEMBER_ID,
                 },
             };
             if version >= 3 {
@@ -1772,11 +1772,12 @@ impl Coordinator {
             for p in &t.partitions {
                 let mut pr = km::offset_commit_response::OffsetCommitResponsePartition::default();
                 pr.partition_index = p.partition_index;
-                pr.error_code = if code == errors::NONE && !exists(t.name.0.as_str(), p.partition_index) {
-                    errors::UNKNOWN_TOPIC_OR_PARTITION
-                } else {
-                    code
-                };
+                pr.error_code =
+                    if code == errors::NONE && !exists(t.name.0.as_str(), p.partition_index) {
+                        errors::UNKNOWN_TOPIC_OR_PARTITION
+                    } else {
+                        code
+                    };
                 tr.partitions.push(pr);
             }
             resp.topics.push(tr);
@@ -1884,9 +1885,7 @@ impl Coordinator {
             None
         };
         let in_use = |topic: &str| subscribed.as_ref().is_some_and(|s| s.contains(topic));
-        records.retain(|(k, _)| {
-            parse_offset_key(k).is_some_and(|(_, topic, _)| !in_use(&topic))
-        });
+        records.retain(|(k, _)| parse_offset_key(k).is_some_and(|(_, topic, _)| !in_use(&topic)));
         let code = match self.write(records).await {
             Ok(()) => errors::NONE,
             Err(_) => errors::COORDINATOR_NOT_AVAILABLE,

@@ -94,11 +94,13 @@ pub mod errors {
     pub const INVALID_RECORD: i16 = 87;
 }
 
-/// What a transactional request gets (InitProducerId with a transactional id,
-/// FindCoordinator for a transaction): UNSUPPORTED_VERSION, with a message saying that
-/// transactions are not supported. Clients treat it as fatal at once, instead of
-/// retrying a coordinator lookup until their timeout.
-const TRANSACTIONS_UNSUPPORTED: i16 = errors::UNSUPPORTED_VERSION;
+/// What a transactional request gets (FindCoordinator for a transaction, InitProducerId
+/// with a transactional id): TRANSACTIONAL_ID_AUTHORIZATION_FAILED, with a message
+/// saying that transactions are not supported. It is the one error that every client
+/// treats as fatal at once (librdkafka retries a coordinator lookup on any other error
+/// until the caller's timeout; the Java client fails fast on it too), so
+/// `init_transactions` fails within a second and reports the message.
+const TRANSACTIONS_UNSUPPORTED: i16 = 53;
 /// The message that goes with [`TRANSACTIONS_UNSUPPORTED`].
 const TRANSACTIONS_UNSUPPORTED_MESSAGE: &str =
     "transactions are not supported by this broker (ringmq): use an idempotent producer";
@@ -313,7 +315,11 @@ const TOPIC_UUID_NAMESPACE: u64 = 0x7269_6e67_6d71_0000;
 /// whose data does not fit what is left is answered with no records (and no error):
 /// the client fetches it again. A partition's read is either within its limits or a
 /// single batch larger than them, so this keeps or drops whole reads.
-fn limit_fetch(results: &mut [ringmq_net::codec::FetchResult], partition_max: &[usize], max_bytes: usize) {
+fn limit_fetch(
+    results: &mut [ringmq_net::codec::FetchResult],
+    partition_max: &[usize],
+    max_bytes: usize,
+) {
     let mut total = 0usize;
     for (i, r) in results.iter_mut().enumerate() {
         let len = r.records.len();
@@ -370,7 +376,10 @@ fn config_from_kafka(name: &str, value: Option<&str>) -> Result<ConfigChange, St
         }
         _ => {}
     }
-    if let Some((_, ours)) = topic_configs::SETTING_NAMES.iter().find(|(k, _)| *k == name) {
+    if let Some((_, ours)) = topic_configs::SETTING_NAMES
+        .iter()
+        .find(|(k, _)| *k == name)
+    {
         let v = if topic_configs::def(name).is_some() {
             topic_configs::check(name, v)?
         } else {
@@ -379,7 +388,10 @@ fn config_from_kafka(name: &str, value: Option<&str>) -> Result<ConfigChange, St
         return Ok(ConfigChange::Set(ours.to_string(), v));
     }
     if topic_configs::def(name).is_some() {
-        return Ok(ConfigChange::Set(name.to_string(), topic_configs::check(name, v)?));
+        return Ok(ConfigChange::Set(
+            name.to_string(),
+            topic_configs::check(name, v)?,
+        ));
     }
     Err(format!(
         "unknown topic config {name}: ringmq takes every topic config Kafka defines (docs/kafka.md), and ringmq.flush"
@@ -864,7 +876,8 @@ impl KafkaService {
                             .record_errors
                             .iter()
                             .map(|(i, m)| {
-                                let mut e = km::produce_response::BatchIndexAndErrorMessage::default();
+                                let mut e =
+                                    km::produce_response::BatchIndexAndErrorMessage::default();
                                 e.batch_index = *i;
                                 e.batch_index_error_message = Some(s(m));
                                 e
@@ -887,7 +900,7 @@ impl KafkaService {
         // Per topic in request order: its name, its id, and each partition with the
         // error it gets without asking the shard (a negative partition, an unknown
         // topic id), or `None` when the shard answers it.
-        let mut order: Vec<(String, uuid::Uuid, Vec<(i32, Option<i16>)>)> = Vec::new();
+        let mut order: Vec<FetchTopicOrder> = Vec::new();
         for t in &r.topics {
             // From v13 topics are named by id (KIP-516).
             let name = if version >= 13 {
@@ -966,7 +979,11 @@ impl KafkaService {
             }
             put_len(f.bytes_mut(), ps.len(), flexible);
             for &(partition, early) in ps {
-                let res = if early.is_none() { results.next() } else { None };
+                let res = if early.is_none() {
+                    results.next()
+                } else {
+                    None
+                };
                 let b = f.bytes_mut();
                 b.put_i32(partition);
                 match &res {
@@ -1272,8 +1289,7 @@ impl KafkaService {
                 4 => effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
                     .into_iter()
                     .filter_map(|mut d| {
-                        let (_, broker) =
-                            BROKER_CONFIG_NAMES.iter().find(|(t, _)| *t == d.name)?;
+                        let (_, broker) = BROKER_CONFIG_NAMES.iter().find(|(t, _)| *t == d.name)?;
                         d.name = broker.to_string();
                         Some((d, 4))
                     })
@@ -1379,7 +1395,11 @@ impl KafkaService {
         let mut parts = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((t.name.0.to_string(), p.partition_index.max(0) as u32, p.offset));
+                parts.push((
+                    t.name.0.to_string(),
+                    p.partition_index.max(0) as u32,
+                    p.offset,
+                ));
             }
         }
         let mut results = self.shard.clone().delete_records(parts).await.into_iter();
@@ -1438,7 +1458,8 @@ impl KafkaService {
                             .filter(|k| !set.iter().any(|(s, _)| s == *k))
                             .cloned()
                             .collect();
-                        self.change_configs(name, set, remove, r.validate_only).await
+                        self.change_configs(name, set, remove, r.validate_only)
+                            .await
                     }
                 }
             } else {
@@ -1505,7 +1526,10 @@ impl KafkaService {
             } else if let Some(meta) = self.shard.topic(&name) {
                 match incremental_changes(&meta.configs, &self.shard.log_defaults(), &res.configs) {
                     Err(e) => Err((errors::INVALID_CONFIG, e)),
-                    Ok((set, remove)) => self.change_configs(name, set, remove, r.validate_only).await,
+                    Ok((set, remove)) => {
+                        self.change_configs(name, set, remove, r.validate_only)
+                            .await
+                    }
                 }
             } else {
                 Err((
@@ -1535,12 +1559,18 @@ impl KafkaService {
         let (host, port) = self.broker();
         let refusal = match r.key_type {
             0 => None,
-            1 => Some((TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string())),
+            1 => Some((
+                TRANSACTIONS_UNSUPPORTED,
+                TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string(),
+            )),
             2 => Some((
                 errors::INVALID_REQUEST,
                 "share groups are not supported by this broker".to_string(),
             )),
-            t => Some((errors::INVALID_REQUEST, format!("unknown coordinator key type {t}"))),
+            t => Some((
+                errors::INVALID_REQUEST,
+                format!("unknown coordinator key type {t}"),
+            )),
         };
         if version >= 4 {
             for key in r.coordinator_keys {
@@ -1604,7 +1634,12 @@ impl KafkaService {
             let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
             gr.group_id = g.group_id.clone();
             match self
-                .on_group_shard(g.group_id.0.as_str(), RequestKind::OffsetFetch(one), 7, client_id)
+                .on_group_shard(
+                    g.group_id.0.as_str(),
+                    RequestKind::OffsetFetch(one),
+                    7,
+                    client_id,
+                )
                 .await
             {
                 Some(ResponseKind::OffsetFetch(a)) => {
@@ -1817,6 +1852,13 @@ impl KafkaService {
     }
 }
 
+/// Configs to set and configs to remove, as stored.
+type StoredChanges = (Vec<(String, String)>, Vec<String>);
+
+/// A fetched topic in request order: its name, its id, and each partition with the
+/// error it gets without asking the shard, or `None` when the shard answers it.
+type FetchTopicOrder = (String, uuid::Uuid, Vec<(i32, Option<i16>)>);
+
 /// IncrementalAlterConfigs' operations on one topic as stored changes: SET (0),
 /// DELETE (1, back to the default), and for list configs APPEND (2) and SUBTRACT (3),
 /// applied to the topic's effective value. Returns (set, remove).
@@ -1824,7 +1866,7 @@ fn incremental_changes(
     stored: &BTreeMap<String, String>,
     defaults: &ringmq_storage::LogConfig,
     ops: &[km::incremental_alter_configs_request::AlterableConfig],
-) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+) -> Result<StoredChanges, String> {
     let mut set = Vec::new();
     let mut remove = Vec::new();
     let effective = effective_configs(stored, defaults);
@@ -1833,7 +1875,10 @@ fn incremental_changes(
         let value = c.value.as_ref().map(|v| v.as_str());
         let change = match c.config_operation {
             0 => config_from_kafka(name, value)?,
-            1 => match config_from_kafka(name, Some(topic_configs::def(name).map_or("", |d| d.default))) {
+            1 => match config_from_kafka(
+                name,
+                Some(topic_configs::def(name).map_or("", |d| d.default)),
+            ) {
                 Ok(ConfigChange::Set(k, _) | ConfigChange::Reset(k)) => ConfigChange::Reset(k),
                 Err(_) if name == "ringmq.flush" => ConfigChange::Reset("flush".into()),
                 Err(e) => return Err(e),

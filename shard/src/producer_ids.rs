@@ -145,7 +145,10 @@ pub struct ProducerIds {
 impl ProducerIds {
     /// The issuer of `shard`, continuing after what earlier runs reserved.
     pub async fn open(data_dir: &Path, key: IdKey, shard: u32) -> Result<Self, IssueError> {
-        assert!(shard < 1 << SHARD_BITS, "shard {shard} beyond the id's shard bits");
+        assert!(
+            shard < 1 << SHARD_BITS,
+            "shard {shard} beyond the id's shard bits"
+        );
         let path = data_dir.join(DIR_NAME).join(shard.to_string());
         let start = match std::fs::read(&path) {
             Ok(b) if b.len() == 8 => u64::from_be_bytes(b.try_into().expect("8 bytes")),

@@ -89,42 +89,224 @@ const FORMAT: &str = "ringmq stores RecordBatch v2 only and never converts forma
 
 /// Every topic config Kafka defines, in name order.
 pub const DEFS: &[Def] = &[
-    Def { name: "cleanup.policy", default: "delete", kind: Kind::List(Some(&["delete", "compact"])), effect: Effect::Broker },
-    Def { name: "compression.gzip.level", default: "-1", kind: Kind::Int(-1, 9), effect: Effect::Broker },
-    Def { name: "compression.lz4.level", default: "9", kind: Kind::Int(1, 17), effect: Effect::NoEffect("the lz4 encoder here has one level") },
-    Def { name: "compression.type", default: "producer", kind: Kind::Enum(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]), effect: Effect::Broker },
-    Def { name: "compression.zstd.level", default: "3", kind: Kind::Int(-131072, 22), effect: Effect::Broker },
-    Def { name: "delete.retention.ms", default: "86400000", kind: Kind::Long(0, L), effect: Effect::NoEffect(COMPACTION) },
-    Def { name: "file.delete.delay.ms", default: "60000", kind: Kind::Long(0, L), effect: Effect::NoEffect("segments are deleted at once; reads in progress keep their open file") },
-    Def { name: "flush.messages", default: "9223372036854775807", kind: Kind::Long(1, L), effect: Effect::Setting },
-    Def { name: "flush.ms", default: "9223372036854775807", kind: Kind::Long(0, L), effect: Effect::Setting },
-    Def { name: "follower.replication.throttled.replicas", default: "", kind: Kind::List(None), effect: Effect::NoEffect(REPLICATION) },
-    Def { name: "index.interval.bytes", default: "4096", kind: Kind::Int(0, I), effect: Effect::Setting },
-    Def { name: "leader.replication.throttled.replicas", default: "", kind: Kind::List(None), effect: Effect::NoEffect(REPLICATION) },
-    Def { name: "local.retention.bytes", default: "-2", kind: Kind::Long(-2, L), effect: Effect::NoEffect(TIERED) },
-    Def { name: "local.retention.ms", default: "-2", kind: Kind::Long(-2, L), effect: Effect::NoEffect(TIERED) },
-    Def { name: "max.compaction.lag.ms", default: "9223372036854775807", kind: Kind::Long(1, L), effect: Effect::NoEffect(COMPACTION) },
-    Def { name: "max.message.bytes", default: "1048588", kind: Kind::Int(0, I), effect: Effect::Setting },
-    Def { name: "message.downconversion.enable", default: "true", kind: Kind::Bool, effect: Effect::NoEffect(FORMAT) },
-    Def { name: "message.format.version", default: "3.0-IV1", kind: Kind::List(None), effect: Effect::NoEffect(FORMAT) },
-    Def { name: "message.timestamp.after.max.ms", default: "9223372036854775807", kind: Kind::Long(0, L), effect: Effect::Broker },
-    Def { name: "message.timestamp.before.max.ms", default: "9223372036854775807", kind: Kind::Long(0, L), effect: Effect::Broker },
-    Def { name: "message.timestamp.difference.max.ms", default: "9223372036854775807", kind: Kind::Long(0, L), effect: Effect::Broker },
-    Def { name: "message.timestamp.type", default: "CreateTime", kind: Kind::Enum(&["CreateTime", "LogAppendTime"]), effect: Effect::Setting },
-    Def { name: "min.cleanable.dirty.ratio", default: "0.5", kind: Kind::Double(0.0, 1.0), effect: Effect::NoEffect(COMPACTION) },
-    Def { name: "min.compaction.lag.ms", default: "0", kind: Kind::Long(0, L), effect: Effect::NoEffect(COMPACTION) },
-    Def { name: "min.insync.replicas", default: "1", kind: Kind::Int(1, I), effect: Effect::Broker },
-    Def { name: "preallocate", default: "false", kind: Kind::Bool, effect: Effect::NoEffect("ringmq always preallocates segment space ahead of the writes") },
-    Def { name: "remote.log.copy.disable", default: "false", kind: Kind::Bool, effect: Effect::NoEffect(TIERED) },
-    Def { name: "remote.log.delete.on.disable", default: "false", kind: Kind::Bool, effect: Effect::NoEffect(TIERED) },
-    Def { name: "remote.storage.enable", default: "false", kind: Kind::Enum(&["false"]), effect: Effect::NoEffect(TIERED) },
-    Def { name: "retention.bytes", default: "-1", kind: Kind::Long(-1, L), effect: Effect::Setting },
-    Def { name: "retention.ms", default: "604800000", kind: Kind::Long(-1, L), effect: Effect::Setting },
-    Def { name: "segment.bytes", default: "1073741824", kind: Kind::Int(14, I), effect: Effect::Setting },
-    Def { name: "segment.index.bytes", default: "10485760", kind: Kind::Int(4, I), effect: Effect::NoEffect("indexes grow as needed; they have no preallocated size") },
-    Def { name: "segment.jitter.ms", default: "0", kind: Kind::Long(0, L), effect: Effect::NoEffect("segments roll at segment.ms exactly") },
-    Def { name: "segment.ms", default: "604800000", kind: Kind::Long(1, L), effect: Effect::Setting },
-    Def { name: "unclean.leader.election.enable", default: "false", kind: Kind::Bool, effect: Effect::NoEffect(REPLICATION) },
+    Def {
+        name: "cleanup.policy",
+        default: "delete",
+        kind: Kind::List(Some(&["delete", "compact"])),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "compression.gzip.level",
+        default: "-1",
+        kind: Kind::Int(-1, 9),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "compression.lz4.level",
+        default: "9",
+        kind: Kind::Int(1, 17),
+        effect: Effect::NoEffect("the lz4 encoder here has one level"),
+    },
+    Def {
+        name: "compression.type",
+        default: "producer",
+        kind: Kind::Enum(&["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "compression.zstd.level",
+        default: "3",
+        kind: Kind::Int(-131072, 22),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "delete.retention.ms",
+        default: "86400000",
+        kind: Kind::Long(0, L),
+        effect: Effect::NoEffect(COMPACTION),
+    },
+    Def {
+        name: "file.delete.delay.ms",
+        default: "60000",
+        kind: Kind::Long(0, L),
+        effect: Effect::NoEffect(
+            "segments are deleted at once; reads in progress keep their open file",
+        ),
+    },
+    Def {
+        name: "flush.messages",
+        default: "9223372036854775807",
+        kind: Kind::Long(1, L),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "flush.ms",
+        default: "9223372036854775807",
+        kind: Kind::Long(0, L),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "follower.replication.throttled.replicas",
+        default: "",
+        kind: Kind::List(None),
+        effect: Effect::NoEffect(REPLICATION),
+    },
+    Def {
+        name: "index.interval.bytes",
+        default: "4096",
+        kind: Kind::Int(0, I),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "leader.replication.throttled.replicas",
+        default: "",
+        kind: Kind::List(None),
+        effect: Effect::NoEffect(REPLICATION),
+    },
+    Def {
+        name: "local.retention.bytes",
+        default: "-2",
+        kind: Kind::Long(-2, L),
+        effect: Effect::NoEffect(TIERED),
+    },
+    Def {
+        name: "local.retention.ms",
+        default: "-2",
+        kind: Kind::Long(-2, L),
+        effect: Effect::NoEffect(TIERED),
+    },
+    Def {
+        name: "max.compaction.lag.ms",
+        default: "9223372036854775807",
+        kind: Kind::Long(1, L),
+        effect: Effect::NoEffect(COMPACTION),
+    },
+    Def {
+        name: "max.message.bytes",
+        default: "1048588",
+        kind: Kind::Int(0, I),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "message.downconversion.enable",
+        default: "true",
+        kind: Kind::Bool,
+        effect: Effect::NoEffect(FORMAT),
+    },
+    Def {
+        name: "message.format.version",
+        default: "3.0-IV1",
+        kind: Kind::List(None),
+        effect: Effect::NoEffect(FORMAT),
+    },
+    Def {
+        name: "message.timestamp.after.max.ms",
+        default: "9223372036854775807",
+        kind: Kind::Long(0, L),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "message.timestamp.before.max.ms",
+        default: "9223372036854775807",
+        kind: Kind::Long(0, L),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "message.timestamp.difference.max.ms",
+        default: "9223372036854775807",
+        kind: Kind::Long(0, L),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "message.timestamp.type",
+        default: "CreateTime",
+        kind: Kind::Enum(&["CreateTime", "LogAppendTime"]),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        kind: Kind::Double(0.0, 1.0),
+        effect: Effect::NoEffect(COMPACTION),
+    },
+    Def {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        kind: Kind::Long(0, L),
+        effect: Effect::NoEffect(COMPACTION),
+    },
+    Def {
+        name: "min.insync.replicas",
+        default: "1",
+        kind: Kind::Int(1, I),
+        effect: Effect::Broker,
+    },
+    Def {
+        name: "preallocate",
+        default: "false",
+        kind: Kind::Bool,
+        effect: Effect::NoEffect("ringmq always preallocates segment space ahead of the writes"),
+    },
+    Def {
+        name: "remote.log.copy.disable",
+        default: "false",
+        kind: Kind::Bool,
+        effect: Effect::NoEffect(TIERED),
+    },
+    Def {
+        name: "remote.log.delete.on.disable",
+        default: "false",
+        kind: Kind::Bool,
+        effect: Effect::NoEffect(TIERED),
+    },
+    Def {
+        name: "remote.storage.enable",
+        default: "false",
+        kind: Kind::Enum(&["false"]),
+        effect: Effect::NoEffect(TIERED),
+    },
+    Def {
+        name: "retention.bytes",
+        default: "-1",
+        kind: Kind::Long(-1, L),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "retention.ms",
+        default: "604800000",
+        kind: Kind::Long(-1, L),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "segment.bytes",
+        default: "1073741824",
+        kind: Kind::Int(14, I),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "segment.index.bytes",
+        default: "10485760",
+        kind: Kind::Int(4, I),
+        effect: Effect::NoEffect("indexes grow as needed; they have no preallocated size"),
+    },
+    Def {
+        name: "segment.jitter.ms",
+        default: "0",
+        kind: Kind::Long(0, L),
+        effect: Effect::NoEffect("segments roll at segment.ms exactly"),
+    },
+    Def {
+        name: "segment.ms",
+        default: "604800000",
+        kind: Kind::Long(1, L),
+        effect: Effect::Setting,
+    },
+    Def {
+        name: "unclean.leader.election.enable",
+        default: "false",
+        kind: Kind::Bool,
+        effect: Effect::NoEffect(REPLICATION),
+    },
 ];
 
 /// Kafka names of ringmq log settings, and ringmq's (the `Effect::Setting` configs but
@@ -169,9 +351,7 @@ pub fn check(name: &str, value: &str) -> Result<String, String> {
         },
         Kind::Enum(words) => match words.iter().find(|w| w.eq_ignore_ascii_case(v)) {
             Some(w) => Ok(w.to_string()),
-            None if name == "remote.storage.enable" => {
-                Err(format!("{name}={v}: {TIERED}"))
-            }
+            None if name == "remote.storage.enable" => Err(format!("{name}={v}: {TIERED}")),
             None => Err(format!("{name}={v:?}: must be one of {}", words.join(", "))),
         },
         Kind::List(words) => {
@@ -264,7 +444,9 @@ impl TopicPolicy {
             compression,
             gzip_level: get("compression.gzip.level").parse().unwrap_or(-1),
             zstd_level: get("compression.zstd.level").parse().unwrap_or(3),
-            keys_required: split_list(get("cleanup.policy")).iter().any(|p| p == "compact"),
+            keys_required: split_list(get("cleanup.policy"))
+                .iter()
+                .any(|p| p == "compact"),
             timestamp_before_max_ms: ms("message.timestamp.before.max.ms").or(difference),
             timestamp_after_max_ms: ms("message.timestamp.after.max.ms").or(difference),
             min_insync_replicas: get("min.insync.replicas").parse().unwrap_or(1),
@@ -319,14 +501,21 @@ impl TopicPolicy {
             let mut message = String::new();
             for (i, r) in records.iter().enumerate() {
                 if self.keys_required && r.key.is_none() {
-                    errors.push((i as i32, "compacted topic cannot accept a record without a key".to_string()));
+                    errors.push((
+                        i as i32,
+                        "compacted topic cannot accept a record without a key".to_string(),
+                    ));
                     message = "a compacted topic (cleanup.policy=compact) cannot accept records without keys".into();
                     continue;
                 }
                 if self.checks_timestamps() {
                     let ts = info.base_timestamp + r.timestamp_delta;
-                    let low = self.timestamp_before_max_ms.map(|ms| now_ms.saturating_sub(ms));
-                    let high = self.timestamp_after_max_ms.map(|ms| now_ms.saturating_add(ms));
+                    let low = self
+                        .timestamp_before_max_ms
+                        .map(|ms| now_ms.saturating_sub(ms));
+                    let high = self
+                        .timestamp_after_max_ms
+                        .map(|ms| now_ms.saturating_add(ms));
                     if low.is_some_and(|l| ts < l) || high.is_some_and(|h| ts > h) {
                         errors.push((
                             i as i32,
@@ -416,7 +605,10 @@ mod tests {
 
     #[test]
     fn values_are_checked() {
-        assert_eq!(check("cleanup.policy", "compact, delete").unwrap(), "compact,delete");
+        assert_eq!(
+            check("cleanup.policy", "compact, delete").unwrap(),
+            "compact,delete"
+        );
         assert!(check("cleanup.policy", "shred").is_err());
         assert!(check("cleanup.policy", "").is_err());
         assert_eq!(check("compression.type", "GZIP").unwrap(), "gzip");
@@ -424,15 +616,28 @@ mod tests {
         assert!(check("min.insync.replicas", "0").is_err());
         assert!(check("min.cleanable.dirty.ratio", "1.5").is_err());
         assert_eq!(check("preallocate", "TRUE").unwrap(), "true");
-        assert!(check("remote.storage.enable", "true").unwrap_err().contains("tiered"));
+        assert!(
+            check("remote.storage.enable", "true")
+                .unwrap_err()
+                .contains("tiered")
+        );
         assert!(check("no.such.config", "1").is_err());
     }
 
     #[test]
     fn lists_append_and_subtract() {
-        assert_eq!(append_or_subtract("delete", "compact", true), "delete,compact");
-        assert_eq!(append_or_subtract("delete,compact", "compact", true), "delete,compact");
-        assert_eq!(append_or_subtract("delete,compact", "delete", false), "compact");
+        assert_eq!(
+            append_or_subtract("delete", "compact", true),
+            "delete,compact"
+        );
+        assert_eq!(
+            append_or_subtract("delete,compact", "compact", true),
+            "delete,compact"
+        );
+        assert_eq!(
+            append_or_subtract("delete,compact", "delete", false),
+            "compact"
+        );
         assert_eq!(append_or_subtract("compact", "delete", false), "compact");
     }
 
@@ -460,7 +665,10 @@ mod tests {
         let bad = batch_of(&[Some("a"), None, Some("c"), None], &[1, 2, 3, 4]);
         let e = p.apply(&bad, 0).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRecord);
-        assert_eq!(e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         // Also inside a compressed batch.
         let packed = codecs::compress(&bad[batch::HEADER_BYTES..], Compression::Lz4).unwrap();
         let bad_lz4 = batch::with_records_section(&bad, Compression::Lz4, &packed);
@@ -470,15 +678,35 @@ mod tests {
     #[test]
     fn timestamps_out_of_range_are_refused() {
         let mut c = BTreeMap::new();
-        c.insert("message.timestamp.before.max.ms".to_string(), "1000".to_string());
-        c.insert("message.timestamp.after.max.ms".to_string(), "500".to_string());
+        c.insert(
+            "message.timestamp.before.max.ms".to_string(),
+            "1000".to_string(),
+        );
+        c.insert(
+            "message.timestamp.after.max.ms".to_string(),
+            "500".to_string(),
+        );
         let p = TopicPolicy::of(&c);
         let now = 1_000_000;
-        assert_eq!(p.apply(&batch_of(&[None, None], &[now - 1000, now + 500]), now), Ok(None));
-        let e = p.apply(&batch_of(&[None, None, None], &[now, now - 1001, now + 501]), now).unwrap_err();
+        assert_eq!(
+            p.apply(&batch_of(&[None, None], &[now - 1000, now + 500]), now),
+            Ok(None)
+        );
+        let e = p
+            .apply(
+                &batch_of(&[None, None, None], &[now, now - 1001, now + 501]),
+                now,
+            )
+            .unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidTimestamp);
-        assert_eq!(e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
-        let append_time = TopicPolicy { log_append_time: true, ..p };
+        assert_eq!(
+            e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        let append_time = TopicPolicy {
+            log_append_time: true,
+            ..p
+        };
         assert_eq!(append_time.apply(&batch_of(&[None], &[0]), now), Ok(None));
     }
 

@@ -124,7 +124,10 @@ pub const CONFIG_KEYS: &[(&str, &str)] = &[
     ("flush", "every_batch | interval_ms:N | bytes:N | never"),
     ("message_bytes_max", "largest batch accepted"),
     ("timestamp_type", "CreateTime | LogAppendTime"),
-    ("index_interval_bytes", "bytes between entries of the sparse offset index"),
+    (
+        "index_interval_bytes",
+        "bytes between entries of the sparse offset index",
+    ),
 ];
 
 /// The log settings a topic's configs give, over `base`.
@@ -145,7 +148,9 @@ pub fn log_config(
             "segment_ms" => c.segment_ms = num()?.max(0) as u64,
             "message_bytes_max" => c.message_bytes_max = num()?.max(0) as usize,
             "flush" => c.flush = v.parse::<FlushPolicy>()?,
-            "index_interval_bytes" => c.index_interval_bytes = num()?.clamp(1, i64::from(u32::MAX)) as u32,
+            "index_interval_bytes" => {
+                c.index_interval_bytes = num()?.clamp(1, i64::from(u32::MAX)) as u32
+            }
             // Kafka's names of what the broker applies itself, or of what has no
             // effect here (`topic_configs`).
             k if crate::topic_configs::def(k).is_some() => {

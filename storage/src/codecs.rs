@@ -66,9 +66,7 @@ pub fn compress_level(records: &[u8], c: Compression, level: i32) -> Result<Vec<
                 .and_then(|()| enc.finish())
                 .map_err(|e| format!("gzip: {e}"))
         }
-        Compression::Zstd => {
-            zstd::bulk::compress(records, level).map_err(|e| format!("zstd: {e}"))
-        }
+        Compression::Zstd => zstd::bulk::compress(records, level).map_err(|e| format!("zstd: {e}")),
         other => compress(records, other),
     }
 }
@@ -117,7 +115,8 @@ pub fn decompress_max(packed: &[u8], c: Compression, max_bytes: usize) -> Result
         Compression::Snappy => {
             let mut dec = snap::raw::Decoder::new();
             let fits = |block: &[u8], sofar: usize| {
-                let n = snap::raw::decompress_len(block).map_err(|e| format!("snappy records: {e}"))?;
+                let n =
+                    snap::raw::decompress_len(block).map_err(|e| format!("snappy records: {e}"))?;
                 if sofar.saturating_add(n) > max_bytes {
                     return Err(format!("records expand beyond {max_bytes} bytes"));
                 }

@@ -582,7 +582,10 @@ fn delete_records_moves_the_start_durably_and_retention_respects_it() {
         // Into the middle of a batch of a later segment.
         assert_eq!(log.delete_records_before(101).await.unwrap(), 101);
         assert_eq!(log.start_offset(), 101);
-        assert!(log.segment_count() < segments, "segments below the start deleted");
+        assert!(
+            log.segment_count() < segments,
+            "segments below the start deleted"
+        );
         assert_eq!(
             log.read(99, 1 << 20).await.unwrap_err().kind(),
             ErrorKind::OffsetOutOfRange
@@ -599,10 +602,7 @@ fn delete_records_moves_the_start_durably_and_retention_respects_it() {
         assert_eq!(log.start_offset(), 101, "the start survives a reopen");
         // -1 means the committed offset.
         assert_eq!(log.delete_records_before(-1).await.unwrap(), end);
-        let at = log
-            .append(bm(&make_batch(7, 1, 10, 5000)))
-            .await
-            .unwrap();
+        let at = log.append(bm(&make_batch(7, 1, 10, 5000))).await.unwrap();
         assert_eq!(at.base_offset, end);
         log.close().await.unwrap();
         let log = open(&path, cfg).await;

@@ -10,6 +10,8 @@ Run by tests/kafka_clients.rs, which starts the broker on a free port:
     clients.py BOOTSTRAP verify-sequence TOPIC COUNT
     clients.py BOOTSTRAP group-share TOPIC GROUP [confluent|kafka-python] [range|cooperative-sticky|...]
     clients.py BOOTSTRAP group-resume TOPIC GROUP
+    clients.py BOOTSTRAP idempotent-pair kafka-python|confluent
+    clients.py BOOTSTRAP transactions
 
 Each prints what it checked and exits non-zero (with the reason) on the first
 mismatch.
@@ -711,6 +713,98 @@ def check_committed(bootstrap, topic, group, n):
     print(f"commits: committed offsets are {offsets}")
 
 
+def idempotent_pair(bootstrap, client):
+    """Regression: two idempotent producers at once on one partition, then a restart
+    of one (a new producer instance); every acknowledged record must be stored once.
+    Producers that sent InitProducerId with producer id 0 all got id 0 back, and the
+    second one's batches were acknowledged as retries of the first one's and dropped."""
+    import threading
+
+    topic = new_topic(f"pair-{client}")
+    create_topic(bootstrap, topic, 1)
+    per = 1500
+    acked = []
+    errors = []
+    lock = threading.Lock()
+
+    def run(tag, count):
+        if client == "kafka-python":
+            from kafka import KafkaProducer
+
+            p = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                              acks="all", linger_ms=2)
+            futures = [(f"{tag}-{i}", p.send(topic, value=f"{tag}-{i}".encode(), partition=0))
+                       for i in range(count)]
+            for v, f in futures:
+                try:
+                    f.get(timeout=60)
+                    with lock:
+                        acked.append(v)
+                except Exception as e:
+                    errors.append(f"{v}: {e}")
+            p.close()
+        else:
+            from confluent_kafka import Producer
+
+            p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                          "linger.ms": 2})
+
+            def report(err, msg):
+                with lock:
+                    if err is None:
+                        acked.append(msg.value().decode())
+                    else:
+                        errors.append(str(err))
+            for i in range(count):
+                p.produce(topic, value=f"{tag}-{i}".encode(), partition=0, on_delivery=report)
+                p.poll(0)
+            p.flush(60)
+
+    threads = [threading.Thread(target=run, args=(t, per)) for t in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run("a-restarted", 500)
+    if errors:
+        fail(f"{client}: {len(errors)} sends failed, e.g. {errors[:3]}")
+    stored = [v.decode() for v in consume_confluent_values(bootstrap, topic, 1, len(acked))]
+    if sorted(stored) != sorted(acked) or len(set(stored)) != len(stored):
+        fail(f"{client}: {len(acked)} acknowledged, {len(stored)} stored, "
+             f"{len(set(acked) - set(stored))} acknowledged but missing")
+    print(f"idempotent-pair {client}: {len(acked)} acknowledged, all stored once")
+
+
+def transactions(bootstrap):
+    """A transactional producer fails fast and says transactions are not supported."""
+    from confluent_kafka import KafkaException, Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "transactional.id": "tx-confluent"})
+    t = time.time()
+    try:
+        p.init_transactions(30)
+        fail("confluent init_transactions succeeded")
+    except KafkaException as e:
+        err = e.args[0]
+        took = time.time() - t
+        if took > 1.0 or not err.fatal() or "transactions are not supported" not in err.str():
+            fail(f"confluent init_transactions: {took:.2f}s fatal={err.fatal()} {err.str()}")
+        print(f"transactions: confluent-kafka failed in {took:.2f}s: {err.str()}")
+    from kafka import KafkaProducer
+
+    t = time.time()
+    try:
+        kp = KafkaProducer(bootstrap_servers=bootstrap, transactional_id="tx-kafka-python",
+                           enable_idempotence=True)
+        kp.init_transactions()
+        fail("kafka-python init_transactions succeeded")
+    except Exception as e:
+        took = time.time() - t
+        if took > 1.0 or "TransactionalIdAuthorization" not in type(e).__name__:
+            fail(f"kafka-python init_transactions: {took:.2f}s {type(e).__name__} {e}")
+        print(f"transactions: kafka-python failed in {took:.2f}s: {type(e).__name__}")
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -741,6 +835,10 @@ def main():
         group_static(bootstrap, args[0], args[1])
     elif cmd == "group-resume":
         group_resume(bootstrap, args[0], args[1])
+    elif cmd == "idempotent-pair":
+        idempotent_pair(bootstrap, args[0])
+    elif cmd == "transactions":
+        transactions(bootstrap)
     else:
         fail(f"unknown command {cmd}")
 

@@ -7,12 +7,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{self as km, ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{
+    self as km, ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ringmq_storage::{batch, codecs};
 
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub const UNSUPPORTED_VERSION: i16 = 35;
+pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 pub const INVALID_CONFIG: i16 = 40;
 pub const UNKNOWN_PRODUCER_ID: i16 = 59;
 
@@ -38,18 +41,41 @@ pub fn api_of(r: &RequestKind) -> ApiKey {
         };
     }
     keys!(
-        Produce, Fetch, ListOffsets, Metadata, ApiVersions, CreateTopics, DeleteTopics,
-        DeleteRecords, DescribeConfigs, AlterConfigs, DescribeCluster, OffsetForLeaderEpoch,
-        InitProducerId, CreatePartitions, IncrementalAlterConfigs, FindCoordinator, JoinGroup,
-        SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups,
-        DeleteGroups, OffsetDelete
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        DeleteRecords,
+        DescribeConfigs,
+        AlterConfigs,
+        DescribeCluster,
+        OffsetForLeaderEpoch,
+        InitProducerId,
+        CreatePartitions,
+        IncrementalAlterConfigs,
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        ListGroups,
+        DescribeGroups,
+        DeleteGroups,
+        OffsetDelete
     )
 }
 
 impl Kafka {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
         Self {
             stream,
@@ -69,7 +95,8 @@ impl Kafka {
         h.correlation_id = id;
         h.client_id = Some(s("protocol-test"));
         let mut body = BytesMut::new();
-        h.encode(&mut body, api.request_header_version(version)).unwrap();
+        h.encode(&mut body, api.request_header_version(version))
+            .unwrap();
         request
             .encode(&mut body, version)
             .unwrap_or_else(|e| panic!("{api:?} v{version} does not encode: {e}"));
@@ -94,7 +121,11 @@ impl Kafka {
         assert_eq!(h.correlation_id, id, "{api:?} v{version}: answers in order");
         let r = ResponseKind::decode(api, &mut body, version)
             .unwrap_or_else(|e| panic!("{api:?} v{version}: answer does not decode: {e}"));
-        assert!(body.is_empty(), "{api:?} v{version}: {} bytes left after the answer", body.len());
+        assert!(
+            body.is_empty(),
+            "{api:?} v{version}: {} bytes left after the answer",
+            body.len()
+        );
         r
     }
 
@@ -124,7 +155,11 @@ pub fn create_topic(k: &mut Kafka, name: &str, partitions: i32, configs: &[(&str
     q.timeout_ms = 10_000;
     match k.call(7, RequestKind::CreateTopics(q)) {
         ResponseKind::CreateTopics(r) => {
-            assert_eq!(r.topics[0].error_code, 0, "create {name}: {:?}", r.topics[0].error_message)
+            assert_eq!(
+                r.topics[0].error_code, 0,
+                "create {name}: {:?}",
+                r.topics[0].error_message
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -145,7 +180,13 @@ pub fn produce_request(topic: &str, partition: i32, batch: Bytes) -> RequestKind
 }
 
 /// Produces one batch; (error code, base offset).
-pub fn produce_one(k: &mut Kafka, version: i16, topic: &str, partition: i32, batch: Bytes) -> (i16, i64) {
+pub fn produce_one(
+    k: &mut Kafka,
+    version: i16,
+    topic: &str,
+    partition: i32,
+    batch: Bytes,
+) -> (i16, i64) {
     match k.call(version, produce_request(topic, partition, batch)) {
         ResponseKind::Produce(r) => {
             let p = &r.responses[0].partition_responses[0];
@@ -155,7 +196,13 @@ pub fn produce_one(k: &mut Kafka, version: i16, topic: &str, partition: i32, bat
     }
 }
 
-pub fn fetch_request(topic: &str, partition: i32, offset: i64, max_bytes: i32, partition_max: i32) -> km::FetchRequest {
+pub fn fetch_request(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    max_bytes: i32,
+    partition_max: i32,
+) -> km::FetchRequest {
     let mut p = km::fetch_request::FetchPartition::default();
     p.partition = partition;
     p.fetch_offset = offset;
@@ -189,7 +236,9 @@ pub fn fetch_values(k: &mut Kafka, topic: &str, partition: i32) -> Vec<String> {
         };
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "fetch {topic}/{partition}@{offset}");
-        let Some(records) = p.records.clone() else { break };
+        let Some(records) = p.records.clone() else {
+            break;
+        };
         if records.is_empty() {
             break;
         }
@@ -197,7 +246,8 @@ pub fn fetch_values(k: &mut Kafka, topic: &str, partition: i32) -> Vec<String> {
         let mut pos = 0;
         while pos < records.len() {
             let (_, size) = batch::peek_frame(&records[pos..]).expect("a batch frame");
-            let info = batch::validate(&records[pos..pos + size], usize::MAX).expect("a stored batch");
+            let info =
+                batch::validate(&records[pos..pos + size], usize::MAX).expect("a stored batch");
             let raw = &records[pos..pos + info.size_bytes];
             let plain = codecs::decompress(&raw[batch::HEADER_BYTES..], info.compression).unwrap();
             let plain_batch = batch::with_records_section(raw, batch::Compression::None, &plain);
