@@ -750,3 +750,73 @@ fn topic_configs_behave_as_in_kafka() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The sizes of the records each partition of a fetch answer carries, in request order.
+fn fetch_sizes(k: &mut Kafka, parts: &[(&str, i32)], max_bytes: i32, partition_max: i32) -> Vec<usize> {
+    let mut q = fetch_request(parts[0].0, parts[0].1, 0, max_bytes, partition_max);
+    q.topics.clear();
+    for (topic, partition) in parts {
+        let mut t = fetch_request(topic, *partition, 0, max_bytes, partition_max).topics.remove(0);
+        t.partitions[0].partition = *partition;
+        q.topics.push(t);
+    }
+    match k.call(12, RequestKind::Fetch(q)) {
+        ResponseKind::Fetch(r) => r
+            .responses
+            .iter()
+            .map(|t| {
+                let p = &t.partitions[0];
+                assert_eq!(p.error_code, 0);
+                p.records.as_ref().map_or(0, |r| r.len())
+            })
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Regression: a fetch answer exceeded the request's `max_bytes` (each shard filled
+/// its own part up to it), so a consumer with a 1 MB limit got 2.7 MB and could not
+/// consume. Kafka's rule (KIP-74): the answer stays within `max_bytes` and each
+/// partition within `partition_max_bytes`, except the first batch of the first
+/// non-empty partition, which comes whole.
+#[test]
+fn fetch_answers_stay_within_max_bytes_and_partition_max_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&dir.path().join("data"));
+    let mut k = Kafka::connect(b.kafka);
+    // Partitions on both shards, each with two batches of about 400 KB.
+    create_topic(&mut k, "big", 4, &[]);
+    for p in 0..4 {
+        for i in 0..2 {
+            let (code, _) = produce_one(&mut k, 9, "big", p, plain_batch(&format!("{p}-{i}"), 400_000));
+            assert_eq!(code, 0);
+        }
+    }
+    create_topic(&mut k, "huge", 1, &[("max.message.bytes", "3000000")]);
+    assert_eq!(produce_one(&mut k, 9, "huge", 0, plain_batch("h", 1_500_000)).0, 0);
+    let big: Vec<(&str, i32)> = (0..4).map(|p| ("big", p)).collect();
+
+    // 1 MB for the whole answer: two batches of the first partition, nothing more.
+    let sizes = fetch_sizes(&mut k, &big, 1_000_000, 1 << 20);
+    assert!(sizes.iter().sum::<usize>() <= 1_000_000, "{sizes:?}");
+    assert!(sizes[0] > 700_000, "the first partition fills what it can: {sizes:?}");
+    // Room for all: every partition answers.
+    let sizes = fetch_sizes(&mut k, &big, 50 << 20, 1 << 20);
+    assert!(sizes.iter().all(|&s| s > 700_000), "{sizes:?}");
+    // 500 KB per partition: one batch each.
+    let sizes = fetch_sizes(&mut k, &big, 50 << 20, 500_000);
+    assert!(sizes.iter().all(|&s| s > 0 && s <= 500_000), "{sizes:?}");
+    // A first batch larger than both limits comes whole when its partition is the
+    // first non-empty one, and then nothing else fits.
+    let sizes = fetch_sizes(&mut k, &[("huge", 0), ("big", 0), ("big", 1)], 1_000_000, 1 << 20);
+    assert!(sizes[0] > 1_500_000, "{sizes:?}");
+    assert_eq!(&sizes[1..], &[0, 0], "{sizes:?}");
+    // Not the first: it waits for a fetch of its own.
+    let sizes = fetch_sizes(&mut k, &[("big", 0), ("huge", 0)], 1_000_000, 1 << 20);
+    assert!(sizes[0] > 0 && sizes[0] <= 1_000_000, "{sizes:?}");
+    assert_eq!(sizes[1], 0, "{sizes:?}");
+    // Over the partition limit only: still whole when first.
+    let sizes = fetch_sizes(&mut k, &[("big", 2), ("big", 3)], 50 << 20, 100_000);
+    assert!(sizes[0] > 400_000 && sizes[0] < 800_000, "one whole batch: {sizes:?}");
+    assert_eq!(sizes[1], 0, "{sizes:?}");
+}
