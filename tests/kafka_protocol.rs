@@ -153,9 +153,9 @@ fn producers_with_identical_sequences_are_all_stored_and_forged_ids_are_refused(
 
 /// Regression: a waiting large batch was overtaken by a later small one, so pipelined
 /// produce requests of one connection were stored out of order. Each round pipelines
-/// requests of mixed sizes (up to about 1 MB) to both partitions of a topic, one of
+/// requests of mixed sizes (100 B and 900 KB) to both partitions of a topic, one of
 /// which is on another shard than the connection (forwarded), without waiting for
-/// answers, and checks the stored order.
+/// answers, and checks the stored order: plain batches, then an idempotent producer's.
 #[test]
 fn pipelined_produce_requests_are_stored_in_arrival_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -166,40 +166,99 @@ fn pipelined_produce_requests_are_stored_in_arrival_order() {
         2,
         &["--write-buffer-bytes-max", "2000000"],
     );
+    pipeline(&b, "order", false);
+    pipeline(&b, "order-idempotent", true);
+}
+
+/// Three connections at once each pipeline requests of mixed sizes to both partitions
+/// of `topic` (as an idempotent producer each, with `idempotent`); each connection's
+/// batches must be stored in the order it sent them.
+fn pipeline(b: &Broker, topic: &str, idempotent: bool) {
     let mut k = Kafka::connect(b.kafka);
-    create_topic(&mut k, "order", 2, &[]);
-    let rounds = 5;
+    create_topic(&mut k, topic, 2, &[]);
+    let connections = 3;
+    let rounds = 4;
     let per_round = 30;
-    let mut sent: BTreeMap<i32, Vec<String>> = BTreeMap::new();
-    for round in 0..rounds {
-        let mut k = Kafka::connect(b.kafka);
-        let mut ids = Vec::new();
-        for i in 0..per_round {
-            for partition in 0..2 {
-                let big = (i + round) % 2 == 0;
-                let tag = format!("{round}-{i}-{partition}");
-                let pad = if big { 900 << 10 } else { 100 };
-                let batch = plain_batch(&tag, pad);
-                ids.push(k.send(7, produce_request("order", partition, batch)));
-                sent.entry(partition).or_default().push(tag);
-            }
-        }
-        for id in ids {
-            match k.receive(id) {
-                ResponseKind::Produce(r) => {
-                    let p = &r.responses[0].partition_responses[0];
-                    assert_eq!(p.error_code, 0, "round {round}");
+    let senders: Vec<_> = (0..connections)
+        .map(|c| {
+            let addr = b.kafka;
+            let topic = topic.to_string();
+            std::thread::spawn(move || {
+                let mut k = Kafka::connect(addr);
+                let pid = idempotent.then(|| {
+                    let mut q = km::InitProducerIdRequest::default();
+                    q.transactional_id = None;
+                    q.transaction_timeout_ms = 60_000;
+                    match k.call(4, RequestKind::InitProducerId(q)) {
+                        ResponseKind::InitProducerId(r) => r.producer_id.0,
+                        other => panic!("{other:?}"),
+                    }
+                });
+                let mut seq = [0i32; 2];
+                for round in 0..rounds {
+                    let mut ids = Vec::new();
+                    for i in 0..per_round {
+                        for partition in 0..2 {
+                            let big = (i + round + c) % 2 == 0;
+                            let tag = format!("{c}-{round}-{i}-{partition}");
+                            let pad = if big { 900 << 10 } else { 100 };
+                            let mut batch = plain_batch(&tag, pad).to_vec();
+                            if let Some(pid) = pid {
+                                batch::set_producer(&mut batch, pid, 0, seq[partition as usize]);
+                                batch::fix_crc(&mut batch);
+                                seq[partition as usize] += 1;
+                            }
+                            ids.push(
+                                k.send(7, produce_request(&topic, partition, Bytes::from(batch))),
+                            );
+                        }
+                    }
+                    for id in ids {
+                        match k.receive(id) {
+                            ResponseKind::Produce(r) => {
+                                let p = &r.responses[0].partition_responses[0];
+                                assert_eq!(p.error_code, 0, "{topic} connection {c} round {round}");
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                    }
                 }
-                other => panic!("{other:?}"),
-            }
-        }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
     }
-    for (partition, tags) in sent {
-        let got: Vec<String> = fetch_values(&mut k, "order", partition)
+    for partition in 0..2 {
+        let stored: Vec<String> = fetch_values(&mut k, topic, partition)
             .into_iter()
             .map(|v| v.split(':').next().unwrap().to_string())
             .collect();
-        assert_eq!(got, tags, "partition {partition}: stored in the order sent");
+        assert_eq!(
+            stored.len(),
+            connections * rounds * per_round,
+            "{topic}/{partition}"
+        );
+        for c in 0..connections {
+            let mine: Vec<&String> = stored
+                .iter()
+                .filter(|t| t.starts_with(&format!("{c}-")))
+                .collect();
+            let sent: Vec<String> = (0..rounds)
+                .flat_map(|r| (0..per_round).map(move |i| format!("{c}-{r}-{i}-{partition}")))
+                .collect();
+            assert_eq!(
+                mine.len(),
+                sent.len(),
+                "{topic}/{partition}: connection {c}"
+            );
+            if let Some(i) = (0..sent.len()).find(|&i| *mine[i] != sent[i]) {
+                panic!(
+                    "{topic}/{partition}: connection {c}'s batch {} was stored where {} was sent",
+                    mine[i], sent[i]
+                );
+            }
+        }
     }
 }
 
@@ -752,11 +811,18 @@ fn topic_configs_behave_as_in_kafka() {
 }
 
 /// The sizes of the records each partition of a fetch answer carries, in request order.
-fn fetch_sizes(k: &mut Kafka, parts: &[(&str, i32)], max_bytes: i32, partition_max: i32) -> Vec<usize> {
+fn fetch_sizes(
+    k: &mut Kafka,
+    parts: &[(&str, i32)],
+    max_bytes: i32,
+    partition_max: i32,
+) -> Vec<usize> {
     let mut q = fetch_request(parts[0].0, parts[0].1, 0, max_bytes, partition_max);
     q.topics.clear();
     for (topic, partition) in parts {
-        let mut t = fetch_request(topic, *partition, 0, max_bytes, partition_max).topics.remove(0);
+        let mut t = fetch_request(topic, *partition, 0, max_bytes, partition_max)
+            .topics
+            .remove(0);
         t.partitions[0].partition = *partition;
         q.topics.push(t);
     }
@@ -788,18 +854,30 @@ fn fetch_answers_stay_within_max_bytes_and_partition_max_bytes() {
     create_topic(&mut k, "big", 4, &[]);
     for p in 0..4 {
         for i in 0..2 {
-            let (code, _) = produce_one(&mut k, 9, "big", p, plain_batch(&format!("{p}-{i}"), 400_000));
+            let (code, _) = produce_one(
+                &mut k,
+                9,
+                "big",
+                p,
+                plain_batch(&format!("{p}-{i}"), 400_000),
+            );
             assert_eq!(code, 0);
         }
     }
     create_topic(&mut k, "huge", 1, &[("max.message.bytes", "3000000")]);
-    assert_eq!(produce_one(&mut k, 9, "huge", 0, plain_batch("h", 1_500_000)).0, 0);
+    assert_eq!(
+        produce_one(&mut k, 9, "huge", 0, plain_batch("h", 1_500_000)).0,
+        0
+    );
     let big: Vec<(&str, i32)> = (0..4).map(|p| ("big", p)).collect();
 
     // 1 MB for the whole answer: two batches of the first partition, nothing more.
     let sizes = fetch_sizes(&mut k, &big, 1_000_000, 1 << 20);
     assert!(sizes.iter().sum::<usize>() <= 1_000_000, "{sizes:?}");
-    assert!(sizes[0] > 700_000, "the first partition fills what it can: {sizes:?}");
+    assert!(
+        sizes[0] > 700_000,
+        "the first partition fills what it can: {sizes:?}"
+    );
     // Room for all: every partition answers.
     let sizes = fetch_sizes(&mut k, &big, 50 << 20, 1 << 20);
     assert!(sizes.iter().all(|&s| s > 700_000), "{sizes:?}");
@@ -808,7 +886,12 @@ fn fetch_answers_stay_within_max_bytes_and_partition_max_bytes() {
     assert!(sizes.iter().all(|&s| s > 0 && s <= 500_000), "{sizes:?}");
     // A first batch larger than both limits comes whole when its partition is the
     // first non-empty one, and then nothing else fits.
-    let sizes = fetch_sizes(&mut k, &[("huge", 0), ("big", 0), ("big", 1)], 1_000_000, 1 << 20);
+    let sizes = fetch_sizes(
+        &mut k,
+        &[("huge", 0), ("big", 0), ("big", 1)],
+        1_000_000,
+        1 << 20,
+    );
     assert!(sizes[0] > 1_500_000, "{sizes:?}");
     assert_eq!(&sizes[1..], &[0, 0], "{sizes:?}");
     // Not the first: it waits for a fetch of its own.
@@ -817,6 +900,9 @@ fn fetch_answers_stay_within_max_bytes_and_partition_max_bytes() {
     assert_eq!(sizes[1], 0, "{sizes:?}");
     // Over the partition limit only: still whole when first.
     let sizes = fetch_sizes(&mut k, &[("big", 2), ("big", 3)], 50 << 20, 100_000);
-    assert!(sizes[0] > 400_000 && sizes[0] < 800_000, "one whole batch: {sizes:?}");
+    assert!(
+        sizes[0] > 400_000 && sizes[0] < 800_000,
+        "one whole batch: {sizes:?}"
+    );
     assert_eq!(sizes[1], 0, "{sizes:?}");
 }
