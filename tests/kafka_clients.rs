@@ -33,39 +33,11 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(240);
 /// Runs a scenario of clients.py; panics with its output if it fails or hangs. Its
 /// output goes to files, so a helper process it leaves behind cannot hold the test up.
 fn clients(bootstrap: &str, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(python())
-        .arg(root().join("tests/kafka/clients.py"))
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("tests/kafka/clients.py"))
         .arg(bootstrap)
-        .args(args)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + SCENARIO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "{}{}",
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
-    let Some(status) = status else {
-        panic!("clients.py {args:?} still ran after {SCENARIO_TIMEOUT:?}; killed:\n{text}");
-    };
-    assert!(status.success(), "clients.py {args:?} failed:\n{text}");
-    print!("{text}");
-    text
+        .args(args);
+    common::run_scenario(cmd, &format!("clients.py {args:?}"), SCENARIO_TIMEOUT)
 }
 
 fn kafka_broker(data: &Path, extra: &[&str]) -> (Broker, String) {

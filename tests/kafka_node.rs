@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Broker;
 
@@ -34,41 +33,11 @@ fn scenario(client: &str, bootstrap: &str, name: &str) -> String {
          which installs the Node.js clients (npm ci)",
         dir.display()
     );
-    let out_dir = tempfile::tempdir().unwrap();
-    let (out_path, err_path) = (out_dir.path().join("out"), out_dir.path().join("err"));
-    let mut child = Command::new("node")
-        .arg(dir.join(format!("{client}.mjs")))
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join(format!("{client}.mjs")))
         .args([bootstrap, name])
-        .current_dir(&dir)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .process_group(0)
-        .spawn()
-        .expect("node is installed (scripts/test installs Debian's nodejs when it is missing)");
-    let deadline = Instant::now() + SCENARIO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            // SAFETY: signalling the process group of our own child.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "{}{}",
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default()
-    );
-    let Some(status) = status else {
-        panic!("{client}.mjs {name} still ran after {SCENARIO_TIMEOUT:?}; killed:\n{text}");
-    };
-    assert!(status.success(), "{client}.mjs {name} failed:\n{text}");
-    print!("{text}");
-    text
+        .current_dir(&dir);
+    common::run_scenario(cmd, &format!("{client}.mjs {name}"), SCENARIO_TIMEOUT)
 }
 
 fn broker(extra: &[&str]) -> (tempfile::TempDir, Broker, String) {

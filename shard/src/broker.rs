@@ -437,6 +437,12 @@ impl Shard {
         })
     }
 
+    /// What produce applies to `topic` (its `compression.type`, `cleanup.policy`,
+    /// `min.insync.replicas`, ...), from this shard's copy of the topic table.
+    pub fn policy(&self, topic: &str) -> Option<Rc<TopicPolicy>> {
+        self.policies.borrow().get(topic).cloned()
+    }
+
     /// The shard's timers.
     pub fn timers(&self) -> &Rc<Timers> {
         &self.timers
@@ -1537,19 +1543,29 @@ impl Shard {
         out
     }
 
+    /// The log of a partition this shard owns.
+    fn local_log(&self, topic: &str, partition: u32) -> Result<Rc<PartitionLog>, WireError> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::UnknownPartition,
+                    "partition is not on this shard",
+                )
+            })
+    }
+
     async fn delete_records_local(&self, parts: Vec<(String, u32, i64)>) -> Vec<(WireError, i64)> {
         let mut out = Vec::with_capacity(parts.len());
         for (t, p, offset) in parts {
-            let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
-            let Some(log) = log else {
-                out.push((
-                    WireError::new(
-                        ErrorCode::UnknownPartition,
-                        "partition is not on this shard",
-                    ),
-                    -1,
-                ));
-                continue;
+            let log = match self.local_log(&t, p) {
+                Ok(log) => log,
+                Err(e) => {
+                    out.push((e, -1));
+                    continue;
+                }
             };
             out.push(match log.delete_records_before(offset).await {
                 Ok(start) => {
@@ -1584,19 +1600,12 @@ impl Shard {
     ) -> Vec<(String, u32, WireError, i64, i64)> {
         let mut out = Vec::with_capacity(partitions.len());
         for (t, p, spec) in partitions {
-            let log = self.partitions.borrow().get(&(t.clone(), p)).cloned();
-            let Some(log) = log else {
-                out.push((
-                    t,
-                    p,
-                    WireError::new(
-                        ErrorCode::UnknownPartition,
-                        "partition is not on this shard",
-                    ),
-                    -1,
-                    -1,
-                ));
-                continue;
+            let log = match self.local_log(&t, p) {
+                Ok(log) => log,
+                Err(e) => {
+                    out.push((t, p, e, -1, -1));
+                    continue;
+                }
             };
             let r = match spec {
                 OFFSET_EARLIEST | OFFSET_EARLIEST_LOCAL => Ok(Some((log.start_offset(), -1))),

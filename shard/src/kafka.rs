@@ -793,9 +793,9 @@ impl KafkaService {
                 // acks=all on a single node: one in-sync replica, so a topic that asks
                 // for more refuses it (acks=1 is not affected), as Kafka does.
                 if acks == -1
-                    && let Some(meta) = self.shard.topic(name)
+                    && let Some(policy) = self.shard.policy(name)
                 {
-                    let min = topic_configs::TopicPolicy::of(&meta.configs).min_insync_replicas;
+                    let min = policy.min_insync_replicas;
                     if min > 1 {
                         early.insert(
                             (ti, pi),
@@ -1435,39 +1435,27 @@ impl KafkaService {
             let mut rr = km::alter_configs_response::AlterConfigsResourceResponse::default();
             rr.resource_type = res.resource_type;
             rr.resource_name = res.resource_name.clone();
-            let name = res.resource_name.to_string();
-            let result = if res.resource_type != 2 {
-                Err((
-                    errors::INVALID_REQUEST,
-                    format!(
-                        "resource type {}: only topics (2) can be altered",
-                        res.resource_type
-                    ),
-                ))
-            } else if let Some(meta) = self.shard.topic(&name) {
-                match configs_from_kafka(
-                    res.configs
-                        .iter()
-                        .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
-                ) {
-                    Err(e) => Err((errors::INVALID_CONFIG, e)),
-                    Ok(set) => {
-                        let remove: Vec<String> = meta
+            let result = self
+                .alter_topic(
+                    res.resource_type,
+                    &res.resource_name,
+                    r.validate_only,
+                    |meta| {
+                        let set = configs_from_kafka(
+                            res.configs
+                                .iter()
+                                .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
+                        )?;
+                        let remove = meta
                             .configs
                             .keys()
                             .filter(|k| !set.iter().any(|(s, _)| s == *k))
                             .cloned()
                             .collect();
-                        self.change_configs(name, set, remove, r.validate_only)
-                            .await
-                    }
-                }
-            } else {
-                Err((
-                    errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("unknown topic {name:?}"),
-                ))
-            };
+                        Ok((set, remove))
+                    },
+                )
+                .await;
             if let Err((c, m)) = result {
                 rr.error_code = c;
                 rr.error_message = Some(s(&m));
@@ -1475,6 +1463,32 @@ impl KafkaService {
             resp.responses.push(rr);
         }
         resp
+    }
+
+    /// Changes a topic's stored configs as `changes` says, given the topic's metadata;
+    /// the error code and message for the resource otherwise.
+    async fn alter_topic(
+        &self,
+        resource_type: i8,
+        name: &str,
+        validate_only: bool,
+        changes: impl FnOnce(&topics::TopicMeta) -> Result<StoredChanges, String>,
+    ) -> Result<(), (i16, String)> {
+        if resource_type != 2 {
+            return Err((
+                errors::INVALID_REQUEST,
+                format!("resource type {resource_type}: only topics (2) can be altered"),
+            ));
+        }
+        let Some(meta) = self.shard.topic(name) else {
+            return Err((
+                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                format!("unknown topic {name:?}"),
+            ));
+        };
+        let (set, remove) = changes(&meta).map_err(|e| (errors::INVALID_CONFIG, e))?;
+        self.change_configs(name.to_string(), set, remove, validate_only)
+            .await
     }
 
     /// Sets and removes a topic's configs (ringmq's names) on the metadata shard.
@@ -1514,29 +1528,15 @@ impl KafkaService {
                 km::incremental_alter_configs_response::AlterConfigsResourceResponse::default();
             rr.resource_type = res.resource_type;
             rr.resource_name = res.resource_name.clone();
-            let name = res.resource_name.to_string();
-            let result = if res.resource_type != 2 {
-                Err((
-                    errors::INVALID_REQUEST,
-                    format!(
-                        "resource type {}: only topics (2) can be altered",
-                        res.resource_type
-                    ),
-                ))
-            } else if let Some(meta) = self.shard.topic(&name) {
-                match incremental_changes(&meta.configs, &self.shard.log_defaults(), &res.configs) {
-                    Err(e) => Err((errors::INVALID_CONFIG, e)),
-                    Ok((set, remove)) => {
-                        self.change_configs(name, set, remove, r.validate_only)
-                            .await
-                    }
-                }
-            } else {
-                Err((
-                    errors::UNKNOWN_TOPIC_OR_PARTITION,
-                    format!("unknown topic {name:?}"),
-                ))
-            };
+            let defaults = self.shard.log_defaults();
+            let result = self
+                .alter_topic(
+                    res.resource_type,
+                    &res.resource_name,
+                    r.validate_only,
+                    |meta| incremental_changes(&meta.configs, &defaults, &res.configs),
+                )
+                .await;
             if let Err((c, m)) = result {
                 rr.error_code = c;
                 rr.error_message = Some(s(&m));

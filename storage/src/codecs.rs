@@ -87,31 +87,23 @@ pub fn decompress_max(packed: &[u8], c: Compression, max_bytes: usize) -> Result
             Ok(out)
         }
     };
+    // Reads a decoder to its end or one byte past the limit, whichever comes first.
+    let read = |r: &mut dyn Read, what: &str| {
+        let mut out = Vec::new();
+        r.take(limit)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("{what} records: {e}"))?;
+        check(out)
+    };
     match c {
         Compression::None => check(packed.to_vec()),
-        Compression::Lz4 => {
-            let mut out = Vec::new();
-            lz4_flex::frame::FrameDecoder::new(packed)
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("lz4 records: {e}"))?;
-            check(out)
-        }
+        Compression::Lz4 => read(&mut lz4_flex::frame::FrameDecoder::new(packed), "lz4"),
         Compression::Zstd => {
-            let mut out = Vec::new();
-            zstd::stream::read::Decoder::new(packed)
-                .and_then(|d| d.take(limit).read_to_end(&mut out))
+            let mut d = zstd::stream::read::Decoder::new(packed)
                 .map_err(|e| format!("zstd records: {e}"))?;
-            check(out)
+            read(&mut d, "zstd")
         }
-        Compression::Gzip => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(packed)
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("gzip records: {e}"))?;
-            check(out)
-        }
+        Compression::Gzip => read(&mut flate2::read::GzDecoder::new(packed), "gzip"),
         Compression::Snappy => {
             let mut dec = snap::raw::Decoder::new();
             let fits = |block: &[u8], sofar: usize| {

@@ -150,3 +150,43 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// Runs a client scenario (a script of a real client's test suite) to the end: its
+/// output goes to files, so a helper process it leaves behind cannot hold the test up;
+/// past `timeout` its whole process group is killed. Panics with the output when it
+/// fails or hangs; returns the output (also printed).
+pub fn run_scenario(mut cmd: Command, what: &str, timeout: Duration) -> String {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = cmd
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: signalling the process group of our own child.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}",
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    let Some(status) = status else {
+        panic!("{what} still ran after {timeout:?}; killed:\n{text}");
+    };
+    assert!(status.success(), "{what} failed:\n{text}");
+    print!("{text}");
+    text
+}
