@@ -731,6 +731,35 @@ mod tests {
         assert_eq!(TopicPolicy::default().apply(&out, 0), Ok(None));
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, looking into it refuses it or lets it through;
+        /// it never panics (the broker never crashes on what a client sends).
+        #[test]
+        fn damaged_batches_are_refused_not_panicked_on(
+            codec in 0usize..5,
+            flips in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 0..12),
+            cut in 0usize..4096,
+        ) {
+            let codecs_all = [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd];
+            let plain = batch_of(&[Some("a"), None, Some("c")], &[1, 2, 3]);
+            let packed = codecs::compress(&plain[batch::HEADER_BYTES..], codecs_all[codec]).unwrap();
+            let mut b = batch::with_records_section(&plain, codecs_all[codec], &packed);
+            for (at, byte) in flips {
+                let at = batch::HEADER_BYTES.min(b.len() - 1) + at % (b.len() - batch::HEADER_BYTES.min(b.len() - 1));
+                b[at] ^= byte;
+            }
+            b.truncate(b.len().min(cut.max(1)));
+            if b.len() >= batch::HEADER_BYTES {
+                batch::fix_crc(&mut b);
+            }
+            let mut c = BTreeMap::new();
+            c.insert("cleanup.policy".to_string(), "compact".to_string());
+            c.insert("compression.type".to_string(), "zstd".to_string());
+            c.insert("message.timestamp.before.max.ms".to_string(), "1000".to_string());
+            let _ = TopicPolicy::of(&c).apply(&b, 5);
+        }
+    }
+
     #[test]
     fn policies_follow_the_configs() {
         let mut c = BTreeMap::new();
