@@ -906,3 +906,46 @@ fn fetch_answers_stay_within_max_bytes_and_partition_max_bytes() {
     );
     assert_eq!(sizes[1], 0, "{sizes:?}");
 }
+
+/// Regression: the accept loop raced each accept against a tick that checks for a stop
+/// and dropped the accept when the tick won; a connection the kernel had accepted by
+/// then was lost, neither served nor closed, and a client's first request on it was
+/// never answered. With a tick of 1 ms, every one of 10 000 connections must be served.
+#[test]
+fn every_accepted_connection_is_served_while_the_accept_loop_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start_env(
+        &dir.path().join("data"),
+        2,
+        &[],
+        &[("RINGMQ_ACCEPT_TICK_MS", "1")],
+    );
+    // Eight clients at once, each connecting 1250 times: an answer or a lost connection.
+    let addr = b.kafka;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut lost = 0;
+                for _ in 0..1250 {
+                    let stream = std::net::TcpStream::connect(addr).unwrap();
+                    stream
+                        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                        .unwrap();
+                    let mut k = Kafka::from_stream(stream);
+                    let id = k.send(
+                        3,
+                        RequestKind::ApiVersions(km::ApiVersionsRequest::default()),
+                    );
+                    match k.try_receive(id) {
+                        Some(ResponseKind::ApiVersions(r)) => assert_eq!(r.error_code, 0),
+                        Some(other) => panic!("{other:?}"),
+                        None => lost += 1,
+                    }
+                }
+                lost
+            })
+        })
+        .collect();
+    let lost: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
+    assert_eq!(lost, 0, "accepted connections were never served");
+}

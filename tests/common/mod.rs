@@ -50,10 +50,15 @@ impl Broker {
     }
 
     pub fn start_args(data: &Path, shards: u32, extra: &[&str]) -> Self {
+        Self::start_env(data, shards, extra, &[])
+    }
+
+    /// [`Broker::start_args`] with environment variables for the broker.
+    pub fn start_env(data: &Path, shards: u32, extra: &[&str], env: &[(&str, &str)]) -> Self {
         // A port that was free a moment ago can be taken by a broker of a test running
         // in parallel; then ours refuses to start, and we try another.
         for _ in 0..5 {
-            if let Some(b) = Self::try_start(data, shards, free_addr(), free_addr(), extra) {
+            if let Some(b) = Self::try_start(data, shards, free_addr(), free_addr(), extra, env) {
                 return b;
             }
         }
@@ -62,7 +67,7 @@ impl Broker {
 
     /// Starts on a given address (a restart on the port an earlier broker used).
     pub fn start_on(data: &Path, shards: u32, addr: SocketAddr, extra: &[&str]) -> Self {
-        Self::try_start(data, shards, addr, free_addr(), extra).expect("the broker started")
+        Self::try_start(data, shards, addr, free_addr(), extra, &[]).expect("the broker started")
     }
 
     /// Starts on given native and Kafka addresses.
@@ -73,7 +78,7 @@ impl Broker {
         kafka: SocketAddr,
         extra: &[&str],
     ) -> Self {
-        Self::try_start(data, shards, addr, kafka, extra).expect("the broker started")
+        Self::try_start(data, shards, addr, kafka, extra, &[]).expect("the broker started")
     }
 
     /// Starts the broker and waits until it listens; `None` if it exited first. Its
@@ -85,6 +90,7 @@ impl Broker {
         addr: SocketAddr,
         kafka: SocketAddr,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Option<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--log-level", "warn", "--native-listen"])
@@ -96,6 +102,7 @@ impl Broker {
             .arg("--data-dir")
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -76,12 +76,33 @@ impl Kafka {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
+        Self::from_stream(stream)
+    }
+
+    /// A connection on a stream already open (its read timeout as set).
+    pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         Self {
             stream,
             next_id: 1,
             sent: Default::default(),
         }
+    }
+
+    /// The answer to request `id`, or `None` when none comes within the stream's read
+    /// timeout.
+    pub fn try_receive(&mut self, id: i32) -> Option<ResponseKind> {
+        let mut len = [0u8; 4];
+        if self.stream.read_exact(&mut len).is_err() {
+            return None;
+        }
+        let (api, version) = self.sent.remove(&id).expect("a request sent");
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        let mut body = Bytes::from(body);
+        let h = ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        assert_eq!(h.correlation_id, id);
+        Some(ResponseKind::decode(api, &mut body, version).unwrap())
     }
 
     /// Sends a request at `version` without waiting; returns its correlation id.

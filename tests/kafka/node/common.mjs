@@ -267,9 +267,12 @@ export async function groupScenario (bootstrap, c) {
     }
     return g
   }
-  // A generation in which exactly `members` hold every partition, each some.
+  // The newest generation in which exactly `members` hold every partition, each some.
+  // Newest, not first: when a member is slow to start, the first generation can be
+  // formed by the other two alone (m1 and m2 sharing all 6 before m0 joins), and that
+  // early generation must not hide the one formed after m0 is killed.
   const spreadAmong = members => {
-    for (const [gen, m] of generations()) {
+    for (const [gen, m] of [...generations()].sort((x, y) => y[0] - x[0])) {
       if (m.size !== members.length || !members.every(x => m.has(x) && m.get(x).length > 0)) continue
       const all = [...m.values()].flat().sort((a, b) => a - b)
       if (all.length === GROUP_PARTITIONS && all.every((p, i) => p === i)) return { gen, m }

@@ -22,8 +22,24 @@ import {
 
 const SCRIPT = fileURLToPath(import.meta.url)
 const apiUse = new ApiUse()
+// Requests sent and not yet answered, so that a failure (the client's "Request timed
+// out" names no request) says which request on which connection the broker left
+// unanswered.
+const unanswered = new Map()
+const started = Date.now()
 connectionsApiChannel.start.subscribe(ctx => {
   if (ctx?.apiKey !== undefined) apiUse.add(protocolAPIsById[ctx.apiKey], ctx.apiVersion)
+  if (ctx?.connection && ctx.correlationId !== undefined) unanswered.set(ctx, Date.now())
+})
+connectionsApiChannel.asyncStart.subscribe(ctx => unanswered.delete(ctx))
+process.on('exit', code => {
+  if (code === 0 || unanswered.size === 0) return
+  const now = Date.now()
+  for (const [ctx, at] of unanswered) {
+    process.stderr.write(`unanswered: ${protocolAPIsById[ctx.apiKey]} v${ctx.apiVersion} correlation id ${ctx.correlationId} ` +
+      `on connection ${ctx.connection.socket?.localPort ?? '?'} -> ${ctx.connection.host}:${ctx.connection.port}, ` +
+      `sent ${at - started} ms after start, ${now - at} ms ago\n`)
+  }
 })
 
 const base = (bootstrap, clientId) => ({ clientId, bootstrapBrokers: [bootstrap] })
