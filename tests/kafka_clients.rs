@@ -721,3 +721,13 @@ fn transactional_producers_fail_fast_saying_transactions_are_not_supported() {
     let out = clients(&bootstrap, &["transactions"]);
     assert!(out.contains("transactions are not supported"), "{out}");
 }
+
+/// `min.insync.replicas` above the in-sync replicas (one, on a single node): acks=all
+/// is refused with NOT_ENOUGH_REPLICAS and nothing is stored; acks=1 is stored.
+#[test]
+fn min_insync_replicas_refuses_acks_all_with_confluent_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
+    let out = clients(&bootstrap, &["min-insync"]);
+    assert!(out.contains("acks=all refused with NOT_ENOUGH_REPLICAS"), "{out}");
+}

@@ -12,6 +12,7 @@ Run by tests/kafka_clients.rs, which starts the broker on a free port:
     clients.py BOOTSTRAP group-resume TOPIC GROUP
     clients.py BOOTSTRAP idempotent-pair kafka-python|confluent
     clients.py BOOTSTRAP transactions
+    clients.py BOOTSTRAP min-insync
 
 Each prints what it checked and exits non-zero (with the reason) on the first
 mismatch.
@@ -805,6 +806,35 @@ def transactions(bootstrap):
         print(f"transactions: kafka-python failed in {took:.2f}s: {type(e).__name__}")
 
 
+def min_insync(bootstrap):
+    """A topic with min.insync.replicas=2 on a single node: acks=all is refused with
+    NOT_ENOUGH_REPLICAS, acks=1 is stored, as Kafka answers."""
+    from confluent_kafka import KafkaError, Producer
+
+    topic = new_topic("isr")
+    create_topic(bootstrap, topic, 1, {"min.insync.replicas": "2"})
+    results = {}
+    for acks in ("all", "1"):
+        p = Producer({"bootstrap.servers": bootstrap, "acks": acks, "retries": 0,
+                      "message.timeout.ms": 5000})
+        got = []
+        p.produce(topic, value=f"acks={acks}".encode(), partition=0,
+                  on_delivery=lambda err, msg: got.append(err))
+        p.flush(10)
+        if not got:
+            fail(f"acks={acks}: no delivery report")
+        results[acks] = got[0]
+    err = results["all"]
+    if not isinstance(err, KafkaError) or err.code() != KafkaError.NOT_ENOUGH_REPLICAS:
+        fail(f"acks=all on min.insync.replicas=2: {err}")
+    if results["1"] is not None:
+        fail(f"acks=1 on min.insync.replicas=2: {results['1']}")
+    stored = [v.decode() for v in consume_confluent_values(bootstrap, topic, 1, 1)]
+    if stored != ["acks=1"]:
+        fail(f"stored {stored}")
+    print(f"min-insync: acks=all refused with {err.name()}, acks=1 stored")
+
+
 def main():
     if len(sys.argv) < 3:
         print(__doc__)
@@ -839,6 +869,8 @@ def main():
         idempotent_pair(bootstrap, args[0])
     elif cmd == "transactions":
         transactions(bootstrap)
+    elif cmd == "min-insync":
+        min_insync(bootstrap)
     else:
         fail(f"unknown command {cmd}")
 
