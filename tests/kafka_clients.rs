@@ -729,5 +729,8 @@ fn min_insync_replicas_refuses_acks_all_with_confluent_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let (_b, bootstrap) = kafka_broker(&dir.path().join("data"), &[]);
     let out = clients(&bootstrap, &["min-insync"]);
-    assert!(out.contains("acks=all refused with NOT_ENOUGH_REPLICAS"), "{out}");
+    assert!(
+        out.contains("acks=all refused with NOT_ENOUGH_REPLICAS"),
+        "{out}"
+    );
 }
