@@ -949,3 +949,51 @@ fn every_accepted_connection_is_served_while_the_accept_loop_ticks() {
     let lost: usize = clients.into_iter().map(|c| c.join().unwrap()).sum();
     assert_eq!(lost, 0, "accepted connections were never served");
 }
+
+/// Regression: DeleteRecords for partition -1 was sent on as partition 0, deleting
+/// partition 0's records while answering UNKNOWN_TOPIC_OR_PARTITION; and a damaged
+/// batch sent to a topic whose `compression.type` rewrites batches must be refused, not
+/// given a new CRC.
+#[test]
+fn bad_partitions_and_damaged_batches_touch_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&dir.path().join("data"));
+    let mut k = Kafka::connect(b.kafka);
+    create_topic(&mut k, "keep", 1, &[("compression.type", "gzip")]);
+    for i in 0..3 {
+        assert_eq!(
+            produce_one(&mut k, 9, "keep", 0, plain_batch(&i.to_string(), 10)).0,
+            0
+        );
+    }
+    let mut p = km::delete_records_request::DeleteRecordsPartition::default();
+    p.partition_index = -1;
+    p.offset = -1;
+    let mut t = km::delete_records_request::DeleteRecordsTopic::default();
+    t.name = km::TopicName(s("keep"));
+    t.partitions = vec![p];
+    let mut q = km::DeleteRecordsRequest::default();
+    q.topics = vec![t];
+    q.timeout_ms = 5000;
+    match k.call(2, RequestKind::DeleteRecords(q)) {
+        ResponseKind::DeleteRecords(r) => {
+            assert_eq!(
+                r.topics[0].partitions[0].error_code,
+                UNKNOWN_TOPIC_OR_PARTITION
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fetch_values(&mut k, "keep", 0).len(),
+        3,
+        "partition 0 untouched"
+    );
+    // A flipped byte in the records: the CRC no longer holds.
+    let mut bad = plain_batch("damaged", 100).to_vec();
+    let last = bad.len() - 5;
+    bad[last] ^= 0x5a;
+    let (code, _) = produce_one(&mut k, 9, "keep", 0, Bytes::from(bad));
+    assert_eq!(code, 2, "CORRUPT_MESSAGE");
+    assert_eq!(fetch_values(&mut k, "keep", 0).len(), 3, "nothing stored");
+}

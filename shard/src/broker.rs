@@ -223,20 +223,55 @@ enum Edit {
 }
 
 /// The channel to another shard. Sends go out in the order they were made: the
-/// channel lets a new send take a free slot ahead of tasks already waiting for one, so
-/// a FIFO semaphore orders them (a connection's forwarded produce requests must reach
+/// channel lets a new send take a free slot ahead of tasks already waiting for one, and
+/// glommio's semaphore lets a new caller take a permit ahead of a waiter it has woken,
+/// so a ticket queue orders them (a connection's forwarded produce requests must reach
 /// the owner, and its partitions, in the order they arrived).
 struct Peer {
     sender: ConnectedSender<Envelope>,
-    order: glommio::sync::Semaphore,
+    /// Tickets of the sends waiting or under way, in the order they were made.
+    queue: RefCell<std::collections::VecDeque<u64>>,
+    next_ticket: Cell<u64>,
+    turn: Notify,
+}
+
+/// A send's place in [`Peer::queue`]; leaves it when the send is done or dropped.
+struct PeerTurn<'a> {
+    peer: &'a Peer,
+    ticket: u64,
+}
+
+impl Drop for PeerTurn<'_> {
+    fn drop(&mut self) {
+        self.peer.queue.borrow_mut().retain(|&t| t != self.ticket);
+        self.peer.turn.notify_all();
+    }
 }
 
 impl Peer {
+    fn new(sender: ConnectedSender<Envelope>) -> Self {
+        Self {
+            sender,
+            queue: RefCell::new(std::collections::VecDeque::new()),
+            next_ticket: Cell::new(0),
+            turn: Notify::new(),
+        }
+    }
+
     /// Sends `env` after every send started before it.
     async fn send(&self, env: Envelope) -> Result<(), ()> {
-        let Ok(_turn) = self.order.acquire_permit(1).await else {
-            return Err(());
-        };
+        let ticket = self.next_ticket.get();
+        self.next_ticket.set(ticket + 1);
+        self.queue.borrow_mut().push_back(ticket);
+        let _turn = PeerTurn { peer: self, ticket };
+        loop {
+            // Checked and registered with no await between: no wake-up is missed.
+            let changed = self.turn.changed();
+            if self.queue.borrow().front() == Some(&ticket) {
+                break;
+            }
+            changed.await;
+        }
         self.sender.send(env).await.map_err(|_| ())
     }
 }
@@ -384,14 +419,7 @@ impl Shard {
         }
         *shard.peers.borrow_mut() = peers
             .into_iter()
-            .map(|p| {
-                p.map(|sender| {
-                    Rc::new(Peer {
-                        sender,
-                        order: glommio::sync::Semaphore::new(1),
-                    })
-                })
-            })
+            .map(|p| p.map(|sender| Rc::new(Peer::new(sender))))
             .collect();
         let mut receivers = Vec::new();
         for (from, t) in receiver_tasks {
@@ -649,6 +677,9 @@ impl Shard {
                 }
             }
         }
+        // The topics' produce rules take effect before their partitions open, so no
+        // produce reaches a new partition without them.
+        *self.policies.borrow_mut() = policies;
         // Close and forget partitions no longer ours (deleted topics lose their data).
         let gone: Vec<(String, u32)> = self
             .partitions
@@ -700,7 +731,6 @@ impl Shard {
             }
         }
         *self.topics.borrow_mut() = table;
-        *self.policies.borrow_mut() = policies;
         Ok(())
     }
 
@@ -1364,10 +1394,27 @@ impl Shard {
                         record_errors: Vec::new(),
                     };
                 }
-                let r = log.append(batch).await;
-                if let Some((ids, state)) = &producer {
-                    state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
-                }
+                // The append and the producer state's completion run on a task of
+                // their own, to the end even when this request is dropped (its
+                // connection gone): a sequence reserved above is always settled.
+                let appended = glommio::spawn_local(async move {
+                    let r = log.append(batch).await;
+                    if let Some((ids, state)) = &producer {
+                        state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
+                    }
+                    r
+                })
+                .detach()
+                .await;
+                let Some(r) = appended else {
+                    return ProduceResult {
+                        topic: p.topic,
+                        partition: p.partition,
+                        error: WireError::new(ErrorCode::Unavailable, "the shard is stopping"),
+                        base_offset: -1,
+                        record_errors: Vec::new(),
+                    };
+                };
                 match r {
                     Ok(at) => {
                         me.data_arrived.notify_all();
@@ -1629,7 +1676,11 @@ impl Shard {
                 }
             };
             match r {
-                Ok(Some((o, ts))) => out.push((t, p, WireError::none(), o, ts)),
+                // A record below the log start (DeleteRecords cut into its segment) is
+                // not readable: the answer is the log start at the least.
+                Ok(Some((o, ts))) => {
+                    out.push((t, p, WireError::none(), o.max(log.start_offset()), ts))
+                }
                 Ok(None) => out.push((t, p, WireError::none(), -1, -1)),
                 Err(e) => out.push((t, p, storage_error(&e), -1, -1)),
             }

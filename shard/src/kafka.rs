@@ -928,6 +928,8 @@ impl KafkaService {
             }
             order.push((name.unwrap_or_default(), t.topic_id, ps));
         }
+        // Each asked partition's limit, in the order the shard answers them.
+        let limits: Vec<usize> = parts.iter().map(|p| p.max_bytes as usize).collect();
         let max_bytes = if r.max_bytes > 0 {
             r.max_bytes as u32
         } else {
@@ -947,13 +949,6 @@ impl KafkaService {
             Response::Fetch(v) => v,
             _ => Vec::new(),
         };
-        let limits: Vec<usize> = r
-            .topics
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .filter(|p| p.partition >= 0)
-            .map(|p| p.partition_max_bytes.max(0) as usize)
-            .collect();
         limit_fetch(&mut results, &limits, max_bytes as usize);
         let mut results = results.into_iter();
         let flexible = version >= 12;
@@ -1392,14 +1387,13 @@ impl KafkaService {
 
     /// DeleteRecords: moves log start offsets (retention and reads respect them).
     async fn delete_records(&self, r: km::DeleteRecordsRequest) -> km::DeleteRecordsResponse {
+        // A negative partition is answered here: it must never reach a partition.
         let mut parts = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((
-                    t.name.0.to_string(),
-                    p.partition_index.max(0) as u32,
-                    p.offset,
-                ));
+                if let Ok(partition) = u32::try_from(p.partition_index) {
+                    parts.push((t.name.0.to_string(), partition, p.offset));
+                }
             }
         }
         let mut results = self.shard.clone().delete_records(parts).await.into_iter();
@@ -1410,8 +1404,8 @@ impl KafkaService {
             for p in &t.partitions {
                 let mut pr = km::delete_records_response::DeleteRecordsPartitionResult::default();
                 pr.partition_index = p.partition_index;
-                match results.next() {
-                    Some((e, start)) if p.partition_index >= 0 => {
+                match (p.partition_index >= 0).then(|| results.next()).flatten() {
+                    Some((e, start)) => {
                         pr.error_code = code(&e);
                         pr.low_watermark = start;
                     }

@@ -381,6 +381,8 @@ pub struct PartitionLog {
     state: RefCell<State>,
     changed: Notify,
     recovery: RecoveryReport,
+    /// One `delete_records_before` at a time: they write the same checkpoint file.
+    start_moves: glommio::sync::Semaphore,
 }
 
 /// How a scan of a segment ended.
@@ -852,6 +854,7 @@ impl PartitionLog {
             state: RefCell::new(state),
             changed: Notify::new(),
             recovery: report,
+            start_moves: glommio::sync::Semaphore::new(1),
         }))
     }
 
@@ -1741,6 +1744,13 @@ impl PartitionLog {
     /// durably before it takes effect. An offset below the start changes nothing; one
     /// above the committed offset is refused. Returns the log start offset.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        // Serialised, so the checkpoint file only ever moves up and is never written by
+        // two at once.
+        let _one = self
+            .start_moves
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::Closed)?;
         let (start, committed) = {
             let s = self.state.borrow();
             self.check_writable(&s)?;
