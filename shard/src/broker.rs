@@ -1297,7 +1297,10 @@ impl Shard {
                     .cloned(),
             );
             let me = self.clone();
-            tasks.push(glommio::spawn_local(async move {
+            let key = (p.topic.clone(), p.partition);
+            // Detached: the task runs to the end even when this request is dropped (its
+            // connection gone), so a sequence it reserved is always settled.
+            tasks.push((key, glommio::spawn_local(async move {
                 let Some(log) = log else {
                     return ProduceResult {
                         topic: p.topic,
@@ -1394,27 +1397,10 @@ impl Shard {
                         record_errors: Vec::new(),
                     };
                 }
-                // The append and the producer state's completion run on a task of
-                // their own, to the end even when this request is dropped (its
-                // connection gone): a sequence reserved above is always settled.
-                let appended = glommio::spawn_local(async move {
-                    let r = log.append(batch).await;
-                    if let Some((ids, state)) = &producer {
-                        state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
-                    }
-                    r
-                })
-                .detach()
-                .await;
-                let Some(r) = appended else {
-                    return ProduceResult {
-                        topic: p.topic,
-                        partition: p.partition,
-                        error: WireError::new(ErrorCode::Unavailable, "the shard is stopping"),
-                        base_offset: -1,
-                        record_errors: Vec::new(),
-                    };
-                };
+                let r = log.append(batch).await;
+                if let Some((ids, state)) = &producer {
+                    state.borrow_mut().complete(ids, r.as_ref().ok().map(|a| a.base_offset));
+                }
                 match r {
                     Ok(at) => {
                         me.data_arrived.notify_all();
@@ -1437,11 +1423,17 @@ impl Shard {
                         }
                     }
                 }
-            }));
+            }).detach()));
         }
         let mut out = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            out.push(t.await);
+        for ((topic, partition), t) in tasks {
+            out.push(t.await.unwrap_or_else(|| ProduceResult {
+                topic,
+                partition,
+                error: WireError::new(ErrorCode::Unavailable, "the shard is stopping"),
+                base_offset: -1,
+                record_errors: Vec::new(),
+            }));
         }
         out
     }
