@@ -997,3 +997,41 @@ fn bad_partitions_and_damaged_batches_touch_nothing() {
     assert_eq!(code, 2, "CORRUPT_MESSAGE");
     assert_eq!(fetch_values(&mut k, "keep", 0).len(), 3, "nothing stored");
 }
+
+/// A group that a refused join created, with no member, is reclaimed: it does not stay
+/// in the coordinator's memory (a client could otherwise fill it with new group ids).
+#[test]
+fn groups_left_behind_by_refused_joins_are_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(&dir.path().join("data"));
+    let mut k = Kafka::connect(b.kafka);
+    let describe = |k: &mut Kafka, g: &str| {
+        let mut q = km::DescribeGroupsRequest::default();
+        q.groups = vec![km::GroupId(s(g))];
+        match k.call(5, RequestKind::DescribeGroups(q)) {
+            ResponseKind::DescribeGroups(r) => r.groups[0].group_state.to_string(),
+            other => panic!("{other:?}"),
+        }
+    };
+    for i in 0..50 {
+        let g = format!("refused-{i}");
+        // The native protocol type with an assignor the broker does not have.
+        let mut q = km::JoinGroupRequest::default();
+        q.group_id = km::GroupId(s(&g));
+        q.session_timeout_ms = 10_000;
+        q.rebalance_timeout_ms = 10_000;
+        q.protocol_type = s("ringmq");
+        let mut p = km::join_group_request::JoinGroupRequestProtocol::default();
+        p.name = s("no-such-assignor");
+        q.protocols = vec![p];
+        assert_eq!(joined(k.call(7, RequestKind::JoinGroup(q))).error_code, 23);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while (0..50).any(|i| describe(&mut k, &format!("refused-{i}")) != "Dead") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "refused groups still held after 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

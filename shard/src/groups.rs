@@ -1571,6 +1571,11 @@ impl Coordinator {
                     }
                 })
                 .collect();
+            // A group with no members and no member ids handed out holds nothing: it
+            // goes (a join refused before it had a member left one behind; its
+            // committed offsets are kept apart, and DescribeGroups shows it Empty while
+            // it has some, Dead otherwise).
+            groups.retain(|_, g| !g.members.is_empty() || !g.pending_ids.is_empty());
             records
         }
     }
