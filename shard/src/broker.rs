@@ -1472,7 +1472,10 @@ impl Shard {
                 _ => None,
             }),
         };
-        Response::Fetch(self.scatter(partitions, ops).await)
+        let limits: Vec<usize> = partitions.iter().map(|p| p.max_bytes as usize).collect();
+        let mut results = self.scatter(partitions, ops).await;
+        limit_fetch(&mut results, &limits, max_bytes as usize);
+        Response::Fetch(results)
     }
 
     /// Reads the partitions; if fewer than `min_bytes` came back, waits on the timing
@@ -1701,5 +1704,33 @@ impl Handler for Shard {
                 None => false,
             }
         })
+    }
+}
+
+/// Holds a fetch answer to its size limits, as Kafka does (KIP-74): the records of all
+/// partitions together stay within `max_bytes` and each partition's within its
+/// `partition_max_bytes`, except that the first non-empty partition keeps its data
+/// even when its first batch alone is larger (so a consumer can always make progress).
+///
+/// The shards read their partitions concurrently, each within `max_bytes` and with a
+/// first batch allowed over the limit, so together they can exceed it. A partition
+/// whose data does not fit what is left is answered with no records (and no error):
+/// the client fetches it again. A partition's read is either within its limits or a
+/// single batch larger than them, so this keeps or drops whole reads. Both front-ends
+/// get it: it runs where a fetch entered, after its parts came back.
+fn limit_fetch(results: &mut [FetchResult], partition_max: &[usize], max_bytes: usize) {
+    let mut total = 0usize;
+    for (i, r) in results.iter_mut().enumerate() {
+        let len = r.records.len();
+        if len == 0 {
+            continue;
+        }
+        let part_max = partition_max.get(i).copied().unwrap_or(usize::MAX);
+        let fits = len <= part_max && total + len <= max_bytes;
+        if fits || total == 0 {
+            total += len;
+        } else {
+            r.records = Records::new();
+        }
     }
 }

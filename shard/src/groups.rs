@@ -178,6 +178,23 @@ struct Group {
 }
 
 impl Group {
+    /// The leader's view of the members: (member id, instance id, metadata in the
+    /// group's protocol).
+    fn member_view(&self) -> Vec<(String, Option<String>, Bytes)> {
+        self.members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|p| p.0 == self.protocol)
+                    .map(|p| p.1.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect()
+    }
+
     /// The member registered with static instance id `iid`.
     fn static_member(&self, iid: &str) -> Option<&String> {
         self.members
@@ -370,6 +387,24 @@ fn subscribed_topics(protocol_type: &str, meta: &Bytes) -> Option<Vec<String>> {
         }
         _ => None,
     }
+}
+
+/// JoinGroup's member list from a leader's view (instance ids from v5).
+fn join_members(
+    view: Vec<(String, Option<String>, Bytes)>,
+    version: i16,
+) -> Vec<km::join_group_response::JoinGroupResponseMember> {
+    view.into_iter()
+        .map(|(id, iid, meta)| {
+            let mut m = km::join_group_response::JoinGroupResponseMember::default();
+            m.member_id = s(&id);
+            if version >= 5 {
+                m.group_instance_id = iid.map(|i| s(&i));
+            }
+            m.metadata = meta;
+            m
+        })
+        .collect()
 }
 
 fn decode_topics(meta: &[u8]) -> Vec<String> {
@@ -1061,25 +1096,7 @@ impl Coordinator {
                     // The leader gets the members, as after a rebalance (from v9 it is
                     // told to skip the assignment: the group keeps the one it has).
                     if leader {
-                        resp.members = g
-                            .members
-                            .iter()
-                            .map(|(mid, m)| {
-                                let mut jm =
-                                    km::join_group_response::JoinGroupResponseMember::default();
-                                jm.member_id = s(mid);
-                                if version >= 5 {
-                                    jm.group_instance_id = m.instance_id.as_deref().map(s);
-                                }
-                                jm.metadata = m
-                                    .protocols
-                                    .iter()
-                                    .find(|p| p.0 == g.protocol)
-                                    .map(|p| p.1.clone())
-                                    .unwrap_or_default();
-                                jm
-                            })
-                            .collect();
+                        resp.members = join_members(g.member_view(), version);
                         if version >= 9 {
                             resp.skip_assignment = true;
                         }
@@ -1170,19 +1187,7 @@ impl Coordinator {
         if version >= 7 {
             resp.protocol_type = Some(s(&q.protocol_type));
         }
-        resp.members = done
-            .members
-            .into_iter()
-            .map(|(id, iid, meta)| {
-                let mut m = km::join_group_response::JoinGroupResponseMember::default();
-                m.member_id = s(&id);
-                if version >= 5 {
-                    m.group_instance_id = iid.map(|i| s(&i));
-                }
-                m.metadata = meta;
-                m
-            })
-            .collect();
+        resp.members = join_members(done.members, version);
         resp
     }
 
@@ -1256,19 +1261,7 @@ impl Coordinator {
         };
         g.protocol = protocol.clone();
         g.state = State::CompletingRebalance;
-        let view: Vec<(String, Option<String>, Bytes)> = g
-            .members
-            .iter()
-            .map(|(id, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|p| p.0 == protocol)
-                    .map(|p| p.1.clone())
-                    .unwrap_or_default();
-                (id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let view = g.member_view();
         tracing::info!(shard = self.shard_id, group = %group_id, generation = g.generation, members = g.members.len(), protocol = %protocol, "group rebalanced");
         // Native consumers: the broker assigns, and the group is stable at once. Each
         // member's join answer carries its own assignment as its only "member".

@@ -305,37 +305,6 @@ pub fn topic_uuid(id: u32) -> uuid::Uuid {
 /// The high half of every topic id ("ringmq" and two zero bytes).
 const TOPIC_UUID_NAMESPACE: u64 = 0x7269_6e67_6d71_0000;
 
-/// Holds a fetch response to Kafka's size limits (KIP-74): the records of all
-/// partitions together stay within `max_bytes` and each partition's within its
-/// `partition_max_bytes`, except that the first non-empty partition keeps its data
-/// even when its first batch alone is larger (so a consumer can always make progress).
-///
-/// The shards read their partitions concurrently, each within `max_bytes` and with a
-/// first batch allowed over the limit, so together they can exceed it. A partition
-/// whose data does not fit what is left is answered with no records (and no error):
-/// the client fetches it again. A partition's read is either within its limits or a
-/// single batch larger than them, so this keeps or drops whole reads.
-fn limit_fetch(
-    results: &mut [ringmq_net::codec::FetchResult],
-    partition_max: &[usize],
-    max_bytes: usize,
-) {
-    let mut total = 0usize;
-    for (i, r) in results.iter_mut().enumerate() {
-        let len = r.records.len();
-        if len == 0 {
-            continue;
-        }
-        let part_max = partition_max.get(i).copied().unwrap_or(usize::MAX);
-        let fits = len <= part_max && total + len <= max_bytes;
-        if fits || total == 0 {
-            total += len;
-        } else {
-            r.records = ringmq_net::codec::Records::new();
-        }
-    }
-}
-
 /// One config change from a Kafka client, in the names stored for the topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum ConfigChange {
@@ -928,8 +897,6 @@ impl KafkaService {
             }
             order.push((name.unwrap_or_default(), t.topic_id, ps));
         }
-        // Each asked partition's limit, in the order the shard answers them.
-        let limits: Vec<usize> = parts.iter().map(|p| p.max_bytes as usize).collect();
         let max_bytes = if r.max_bytes > 0 {
             r.max_bytes as u32
         } else {
@@ -945,12 +912,11 @@ impl KafkaService {
                 partitions: parts,
             })
             .await;
+        // Held to max_bytes and each partition's limit by the shard (KIP-74).
         let mut results = match answer {
-            Response::Fetch(v) => v,
-            _ => Vec::new(),
+            Response::Fetch(v) => v.into_iter(),
+            _ => Vec::new().into_iter(),
         };
-        limit_fetch(&mut results, &limits, max_bytes as usize);
-        let mut results = results.into_iter();
         let flexible = version >= 12;
         let mut f = OutFrame::begin();
         {

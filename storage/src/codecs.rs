@@ -148,18 +148,20 @@ pub fn decompress_max(packed: &[u8], c: Compression, max_bytes: usize) -> Result
 mod tests {
     use super::*;
 
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Snappy,
+    ];
+
     #[test]
     fn every_codec_round_trips_and_refuses_garbage() {
         let records: Vec<u8> = (0..200_000u32)
             .map(|i| (i % 251) as u8 ^ (i / 977) as u8)
             .collect();
-        for c in [
-            Compression::None,
-            Compression::Lz4,
-            Compression::Zstd,
-            Compression::Gzip,
-            Compression::Snappy,
-        ] {
+        for c in ALL {
             let packed = compress(&records, c).unwrap();
             assert_eq!(decompress(&packed, c).unwrap(), records, "{c:?}");
             if c != Compression::None {
@@ -172,13 +174,7 @@ mod tests {
         }
         // A small batch that expands beyond the limit is refused, whatever the codec.
         let zeros = vec![0u8; 8 << 20];
-        for c in [
-            Compression::None,
-            Compression::Lz4,
-            Compression::Zstd,
-            Compression::Gzip,
-            Compression::Snappy,
-        ] {
+        for c in ALL {
             let packed = compress(&zeros, c).unwrap();
             assert!(decompress_max(&packed, c, 1 << 20).is_err(), "{c:?}");
             assert_eq!(decompress_max(&packed, c, 8 << 20).unwrap().len(), 8 << 20);
