@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod broker;
+pub mod error;
 pub mod groups;
 pub mod kafka;
 pub mod placement;
