@@ -92,6 +92,15 @@ pub struct ServeArgs {
     /// Close connections idle this long, ms; 0 never [default: 600000]
     #[arg(long, env = "RINGMQ_IDLE_TIMEOUT_MS")]
     idle_timeout_ms: Option<u64>,
+    /// `min.insync.replicas` of topics that do not set it: a produce with acks=all
+    /// (-1) is refused with NOT_ENOUGH_REPLICAS while fewer replicas are in sync (a
+    /// single node has one) [default: 1]
+    #[arg(long, env = "RINGMQ_MIN_INSYNC_REPLICAS")]
+    min_insync_replicas: Option<i32>,
+    /// Per-shard memory for acks=0 batches being appended, bytes: a client that sends
+    /// more waits until earlier ones are on the log [default: 67108864]
+    #[arg(long, env = "RINGMQ_ACKS_NONE_BYTES_MAX")]
+    acks_none_bytes_max: Option<u64>,
     /// A request part forwarded to another shard gets Unavailable after this long, ms
     /// (plus a fetch's max wait) [default: 30000]
     #[arg(long, env = "RINGMQ_REQUEST_TIMEOUT_MS")]
@@ -148,6 +157,8 @@ struct FileConfig {
     request_memory_bytes_max: Option<usize>,
     idle_timeout_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
+    min_insync_replicas: Option<i32>,
+    acks_none_bytes_max: Option<u64>,
     zero_copy: Option<bool>,
     steer_connections: Option<bool>,
     spin_before_park_us: Option<u64>,
@@ -173,6 +184,8 @@ struct Settings {
     limits: ConnLimits,
     request_memory_bytes_max: usize,
     request_timeout_ms: u64,
+    min_insync_replicas: i32,
+    acks_none_bytes_max: u64,
     zero_copy: bool,
     steer_connections: bool,
     spin_before_park: Duration,
@@ -269,6 +282,13 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             ringmq_shard::topics::PARTITIONS_MAX
         );
     }
+    let min_insync_replicas = args
+        .min_insync_replicas
+        .or(file.min_insync_replicas)
+        .unwrap_or(1);
+    if min_insync_replicas < 1 {
+        bail!("--min-insync-replicas is {min_insync_replicas}: it must be at least 1");
+    }
     Ok(Settings {
         group_initial_rebalance_delay: Duration::from_millis(
             args.group_initial_rebalance_delay_ms
@@ -320,6 +340,12 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .request_memory_bytes_max
             .or(file.request_memory_bytes_max)
             .unwrap_or(256 << 20)
+            .max(1 << 20),
+        min_insync_replicas,
+        acks_none_bytes_max: args
+            .acks_none_bytes_max
+            .or(file.acks_none_bytes_max)
+            .unwrap_or(ringmq_shard::broker::ACKS_NONE_BYTES_MAX)
             .max(1 << 20),
         zero_copy: args.zero_copy.or(file.zero_copy).unwrap_or(true),
         steer_connections: args
@@ -509,6 +535,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             group_initial_rebalance_delay: s.group_initial_rebalance_delay,
             group_log_compact_bytes: s.group_log_compact_bytes,
             producer_id_key,
+            min_insync_replicas: s.min_insync_replicas,
+            acks_none_bytes_max: s.acks_none_bytes_max,
         };
         let table = table.clone();
         let stop = stop.clone();

@@ -126,7 +126,10 @@ impl BrokerError {
 
     /// Unavailable: shard `shard` did not answer.
     pub fn shard_silent(shard: u32) -> Self {
-        Self::new(ErrorKind::Unavailable, format!("shard {shard} did not answer"))
+        Self::new(
+            ErrorKind::Unavailable,
+            format!("shard {shard} did not answer"),
+        )
     }
 }
 

@@ -929,7 +929,10 @@ impl Coordinator {
         let end = log.end_offset();
         let mut offset = log.start_offset();
         while offset < end {
-            let r = log.read(offset, 4 << 20).await.map_err(|e| e.to_string())?;
+            let r = log
+                .read(offset, 4 << 20, i64::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
             let bytes = r.to_bytes().await.map_err(|e| e.to_string())?;
             let before = offset;
             let mut pos = 0;

@@ -24,16 +24,19 @@ use std::time::{Duration, Instant};
 const GROUP_WAIT_MAX: Duration = Duration::from_secs(600);
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError as KErr;
 use kafka_protocol::messages::{self as km, ApiKey, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use ringmq_net::codec::{
-    ErrorCode, FetchPartition, OFFSET_LATEST, OutFrame, ProducePartition, Request, Response,
-    WireError,
-};
+use ringmq_net::codec::OutFrame;
 use ringmq_net::conn::{LocalFuture, Service};
 
-use crate::broker::{Shard, TopicChange};
+use crate::broker::Shard;
+use crate::error::{BrokerError, ErrorKind};
 use crate::groups::{self, GroupRequest};
+use crate::ops::{
+    Acks, DeleteBefore, EpochQuery, Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec,
+    ProducePart, Reader, TopicOp, TopicPartition,
+};
 use crate::topic_configs;
 use crate::topics;
 
@@ -42,65 +45,13 @@ pub const NODE_ID: i32 = 0;
 /// The cluster id reported to clients.
 pub const CLUSTER_ID: &str = "ringmq";
 
-/// Kafka error codes used here (Kafka's `Errors` enum).
-pub mod errors {
-    /// Unexpected server error.
-    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
-    /// Success.
-    pub const NONE: i16 = 0;
-    /// Offset out of range.
-    pub const OFFSET_OUT_OF_RANGE: i16 = 1;
-    /// A batch failed its CRC or is malformed.
-    pub const CORRUPT_MESSAGE: i16 = 2;
-    /// Unknown topic or partition.
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    /// Leader not available (retriable).
-    pub const LEADER_NOT_AVAILABLE: i16 = 5;
-    /// Request timed out.
-    pub const REQUEST_TIMED_OUT: i16 = 7;
-    /// Fewer in-sync replicas than `min.insync.replicas` (acks=all).
-    pub const NOT_ENOUGH_REPLICAS: i16 = 19;
-    /// A record's timestamp is out of the topic's range.
-    pub const INVALID_TIMESTAMP: i16 = 32;
-    /// Batch larger than the topic's max.message.bytes.
-    pub const MESSAGE_TOO_LARGE: i16 = 10;
-    /// Invalid topic name.
-    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
-    /// acks other than -1, 0, 1.
-    pub const INVALID_REQUIRED_ACKS: i16 = 21;
-    /// Unknown topic id (KIP-516).
-    pub const UNKNOWN_TOPIC_ID: i16 = 100;
-    /// Unsupported API version.
-    pub const UNSUPPORTED_VERSION: i16 = 35;
-    /// Topic exists.
-    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
-    /// Invalid partition count.
-    pub const INVALID_PARTITIONS: i16 = 37;
-    /// Invalid replication factor.
-    pub const INVALID_REPLICATION_FACTOR: i16 = 38;
-    /// Invalid config.
-    pub const INVALID_CONFIG: i16 = 40;
-    /// Invalid request.
-    pub const INVALID_REQUEST: i16 = 42;
-    /// An idempotent producer's sequence has a gap.
-    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
-    /// An idempotent producer's epoch is stale.
-    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
-    /// The partition has no state for the producer.
-    pub const UNKNOWN_PRODUCER_ID: i16 = 59;
-    /// Storage error (retriable).
-    pub const KAFKA_STORAGE_ERROR: i16 = 56;
-    /// Invalid record.
-    pub const INVALID_RECORD: i16 = 87;
-}
-
 /// What a transactional request gets (FindCoordinator for a transaction, InitProducerId
 /// with a transactional id): TRANSACTIONAL_ID_AUTHORIZATION_FAILED, with a message
 /// saying that transactions are not supported. It is the one error that every client
 /// treats as fatal at once (librdkafka retries a coordinator lookup on any other error
 /// until the caller's timeout; the Java client fails fast on it too), so
 /// `init_transactions` fails within a second and reports the message.
-const TRANSACTIONS_UNSUPPORTED: i16 = 53;
+const TRANSACTIONS_UNSUPPORTED: i16 = KErr::TransactionalIdAuthorizationFailed.code();
 /// The message that goes with [`TRANSACTIONS_UNSUPPORTED`].
 const TRANSACTIONS_UNSUPPORTED_MESSAGE: &str =
     "transactions are not supported by this broker (ringmq): use an idempotent producer";
@@ -257,36 +208,63 @@ fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
     }
 }
 
-/// Kafka's code for one of ours.
-fn code(e: &WireError) -> i16 {
-    use errors::*;
-    match e.code {
-        ErrorCode::None => NONE,
-        ErrorCode::Malformed => CORRUPT_MESSAGE,
-        ErrorCode::UnsupportedVersion => UNSUPPORTED_VERSION,
-        ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => UNKNOWN_TOPIC_OR_PARTITION,
-        ErrorCode::TopicExists => TOPIC_ALREADY_EXISTS,
-        ErrorCode::CorruptBatch => CORRUPT_MESSAGE,
-        ErrorCode::MessageTooLarge => MESSAGE_TOO_LARGE,
-        ErrorCode::OffsetOutOfRange => OFFSET_OUT_OF_RANGE,
-        ErrorCode::InvalidRequest => INVALID_REQUEST,
-        ErrorCode::StorageError => KAFKA_STORAGE_ERROR,
-        ErrorCode::Unavailable => LEADER_NOT_AVAILABLE,
-        ErrorCode::Timeout => REQUEST_TIMED_OUT,
-        ErrorCode::ProducerFenced => INVALID_PRODUCER_EPOCH,
-        ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
-        ErrorCode::UnknownProducer => UNKNOWN_PRODUCER_ID,
-        ErrorCode::RebalanceInProgress => groups::errors::REBALANCE_IN_PROGRESS,
-        ErrorCode::UnknownMember => groups::errors::UNKNOWN_MEMBER_ID,
-        ErrorCode::IllegalGeneration => groups::errors::ILLEGAL_GENERATION,
-        ErrorCode::InvalidRecord => INVALID_RECORD,
-        ErrorCode::InvalidTimestamp => INVALID_TIMESTAMP,
-        ErrorCode::NotEnoughReplicas => NOT_ENOUGH_REPLICAS,
-    }
+/// Kafka's code for a broker error kind.
+pub fn kafka_code(kind: ErrorKind) -> i16 {
+    use ErrorKind as K;
+    let e = match kind {
+        K::UnknownTopic | K::UnknownPartition => KErr::UnknownTopicOrPartition,
+        K::TopicExists => KErr::TopicAlreadyExists,
+        K::InvalidTopic => KErr::InvalidTopicException,
+        K::InvalidPartitions => KErr::InvalidPartitions,
+        K::InvalidConfig => KErr::InvalidConfig,
+        K::InvalidReplicationFactor => KErr::InvalidReplicationFactor,
+        K::InvalidRequest => KErr::InvalidRequest,
+        K::CorruptBatch => KErr::CorruptMessage,
+        K::MessageTooLarge => KErr::MessageTooLarge,
+        K::InvalidRecord => KErr::InvalidRecord,
+        K::InvalidTimestamp => KErr::InvalidTimestamp,
+        K::InvalidRequiredAcks => KErr::InvalidRequiredAcks,
+        K::NotEnoughReplicas => KErr::NotEnoughReplicas,
+        K::ProducerFenced => KErr::InvalidProducerEpoch,
+        K::OutOfOrderSequence => KErr::OutOfOrderSequenceNumber,
+        K::UnknownProducer => KErr::UnknownProducerId,
+        K::OffsetOutOfRange => KErr::OffsetOutOfRange,
+        K::NotLeader => KErr::NotLeaderOrFollower,
+        K::FencedLeaderEpoch => KErr::FencedLeaderEpoch,
+        K::UnknownLeaderEpoch => KErr::UnknownLeaderEpoch,
+        K::CoordinatorNotAvailable | K::LimitReached => KErr::CoordinatorNotAvailable,
+        K::InvalidGroupId => KErr::InvalidGroupId,
+        K::GroupIdNotFound => KErr::GroupIdNotFound,
+        K::UnknownMember => KErr::UnknownMemberId,
+        K::MemberIdRequired => KErr::MemberIdRequired,
+        K::IllegalGeneration => KErr::IllegalGeneration,
+        K::RebalanceInProgress => KErr::RebalanceInProgress,
+        K::InconsistentGroupProtocol => KErr::InconsistentGroupProtocol,
+        K::InvalidSessionTimeout => KErr::InvalidSessionTimeout,
+        K::FencedInstanceId => KErr::FencedInstanceId,
+        K::NonEmptyGroup => KErr::NonEmptyGroup,
+        K::GroupSubscribedToTopic => KErr::GroupSubscribedToTopic,
+        K::GroupMaxSizeReached => KErr::GroupMaxSizeReached,
+        K::Storage => KErr::KafkaStorageError,
+        K::Unavailable => KErr::LeaderNotAvailable,
+        K::Timeout => KErr::RequestTimedOut,
+        K::Unsupported => KErr::UnsupportedVersion,
+        K::Internal => KErr::UnknownServerError,
+    };
+    e.code()
 }
 
-fn msg(e: &WireError) -> Option<StrBytes> {
-    (!e.is_ok()).then(|| StrBytes::from_string(e.message.clone()))
+/// Kafka's code for a broker error.
+fn code(e: &BrokerError) -> i16 {
+    kafka_code(e.kind)
+}
+
+/// Kafka's code and message for a result.
+fn code_msg<T>(r: &Result<T, BrokerError>) -> (i16, Option<StrBytes>) {
+    match r {
+        Ok(_) => (0, None),
+        Err(e) => (code(e), Some(s(&e.message))),
+    }
 }
 
 fn s(v: &str) -> StrBytes {
@@ -488,7 +466,7 @@ impl KafkaService {
             Ok(d) => d,
             Err(Refusal::ApiVersionsFallback(correlation_id)) => {
                 let mut r = self.api_versions();
-                r.error_code = errors::UNSUPPORTED_VERSION;
+                r.error_code = KErr::UnsupportedVersion.code();
                 return encode(
                     correlation_id,
                     ApiKey::ApiVersions,
@@ -626,16 +604,15 @@ impl KafkaService {
             }
             let r = self
                 .shard
-                .clone()
-                .handle_request(Request::CreateTopic {
+                .change_topics(TopicOp::Create {
                     name: name.clone(),
                     partitions: self.opts.default_partitions,
                     configs: Vec::new(),
+                    validate_only: false,
                 })
                 .await;
-            if let Response::Done(e) = r
-                && !e.is_ok()
-                && e.code != ErrorCode::TopicExists
+            if let Err(e) = r
+                && e.kind != ErrorKind::TopicExists
             {
                 tracing::warn!(topic = %name, error = %e.message, "kafka: auto-creating topic failed");
             }
@@ -678,9 +655,9 @@ impl KafkaService {
             match self.shard.topic(&name) {
                 None => {
                     t.error_code = if topics::validate_name(&name).is_err() {
-                        errors::INVALID_TOPIC_EXCEPTION
+                        KErr::InvalidTopicException.code()
                     } else {
-                        errors::UNKNOWN_TOPIC_OR_PARTITION
+                        KErr::UnknownTopicOrPartition.code()
                     };
                 }
                 Some(meta) => {
@@ -720,7 +697,7 @@ impl KafkaService {
                 for p in &t.partition_data {
                     let mut pr = km::produce_response::PartitionProduceResponse::default();
                     pr.index = p.index;
-                    pr.error_code = errors::INVALID_REQUIRED_ACKS;
+                    pr.error_code = KErr::InvalidRequiredAcks.code();
                     pr.base_offset = -1;
                     tr.partition_responses.push(pr);
                 }
@@ -753,73 +730,41 @@ impl KafkaService {
                     early.insert(
                         (ti, pi),
                         (
-                            errors::UNKNOWN_TOPIC_ID,
+                            KErr::UnknownTopicId.code(),
                             format!("unknown topic id {}", t.topic_id),
                         ),
                     );
                     continue;
                 };
-                // acks=all on a single node: one in-sync replica, so a topic that asks
-                // for more refuses it (acks=1 is not affected), as Kafka does.
-                if acks == -1
-                    && let Some(policy) = self.shard.policy(name)
-                {
-                    let min = policy.min_insync_replicas;
-                    if min > 1 {
-                        early.insert(
-                            (ti, pi),
-                            (
-                                errors::NOT_ENOUGH_REPLICAS,
-                                format!(
-                                    "min.insync.replicas={min} but the in-sync replica set has 1 replica: this broker is a single node"
-                                ),
-                            ),
-                        );
-                        continue;
-                    }
-                }
                 match (&p.records, u32::try_from(p.index)) {
-                    (Some(batch), Ok(partition)) if !batch.is_empty() => {
-                        parts.push(ProducePartition {
-                            topic: name.clone(),
-                            partition,
-                            batch: batch.clone(),
-                        })
-                    }
+                    (Some(batch), Ok(partition)) if !batch.is_empty() => parts.push(ProducePart {
+                        tp: TopicPartition::new(name.clone(), partition),
+                        batch: batch.clone(),
+                    }),
                     (_, Err(_)) => {
                         early.insert(
                             (ti, pi),
                             (
-                                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                                KErr::UnknownTopicOrPartition.code(),
                                 format!("partition {}", p.index),
                             ),
                         );
                     }
                     _ => {
-                        early.insert((ti, pi), (errors::INVALID_RECORD, "no records".into()));
+                        early.insert((ti, pi), (KErr::InvalidRecord.code(), "no records".into()));
                     }
                 }
             }
         }
-        let native_acks = if acks == 0 { 0 } else { 1 };
-        let answer = self
-            .shard
-            .clone()
-            .handle_request(Request::Produce {
-                acks: native_acks,
-                partitions: parts,
-            })
-            .await;
-        if acks == 0 {
+        let acks = match acks {
+            0 => Acks::None,
+            1 => Acks::Leader,
+            _ => Acks::All,
+        };
+        let mut results = self.shard.produce(acks, parts).await.into_iter();
+        if acks == Acks::None {
             return None;
         }
-        let mut results = match answer {
-            Response::Produce(v) => v.into_iter(),
-            other => {
-                tracing::error!("kafka: unexpected produce answer {other:?}");
-                Vec::new().into_iter()
-            }
-        };
         for (ti, t) in r.topic_data.iter().enumerate() {
             let mut tr = km::produce_response::TopicProduceResponse::default();
             if version >= 13 {
@@ -837,9 +782,10 @@ impl KafkaService {
                     pr.error_message = (version >= 8).then(|| s(&m));
                     pr.base_offset = -1;
                 } else if let Some(res) = results.next() {
-                    pr.error_code = code(&res.error);
-                    pr.error_message = msg(&res.error).filter(|_| version >= 8);
-                    pr.base_offset = res.base_offset;
+                    let (c, m) = code_msg(&res.result);
+                    pr.error_code = c;
+                    pr.error_message = m.filter(|_| version >= 8);
+                    pr.base_offset = *res.result.as_ref().unwrap_or(&-1);
                     if version >= 8 {
                         pr.record_errors = res
                             .record_errors
@@ -854,7 +800,7 @@ impl KafkaService {
                             .collect();
                     }
                 } else {
-                    pr.error_code = errors::UNKNOWN_SERVER_ERROR;
+                    pr.error_code = KErr::UnknownServerError.code();
                     pr.base_offset = -1;
                 }
                 tr.partition_responses.push(pr);
@@ -880,18 +826,18 @@ impl KafkaService {
             let mut ps = Vec::new();
             for p in &t.partitions {
                 match (&name, u32::try_from(p.partition)) {
-                    (None, _) => ps.push((p.partition, Some(errors::UNKNOWN_TOPIC_ID))),
+                    (None, _) => ps.push((p.partition, Some(KErr::UnknownTopicId.code()))),
                     (Some(name), Ok(partition)) => {
-                        parts.push(FetchPartition {
-                            topic: name.clone(),
-                            partition,
+                        parts.push(FetchPart {
+                            tp: TopicPartition::new(name.clone(), partition),
                             offset: p.fetch_offset,
                             max_bytes: p.partition_max_bytes.max(0) as u32,
+                            leader_epoch: (version >= 9).then_some(p.current_leader_epoch),
                         });
                         ps.push((p.partition, None));
                     }
                     (Some(_), Err(_)) => {
-                        ps.push((p.partition, Some(errors::UNKNOWN_TOPIC_OR_PARTITION)))
+                        ps.push((p.partition, Some(KErr::UnknownTopicOrPartition.code())))
                     }
                 }
             }
@@ -902,21 +848,32 @@ impl KafkaService {
         } else {
             i32::MAX as u32
         };
-        let answer = self
-            .shard
-            .clone()
-            .handle_request(Request::Fetch {
-                max_wait_ms: r.max_wait_ms.max(0) as u32,
-                min_bytes: r.min_bytes.max(0) as u32,
-                max_bytes,
-                partitions: parts,
-            })
-            .await;
-        // Held to max_bytes and each partition's limit by the shard (KIP-74).
-        let mut results = match answer {
-            Response::Fetch(v) => v.into_iter(),
-            _ => Vec::new().into_iter(),
+        // A fetch from a broker (replica id set) is a follower's: it reads to the log
+        // end. Consumers read to the high watermark, or to the last stable offset.
+        let replica_id = if version >= 15 {
+            r.replica_state.replica_id.0
+        } else {
+            r.replica_id.0
         };
+        let reader = if replica_id >= 0 {
+            Reader::Follower {
+                replica_id,
+                leader_epoch: r.replica_state.replica_epoch as i32,
+            }
+        } else if r.isolation_level == 1 {
+            Reader::Consumer(Isolation::ReadCommitted)
+        } else {
+            Reader::Consumer(Isolation::ReadUncommitted)
+        };
+        let fetch = Fetch {
+            reader,
+            max_wait: Duration::from_millis(r.max_wait_ms.max(0) as u64),
+            min_bytes: r.min_bytes.max(0) as u32,
+            max_bytes,
+            parts,
+        };
+        // Held to max_bytes and each partition's limit by the shard (KIP-74).
+        let mut results = self.shard.fetch(fetch).await.into_iter();
         let flexible = version >= 12;
         let mut f = OutFrame::begin();
         {
@@ -927,7 +884,7 @@ impl KafkaService {
             }
             b.put_i32(0); // throttle_time_ms
             if version >= 7 {
-                b.put_i16(errors::NONE);
+                b.put_i16(0);
                 b.put_i32(0); // session id 0: no incremental fetch session (KIP-227)
             }
             put_len(b, order.len(), flexible);
@@ -949,15 +906,15 @@ impl KafkaService {
                 b.put_i32(partition);
                 match &res {
                     Some(res) => {
-                        b.put_i16(code(&res.error));
+                        b.put_i16(code_msg(&res.records).0);
                         b.put_i64(res.high_watermark);
-                        b.put_i64(res.high_watermark); // last stable offset: no transactions
+                        b.put_i64(res.last_stable_offset);
                         if version >= 5 {
-                            b.put_i64(res.start_offset);
+                            b.put_i64(res.log_start_offset);
                         }
                     }
                     None => {
-                        b.put_i16(early.unwrap_or(errors::UNKNOWN_TOPIC_OR_PARTITION));
+                        b.put_i16(early.unwrap_or(KErr::UnknownTopicOrPartition.code()));
                         b.put_i64(-1);
                         b.put_i64(-1);
                         if version >= 5 {
@@ -969,14 +926,14 @@ impl KafkaService {
                 if version >= 11 {
                     b.put_i32(-1); // preferred read replica
                 }
-                let len = res.as_ref().map_or(0, |r| r.records.len());
+                let len = res.as_ref().map_or(0, |r| r.len());
                 if flexible {
                     put_uvarint(b, len as u32 + 1);
                 } else {
                     b.put_i32(len as i32);
                 }
-                if let Some(res) = &res {
-                    f.put_chunks(&res.records);
+                if let Some(Ok(records)) = res.as_ref().map(|r| &r.records) {
+                    f.put_chunks(records);
                 }
                 if flexible {
                     f.bytes_mut().put_u8(0); // partition tagged fields
@@ -1005,38 +962,33 @@ impl KafkaService {
             .find(|name| self.shard.topic(name).is_some_and(|m| m.id == want))
     }
 
-    /// Native ListOffsets: (topic, partition, error, offset) in request order.
-    async fn offsets(
-        &self,
-        parts: Vec<(String, u32, i64)>,
-    ) -> std::vec::IntoIter<(String, u32, WireError, i64, i64)> {
-        let answer = self
-            .shard
-            .clone()
-            .handle_request(Request::ListOffsets { partitions: parts })
-            .await;
-        match answer {
-            Response::Offsets(v) => v.into_iter(),
-            _ => Vec::new().into_iter(),
-        }
-    }
-
     async fn list_offsets(
         &self,
         r: km::ListOffsetsRequest,
         version: i16,
     ) -> km::ListOffsetsResponse {
-        let mut parts = Vec::new();
+        // Negative partitions and unknown specs are answered here; the rest in order.
+        let mut queries = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((
-                    t.name.0.to_string(),
-                    p.partition_index.max(0) as u32,
-                    p.timestamp,
-                ));
+                let spec = match p.timestamp {
+                    -2 | -4 => OffsetSpec::Earliest,
+                    -1 => OffsetSpec::Latest,
+                    -3 => OffsetSpec::MaxTimestamp,
+                    -5 => OffsetSpec::LatestTiered,
+                    ts if ts >= 0 => OffsetSpec::Timestamp(ts),
+                    _ => continue,
+                };
+                if let Ok(partition) = u32::try_from(p.partition_index) {
+                    queries.push(OffsetQuery {
+                        tp: TopicPartition::new(t.name.0.to_string(), partition),
+                        spec,
+                        leader_epoch: (version >= 4).then_some(p.current_leader_epoch),
+                    });
+                }
             }
         }
-        let mut results = self.offsets(parts).await;
+        let mut results = self.shard.list_offsets(queries).await.into_iter();
         let mut resp = km::ListOffsetsResponse::default();
         for t in &r.topics {
             let mut tr = km::list_offsets_response::ListOffsetsTopicResponse::default();
@@ -1045,18 +997,27 @@ impl KafkaService {
                 let mut pr = km::list_offsets_response::ListOffsetsPartitionResponse::default();
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
-                match results.next() {
-                    Some((_, _, e, offset, timestamp)) if p.partition_index >= 0 => {
-                        pr.error_code = code(&e);
-                        pr.offset = offset;
-                        pr.timestamp = timestamp;
-                        if offset >= 0 && version >= 4 {
-                            pr.leader_epoch = 0;
+                pr.offset = -1;
+                let asked = p.partition_index >= 0
+                    && (p.timestamp >= 0 || (-5..=-1).contains(&p.timestamp));
+                if !asked {
+                    pr.error_code = if p.partition_index < 0 {
+                        KErr::UnknownTopicOrPartition.code()
+                    } else {
+                        KErr::InvalidRequest.code()
+                    };
+                } else {
+                    match results.next().map(|f| f.result) {
+                        Some(Ok(Some((offset, timestamp, epoch)))) => {
+                            pr.offset = offset;
+                            pr.timestamp = timestamp;
+                            if version >= 4 {
+                                pr.leader_epoch = epoch;
+                            }
                         }
-                    }
-                    _ => {
-                        pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
-                        pr.offset = -1;
+                        Some(Ok(None)) => {}
+                        Some(Err(e)) => pr.error_code = code(&e),
+                        None => pr.error_code = KErr::UnknownServerError.code(),
                     }
                 }
                 tr.partitions.push(pr);
@@ -1094,12 +1055,12 @@ impl KafkaService {
                     .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))),
             );
             let (err, message) = if let Err(e) = topics::validate_name(&name) {
-                (errors::INVALID_TOPIC_EXCEPTION, Some(e))
+                (KErr::InvalidTopicException.code(), Some(e))
             } else if let Err(e) = &partitions {
-                (errors::INVALID_PARTITIONS, Some(e.clone()))
+                (KErr::InvalidPartitions.code(), Some(e.clone()))
             } else if !matches!(t.replication_factor, -1 | 1) {
                 (
-                    errors::INVALID_REPLICATION_FACTOR,
+                    KErr::InvalidReplicationFactor.code(),
                     Some(format!(
                         "replication factor {}: this broker is a single node (use 1 or -1)",
                         t.replication_factor
@@ -1107,43 +1068,43 @@ impl KafkaService {
                 )
             } else if !t.assignments.is_empty() {
                 (
-                    errors::INVALID_REQUEST,
+                    KErr::InvalidRequest.code(),
                     Some("manual replica assignment is not supported".into()),
                 )
             } else if let Err(e) = &configs {
-                (errors::INVALID_CONFIG, Some(e.clone()))
+                (KErr::InvalidConfig.code(), Some(e.clone()))
             } else if let Err(e) = topics::log_config(
                 &configs.clone().unwrap_or_default().into_iter().collect(),
                 &self.shard.log_defaults(),
             ) {
-                (errors::INVALID_CONFIG, Some(e))
+                (KErr::InvalidConfig.code(), Some(e))
             } else if r.validate_only {
                 if self.shard.has_topic(&name) {
                     (
-                        errors::TOPIC_ALREADY_EXISTS,
+                        KErr::TopicAlreadyExists.code(),
                         Some(format!("topic {name:?} exists")),
                     )
                 } else {
-                    (errors::NONE, None)
+                    (0, None)
                 }
             } else {
                 let answer = self
                     .shard
-                    .clone()
-                    .handle_request(Request::CreateTopic {
+                    .change_topics(TopicOp::Create {
                         name: name.clone(),
                         partitions: *partitions.as_ref().expect("checked above"),
                         configs: configs.clone().expect("checked above"),
+                        validate_only: false,
                     })
                     .await;
                 match answer {
-                    Response::Done(e) => (code(&e), msg(&e).map(|m| m.to_string())),
-                    other => (errors::UNKNOWN_SERVER_ERROR, Some(format!("{other:?}"))),
+                    Ok(()) => (0, None),
+                    Err(e) => (code(&e), Some(e.message)),
                 }
             };
             tr.error_code = err;
             tr.error_message = message.map(|m| s(&m)).filter(|_| version >= 1);
-            if err == errors::NONE && version >= 5 {
+            if err == 0 && version >= 5 {
                 tr.num_partitions = *partitions.as_ref().unwrap_or(&0) as i32;
                 tr.replication_factor = 1;
                 let explicit: BTreeMap<String, String> =
@@ -1198,21 +1159,16 @@ impl KafkaService {
                     .find(|n| self.shard.topic(n).is_some_and(|m| topic_uuid(m.id) == id))
             });
             let Some(name) = name else {
-                tr.error_code = 100; // UNKNOWN_TOPIC_ID
+                tr.error_code = KErr::UnknownTopicId.code();
                 tr.error_message = Some(s("unknown topic id")).filter(|_| version >= 5);
                 resp.responses.push(tr);
                 continue;
             };
             tr.name = Some(topic_name(&name));
-            let answer = self
-                .shard
-                .clone()
-                .handle_request(Request::DeleteTopic { name })
-                .await;
-            if let Response::Done(e) = answer {
-                tr.error_code = code(&e);
-                tr.error_message = msg(&e).filter(|_| version >= 5);
-            }
+            let answer = self.shard.change_topics(TopicOp::Delete { name }).await;
+            let (c, m) = code_msg(&answer);
+            tr.error_code = c;
+            tr.error_message = m.filter(|_| version >= 5);
             resp.responses.push(tr);
         }
         resp
@@ -1241,7 +1197,7 @@ impl KafkaService {
                         })
                         .collect(),
                     None => {
-                        rr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        rr.error_code = KErr::UnknownTopicOrPartition.code();
                         rr.error_message = Some(s(&format!("unknown topic {name:?}")));
                         Vec::new()
                     }
@@ -1256,7 +1212,7 @@ impl KafkaService {
                     })
                     .collect(),
                 other => {
-                    rr.error_code = errors::INVALID_REQUEST;
+                    rr.error_code = KErr::InvalidRequest.code();
                     rr.error_message = Some(s(&format!("resource type {other} is not supported")));
                     Vec::new()
                 }
@@ -1295,7 +1251,7 @@ impl KafkaService {
             None => {}
             // Kafka's answer to an empty transactional id.
             Some(t) if t.is_empty() => {
-                resp.error_code = errors::INVALID_REQUEST;
+                resp.error_code = KErr::InvalidRequest.code();
                 return resp;
             }
             Some(_) => {
@@ -1321,31 +1277,28 @@ impl KafkaService {
         for t in r.topics {
             let mut tr = km::create_partitions_response::CreatePartitionsTopicResult::default();
             tr.name = t.name.clone();
-            let e = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
-                WireError::new(
-                    ErrorCode::InvalidRequest,
+            let r = if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                Err(BrokerError::new(
+                    ErrorKind::InvalidRequest,
                     "manual replica assignment is not supported",
-                )
+                ))
             } else if t.count < 1 {
-                WireError::new(
-                    ErrorCode::InvalidRequest,
+                Err(BrokerError::new(
+                    ErrorKind::InvalidPartitions,
                     format!("partition count {}", t.count),
-                )
+                ))
             } else {
                 self.shard
-                    .clone()
-                    .change_topic(TopicChange::Partitions {
+                    .change_topics(TopicOp::Partitions {
                         name: t.name.0.to_string(),
                         count: t.count as u32,
                         validate_only: r.validate_only,
                     })
                     .await
             };
-            tr.error_code = match e.code {
-                ErrorCode::InvalidRequest => errors::INVALID_PARTITIONS,
-                _ => code(&e),
-            };
-            tr.error_message = msg(&e);
+            let (c, m) = code_msg(&r);
+            tr.error_code = c;
+            tr.error_message = m;
             resp.results.push(tr);
         }
         resp
@@ -1358,11 +1311,14 @@ impl KafkaService {
         for t in &r.topics {
             for p in &t.partitions {
                 if let Ok(partition) = u32::try_from(p.partition_index) {
-                    parts.push((t.name.0.to_string(), partition, p.offset));
+                    parts.push(DeleteBefore {
+                        tp: TopicPartition::new(t.name.0.to_string(), partition),
+                        offset: p.offset,
+                    });
                 }
             }
         }
-        let mut results = self.shard.clone().delete_records(parts).await.into_iter();
+        let mut results = self.shard.delete_records(parts).await.into_iter();
         let mut resp = km::DeleteRecordsResponse::default();
         for t in &r.topics {
             let mut tr = km::delete_records_response::DeleteRecordsTopicResult::default();
@@ -1371,12 +1327,12 @@ impl KafkaService {
                 let mut pr = km::delete_records_response::DeleteRecordsPartitionResult::default();
                 pr.partition_index = p.partition_index;
                 match (p.partition_index >= 0).then(|| results.next()).flatten() {
-                    Some((e, start)) => {
-                        pr.error_code = code(&e);
-                        pr.low_watermark = start;
+                    Some(d) => {
+                        pr.error_code = code_msg(&d.result).0;
+                        pr.low_watermark = *d.result.as_ref().unwrap_or(&-1);
                     }
                     _ => {
-                        pr.error_code = errors::UNKNOWN_TOPIC_OR_PARTITION;
+                        pr.error_code = KErr::UnknownTopicOrPartition.code();
                         pr.low_watermark = -1;
                     }
                 }
@@ -1436,17 +1392,17 @@ impl KafkaService {
     ) -> Result<(), (i16, String)> {
         if resource_type != 2 {
             return Err((
-                errors::INVALID_REQUEST,
+                KErr::InvalidRequest.code(),
                 format!("resource type {resource_type}: only topics (2) can be altered"),
             ));
         }
         let Some(meta) = self.shard.topic(name) else {
             return Err((
-                errors::UNKNOWN_TOPIC_OR_PARTITION,
+                KErr::UnknownTopicOrPartition.code(),
                 format!("unknown topic {name:?}"),
             ));
         };
-        let (set, remove) = changes(&meta).map_err(|e| (errors::INVALID_CONFIG, e))?;
+        let (set, remove) = changes(&meta).map_err(|e| (KErr::InvalidConfig.code(), e))?;
         self.change_configs(name.to_string(), set, remove, validate_only)
             .await
     }
@@ -1459,21 +1415,15 @@ impl KafkaService {
         remove: Vec<String>,
         validate_only: bool,
     ) -> Result<(), (i16, String)> {
-        let e = self
-            .shard
-            .clone()
-            .change_topic(TopicChange::Configs {
+        self.shard
+            .change_topics(TopicOp::Configs {
                 name,
                 set,
                 remove,
                 validate_only,
             })
-            .await;
-        match e.code {
-            ErrorCode::None => Ok(()),
-            ErrorCode::InvalidRequest => Err((errors::INVALID_CONFIG, e.message)),
-            _ => Err((code(&e), e.message)),
-        }
+            .await
+            .map_err(|e| (code(&e), e.message))
     }
 
     /// IncrementalAlterConfigs on topics: SET and DELETE of the settings ringmq has
@@ -1524,11 +1474,11 @@ impl KafkaService {
                 TRANSACTIONS_UNSUPPORTED_MESSAGE.to_string(),
             )),
             2 => Some((
-                errors::INVALID_REQUEST,
+                KErr::InvalidRequest.code(),
                 "share groups are not supported by this broker".to_string(),
             )),
             t => Some((
-                errors::INVALID_REQUEST,
+                KErr::InvalidRequest.code(),
                 format!("unknown coordinator key type {t}"),
             )),
         };
@@ -1764,23 +1714,25 @@ impl KafkaService {
         resp
     }
 
-    /// Every partition has had one leader epoch, 0: the end offset of epoch 0 (or of any
-    /// later epoch a client asks about) is the log end offset.
+    /// Where each asked leader epoch ends, from the partition's leader-epoch history
+    /// (`Partition::end_of_epoch`).
     async fn offset_for_leader_epoch(
         &self,
         r: km::OffsetForLeaderEpochRequest,
     ) -> km::OffsetForLeaderEpochResponse {
-        let mut parts = Vec::new();
+        let mut queries = Vec::new();
         for t in &r.topics {
             for p in &t.partitions {
-                parts.push((
-                    t.topic.0.to_string(),
-                    p.partition.max(0) as u32,
-                    OFFSET_LATEST,
-                ));
+                if let Ok(partition) = u32::try_from(p.partition) {
+                    queries.push(EpochQuery {
+                        tp: TopicPartition::new(t.topic.0.to_string(), partition),
+                        leader_epoch: p.leader_epoch,
+                        current_leader_epoch: Some(p.current_leader_epoch),
+                    });
+                }
             }
         }
-        let mut results = self.offsets(parts).await;
+        let mut results = self.shard.end_of_epochs(queries).await.into_iter();
         let mut resp = km::OffsetForLeaderEpochResponse::default();
         for t in &r.topics {
             let mut tr =
@@ -1789,20 +1741,17 @@ impl KafkaService {
             for p in &t.partitions {
                 let mut pr = km::offset_for_leader_epoch_response::EpochEndOffset::default();
                 pr.partition = p.partition;
-                match results.next() {
-                    Some((_, _, e, offset, _)) if e.is_ok() && p.leader_epoch >= 0 => {
-                        pr.leader_epoch = 0;
-                        pr.end_offset = offset;
-                    }
-                    Some((_, _, e, _, _)) if !e.is_ok() => {
-                        pr.error_code = code(&e);
-                        pr.leader_epoch = -1;
-                        pr.end_offset = -1;
-                    }
-                    _ => {
-                        pr.leader_epoch = -1;
-                        pr.end_offset = -1;
-                    }
+                pr.leader_epoch = -1;
+                pr.end_offset = -1;
+                match (p.partition >= 0).then(|| results.next()).flatten() {
+                    Some(e) => match e.result {
+                        Ok((epoch, end)) => {
+                            pr.leader_epoch = epoch;
+                            pr.end_offset = end;
+                        }
+                        Err(e) => pr.error_code = code(&e),
+                    },
+                    None => pr.error_code = KErr::UnknownTopicOrPartition.code(),
                 }
                 tr.partitions.push(pr);
             }

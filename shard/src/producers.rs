@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use ringmq_net::codec::{ErrorCode, WireError};
+use crate::error::{BrokerError, ErrorKind};
 use ringmq_storage::PartitionLog;
 
 /// Batches remembered per producer (Kafka's limit of requests in flight per
@@ -108,7 +108,7 @@ pub enum Check {
     /// without appending.
     Duplicate(i64),
     /// Refuse it.
-    Refuse(WireError),
+    Refuse(BrokerError),
 }
 
 /// The producers of one partition.
@@ -133,16 +133,16 @@ impl Producers {
     /// this one is appended, is checked against it).
     pub fn check(&mut self, ids: &BatchIds) -> Check {
         if ids.transactional {
-            return Check::Refuse(WireError::new(
-                ErrorCode::InvalidRequest,
+            return Check::Refuse(BrokerError::new(
+                ErrorKind::InvalidRequest,
                 "transactional batches are not supported",
             ));
         }
         let p = self.by_id.entry(ids.producer_id).or_default();
         let known = !p.recent.is_empty();
         if known && ids.epoch < p.epoch {
-            return Check::Refuse(WireError::new(
-                ErrorCode::ProducerFenced,
+            return Check::Refuse(BrokerError::new(
+                ErrorKind::ProducerFenced,
                 format!(
                     "producer {} epoch {} is older than the current epoch {}",
                     ids.producer_id, ids.epoch, p.epoch
@@ -157,16 +157,16 @@ impl Producers {
             {
                 return match e.base_offset {
                     Some(o) => Check::Duplicate(o),
-                    None => Check::Refuse(WireError::new(
-                        ErrorCode::Unavailable,
+                    None => Check::Refuse(BrokerError::new(
+                        ErrorKind::Unavailable,
                         "the same batch is being appended; retry",
                     )),
                 };
             }
             let next = p.next_seq().expect("known producer has a batch");
             if ids.first_seq != next {
-                return Check::Refuse(WireError::new(
-                    ErrorCode::OutOfOrderSequence,
+                return Check::Refuse(BrokerError::new(
+                    ErrorKind::OutOfOrderSequence,
                     format!(
                         "producer {} sent sequence {} where {} was expected",
                         ids.producer_id, ids.first_seq, next
@@ -176,12 +176,12 @@ impl Producers {
         } else if ids.first_seq != 0 {
             // A new producer, or a new epoch, starts at sequence 0.
             let code = if known {
-                ErrorCode::OutOfOrderSequence
+                ErrorKind::OutOfOrderSequence
             } else {
                 self.by_id.remove(&ids.producer_id);
-                ErrorCode::UnknownProducer
+                ErrorKind::UnknownProducer
             };
-            return Check::Refuse(WireError::new(
+            return Check::Refuse(BrokerError::new(
                 code,
                 format!(
                     "producer {} epoch {} starts at sequence {}, not 0",
@@ -256,7 +256,7 @@ impl Producers {
         let end = log.end_offset();
         let mut offset = log.start_offset().max(end - REBUILD_RECORDS);
         while offset < end {
-            let r = log.read(offset, 4 << 20).await?;
+            let r = log.read(offset, 4 << 20, i64::MAX).await?;
             let bytes = r.to_bytes().await?;
             let mut pos = 0;
             let before = offset;
@@ -297,9 +297,9 @@ mod tests {
         }
     }
 
-    fn code(c: Check) -> ErrorCode {
+    fn code(c: Check) -> ErrorKind {
         match c {
-            Check::Refuse(e) => e.code,
+            Check::Refuse(e) => e.kind,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -310,7 +310,7 @@ mod tests {
         let a = ids(7, 0, 0, 9);
         assert_eq!(p.check(&a), Check::Append);
         // A retry while the first append is in flight is refused as retriable.
-        assert_eq!(code(p.check(&a)), ErrorCode::Unavailable);
+        assert_eq!(code(p.check(&a)), ErrorKind::Unavailable);
         let b = ids(7, 0, 10, 19);
         assert_eq!(p.check(&b), Check::Append);
         p.complete(&a, Some(100));
@@ -319,7 +319,7 @@ mod tests {
         assert_eq!(p.check(&b), Check::Duplicate(110));
         assert_eq!(
             code(p.check(&ids(7, 0, 25, 30))),
-            ErrorCode::OutOfOrderSequence
+            ErrorKind::OutOfOrderSequence
         );
         assert_eq!(p.check(&ids(7, 0, 20, 20)), Check::Append);
     }
@@ -348,13 +348,13 @@ mod tests {
         let mut p = Producers::default();
         assert_eq!(p.check(&ids(1, 3, 0, 0)), Check::Append);
         p.complete(&ids(1, 3, 0, 0), Some(0));
-        assert_eq!(code(p.check(&ids(1, 2, 1, 1))), ErrorCode::ProducerFenced);
+        assert_eq!(code(p.check(&ids(1, 2, 1, 1))), ErrorKind::ProducerFenced);
         assert_eq!(
             code(p.check(&ids(1, 4, 5, 5))),
-            ErrorCode::OutOfOrderSequence
+            ErrorKind::OutOfOrderSequence
         );
         assert_eq!(p.check(&ids(1, 4, 0, 0)), Check::Append);
-        assert_eq!(code(p.check(&ids(2, 0, 8, 8))), ErrorCode::UnknownProducer);
+        assert_eq!(code(p.check(&ids(2, 0, 8, 8))), ErrorKind::UnknownProducer);
     }
 
     #[test]
@@ -381,7 +381,7 @@ mod tests {
         }
         assert_eq!(
             code(p.check(&ids(3, 0, 1, 1))),
-            ErrorCode::OutOfOrderSequence
+            ErrorKind::OutOfOrderSequence
         );
         assert_eq!(p.check(&ids(3, 0, 2, 2)), Check::Duplicate(2));
     }

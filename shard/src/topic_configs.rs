@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use ringmq_net::codec::ErrorCode;
+use crate::error::ErrorKind;
 use ringmq_storage::batch::{self, Compression};
 use ringmq_storage::codecs;
 
@@ -487,7 +487,7 @@ impl TopicPolicy {
             return Ok(None);
         }
         let corrupt = |why: String| Refused {
-            code: ErrorCode::CorruptBatch,
+            kind: ErrorKind::CorruptBatch,
             message: why,
             record_errors: Vec::new(),
         };
@@ -499,7 +499,7 @@ impl TopicPolicy {
             let records = batch::records(&plain_batch)
                 .map_err(|e| corrupt(format!("records do not decode: {e}")))?;
             let mut errors = Vec::new();
-            let mut code = ErrorCode::InvalidRecord;
+            let mut kind = ErrorKind::InvalidRecord;
             let mut message = String::new();
             for (i, r) in records.iter().enumerate() {
                 if self.keys_required && r.key.is_none() {
@@ -528,7 +528,7 @@ impl TopicPolicy {
                             ),
                         ));
                         if message.is_empty() {
-                            code = ErrorCode::InvalidTimestamp;
+                            kind = ErrorKind::InvalidTimestamp;
                             message = "timestamps out of the range message.timestamp.before.max.ms and message.timestamp.after.max.ms allow".into();
                         }
                     }
@@ -536,7 +536,7 @@ impl TopicPolicy {
             }
             if !errors.is_empty() {
                 return Err(Refused {
-                    code,
+                    kind,
                     message,
                     record_errors: errors,
                 });
@@ -562,7 +562,7 @@ pub const DECOMPRESSED_BYTES_MAX: usize = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// The error.
-    pub code: ErrorCode,
+    pub kind: ErrorKind,
     /// What it was.
     pub message: String,
     /// Each refused record's index in the batch, and why.
@@ -666,7 +666,7 @@ mod tests {
         assert_eq!(p.apply(&ok, 0), Ok(None));
         let bad = batch_of(&[Some("a"), None, Some("c"), None], &[1, 2, 3, 4]);
         let e = p.apply(&bad, 0).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidRecord);
+        assert_eq!(e.kind, ErrorKind::InvalidRecord);
         assert_eq!(
             e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![1, 3]
@@ -700,7 +700,7 @@ mod tests {
                 now,
             )
             .unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidTimestamp);
+        assert_eq!(e.kind, ErrorKind::InvalidTimestamp);
         assert_eq!(
             e.record_errors.iter().map(|r| r.0).collect::<Vec<_>>(),
             vec![1, 2]

@@ -32,7 +32,7 @@
 //!         ..Default::default()
 //!     }]);
 //!     let at = log.append(BytesMut::from(&b[..])).await.unwrap(); // durable on return
-//!     let read = log.read(at.base_offset, 1 << 20).await.unwrap();
+//!     let read = log.read(at.base_offset, 1 << 20, log.end_offset()).await.unwrap();
 //!     assert_eq!(read.next_offset, at.last_offset + 1);
 //!     log.close().await.unwrap();
 //! });

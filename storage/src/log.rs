@@ -883,19 +883,10 @@ impl PartitionLog {
         self.state.borrow().durable_offset
     }
 
-    /// One past the last batch readers may see: the durable offset under
-    /// `every_batch`, the end offset under the other policies (which acknowledge at
-    /// write). On a single node this is the high watermark.
-    pub fn committed_offset(&self) -> i64 {
-        let s = self.state.borrow();
-        Self::committed(&s)
-    }
-
-    fn committed(s: &State) -> i64 {
-        match s.config.flush {
-            FlushPolicy::EveryBatch => s.durable_offset,
-            _ => s.written_offset,
-        }
+    /// The flush policy in force (the partition above decides from it what a
+    /// consumer may read).
+    pub fn flush_policy(&self) -> FlushPolicy {
+        self.state.borrow().config.flush
     }
 
     /// Counters since open.
@@ -1452,13 +1443,14 @@ impl PartitionLog {
 
     /// Reads whole batches starting with the one that holds `offset`, up to about
     /// `max_bytes` (the first batch is returned whole even if larger), from one segment,
-    /// never past the committed offset. Recent batches come from memory, older ones as
-    /// file ranges.
-    pub async fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+    /// never at or past `upper` (the caller's bound: the high watermark for a
+    /// consumer, the log end for a follower; capped at the log end). Recent batches
+    /// come from memory, older ones as file ranges.
+    pub async fn read(&self, offset: i64, max_bytes: usize, upper: i64) -> Result<ReadResult> {
         self.ensure_active_index().await?;
         let (view, upper) = {
             let s = self.state.borrow();
-            let upper = Self::committed(&s);
+            let upper = upper.min(s.written_offset);
             if offset < s.start_offset || offset > s.written_offset {
                 return Err(Error::OffsetOutOfRange {
                     offset,
@@ -1586,11 +1578,11 @@ impl PartitionLog {
     }
 
     /// The first offset whose record timestamp is ≥ `timestamp_ms` (Kafka's
-    /// ListOffsets by timestamp), or `None` when every record is older. For compressed
+    /// ListOffsets by timestamp) up to the log end, or `None` when every record is older. For compressed
     /// batches the answer is the batch's base offset.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
         Ok(self
-            .record_for_timestamp(timestamp_ms)
+            .record_for_timestamp(timestamp_ms, i64::MAX)
             .await?
             .map(|(offset, _)| offset))
     }
@@ -1610,7 +1602,12 @@ impl PartitionLog {
     /// [`PartitionLog::offset_for_timestamp`] with the found record's timestamp:
     /// `(offset, timestamp)`. In a compressed batch, or under `LogAppendTime`, records
     /// are not looked into: the batch's base offset and its largest timestamp.
-    pub async fn record_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(i64, i64)>> {
+    /// Records at or past `upper` (the caller's high watermark) are not looked at.
+    pub async fn record_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+        upper: i64,
+    ) -> Result<Option<(i64, i64)>> {
         self.ensure_active_index().await?;
         enum Target {
             Active(Rc<SegmentFile>, u64, u64),
@@ -1618,7 +1615,7 @@ impl PartitionLog {
         }
         let (target, upper) = {
             let s = self.state.borrow();
-            let upper = Self::committed(&s);
+            let upper = upper.min(s.written_offset);
             let closed = s
                 .closed
                 .values()
@@ -1739,11 +1736,11 @@ impl PartitionLog {
     }
 
     /// Kafka's DeleteRecords: moves the log start offset up to `offset` (-1: the
-    /// committed offset, Kafka's high watermark), so records below it are no longer
-    /// read, and deletes the segments wholly below it. The new start is recorded
-    /// durably before it takes effect. An offset below the start changes nothing; one
-    /// above the committed offset is refused. Returns the log start offset.
-    pub async fn delete_records_before(&self, offset: i64) -> Result<i64> {
+    /// caller's `high_watermark`), so records below it are no longer read, and
+    /// deletes the segments wholly below it. The new start is recorded durably before
+    /// it takes effect. An offset below the start changes nothing; one above the high
+    /// watermark (capped at the log end) is refused. Returns the log start offset.
+    pub async fn delete_records_before(&self, offset: i64, high_watermark: i64) -> Result<i64> {
         // Serialised, so the checkpoint file only ever moves up and is never written by
         // two at once.
         let _one = self
@@ -1754,7 +1751,7 @@ impl PartitionLog {
         let (start, committed) = {
             let s = self.state.borrow();
             self.check_writable(&s)?;
-            (s.start_offset, Self::committed(&s))
+            (s.start_offset, high_watermark.min(s.written_offset))
         };
         let offset = if offset == -1 { committed } else { offset };
         if offset < 0 || offset > committed {
@@ -2208,6 +2205,6 @@ mod tests {
         assert_eq!(chunks.len(), 1, "first batch is whole even past max_bytes");
         assert_eq!(next, 16);
         let (chunks, _) = t.read(15, 1000, 18).unwrap();
-        assert_eq!(chunks.len(), 2, "never past the committed offset");
+        assert_eq!(chunks.len(), 2, "never past the upper bound");
     }
 }

@@ -63,19 +63,30 @@ fn reads_return_whole_batches_from_file_ranges_and_cache() {
             log.append(bm(&make_batch(i, 3, 200, 0))).await.unwrap();
         }
         // Old data comes from a file range, recent data from memory.
-        let old = log.read(0, 4096).await.unwrap();
+        let old = log.read(0, 4096, i64::MAX).await.unwrap();
         assert!(matches!(old.chunks[0], ReadChunk::File { .. }));
-        let recent = log.read(log.end_offset() - 1, 4096).await.unwrap();
+        let recent = log
+            .read(log.end_offset() - 1, 4096, i64::MAX)
+            .await
+            .unwrap();
         assert!(matches!(recent.chunks[0], ReadChunk::Memory(_)));
         // The batch holding a middle offset is returned from its start.
-        let r = log.read(31, 1).await.unwrap();
+        let r = log.read(31, 1, i64::MAX).await.unwrap();
         let bytes = r.to_bytes().await.unwrap();
         let info = batch::validate(&bytes, usize::MAX).unwrap();
         assert_eq!(info.base_offset, 30);
         assert_eq!(r.next_offset, 33);
         // Reading at the end returns nothing; past it is out of range.
-        assert!(log.read(log.end_offset(), 100).await.unwrap().is_empty());
-        let e = log.read(log.end_offset() + 1, 100).await.unwrap_err();
+        assert!(
+            log.read(log.end_offset(), 100, i64::MAX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let e = log
+            .read(log.end_offset() + 1, 100, i64::MAX)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OffsetOutOfRange);
     });
 }
@@ -101,7 +112,7 @@ proptest! {
             let end = log.end_offset();
             for (idx, max_bytes) in probes {
                 let offset = idx.index(end as usize) as i64;
-                let r = log.read(offset, max_bytes).await.unwrap();
+                let r = log.read(offset, max_bytes, i64::MAX).await.unwrap();
                 let bytes = r.to_bytes().await.unwrap();
                 let first = batches.iter().position(|b| b.1 >= offset).unwrap();
                 let mut pos = 0;
@@ -230,7 +241,11 @@ fn flush_policies_acknowledge_at_write_and_sync_when_due() {
         log.append(bm(&make_batch(1, 1, 100, 0))).await.unwrap();
         assert_eq!(log.end_offset(), 1);
         assert_eq!(log.durable_offset(), 0, "never: no sync");
-        assert_eq!(log.committed_offset(), 1, "readable once written");
+        assert_eq!(
+            log.flush_policy(),
+            FlushPolicy::Never,
+            "readable once written: the partition decides"
+        );
         log.sync().await.unwrap();
         assert_eq!(log.durable_offset(), 1);
 
@@ -323,7 +338,7 @@ fn log_append_time_stamps_batches_with_the_broker_clock() {
             .unwrap();
         assert_eq!(at.log_append_time_ms, 777_000);
         let stored = log
-            .read(0, 1 << 20)
+            .read(0, 1 << 20, i64::MAX)
             .await
             .unwrap()
             .to_bytes()
@@ -349,7 +364,7 @@ fn retention_deletes_old_segments_without_breaking_reads() {
         let segments = log.segment_count();
         assert!(segments >= 5);
         // A read of the oldest segment in progress.
-        let held = log.read(0, 4096).await.unwrap();
+        let held = log.read(0, 4096, i64::MAX).await.unwrap();
         let expected = held.to_bytes().await.unwrap();
 
         let mut cfg = log.config();
@@ -369,7 +384,7 @@ fn retention_deletes_old_segments_without_breaking_reads() {
         assert_eq!(held.to_bytes().await.unwrap(), expected);
         // Offsets below the start are now out of range.
         assert_eq!(
-            log.read(0, 10).await.unwrap_err().kind(),
+            log.read(0, 10, i64::MAX).await.unwrap_err().kind(),
             ErrorKind::OffsetOutOfRange
         );
         // Retention by time: all closed segments are older than an hour at t = 1h + 2s.
@@ -412,7 +427,7 @@ fn truncate_to_and_leader_epochs() {
         }
         assert_eq!(log.leader_epochs(), vec![(1, 0), (2, bases[60])]);
         let stored = log
-            .read(bases[70], 1)
+            .read(bases[70], 1, i64::MAX)
             .await
             .unwrap()
             .to_bytes()
@@ -575,30 +590,33 @@ fn delete_records_moves_the_start_durably_and_retention_respects_it() {
         let segments = log.segment_count();
         assert!(segments > 2);
         let end = log.end_offset();
-        // Beyond the committed offset: refused, nothing changes.
-        let e = log.delete_records_before(end + 1).await.unwrap_err();
+        // Beyond the high watermark (here the log end): refused, nothing changes.
+        let e = log
+            .delete_records_before(end + 1, i64::MAX)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OffsetOutOfRange);
         assert_eq!(log.start_offset(), 0);
         // Into the middle of a batch of a later segment.
-        assert_eq!(log.delete_records_before(101).await.unwrap(), 101);
+        assert_eq!(log.delete_records_before(101, i64::MAX).await.unwrap(), 101);
         assert_eq!(log.start_offset(), 101);
         assert!(
             log.segment_count() < segments,
             "segments below the start deleted"
         );
         assert_eq!(
-            log.read(99, 1 << 20).await.unwrap_err().kind(),
+            log.read(99, 1 << 20, i64::MAX).await.unwrap_err().kind(),
             ErrorKind::OffsetOutOfRange
         );
-        let r = log.read(101, 1 << 20).await.unwrap();
+        let r = log.read(101, 1 << 20, i64::MAX).await.unwrap();
         assert!(!r.is_empty());
         // Lower than the start: nothing changes.
-        assert_eq!(log.delete_records_before(50).await.unwrap(), 101);
+        assert_eq!(log.delete_records_before(50, i64::MAX).await.unwrap(), 101);
         // Two at once: the start and its checkpoint end at the higher one, whatever the
         // order they run in.
         let (l1, l2) = (log.clone(), log.clone());
-        let hi = glommio::spawn_local(async move { l1.delete_records_before(120).await });
-        let lo = glommio::spawn_local(async move { l2.delete_records_before(110).await });
+        let hi = glommio::spawn_local(async move { l1.delete_records_before(120, i64::MAX).await });
+        let lo = glommio::spawn_local(async move { l2.delete_records_before(110, i64::MAX).await });
         assert_eq!(hi.await.unwrap(), 120);
         assert!(lo.await.unwrap() >= 110);
         assert_eq!(log.start_offset(), 120);
@@ -615,8 +633,8 @@ fn delete_records_moves_the_start_durably_and_retention_respects_it() {
         log.close().await.unwrap();
         let log = open(&path, cfg.clone()).await;
         assert_eq!(log.start_offset(), 120, "the start survives a reopen");
-        // -1 means the committed offset.
-        assert_eq!(log.delete_records_before(-1).await.unwrap(), end);
+        // -1 means the high watermark the caller gives.
+        assert_eq!(log.delete_records_before(-1, i64::MAX).await.unwrap(), end);
         let at = log.append(bm(&make_batch(7, 1, 10, 5000))).await.unwrap();
         assert_eq!(at.base_offset, end);
         log.close().await.unwrap();

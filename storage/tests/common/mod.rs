@@ -80,9 +80,13 @@ pub async fn open(dir: &Path, config: LogConfig) -> Rc<PartitionLog> {
 pub async fn read_all(log: &PartitionLog) -> Vec<(i64, Vec<u8>)> {
     let mut out = Vec::new();
     let mut offset = log.start_offset();
-    let end = log.committed_offset();
+    // What a single node acknowledges: durable under every_batch, written otherwise.
+    let end = match log.flush_policy() {
+        ringmq_storage::FlushPolicy::EveryBatch => log.durable_offset(),
+        _ => log.end_offset(),
+    };
     while offset < end {
-        let r = log.read(offset, 16 << 10).await.expect("read");
+        let r = log.read(offset, 16 << 10, end).await.expect("read");
         assert!(
             !r.is_empty(),
             "read at {offset} below committed {end} returned nothing"

@@ -1,0 +1,392 @@
+//! [`Partition`]: one partition a shard owns: its log, its idempotent producers, its
+//! role and leader epoch, and the two offsets replication turns on, the log end offset
+//! (what the log holds) and the high watermark (what consumers may read).
+//!
+//! Every partition leads today (a single node). A leader's high watermark is what its
+//! in-sync replicas all have; with the leader the only replica, that is what the
+//! topic's flush policy has made safe to acknowledge: the durable offset under
+//! `every_batch` (acknowledged after fdatasync), the written offset under the other
+//! policies (acknowledged at write). Storage does not decide it: every read takes its
+//! upper bound from here (the high watermark for a consumer, the log end for a
+//! follower).
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use ringmq_storage::{FlushPolicy, LogConfig, Notify, PartitionLog, ReadResult, SegmentCache};
+
+use crate::error::{BrokerError, ErrorKind};
+use crate::ops::{Acks, EpochEnd, OffsetSpec, Reader, TopicPartition};
+use crate::producers::{self, Check, Producers};
+use crate::topic_configs::TopicPolicy;
+
+/// The leader epoch a partition starts at on this node.
+pub const FIRST_LEADER_EPOCH: i32 = 0;
+
+/// What a partition is to this broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It takes produce and answers consumers (and, with replication, followers).
+    Leader,
+}
+
+/// The outcome of an append that was accepted (see [`Partition::produce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// One past its last record.
+    pub end_offset: i64,
+}
+
+/// One partition this shard owns.
+#[derive(Debug)]
+pub struct Partition {
+    tp: TopicPartition,
+    log: Rc<PartitionLog>,
+    producers: RefCell<Producers>,
+    role: Cell<Role>,
+    leader_epoch: Cell<i32>,
+    /// The topic's produce rules (`compression.type`, `cleanup.policy`,
+    /// `min.insync.replicas`, ...).
+    policy: RefCell<Rc<TopicPolicy>>,
+    /// Replicas in sync, the leader included: 1 without replication.
+    in_sync_replicas: Cell<usize>,
+    /// Woken when the high watermark may have moved.
+    high_watermark_moved: Notify,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition's log in `dir`, rebuilds its idempotent
+    /// producers from the log, and takes the leadership: a log that never had a
+    /// leader epoch starts [`FIRST_LEADER_EPOCH`] at its end.
+    pub async fn open(
+        tp: TopicPartition,
+        dir: &Path,
+        config: LogConfig,
+        cache: Rc<SegmentCache>,
+        policy: Rc<TopicPolicy>,
+    ) -> Result<Rc<Self>, String> {
+        let log = PartitionLog::open(dir, config, cache)
+            .await
+            .map_err(|e| format!("opening {}: {e}", dir.display()))?;
+        let producers = match Producers::rebuild(&log).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(partition = %tp, error = %e, "rebuilding idempotent producer state failed; producers start over");
+                Producers::default()
+            }
+        };
+        if !producers.is_empty() {
+            tracing::info!(partition = %tp, producers = producers.len(), "idempotent producer state rebuilt");
+        }
+        let epoch = match log.leader_epochs().last() {
+            Some(&(e, _)) => e,
+            None => {
+                log.set_leader_epoch(FIRST_LEADER_EPOCH)
+                    .await
+                    .map_err(|e| format!("{tp}: recording the leader epoch: {e}"))?;
+                FIRST_LEADER_EPOCH
+            }
+        };
+        Ok(Rc::new(Self {
+            tp,
+            log,
+            producers: RefCell::new(producers),
+            role: Cell::new(Role::Leader),
+            leader_epoch: Cell::new(epoch),
+            policy: RefCell::new(policy),
+            in_sync_replicas: Cell::new(1),
+            high_watermark_moved: Notify::new(),
+        }))
+    }
+
+    /// Which partition this is.
+    pub fn tp(&self) -> &TopicPartition {
+        &self.tp
+    }
+
+    /// Its log.
+    pub fn log(&self) -> &Rc<PartitionLog> {
+        &self.log
+    }
+
+    /// What it is to this broker.
+    pub fn role(&self) -> Role {
+        self.role.get()
+    }
+
+    /// Its current leader epoch.
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    /// The leader epoch in force at `offset` by the log's history (-1 before the
+    /// first).
+    pub fn epoch_at(&self, offset: i64) -> i32 {
+        self.log
+            .leader_epochs()
+            .iter()
+            .rev()
+            .find(|&&(_, start)| start <= offset)
+            .map_or(-1, |&(e, _)| e)
+    }
+
+    /// The first offset still in the log.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log.start_offset()
+    }
+
+    /// One past the last record the log holds.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log.end_offset()
+    }
+
+    /// One past the last record every in-sync replica has: what consumers may read and
+    /// what acks=all waits for (see the module's documentation).
+    pub fn high_watermark(&self) -> i64 {
+        match self.log.flush_policy() {
+            FlushPolicy::EveryBatch => self.log.durable_offset(),
+            _ => self.log.end_offset(),
+        }
+    }
+
+    /// Replaces the topic's settings and produce rules.
+    pub fn set_config(&self, config: LogConfig, policy: Rc<TopicPolicy>) -> Result<(), String> {
+        self.log.set_config(config).map_err(|e| e.to_string())?;
+        *self.policy.borrow_mut() = policy;
+        Ok(())
+    }
+
+    /// Checks the leader epoch a client or replica believes current against this
+    /// partition's, as Kafka does: an older one is fenced, a newer one unknown here.
+    pub fn check_epoch(&self, believed: Option<i32>) -> Result<(), BrokerError> {
+        let Some(e) = believed.filter(|&e| e >= 0) else {
+            return Ok(());
+        };
+        let ours = self.leader_epoch.get();
+        if e < ours {
+            Err(BrokerError::new(
+                ErrorKind::FencedLeaderEpoch,
+                format!(
+                    "{}: leader epoch {e} is older than the current {ours}",
+                    self.tp
+                ),
+            ))
+        } else if e > ours {
+            Err(BrokerError::new(
+                ErrorKind::UnknownLeaderEpoch,
+                format!(
+                    "{}: leader epoch {e} is newer than the current {ours}",
+                    self.tp
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends a producer's batch: the topic's rules first (records it refuses, the
+    /// codec it stores in), then acks=all's `min.insync.replicas`, then the idempotent
+    /// producer's sequence, then the log. With `Acks::All` the answer waits for the
+    /// high watermark to pass the batch. Errors carry the refused records' indexes
+    /// (`Err((error, record errors))`).
+    ///
+    /// Everything before the first await runs in the order calls arrive, so a
+    /// connection's batches are checked and appended in order. The caller runs this
+    /// to its end even when the client is gone (a sequence it reserved must be
+    /// settled).
+    pub async fn produce(
+        &self,
+        batch: Bytes,
+        acks: Acks,
+        now_ms: i64,
+    ) -> Result<Appended, (BrokerError, Vec<(i32, String)>)> {
+        let policy = self.policy.borrow().clone();
+        if acks == Acks::All {
+            let min = policy.min_insync_replicas;
+            let isr = self.in_sync_replicas.get();
+            if (isr as i64) < i64::from(min) {
+                return Err((
+                    BrokerError::new(
+                        ErrorKind::NotEnoughReplicas,
+                        format!(
+                            "{}: min.insync.replicas={min} but the in-sync replica set has {isr} replica{}",
+                            self.tp,
+                            if isr == 1 { "" } else { "s" }
+                        ),
+                    ),
+                    Vec::new(),
+                ));
+            }
+        }
+        // Applied before the sequence check, so a refused batch leaves no trace.
+        let rewritten = match policy.apply(&batch, now_ms) {
+            Ok(b) => b,
+            Err(refused) => {
+                tracing::info!(partition = %self.tp, error = %refused.message, "produce refused by the topic's configs");
+                return Err((
+                    BrokerError::new(refused.kind, refused.message),
+                    refused.record_errors,
+                ));
+            }
+        };
+        let ids = producers::batch_ids(&batch);
+        if let Some(ids) = &ids {
+            match self.producers.borrow_mut().check(ids) {
+                Check::Append => {}
+                Check::Duplicate(base_offset) => {
+                    let end_offset = base_offset + i64::from(ids.last_seq - ids.first_seq) + 1;
+                    return Ok(Appended {
+                        base_offset,
+                        end_offset,
+                    });
+                }
+                Check::Refuse(e) => return Err((e, Vec::new())),
+            }
+        }
+        let data = match &rewritten {
+            Some(b) => BytesMut::from(&b[..]),
+            None => BytesMut::from(&batch[..]),
+        };
+        let r = self.log.append(data).await;
+        if let Some(ids) = &ids {
+            self.producers
+                .borrow_mut()
+                .complete(ids, r.as_ref().ok().map(|a| a.base_offset));
+        }
+        let at = r.map_err(|e| {
+            tracing::info!(partition = %self.tp, error = %e, "produce refused");
+            (BrokerError::from(&e), Vec::new())
+        })?;
+        let appended = Appended {
+            base_offset: at.base_offset,
+            end_offset: at.last_offset + 1,
+        };
+        self.high_watermark_moved.notify_all();
+        if acks == Acks::All {
+            self.wait_for_high_watermark(appended.end_offset).await;
+        }
+        Ok(appended)
+    }
+
+    /// Resolves when the high watermark reaches `offset`. Alone in its in-sync set the
+    /// leader's append already moved it; followers will move it with replication.
+    async fn wait_for_high_watermark(&self, offset: i64) {
+        loop {
+            let moved = self.high_watermark_moved.changed();
+            if self.high_watermark() >= offset {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    /// Reads whole batches from `offset`, up to about `max_bytes` (a first batch is
+    /// whole even when larger), never past what `reader` may see: the high watermark
+    /// for a consumer, the log end for a follower.
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        reader: Reader,
+    ) -> Result<ReadResult, BrokerError> {
+        let upper = match reader {
+            Reader::Consumer(_) => self.high_watermark(),
+            Reader::Follower { .. } => self.log_end_offset(),
+        };
+        self.log
+            .read(offset, max_bytes, upper)
+            .await
+            .map_err(|e| BrokerError::from(&e))
+    }
+
+    /// ListOffsets: `Ok(Some((offset, timestamp)))`, the timestamp -1 where the spec
+    /// is not a time; `Ok(None)` when no record matches.
+    pub async fn offset_for(&self, spec: OffsetSpec) -> Result<Option<(i64, i64)>, BrokerError> {
+        let hw = self.high_watermark();
+        let found = match spec {
+            OffsetSpec::Earliest => Ok(Some((self.log_start_offset(), -1))),
+            OffsetSpec::Latest => Ok(Some((hw, -1))),
+            // No tiered storage: nothing has been tiered.
+            OffsetSpec::LatestTiered => Ok(None),
+            OffsetSpec::MaxTimestamp => match self.log.max_timestamp() {
+                ts if ts >= 0 => self.log.record_for_timestamp(ts, hw).await,
+                _ => Ok(None),
+            },
+            OffsetSpec::Timestamp(ts) => self.log.record_for_timestamp(ts, hw).await,
+        };
+        // A record below the log start (DeleteRecords cut into its segment) is not
+        // readable: the answer is the log start at the least.
+        found
+            .map(|o| o.map(|(o, ts)| (o.max(self.log_start_offset()), ts)))
+            .map_err(|e| BrokerError::from(&e))
+    }
+
+    /// OffsetForLeaderEpoch, from the log's leader-epoch history as Kafka answers it:
+    /// for the current epoch, the log end; for an older one, the start of the first
+    /// epoch after it, with the largest epoch at most the one asked (the asked one
+    /// itself when it is older than the whole history); (-1, -1) for an epoch newer
+    /// than the current one.
+    pub fn end_of_epoch(&self, epoch: i32) -> EpochEnd {
+        let history = self.log.leader_epochs();
+        EpochEnd {
+            tp: self.tp.clone(),
+            result: Ok(end_of_epoch(&history, epoch, self.log_end_offset())),
+        }
+    }
+
+    /// Kafka's DeleteRecords: moves the log start up to `offset` (-1: the high
+    /// watermark); returns the log start offset.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, BrokerError> {
+        self.log
+            .delete_records_before(offset, self.high_watermark())
+            .await
+            .map_err(|e| BrokerError::from(&e))
+    }
+}
+
+/// [`Partition::end_of_epoch`] over a history of (epoch, start offset), oldest first.
+pub fn end_of_epoch(history: &[(i32, i64)], epoch: i32, log_end: i64) -> (i32, i64) {
+    let latest = history.last().map(|&(e, _)| e);
+    if epoch < 0 {
+        return (-1, -1);
+    }
+    if latest == Some(epoch) {
+        return (epoch, log_end);
+    }
+    let Some(&(_, next_start)) = history.iter().find(|&&(e, _)| e > epoch) else {
+        return (-1, -1);
+    };
+    let floor = history
+        .iter()
+        .rev()
+        .find(|&&(e, _)| e <= epoch)
+        .map_or(epoch, |&(e, _)| e);
+    (floor, next_start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn end_of_epoch_answers_as_kafka_does() {
+        let h = [(0, 0), (2, 100), (5, 250)];
+        assert_eq!(end_of_epoch(&h, 5, 300), (5, 300), "current epoch: log end");
+        assert_eq!(end_of_epoch(&h, 0, 300), (0, 100));
+        assert_eq!(end_of_epoch(&h, 1, 300), (0, 100), "no epoch 1: the floor");
+        assert_eq!(end_of_epoch(&h, 3, 300), (2, 250));
+        assert_eq!(end_of_epoch(&h, 6, 300), (-1, -1), "newer than current");
+        assert_eq!(end_of_epoch(&h, -1, 300), (-1, -1));
+        let late = [(3, 40)];
+        assert_eq!(
+            end_of_epoch(&late, 1, 50),
+            (1, 40),
+            "older than the history"
+        );
+        assert_eq!(end_of_epoch(&[], 0, 0), (-1, -1));
+    }
+}
