@@ -1201,3 +1201,77 @@ async fn shard_aware_producer_and_consumer_reach_each_partition_on_its_shard() {
     }
     drop(broker);
 }
+
+/// acks=all exists inside the broker: a produce with `Acks::All` to a topic whose
+/// `min.insync.replicas` is more than the in-sync replicas (one, on a single node) is
+/// refused with NotEnoughReplicas and stores nothing, while `Acks::Leader` succeeds;
+/// topics without the setting take the broker's `--min-insync-replicas`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_is_refused_below_min_insync_replicas_and_leader_acks_succeed() {
+    use ringmq_client::Acks;
+    let dir = tempfile::tempdir().unwrap();
+    let producer_with = |client: &Client, acks| {
+        Producer::new(
+            client.clone(),
+            ProducerConfig {
+                acks,
+                linger: std::time::Duration::ZERO,
+                ..ProducerConfig::default()
+            },
+        )
+    };
+    let refused = |r: Result<(u32, i64), Error>| match r {
+        Err(Error::Broker { code, message }) => {
+            assert_eq!(code, ErrorCode::NotEnoughReplicas, "{message}");
+            assert!(message.contains("min.insync.replicas=2"), "{message}");
+        }
+        other => panic!("acks=all below min.insync.replicas: {other:?}"),
+    };
+
+    // Broker default 1: only the topic that asks for 2 refuses acks=all.
+    let broker = Broker::start(&dir.path().join("a"));
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin
+        .create_topic("strict", 1, &[("min.insync.replicas".into(), "2".into())])
+        .await
+        .unwrap();
+    admin.create_topic("plain", 1, &[]).await.unwrap();
+    let all = producer_with(&client, Acks::All);
+    refused(all.send_to("strict", 0, None, b"refused", &[]).await);
+    let leader = producer_with(&client, Acks::Leader);
+    let (_, o) = leader
+        .send_to("strict", 0, None, b"stored", &[])
+        .await
+        .unwrap();
+    assert_eq!(o, 0, "the refused batch stored nothing");
+    let (_, o) = all.send_to("plain", 0, None, b"all", &[]).await.unwrap();
+    assert_eq!(o, 0);
+    let mut consumer = Consumer::new(client.clone());
+    consumer
+        .assign("strict", 0, Position::Earliest)
+        .await
+        .unwrap();
+    let got = consumer.poll().await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].value.as_deref(), Some(&b"stored"[..]));
+    drop(broker);
+
+    // Broker default 2: topics without the setting refuse acks=all; one that sets 1
+    // takes it.
+    let broker = Broker::start_args(&dir.path().join("b"), 2, &["--min-insync-replicas", "2"]);
+    let client = Client::connect(&broker.addr.to_string()).await.unwrap();
+    let admin = Admin::new(client.clone());
+    admin.create_topic("default", 1, &[]).await.unwrap();
+    admin
+        .create_topic("relaxed", 1, &[("min.insync.replicas".into(), "1".into())])
+        .await
+        .unwrap();
+    let all = producer_with(&client, Acks::All);
+    refused(all.send_to("default", 0, None, b"refused", &[]).await);
+    all.send_to("relaxed", 0, None, b"all", &[]).await.unwrap();
+    producer_with(&client, Acks::Leader)
+        .send_to("default", 0, None, b"leader", &[])
+        .await
+        .unwrap();
+}

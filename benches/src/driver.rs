@@ -121,7 +121,11 @@ pub async fn sender(a: &BenchArgs, brokers: &str, partitions: u32) -> anyhow::Re
                 ProducerConfig {
                     batch_bytes: a.batch_bytes,
                     linger: Duration::from_millis(a.linger_ms),
-                    durable: durable(a),
+                    acks: if durable(a) {
+                        ringmq_client::Acks::Leader
+                    } else {
+                        ringmq_client::Acks::None
+                    },
                     retries: 3,
                     compression: match a.compression.as_str() {
                         "lz4" => ringmq_client::Compression::Lz4,

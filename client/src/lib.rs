@@ -45,7 +45,7 @@ pub use conn::Client;
 pub use consumer::{Consumer, ConsumerRecord, Position};
 pub use group::{GroupConfig, GroupConsumer};
 pub use partitioner::{murmur2, partition_for_key};
-pub use producer::{Producer, ProducerConfig};
+pub use producer::{Acks, Producer, ProducerConfig};
 pub use ringmq_net::codec::ErrorCode;
 pub use ringmq_storage::batch::Compression;
 

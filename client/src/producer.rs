@@ -35,9 +35,12 @@ pub struct ProducerConfig {
     /// batch as soon as the one before it on its partition is answered; records that
     /// arrive meanwhile join it.
     pub linger: Duration,
-    /// `true`: a send resolves once its batch is durable on the broker (acks `durable`);
-    /// `false`: once the broker has the request (acks `none`; offsets are then -1).
-    pub durable: bool,
+    /// When a send resolves: [`Acks::Leader`] (the default) once its batch is durable
+    /// on the partition's leader under the topic's flush policy; [`Acks::All`] once
+    /// every in-sync replica has it, refused with `NotEnoughReplicas` while fewer
+    /// replicas are in sync than the topic's `min.insync.replicas`; [`Acks::None`] once
+    /// the broker has the request (offsets are then -1).
+    pub acks: Acks,
     /// Attempts after the first for a batch that failed with a retriable error.
     pub retries: u32,
     /// Compression of each batch's records: `None`, `Lz4`, `Zstd`, `Gzip` or `Snappy`
@@ -56,6 +59,30 @@ pub struct ProducerConfig {
     pub shard_aware: bool,
 }
 
+/// When the broker acknowledges a batch ([`ProducerConfig::acks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Acks {
+    /// Not at all: a send resolves once the request is written.
+    None,
+    /// Once the partition's leader has the batch (durable under its flush policy).
+    #[default]
+    Leader,
+    /// Once every in-sync replica has it, and only while at least the topic's
+    /// `min.insync.replicas` are in sync.
+    All,
+}
+
+impl Acks {
+    /// The native protocol's value: 0, 1 or 2.
+    fn wire(self) -> u8 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => 2,
+        }
+    }
+}
+
 /// The most batches per partition in flight: what the broker remembers per producer.
 const MAX_IN_FLIGHT_LIMIT: usize = 5;
 
@@ -64,7 +91,7 @@ impl Default for ProducerConfig {
         Self {
             batch_bytes: 64 << 10,
             linger: Duration::from_millis(5),
-            durable: true,
+            acks: Acks::Leader,
             retries: 3,
             compression: Compression::None,
             max_in_flight: MAX_IN_FLIGHT_LIMIT,
@@ -631,7 +658,7 @@ impl Worker {
         }
         self.client
             .start(Request::Produce {
-                acks: u8::from(self.inner.config.durable),
+                acks: self.inner.config.acks.wire(),
                 partitions: vec![ProducePartition {
                     topic: self.topic.clone(),
                     partition: self.partition,

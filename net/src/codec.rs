@@ -326,7 +326,8 @@ pub enum Request {
     },
     /// Append batches.
     Produce {
-        /// 0: answer at once; 1: answer once durable (per the flush policy).
+        /// 0: no answer wanted (answered at once); 1: answer once the leader has it
+        /// (durable per the flush policy); 2: once every in-sync replica has it.
         acks: u8,
         /// Per-partition batches.
         partitions: Vec<ProducePartition>,
