@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringmq_kafka::{KafkaOptions, KafkaService};
 use ringmq_net::conn::{
     ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection, serve_handed_over,
 };
 use ringmq_shard::broker::{Shard, ShardOptions, links};
-use ringmq_shard::kafka::{KafkaOptions, KafkaService};
 use ringmq_shard::topics::TopicTable;
 use ringmq_storage::LogConfig;
 use serde::Deserialize;

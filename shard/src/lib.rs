@@ -16,7 +16,6 @@ pub mod broker;
 pub mod error;
 pub mod gate;
 pub mod groups;
-pub mod kafka;
 pub mod metadata;
 pub mod native;
 pub mod ops;
