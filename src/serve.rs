@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Close connections idle this long, ms; 0 never [default: 600000]
     #[arg(long, env = "RINGMQ_IDLE_TIMEOUT_MS")]
     idle_timeout_ms: Option<u64>,
+    /// Connections one shard serves at once, native and Kafka together; a new one past
+    /// it is closed at once (logged) [default: 50000]
+    #[arg(long, env = "RINGMQ_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
     /// `min.insync.replicas` of topics that do not set it: a produce with acks=all
     /// (-1) is refused with NOT_ENOUGH_REPLICAS while fewer replicas are in sync (a
     /// single node has one) [default: 1]
@@ -159,6 +163,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     min_insync_replicas: Option<i32>,
     acks_none_bytes_max: Option<u64>,
+    connections_max: Option<usize>,
     zero_copy: Option<bool>,
     steer_connections: Option<bool>,
     spin_before_park_us: Option<u64>,
@@ -169,6 +174,11 @@ struct FileConfig {
 /// `--disk-poll-us`). Measured with `benches/broker.sh`'s fixed-rate workload (64 KiB
 /// durable produce at 20k records/s, 2 shards): see docs/architecture.md.
 const DISK_POLL_US_DEFAULT: u64 = 1000;
+
+/// Connections a shard serves at once by default (see `--connections-max`): far more
+/// than clients open in practice, few enough that a connection flood cannot exhaust
+/// the broker's file descriptors and memory (each connection holds buffers).
+const CONNECTIONS_MAX_DEFAULT: usize = 50_000;
 
 /// Settings after merging.
 #[derive(Debug, Clone)]
@@ -186,6 +196,7 @@ struct Settings {
     request_timeout_ms: u64,
     min_insync_replicas: i32,
     acks_none_bytes_max: u64,
+    connections_max: usize,
     zero_copy: bool,
     steer_connections: bool,
     spin_before_park: Duration,
@@ -347,6 +358,11 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.acks_none_bytes_max)
             .unwrap_or(ringmq_shard::broker::ACKS_NONE_BYTES_MAX)
             .max(1 << 20),
+        connections_max: args
+            .connections_max
+            .or(file.connections_max)
+            .unwrap_or(CONNECTIONS_MAX_DEFAULT)
+            .max(1),
         zero_copy: args.zero_copy.or(file.zero_copy).unwrap_or(true),
         steer_connections: args
             .steer_connections
@@ -547,6 +563,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             kafka_options: s.kafka.clone(),
             limits: s.limits,
             memory: s.request_memory_bytes_max,
+            connections_max: s.connections_max,
         };
         let disk_poll = s.disk_poll;
         let mut builder =
@@ -665,6 +682,7 @@ struct Listeners {
     kafka_options: KafkaOptions,
     limits: ConnLimits,
     memory: usize,
+    connections_max: usize,
 }
 
 async fn run_shard(
@@ -686,6 +704,8 @@ async fn run_shard(
         budget: budget.clone(),
         limits: listeners.limits,
         conns: conns.clone(),
+        connections_max: listeners.connections_max,
+        refused_logged: Rc::new(std::cell::Cell::new(None)),
         stop: stop.clone(),
         protocol,
     };
@@ -741,6 +761,10 @@ struct Accepting {
     budget: Rc<MemoryBudget>,
     limits: ConnLimits,
     conns: Rc<std::cell::Cell<usize>>,
+    /// `--connections-max`.
+    connections_max: usize,
+    /// When a refused connection was last logged (one line per 10 s at most).
+    refused_logged: Rc<std::cell::Cell<Option<Instant>>>,
     stop: Arc<AtomicBool>,
     protocol: &'static str,
 }
@@ -768,7 +792,7 @@ async fn accept_loop<S: Service>(
             Duration::from_millis(ms.max(1))
         });
     loop {
-        let tick = glommio::timer::sleep(tick_every);
+        let tick = a.shard.timers().sleep_until(Instant::now() + tick_every);
         let accepted = futures_lite::future::or(async { Some((&mut accept).await) }, async {
             tick.await;
             None
@@ -784,7 +808,31 @@ async fn accept_loop<S: Service>(
             None => continue,
             Some(Err(e)) => {
                 tracing::warn!(shard = id, protocol, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                a.shard
+                    .timers()
+                    .sleep_until(Instant::now() + Duration::from_millis(10))
+                    .await;
+            }
+            Some(Ok(stream)) if a.conns.get() >= a.connections_max => {
+                // Closed at once (dropped): the client sees the connection end.
+                let peer = stream.peer_addr().ok();
+                drop(stream);
+                let now = Instant::now();
+                let due = a
+                    .refused_logged
+                    .get()
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+                if due {
+                    a.refused_logged.set(Some(now));
+                    tracing::warn!(
+                        shard = id,
+                        protocol,
+                        ?peer,
+                        connections = a.conns.get(),
+                        "connection refused: the shard serves --connections-max={} connections",
+                        a.connections_max
+                    );
+                }
             }
             Some(Ok(stream)) => {
                 let peer = stream.peer_addr().ok();

@@ -43,6 +43,21 @@ impl Client {
         codec::decode_response(api, Bytes::from(body)).unwrap()
     }
 
+    /// A call whose connection may be closed: `None` then.
+    fn call_checked(&mut self, req: Request) -> Option<Response> {
+        let api = req.api_key();
+        let id = self.next_id;
+        self.next_id += 1;
+        self.s.write_all(&codec::encode_request(id, &req)).ok()?;
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).ok()?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut body).ok()?;
+        let resp = codec::decode_response(api, Bytes::from(body)).ok()?;
+        assert_eq!(resp.0, id);
+        Some(resp.1)
+    }
+
     fn call(&mut self, req: Request) -> Response {
         let api = req.api_key();
         let id = self.send(&req);
@@ -817,4 +832,187 @@ fn a_connection_bound_to_a_shard_is_served_there_without_forwarding() {
     assert_eq!(got.len(), 1 + 1 + 17, "batches 0, 2 and 3..20");
     drop(c);
     broker.stop();
+}
+
+/// The broker's resident memory, bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// `--connections-max`: a shard serves at most that many connections at once; one past
+/// it is closed at once, and when a served one ends, new connections are served again.
+#[test]
+fn connections_past_the_limit_are_closed_and_served_again_once_others_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_args(&dir.path().join("data"), 1, &["--connections-max", "4"]);
+    // The fifth is closed: its request gets no answer but the end of the connection.
+    let refused = |addr| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&codec::encode_request(1, &Request::ListTopics));
+        let mut buf = [0u8; 4];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    };
+    // Served connections, each answered once. The harness's readiness probes count
+    // until the broker has seen them end: a connection refused meanwhile is retried.
+    let mut held: Vec<Client> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.len() < 4 {
+        let mut c = Client::connect(broker.addr);
+        match c.call_checked(Request::ListTopics) {
+            Some(Response::Topics(_)) => held.push(c),
+            _ => {
+                assert!(Instant::now() < deadline, "probe connections end");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    assert!(refused(broker.addr), "a fifth connection is closed");
+    // The served ones are not disturbed.
+    assert!(matches!(
+        held[0].call(Request::ListTopics),
+        Response::Topics(_)
+    ));
+    // One ends; a new connection is served once the broker has seen it end.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !refused(broker.addr) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a slot freed by a closed connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// acks=0 appends count against the shard's `--acks-none-bytes-max`: a client that
+/// floods acks=0 produce (the broker answers each at once) is held to the pace of the
+/// log, the broker's memory stays within its budgets, and it answers another client
+/// meanwhile; every batch it took is appended.
+#[test]
+fn an_acks_none_flood_stays_within_the_memory_budget() {
+    const BATCH_BYTES: usize = 256 << 10;
+    const FLOOD: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_args(
+        &dir.path().join("data"),
+        1,
+        &[
+            "--acks-none-bytes-max",
+            "4194304",
+            "--request-memory-bytes-max",
+            "16777216",
+        ],
+    );
+    let pid = broker.child.id();
+    let mut admin = Client::connect(broker.addr);
+    create(&mut admin, "flood", 1);
+    let before = rss_bytes(pid);
+
+    let batch = Bytes::from(batch::encode_batch(&[Record {
+        key: None,
+        value: Some(vec![7u8; BATCH_BYTES]),
+        headers: vec![],
+        timestamp_ms: 1,
+    }]));
+    let request = codec::encode_request(
+        1,
+        &Request::Produce {
+            acks: 0,
+            partitions: vec![ProducePartition {
+                topic: "flood".into(),
+                partition: 0,
+                batch,
+            }],
+        },
+    );
+    let flooder = TcpStream::connect(broker.addr).unwrap();
+    let mut reader = flooder.try_clone().unwrap();
+    // The answers are read (and counted) on their own thread, so the flood is held
+    // back only by the broker.
+    let answers = std::thread::spawn(move || {
+        let mut n = 0u64;
+        let mut len = [0u8; 4];
+        while reader.read_exact(&mut len).is_ok() {
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            if reader.read_exact(&mut body).is_err() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    });
+    let writer = std::thread::spawn(move || {
+        let mut w = flooder;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < FLOOD {
+            w.write_all(&request).unwrap();
+            sent += 1;
+        }
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+        sent
+    });
+    let mut peak = before;
+    let mut answered_meanwhile = 0;
+    while !writer.is_finished() {
+        peak = peak.max(rss_bytes(pid));
+        assert!(matches!(
+            admin.call(Request::ListTopics),
+            Response::Topics(_)
+        ));
+        answered_meanwhile += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = writer.join().unwrap();
+    let answered = answers.join().unwrap();
+    peak = peak.max(rss_bytes(pid));
+    assert_eq!(answered, sent, "every acks=0 request is answered");
+    assert!(answered_meanwhile > 0);
+    // Budgets: 16 MiB of requests read, 4 MiB of acks=0 appends, 8 MiB of write buffer
+    // per partition, the tail cache; 96 MiB leaves room for the allocator.
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "acks=0 flood: {sent} batches of {} KiB in {FLOOD:?}, broker RSS {} -> peak {} MiB",
+        BATCH_BYTES >> 10,
+        before >> 20,
+        peak >> 20
+    );
+    assert!(
+        grown < 96 << 20,
+        "RSS grew {} MiB under an acks=0 flood",
+        grown >> 20
+    );
+    // Every batch taken is appended (the shard finishes acks=0 appends it started).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let end = match admin.call(Request::ListOffsets {
+            partitions: vec![("flood".into(), 0, OFFSET_LATEST)],
+        }) {
+            Response::Offsets(v) => v[0].3,
+            other => panic!("{other:?}"),
+        };
+        if end == sent as i64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{end} of {sent} batches appended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
