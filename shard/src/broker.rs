@@ -152,6 +152,10 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// Tasks that must end before the logs close.
     gate: Rc<Gate>,
+    /// Long polls of fetches that other shards (or this one) may stop early, by
+    /// (calling shard, fetch id).
+    fetch_stops: RefCell<HashMap<(u32, u64), Rc<Notify>>>,
+    next_fetch_id: Cell<u64>,
     /// Bytes of acks=0 appends under way.
     acks_none_budget: Rc<glommio::sync::Semaphore>,
     files: Rc<FileSender>,
@@ -208,6 +212,8 @@ impl Shard {
             metadata_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             gate: Gate::new(),
+            fetch_stops: RefCell::new(HashMap::new()),
+            next_fetch_id: Cell::new(1),
             acks_none_budget: Rc::new(glommio::sync::Semaphore::new(
                 opts.acks_none_bytes_max.max(1),
             )),
@@ -563,46 +569,134 @@ impl Shard {
     }
 
     /// Fetches from the partitions, held to the fetch's size limits (KIP-74).
+    ///
+    /// Each owner shard reads its part and, while it has less than `min_bytes`, waits
+    /// for data up to the max wait. As soon as the parts answered so far hold
+    /// `min_bytes` (or an error), the parts still waiting are stopped and answer with
+    /// what they have: data arriving on one shard answers the fetch without waiting
+    /// out the max wait on the others.
     pub async fn fetch(self: &Rc<Self>, fetch: Fetch) -> Vec<Fetched> {
         let limits: Vec<usize> = fetch.parts.iter().map(|p| p.max_bytes as usize).collect();
-        let max_bytes = fetch.max_bytes as usize;
         let Fetch {
             reader,
             max_wait,
             min_bytes,
-            max_bytes: fetch_max,
+            max_bytes,
             parts,
         } = fetch;
-        let mut results = self
-            .on_owners(parts, move |me, owner, parts| async move {
-                let f = Fetch {
-                    reader,
-                    max_wait,
-                    min_bytes,
-                    max_bytes: fetch_max,
-                    parts,
-                };
-                if owner == me.opts.shard_id {
-                    let me2 = me.clone();
-                    return Some(
-                        spawn_in(me.queues.fetch, async move { me2.fetch_here(f).await }).await,
-                    );
-                }
-                match me.router.call(owner, Call::Fetch(f)).await {
-                    Some(Reply::Fetched(v)) => Some(v),
-                    _ => None,
-                }
+        let mut plan = {
+            let table = self.topics.borrow();
+            router::split(parts, |tp| metadata::owner(&table, tp))
+        };
+        let id = self.next_fetch_id.get();
+        self.next_fetch_id.set(id + 1);
+        let owners: Vec<(u32, Vec<usize>, Vec<TopicPartition>)> = plan
+            .by_owner
+            .iter()
+            .map(|(owner, positions, ps)| {
+                (
+                    *owner,
+                    positions.clone(),
+                    ps.iter().map(|p| p.tp.clone()).collect(),
+                )
             })
-            .await;
-        limit_fetch(&mut results, &limits, max_bytes);
+            .collect();
+        // Each owner's answer arrives on this channel, tagged with its index.
+        let (tx, rx) = glommio::channels::local_channel::new_unbounded();
+        let tx = Rc::new(tx);
+        for (k, (owner, _, ps)) in std::mem::take(&mut plan.by_owner).into_iter().enumerate() {
+            let f = Fetch {
+                reader,
+                max_wait,
+                min_bytes,
+                max_bytes,
+                parts: ps,
+            };
+            let me = self.clone();
+            let tx = tx.clone();
+            let task = async move {
+                let r = if owner == me.opts.shard_id {
+                    Some(me.fetch_here(f, Some((me.opts.shard_id, id))).await)
+                } else {
+                    me.counters.forwarded.set(me.counters.forwarded.get() + 1);
+                    match me.router.call(owner, Call::Fetch { fetch: f, id }).await {
+                        Some(Reply::Fetched(v)) => Some(v),
+                        _ => None,
+                    }
+                };
+                let _ = tx.try_send((k, r));
+            };
+            spawn_in(self.queues.fetch, task).detach();
+        }
+        drop(tx);
+        let mut answers: Vec<Option<Option<Vec<Fetched>>>> = owners.iter().map(|_| None).collect();
+        let (mut total, mut stopped, mut left) = (0usize, false, owners.len());
+        while left > 0 {
+            let Some((k, r)) = rx.recv().await else { break };
+            left -= 1;
+            if let Some(v) = &r {
+                total += v.iter().map(Fetched::len).sum::<usize>();
+                if v.iter().any(|f| f.records.is_err()) {
+                    total = usize::MAX;
+                }
+            }
+            answers[k] = Some(r);
+            if !stopped && left > 0 && total >= min_bytes as usize {
+                stopped = true;
+                for (j, (owner, _, _)) in owners.iter().enumerate() {
+                    if answers[j].is_none() {
+                        self.stop_fetch(*owner, id);
+                    }
+                }
+            }
+        }
+        let joined = owners
+            .into_iter()
+            .zip(answers)
+            .map(|((owner, positions, tps), a)| {
+                let r = a
+                    .flatten()
+                    .ok_or_else(|| (tps, BrokerError::shard_silent(owner)));
+                (positions, r)
+            })
+            .collect();
+        let mut results = plan.join(joined);
+        limit_fetch(&mut results, &limits, max_bytes as usize);
         results
+    }
+
+    /// Stops the long poll of this shard's fetch `id` on shard `owner`.
+    fn stop_fetch(self: &Rc<Self>, owner: u32, id: u64) {
+        if owner == self.opts.shard_id {
+            if let Some(n) = self.fetch_stops.borrow().get(&(owner, id)) {
+                n.notify_all();
+            }
+            return;
+        }
+        let me = self.clone();
+        spawn_in(self.queues.fetch, async move {
+            let _ = me.router.call(owner, Call::StopFetch { id }).await;
+        })
+        .detach();
     }
 
     /// Reads the partitions; if fewer than `min_bytes` came back, waits on the timing
     /// wheel until data arrives on this shard or the max wait passes, and reads again.
-    async fn fetch_here(self: &Rc<Self>, f: Fetch) -> Vec<Fetched> {
+    /// `stop`: (calling shard, fetch id) under which [`Call::StopFetch`] can end the
+    /// wait early.
+    async fn fetch_here(self: &Rc<Self>, f: Fetch, stop: Option<(u32, u64)>) -> Vec<Fetched> {
         let deadline = Instant::now() + f.max_wait;
+        let stopped = Rc::new(Notify::new());
+        let _registered = stop.map(|key| {
+            self.fetch_stops.borrow_mut().insert(key, stopped.clone());
+            StopRegistration {
+                shard: self.clone(),
+                key,
+            }
+        });
+        let mut stop_now = false;
         loop {
+            let stop_signal = stopped.changed();
             // Register interest before reading, so an append in between is not missed.
             let arrived = self.data_arrived.changed();
             let mut total = 0usize;
@@ -649,12 +743,25 @@ impl Shard {
             }
             if total >= f.min_bytes as usize
                 || any_error
+                || stop_now
                 || Instant::now() >= deadline
                 || self.stopping.get()
             {
                 return out;
             }
-            futures_lite::future::or(arrived, self.timers.sleep_until(deadline)).await;
+            let woken = futures_lite::future::or(
+                async {
+                    futures_lite::future::or(arrived, self.timers.sleep_until(deadline)).await;
+                    false
+                },
+                async {
+                    stop_signal.await;
+                    true
+                },
+            )
+            .await;
+            // Stopped: read once more and answer with what is there.
+            stop_now |= woken;
         }
     }
 
@@ -993,17 +1100,25 @@ impl Shard {
             },
             Envelope::Reply { id, reply } => self.router.deliver(id, reply),
             Envelope::Call { id, from, call } => {
-                let reply = self.serve_call(call).await;
+                let reply = self.serve_call(from, call).await;
                 self.router.reply(from, id, reply).await;
             }
         }
     }
 
     /// Executes a call from another shard.
-    async fn serve_call(self: &Rc<Self>, call: Call) -> Reply {
+    async fn serve_call(self: &Rc<Self>, from: u32, call: Call) -> Reply {
         match call {
             Call::Produce { acks, parts } => Reply::Produced(self.produce_here(acks, parts).await),
-            Call::Fetch(f) => Reply::Fetched(self.fetch_here(f).await),
+            Call::Fetch { fetch, id } => {
+                Reply::Fetched(self.fetch_here(fetch, Some((from, id))).await)
+            }
+            Call::StopFetch { id } => {
+                if let Some(n) = self.fetch_stops.borrow().get(&(from, id)) {
+                    n.notify_all();
+                }
+                Reply::Stopped
+            }
             Call::ListOffsets(q) => Reply::Offsets(self.list_offsets_here(q).await),
             Call::EpochEnds(q) => Reply::EpochEnds(self.end_of_epochs_here(q)),
             Call::DeleteRecords(d) => Reply::Deleted(self.delete_records_here(d).await),
@@ -1015,6 +1130,18 @@ impl Shard {
                 Reply::Group(Box::new(self.groups.handle(*request).await))
             }
         }
+    }
+}
+
+/// Removes a long poll's stop when the poll ends.
+struct StopRegistration {
+    shard: Rc<Shard>,
+    key: (u32, u64),
+}
+
+impl Drop for StopRegistration {
+    fn drop(&mut self) {
+        self.shard.fetch_stops.borrow_mut().remove(&self.key);
     }
 }
 

@@ -37,8 +37,19 @@ pub enum Call {
         /// The batches.
         parts: Vec<ProducePart>,
     },
-    /// Fetch from partitions the callee owns.
-    Fetch(Fetch),
+    /// Fetch from partitions the callee owns. `id` names it for a later `StopFetch`.
+    Fetch {
+        /// The callee's part of the fetch.
+        fetch: Fetch,
+        /// Chosen by the caller, unique among its fetches.
+        id: u64,
+    },
+    /// The fetch `id` of the caller has what it waited for elsewhere: stop waiting and
+    /// answer with what is there.
+    StopFetch {
+        /// The fetch's id.
+        id: u64,
+    },
     /// Look up offsets of partitions the callee owns.
     ListOffsets(Vec<OffsetQuery>),
     /// Where leader epochs end, in partitions the callee owns.
@@ -68,7 +79,7 @@ impl Call {
     /// group join its rebalance.
     fn wait(&self) -> Duration {
         match self {
-            Call::Fetch(f) => f.max_wait,
+            Call::Fetch { fetch, .. } => fetch.max_wait,
             Call::Group { wait, .. } => *wait,
             _ => Duration::ZERO,
         }
@@ -92,6 +103,8 @@ pub enum Reply {
     Stats(Vec<PartitionStats>),
     /// To `Call::Counters`.
     Counters(Vec<(String, u64)>),
+    /// To `Call::StopFetch`.
+    Stopped,
     /// To `Call::ChangeTopics`.
     TopicsChanged(Result<(), BrokerError>),
     /// To `Call::ApplyTopics`.

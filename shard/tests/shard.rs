@@ -1,0 +1,257 @@
+//! The shard without a socket: partitions, routing between shards, long polls and
+//! topic changes, driven through the shard's own operations on real executors and a
+//! temporary data directory.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::LocalExecutorBuilder;
+use ringmq_shard::broker::{Shard, ShardOptions, links};
+use ringmq_shard::error::ErrorKind;
+use ringmq_shard::ops::{
+    Acks, Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec, ProducePart, Reader, TopicOp,
+    TopicPartition,
+};
+use ringmq_shard::partition::Partition;
+use ringmq_shard::producer_ids::IdKey;
+use ringmq_shard::topic_configs::TopicPolicy;
+use ringmq_shard::topics::TopicTable;
+use ringmq_storage::batch::{self, Record};
+use ringmq_storage::{LogConfig, SegmentCache};
+
+fn batch(value: &[u8]) -> Bytes {
+    Bytes::from(batch::encode_batch(&[Record {
+        key: None,
+        value: Some(value.to_vec()),
+        headers: vec![],
+        timestamp_ms: 1_000,
+    }]))
+}
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    LocalExecutorBuilder::default()
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn options(data: &Path, shard_id: u32, shard_count: u32) -> ShardOptions {
+    ShardOptions {
+        shard_id,
+        shard_count,
+        data_dir: data.to_path_buf(),
+        log_defaults: LogConfig::default(),
+        open_segments_max: 16,
+        call_timeout: Duration::from_secs(10),
+        zero_copy: false,
+        group_initial_rebalance_delay: Duration::ZERO,
+        group_log_compact_bytes: 16 << 20,
+        producer_id_key: IdKey::load_or_create(data).unwrap(),
+        min_insync_replicas: 1,
+        acks_none_bytes_max: 1 << 20,
+    }
+}
+
+/// A partition's log end and high watermark, reads bounded by the reader, acks=all
+/// against `min.insync.replicas`, and the leader-epoch history.
+#[test]
+fn a_partition_produces_reads_and_answers_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let tp = TopicPartition::new("t", 0);
+        let strict = Rc::new(TopicPolicy {
+            min_insync_replicas: 2,
+            ..TopicPolicy::default()
+        });
+        let p = Partition::open(
+            tp.clone(),
+            &path.join("t-0"),
+            LogConfig::default(),
+            SegmentCache::new(4),
+            strict,
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.leader_epoch(), 0, "a new partition starts epoch 0");
+        // acks=all with one in-sync replica of the two required: refused, not stored.
+        let (e, _) = p.produce(batch(b"all"), Acks::All, 1).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotEnoughReplicas);
+        assert_eq!(p.log_end_offset(), 0);
+        for (i, v) in [&b"a"[..], b"b", b"c"].into_iter().enumerate() {
+            let at = p.produce(batch(v), Acks::Leader, 1).await.unwrap();
+            assert_eq!(at.base_offset, i as i64);
+        }
+        // every_batch: acknowledged means durable, so the watermark is the end.
+        assert_eq!((p.log_end_offset(), p.high_watermark()), (3, 3));
+        let consumer = Reader::Consumer(Isolation::ReadUncommitted);
+        let r = p.read(0, 1 << 20, consumer).await.unwrap();
+        assert_eq!(r.next_offset, 3);
+        let follower = Reader::Follower {
+            replica_id: 1,
+            leader_epoch: 0,
+        };
+        assert_eq!(p.read(3, 1 << 20, follower).await.unwrap().next_offset, 3);
+        let far = p.read(4, 1 << 20, consumer).await.unwrap_err();
+        assert_eq!(far.kind, ErrorKind::OffsetOutOfRange);
+        // Epochs: the current one ends at the log end; a newer one is unknown.
+        assert_eq!(p.end_of_epoch(0).result, Ok((0, 3)));
+        assert_eq!(p.end_of_epoch(1).result, Ok((-1, -1)));
+        assert_eq!(p.epoch_at(2), 0);
+        assert_eq!(
+            p.check_epoch(Some(1)).unwrap_err().kind,
+            ErrorKind::UnknownLeaderEpoch
+        );
+        assert!(p.check_epoch(Some(0)).is_ok() && p.check_epoch(None).is_ok());
+        assert_eq!(
+            p.offset_for(OffsetSpec::Latest).await.unwrap(),
+            Some((3, -1))
+        );
+        p.log().close().await.unwrap();
+    });
+}
+
+/// Two shards on two executors: a topic change made on one applies on both, produce
+/// and fetch reach the partitions of both through the router, and a long-polling
+/// fetch is woken by the produce that gives it data, well before its max wait.
+#[test]
+fn shards_route_operations_and_long_polls_wake_on_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let mut all = links(2).into_iter();
+    let (l0, l1) = (all.next().unwrap(), all.next().unwrap());
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let d1 = data.clone();
+    // Shard 1 serves calls until shard 0 is done.
+    let other = LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let shard = Shard::start(options(&d1, 1, 2), TopicTable::default(), l1)
+                .await
+                .unwrap();
+            while stop_rx.try_recv().is_err() {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            shard.shutdown().await;
+        })
+        .unwrap();
+    run(move || async move {
+        let shard = Shard::start(options(&data, 0, 2), TopicTable::default(), l0)
+            .await
+            .unwrap();
+        shard
+            .change_topics(TopicOp::Create {
+                name: "t".into(),
+                partitions: 4,
+                configs: vec![],
+                validate_only: false,
+            })
+            .await
+            .unwrap();
+        let placement = shard.topic("t").unwrap().placement;
+        assert!(
+            placement.contains(&0) && placement.contains(&1),
+            "{placement:?}"
+        );
+        let parts: Vec<ProducePart> = (0..4)
+            .map(|p| ProducePart {
+                tp: TopicPartition::new("t", p),
+                batch: batch(format!("p{p}").as_bytes()),
+            })
+            .chain([ProducePart {
+                tp: TopicPartition::new("nope", 0),
+                batch: batch(b"x"),
+            }])
+            .collect();
+        let produced = shard.produce(Acks::Leader, parts).await;
+        assert_eq!(produced.len(), 5);
+        for (p, r) in produced.iter().take(4).enumerate() {
+            assert_eq!(r.tp, TopicPartition::new("t", p as u32));
+            assert_eq!(r.result, Ok(0), "{r:?}");
+        }
+        assert_eq!(
+            produced[4].result.as_ref().unwrap_err().kind,
+            ErrorKind::UnknownTopic
+        );
+        let fetch = |offset: i64, max_wait: Duration| Fetch {
+            reader: Reader::Consumer(Isolation::ReadUncommitted),
+            max_wait,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            parts: (0..4)
+                .map(|p| FetchPart {
+                    tp: TopicPartition::new("t", p),
+                    offset,
+                    max_bytes: 1 << 20,
+                    leader_epoch: Some(0),
+                })
+                .collect(),
+        };
+        let got = shard.fetch(fetch(0, Duration::ZERO)).await;
+        assert!(
+            got.iter().all(|f| f.len() > 0 && f.high_watermark == 1),
+            "{got:?}"
+        );
+        let offsets = shard
+            .list_offsets(
+                (0..4)
+                    .map(|p| OffsetQuery {
+                        tp: TopicPartition::new("t", p),
+                        spec: OffsetSpec::Latest,
+                        leader_epoch: None,
+                    })
+                    .collect(),
+            )
+            .await;
+        assert!(offsets.iter().all(|o| o.result == Ok(Some((1, -1, 0)))));
+
+        // A long poll at the end of every partition, woken by a produce to one that
+        // lives on the other shard.
+        let on_other = placement.iter().position(|&s| s == 1).unwrap() as u32;
+        let waiting = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let start = Instant::now();
+                let got = shard.fetch(fetch(1, Duration::from_secs(20))).await;
+                (start.elapsed(), got)
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        let r = shard
+            .produce(
+                Acks::Leader,
+                vec![ProducePart {
+                    tp: TopicPartition::new("t", on_other),
+                    batch: batch(b"late"),
+                }],
+            )
+            .await;
+        assert_eq!(r[0].result, Ok(1));
+        let (waited, got) = waiting.await;
+        assert!(
+            waited < Duration::from_secs(10),
+            "woken by data, waited {waited:?}"
+        );
+        assert!(got[on_other as usize].len() > 0);
+
+        // Deleting the topic applies on both shards.
+        shard
+            .change_topics(TopicOp::Delete { name: "t".into() })
+            .await
+            .unwrap();
+        let gone = shard.fetch(fetch(0, Duration::ZERO)).await;
+        assert!(
+            gone.iter()
+                .all(|f| f.records.as_ref().unwrap_err().kind == ErrorKind::UnknownTopic)
+        );
+        shard.shutdown().await;
+        stop_tx.send(()).unwrap();
+    });
+    other.join().unwrap();
+}
