@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use glommio::channels::local_channel;
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
-use kafka_protocol::messages::ResponseKind;
 use ringmq_net::codec::{
     self, ErrorCode, FetchPartition, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo,
     ProducePartition, ProduceResult, Records, RecordsChunk, Request, Response, WireError,
@@ -26,7 +25,9 @@ use ringmq_storage::{
     BatchError, LogConfig, Notify, PartitionLog, ReadChunk, ReadResult, SegmentCache,
 };
 
-use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
+use crate::groups::{
+    Coordinator, CoordinatorOptions, GroupLimits, GroupOp, GroupReply, group_shard,
+};
 use crate::placement::place;
 use crate::producer_ids::{IdKey, ProducerIds};
 use crate::producers::{self, Check, Producers};
@@ -70,6 +71,17 @@ pub struct ShardOptions {
     /// A group log larger than this (and than four times its last snapshot) is
     /// compacted.
     pub group_log_compact_bytes: u64,
+    /// Groups this shard holds at most ([`GroupLimits::groups_max`]; default
+    /// [`crate::groups::GROUPS_MAX_DEFAULT`]).
+    pub groups_max: usize,
+    /// Members a group has at most, Kafka's `group.max.size`
+    /// ([`GroupLimits::group_max_size`]; default
+    /// [`crate::groups::GROUP_MAX_SIZE_DEFAULT`]).
+    pub group_max_size: usize,
+    /// Member ids a group has handed out and not yet seen join, at most
+    /// ([`GroupLimits::pending_members_max`]; default
+    /// [`crate::groups::GROUP_PENDING_MEMBERS_MAX_DEFAULT`]).
+    pub group_pending_members_max: usize,
     /// The node's key for producer ids ([`IdKey::load_or_create`]).
     pub producer_id_key: IdKey,
 }
@@ -93,8 +105,8 @@ pub enum Call {
     /// A consumer-group request for a group this shard coordinates; `wait` is how long
     /// it may legitimately take (a join waits for the rebalance).
     Group {
-        /// The request.
-        request: Box<GroupRequest>,
+        /// The operation.
+        op: Box<GroupOp>,
         /// Added to the call timeout.
         wait: Duration,
     },
@@ -138,7 +150,7 @@ pub enum Reply {
     /// Answer to `Call::Counters`.
     Counters(Vec<(String, u64)>),
     /// Answer to `Call::Group`.
-    Group(Box<ResponseKind>),
+    Group(Box<GroupReply>),
     /// Answer to `Call::DeleteRecords`: (error, log start offset) per partition.
     DeletedRecords(Vec<(WireError, i64)>),
 }
@@ -360,12 +372,19 @@ impl Shard {
         let timers = Timers::new();
         let groups = Coordinator::open(
             &opts.data_dir,
-            opts.shard_id,
-            opts.shard_count,
+            CoordinatorOptions {
+                shard_id: opts.shard_id,
+                shard_count: opts.shard_count,
+                initial_rebalance_delay: opts.group_initial_rebalance_delay,
+                log_compact_bytes: opts.group_log_compact_bytes,
+                limits: GroupLimits {
+                    groups_max: opts.groups_max,
+                    group_max_size: opts.group_max_size,
+                    pending_members_max: opts.group_pending_members_max,
+                },
+            },
             timers.clone(),
             cache.clone(),
-            opts.group_initial_rebalance_delay,
-            opts.group_log_compact_bytes,
         )
         .await?;
         let producer_ids = ProducerIds::open(&opts.data_dir, opts.producer_id_key, opts.shard_id)
@@ -496,32 +515,30 @@ impl Shard {
         self.opts.log_defaults.clone()
     }
 
-    /// Answers a consumer-group request: here if this shard coordinates the group,
-    /// else on the shard that does. `None` when that shard did not answer.
-    pub async fn group_request(
-        &self,
-        request: GroupRequest,
-        wait: Duration,
-    ) -> Option<ResponseKind> {
-        let owner = match group_of(&request.request) {
-            Some(g) => group_shard(&g, self.opts.shard_count),
+    /// Answers a consumer-group operation: here if this shard coordinates the group,
+    /// else on the shard that does ([`group_shard`]); `wait` is how long it may
+    /// legitimately take (a join waits for its rebalance). `None` when that shard did
+    /// not answer.
+    pub async fn group_request(&self, op: GroupOp, wait: Duration) -> Option<GroupReply> {
+        let owner = match op.group() {
+            Some(g) => group_shard(g, self.opts.shard_count),
             None => self.opts.shard_id,
         };
-        self.group_request_on(owner, request, wait).await
+        self.group_request_on(owner, op, wait).await
     }
 
-    /// Answers a group request on a given shard (ListGroups asks every shard).
+    /// Answers a group operation on a given shard (a list of groups asks every shard).
     pub async fn group_request_on(
         &self,
         shard: u32,
-        request: GroupRequest,
+        op: GroupOp,
         wait: Duration,
-    ) -> Option<ResponseKind> {
+    ) -> Option<GroupReply> {
         if shard == self.opts.shard_id {
-            return Some(self.groups.handle(request).await);
+            return Some(self.groups.handle(op).await);
         }
-        let request = Box::new(request);
-        match self.call(shard, Call::Group { request, wait }).await {
+        let op = Box::new(op);
+        match self.call(shard, Call::Group { op, wait }).await {
             Some(Reply::Group(r)) => Some(*r),
             _ => None,
         }
@@ -645,9 +662,7 @@ impl Shard {
                     Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
                     Call::Stats(parts) => Reply::Stats(self.local_stats(&parts)),
                     Call::Counters => Reply::Counters(self.counters()),
-                    Call::Group { request, .. } => {
-                        Reply::Group(Box::new(self.groups.handle(*request).await))
-                    }
+                    Call::Group { op, .. } => Reply::Group(Box::new(self.groups.handle(*op).await)),
                     Call::ChangeTopic(c) => {
                         Reply::Response(self.clone().change_metadata(Edit::Topic(c)).await)
                     }
@@ -878,27 +893,18 @@ impl Shard {
 
     /// A native group request: answered by the group's coordinator, as Kafka's are.
     async fn native_group(&self, req: Request) -> Response {
-        let Some((request, version)) = crate::groups::native_to_kafka(&req) else {
+        let Some(op) = crate::native_groups::op(&req) else {
             return Response::Error(WireError::new(
                 ErrorCode::InvalidRequest,
                 "not a group request",
             ));
         };
-        let wait = match &req {
-            Request::JoinGroup {
-                rebalance_timeout_ms,
-                ..
-            } => Duration::from_millis(u64::from(*rebalance_timeout_ms)),
+        let wait = match &op {
+            GroupOp::Join(j) => j.rebalance_timeout,
             _ => Duration::ZERO,
         };
-        let q = GroupRequest {
-            request,
-            version,
-            client_id: "ringmq".into(),
-            client_host: String::new(),
-        };
-        match self.group_request(q, wait).await {
-            Some(resp) => crate::groups::kafka_to_native(&req, resp),
+        match self.group_request(op, wait).await {
+            Some(reply) => crate::native_groups::response(reply),
             None => Response::Error(WireError::new(
                 ErrorCode::Unavailable,
                 "the group's coordinator shard did not answer",

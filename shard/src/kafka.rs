@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 const GROUP_WAIT_MAX: Duration = Duration::from_secs(600);
 
 use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{self as km, ApiKey, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use ringmq_net::codec::{
@@ -33,7 +34,8 @@ use ringmq_net::codec::{
 use ringmq_net::conn::{LocalFuture, Service};
 
 use crate::broker::{Shard, TopicChange};
-use crate::groups::{self, GroupRequest};
+use crate::groups::{self, GroupOp};
+use crate::kafka_groups;
 use crate::topic_configs;
 use crate::topics;
 
@@ -276,9 +278,9 @@ fn code(e: &WireError) -> i16 {
         ErrorCode::ProducerFenced => INVALID_PRODUCER_EPOCH,
         ErrorCode::OutOfOrderSequence => OUT_OF_ORDER_SEQUENCE_NUMBER,
         ErrorCode::UnknownProducer => UNKNOWN_PRODUCER_ID,
-        ErrorCode::RebalanceInProgress => groups::errors::REBALANCE_IN_PROGRESS,
-        ErrorCode::UnknownMember => groups::errors::UNKNOWN_MEMBER_ID,
-        ErrorCode::IllegalGeneration => groups::errors::ILLEGAL_GENERATION,
+        ErrorCode::RebalanceInProgress => ResponseError::RebalanceInProgress.code(),
+        ErrorCode::UnknownMember => ResponseError::UnknownMemberId.code(),
+        ErrorCode::IllegalGeneration => ResponseError::IllegalGeneration.code(),
         ErrorCode::InvalidRecord => INVALID_RECORD,
         ErrorCode::InvalidTimestamp => INVALID_TIMESTAMP,
         ErrorCode::NotEnoughReplicas => NOT_ENOUGH_REPLICAS,
@@ -550,13 +552,11 @@ impl KafkaService {
                 ResponseKind::ListGroups(self.list_groups(r, version).await)
             }
             RequestKind::DescribeGroups(r) => {
-                ResponseKind::DescribeGroups(self.describe_groups(r, version, d.client_id).await)
+                ResponseKind::DescribeGroups(self.describe_groups(r, version).await)
             }
-            RequestKind::DeleteGroups(r) => {
-                ResponseKind::DeleteGroups(self.delete_groups(r, version, d.client_id).await)
-            }
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
             RequestKind::OffsetFetch(r) if version >= 8 => {
-                ResponseKind::OffsetFetch(self.offset_fetch_groups(r, &d.client_id).await)
+                ResponseKind::OffsetFetch(self.offset_fetch_groups(r).await)
             }
             request @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
@@ -569,13 +569,13 @@ impl KafkaService {
                     RequestKind::JoinGroup(_) | RequestKind::SyncGroup(_) => GROUP_WAIT_MAX,
                     _ => Duration::ZERO,
                 };
-                let r = GroupRequest {
-                    request,
-                    version,
-                    client_id: d.client_id,
-                    client_host,
+                let Some(op) = kafka_groups::op(&request, version, &d.client_id, &client_host)
+                else {
+                    tracing::error!(api = ?api, "kafka: not a group request");
+                    return OutFrame::close();
                 };
-                match self.shard.group_request(r, wait).await {
+                let reply = self.shard.group_request(op, wait).await;
+                match reply.and_then(|r| kafka_groups::response(&request, version, r)) {
                     Some(resp) => resp,
                     None => {
                         tracing::warn!(api = ?api, "kafka: group coordinator shard did not answer");
@@ -1569,68 +1569,15 @@ impl KafkaService {
         resp
     }
 
-    /// OffsetFetch from v8 names several groups; each is asked on its own shard as a
-    /// v7 request, and the answers are put together.
-    async fn offset_fetch_groups(
-        &self,
-        r: km::OffsetFetchRequest,
-        client_id: &str,
-    ) -> km::OffsetFetchResponse {
+    /// OffsetFetch from v8 names several groups; each is asked on its own shard, and
+    /// the answers are put together.
+    async fn offset_fetch_groups(&self, r: km::OffsetFetchRequest) -> km::OffsetFetchResponse {
         let mut resp = km::OffsetFetchResponse::default();
-        for g in r.groups {
-            let mut one = km::OffsetFetchRequest::default();
-            one.group_id = g.group_id.clone();
-            one.require_stable = r.require_stable;
-            one.topics = g.topics.map(|ts| {
-                ts.into_iter()
-                    .map(|t| {
-                        let mut q = km::offset_fetch_request::OffsetFetchRequestTopic::default();
-                        q.name = t.name;
-                        q.partition_indexes = t.partition_indexes;
-                        q
-                    })
-                    .collect()
-            });
-            let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
-            gr.group_id = g.group_id.clone();
-            match self
-                .on_group_shard(
-                    g.group_id.0.as_str(),
-                    RequestKind::OffsetFetch(one),
-                    7,
-                    client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::OffsetFetch(a)) => {
-                    gr.error_code = a.error_code;
-                    gr.topics = a
-                        .topics
-                        .into_iter()
-                        .map(|t| {
-                            let mut tr =
-                                km::offset_fetch_response::OffsetFetchResponseTopics::default();
-                            tr.name = t.name;
-                            tr.partitions = t
-                                .partitions
-                                .into_iter()
-                                .map(|p| {
-                                    let mut pr = km::offset_fetch_response::OffsetFetchResponsePartitions::default();
-                                    pr.partition_index = p.partition_index;
-                                    pr.committed_offset = p.committed_offset;
-                                    pr.committed_leader_epoch = p.committed_leader_epoch;
-                                    pr.metadata = p.metadata;
-                                    pr.error_code = p.error_code;
-                                    pr
-                                })
-                                .collect();
-                            tr
-                        })
-                        .collect();
-                }
-                _ => gr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
-            }
-            resp.groups.push(gr);
+        for g in &r.groups {
+            let reply = self
+                .on_group_shard(kafka_groups::fetch_group_op(g, r.require_stable))
+                .await;
+            resp.groups.push(kafka_groups::fetch_group_response(g, reply));
         }
         resp
     }
@@ -1639,15 +1586,13 @@ impl KafkaService {
     async fn list_groups(&self, r: km::ListGroupsRequest, version: i16) -> km::ListGroupsResponse {
         let mut resp = km::ListGroupsResponse::default();
         for shard in 0..self.shard.shard_count() {
-            let q = GroupRequest {
-                request: RequestKind::ListGroups(r.clone()),
-                version,
-                client_id: String::new(),
-                client_host: String::new(),
-            };
-            match self.shard.group_request_on(shard, q, Duration::ZERO).await {
-                Some(ResponseKind::ListGroups(l)) => resp.groups.extend(l.groups),
-                _ => resp.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
+            let reply = self
+                .shard
+                .group_request_on(shard, GroupOp::List, Duration::ZERO)
+                .await;
+            match kafka_groups::listed_groups(reply, version) {
+                Some(groups) => resp.groups.extend(groups),
+                None => resp.error_code = kafka_groups::coordinator_not_available(),
             }
         }
         // v5 (KIP-848): every group here is a classic group.
@@ -1669,22 +1614,9 @@ impl KafkaService {
         resp
     }
 
-    /// Answers a request about one group on the group's shard.
-    async fn on_group_shard(
-        &self,
-        group: &str,
-        request: RequestKind,
-        version: i16,
-        client_id: &str,
-    ) -> Option<ResponseKind> {
-        let q = GroupRequest {
-            request,
-            version,
-            client_id: client_id.to_string(),
-            client_host: String::new(),
-        };
-        let owner = groups::group_shard(group, self.shard.shard_count());
-        self.shard.group_request_on(owner, q, Duration::ZERO).await
+    /// Answers an operation on one group on the group's shard.
+    async fn on_group_shard(&self, op: GroupOp) -> Option<groups::GroupReply> {
+        self.shard.group_request(op, Duration::ZERO).await
     }
 
     /// DescribeGroups: each group on its own shard.
@@ -1692,61 +1624,21 @@ impl KafkaService {
         &self,
         r: km::DescribeGroupsRequest,
         version: i16,
-        client_id: String,
     ) -> km::DescribeGroupsResponse {
         let mut resp = km::DescribeGroupsResponse::default();
         for g in &r.groups {
-            let mut one = r.clone();
-            one.groups = vec![g.clone()];
-            match self
-                .on_group_shard(
-                    g.0.as_str(),
-                    RequestKind::DescribeGroups(one),
-                    version,
-                    &client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::DescribeGroups(d)) => resp.groups.extend(d.groups),
-                _ => {
-                    let mut dg = km::describe_groups_response::DescribedGroup::default();
-                    dg.group_id = g.clone();
-                    dg.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
-                    resp.groups.push(dg);
-                }
-            }
+            let reply = self.on_group_shard(kafka_groups::describe_op(g)).await;
+            resp.groups.push(kafka_groups::described_group(g, reply, version));
         }
         resp
     }
 
     /// DeleteGroups: each group on its own shard.
-    async fn delete_groups(
-        &self,
-        r: km::DeleteGroupsRequest,
-        version: i16,
-        client_id: String,
-    ) -> km::DeleteGroupsResponse {
+    async fn delete_groups(&self, r: km::DeleteGroupsRequest) -> km::DeleteGroupsResponse {
         let mut resp = km::DeleteGroupsResponse::default();
         for g in &r.groups_names {
-            let mut one = r.clone();
-            one.groups_names = vec![g.clone()];
-            match self
-                .on_group_shard(
-                    g.0.as_str(),
-                    RequestKind::DeleteGroups(one),
-                    version,
-                    &client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::DeleteGroups(d)) => resp.results.extend(d.results),
-                _ => {
-                    let mut dr = km::delete_groups_response::DeletableGroupResult::default();
-                    dr.group_id = g.clone();
-                    dr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
-                    resp.results.push(dr);
-                }
-            }
+            let reply = self.on_group_shard(kafka_groups::delete_op(g)).await;
+            resp.results.push(kafka_groups::deleted_group(g, reply));
         }
         resp
     }

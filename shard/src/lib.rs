@@ -13,6 +13,8 @@ pub mod broker;
 pub mod error;
 pub mod groups;
 pub mod kafka;
+pub mod kafka_groups;
+pub mod native_groups;
 pub mod placement;
 pub mod producer_ids;
 pub mod producers;

@@ -1,0 +1,535 @@
+//! Kafka's group APIs as coordinator operations, and the answers back: a Kafka request
+//! (decoded by the `kafka-protocol` crate) becomes a [`GroupOp`], whose flags the
+//! request's version sets (`JoinGroup` v4+ requires a member id, static members from
+//! v5, batched leaves from v3); the [`GroupReply`] becomes the response, with the
+//! fields the version has; a [`BrokerError`] becomes Kafka's code
+//! ([`error_code`], from `kafka_protocol::ResponseError`).
+//!
+//! Only public items of [`crate::groups`] and [`crate::error`] are used, so this can
+//! move to the Kafka front-end's own crate.
+
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{self as km, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::error::{BrokerError, ErrorKind};
+use crate::groups::{
+    CommitOffsets, DeleteOffsets, DescribedGroup, FetchOffsets, GroupMember, GroupOp, GroupReply,
+    Heartbeat, JoinGroup, LeaveGroup, Leaving, ListedGroup, OffsetCommit, SyncGroup, TopicOffsets,
+};
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn ms(v: i32) -> Duration {
+    Duration::from_millis(u64::try_from(v).unwrap_or(0))
+}
+
+/// Kafka's code for an error of the group coordinator. Limits and an unavailable or
+/// unwritable coordinator are COORDINATOR_NOT_AVAILABLE, which clients retry (after
+/// looking the coordinator up again).
+pub fn error_code(kind: ErrorKind) -> i16 {
+    use ErrorKind as K;
+    use ResponseError as R;
+    let e = match kind {
+        K::UnknownTopic | K::UnknownPartition => R::UnknownTopicOrPartition,
+        K::TopicExists => R::TopicAlreadyExists,
+        K::InvalidTopic => R::InvalidTopicException,
+        K::InvalidPartitions => R::InvalidPartitions,
+        K::InvalidConfig => R::InvalidConfig,
+        K::InvalidReplicationFactor => R::InvalidReplicationFactor,
+        K::InvalidRequest => R::InvalidRequest,
+        K::CorruptBatch => R::CorruptMessage,
+        K::MessageTooLarge => R::MessageTooLarge,
+        K::InvalidRecord => R::InvalidRecord,
+        K::InvalidTimestamp => R::InvalidTimestamp,
+        K::InvalidRequiredAcks => R::InvalidRequiredAcks,
+        K::NotEnoughReplicas => R::NotEnoughReplicas,
+        K::ProducerFenced => R::InvalidProducerEpoch,
+        K::OutOfOrderSequence => R::OutOfOrderSequenceNumber,
+        K::UnknownProducer => R::UnknownProducerId,
+        K::OffsetOutOfRange => R::OffsetOutOfRange,
+        K::NotLeader => R::NotLeaderOrFollower,
+        K::FencedLeaderEpoch => R::FencedLeaderEpoch,
+        K::UnknownLeaderEpoch => R::UnknownLeaderEpoch,
+        K::CoordinatorNotAvailable | K::LimitReached | K::Storage | K::Unavailable => {
+            R::CoordinatorNotAvailable
+        }
+        K::InvalidGroupId => R::InvalidGroupId,
+        K::GroupIdNotFound => R::GroupIdNotFound,
+        K::UnknownMember => R::UnknownMemberId,
+        K::MemberIdRequired => R::MemberIdRequired,
+        K::IllegalGeneration => R::IllegalGeneration,
+        K::RebalanceInProgress => R::RebalanceInProgress,
+        K::InconsistentGroupProtocol => R::InconsistentGroupProtocol,
+        K::InvalidSessionTimeout => R::InvalidSessionTimeout,
+        K::FencedInstanceId => R::FencedInstanceId,
+        K::NonEmptyGroup => R::NonEmptyGroup,
+        K::GroupSubscribedToTopic => R::GroupSubscribedToTopic,
+        K::GroupMaxSizeReached => R::GroupMaxSizeReached,
+        K::Timeout => R::RequestTimedOut,
+        K::Unsupported => R::UnsupportedVersion,
+        K::Internal => R::UnknownServerError,
+    };
+    e.code()
+}
+
+/// COORDINATOR_NOT_AVAILABLE: for a group whose shard did not answer.
+pub fn coordinator_not_available() -> i16 {
+    ResponseError::CoordinatorNotAvailable.code()
+}
+
+fn code_of(r: &Result<(), BrokerError>) -> i16 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => error_code(e.kind),
+    }
+}
+
+/// The operation of one of Kafka's per-group requests (JoinGroup, SyncGroup,
+/// Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch up to v7, OffsetDelete) at
+/// `version`; `None` for any other request (ListGroups, DescribeGroups, DeleteGroups
+/// and OffsetFetch from v8 name no group or several: each group's operation is asked
+/// on its own, see the functions below).
+pub fn op(
+    request: &RequestKind,
+    version: i16,
+    client_id: &str,
+    client_host: &str,
+) -> Option<GroupOp> {
+    // Fields a version does not have decode as their defaults (no instance id before
+    // v5 of JoinGroup, v3 of SyncGroup and Heartbeat, v7 of OffsetCommit).
+    let instance = |i: &Option<StrBytes>| i.as_ref().map(|i| i.to_string());
+    Some(match request {
+        RequestKind::JoinGroup(q) => GroupOp::Join(JoinGroup {
+            group: q.group_id.0.to_string(),
+            member_id: q.member_id.to_string(),
+            instance_id: if version >= 5 {
+                instance(&q.group_instance_id)
+            } else {
+                None
+            },
+            session_timeout: ms(q.session_timeout_ms),
+            // v0 has no rebalance timeout: the session timeout is used.
+            rebalance_timeout: ms(if version >= 1 {
+                q.rebalance_timeout_ms
+            } else {
+                q.session_timeout_ms
+            }),
+            protocol_type: q.protocol_type.to_string(),
+            protocols: q
+                .protocols
+                .iter()
+                .map(|p| (p.name.to_string(), p.metadata.clone()))
+                .collect(),
+            client_id: client_id.to_string(),
+            client_host: client_host.to_string(),
+            // KIP-394: from v4 a first join gets MEMBER_ID_REQUIRED and a member id.
+            require_member_id: version >= 4,
+        }),
+        RequestKind::SyncGroup(q) => GroupOp::Sync(SyncGroup {
+            group: q.group_id.0.to_string(),
+            member_id: q.member_id.to_string(),
+            instance_id: instance(&q.group_instance_id),
+            generation: q.generation_id,
+            assignments: q
+                .assignments
+                .iter()
+                .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+                .collect(),
+        }),
+        RequestKind::Heartbeat(q) => GroupOp::Heartbeat(Heartbeat {
+            group: q.group_id.0.to_string(),
+            member_id: q.member_id.to_string(),
+            instance_id: instance(&q.group_instance_id),
+            generation: q.generation_id,
+        }),
+        RequestKind::LeaveGroup(q) => GroupOp::Leave(LeaveGroup {
+            group: q.group_id.0.to_string(),
+            // From v3 a request names several members (KIP-345), before one.
+            members: if version >= 3 {
+                q.members
+                    .iter()
+                    .map(|m| Leaving {
+                        member_id: m.member_id.to_string(),
+                        instance_id: instance(&m.group_instance_id),
+                    })
+                    .collect()
+            } else {
+                vec![Leaving {
+                    member_id: q.member_id.to_string(),
+                    instance_id: None,
+                }]
+            },
+        }),
+        RequestKind::OffsetCommit(q) => GroupOp::CommitOffsets(CommitOffsets {
+            group: q.group_id.0.to_string(),
+            member_id: q.member_id.to_string(),
+            instance_id: instance(&q.group_instance_id),
+            generation: q.generation_id_or_member_epoch,
+            offsets: q
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(|p| OffsetCommit {
+                        topic: t.name.0.to_string(),
+                        partition: p.partition_index,
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_ref().map(|m| m.to_string()),
+                    })
+                })
+                .collect(),
+        }),
+        RequestKind::OffsetFetch(q) if version < 8 => GroupOp::FetchOffsets(FetchOffsets {
+            group: q.group_id.0.to_string(),
+            topics: q.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                    .collect()
+            }),
+            require_stable: version >= 7 && q.require_stable,
+        }),
+        RequestKind::OffsetDelete(q) => GroupOp::DeleteOffsets(DeleteOffsets {
+            group: q.group_id.0.to_string(),
+            partitions: q
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| (t.name.0.to_string(), p.partition_index))
+                })
+                .collect(),
+        }),
+        _ => return None,
+    })
+}
+
+/// The response to `request` (whose [`op`] was answered with `reply`) at `version`;
+/// `None` if the reply is not the answer to that request.
+pub fn response(request: &RequestKind, version: i16, reply: GroupReply) -> Option<ResponseKind> {
+    Some(match (request, reply) {
+        (RequestKind::JoinGroup(_), GroupReply::Join(r)) => {
+            let mut resp = km::JoinGroupResponse::default();
+            resp.member_id = s(&r.member_id);
+            resp.protocol_name = Some(s(""));
+            match r.result {
+                Err(e) => {
+                    resp.error_code = error_code(e.kind);
+                    resp.generation_id = -1;
+                }
+                Ok(j) => {
+                    resp.generation_id = j.generation;
+                    resp.leader = s(&j.leader);
+                    resp.protocol_name = Some(s(&j.protocol));
+                    if version >= 7 {
+                        resp.protocol_type = Some(s(&j.protocol_type));
+                    }
+                    if version >= 9 {
+                        resp.skip_assignment = j.skip_assignment;
+                    }
+                    resp.members = join_members(j.members, version);
+                }
+            }
+            ResponseKind::JoinGroup(resp)
+        }
+        (RequestKind::SyncGroup(_), GroupReply::Sync(r)) => {
+            let mut resp = km::SyncGroupResponse::default();
+            if version >= 5
+                && let Some((protocol_type, protocol)) = &r.protocol
+            {
+                resp.protocol_type = Some(s(protocol_type));
+                resp.protocol_name = Some(s(protocol));
+            }
+            match r.assignment {
+                Ok(a) => resp.assignment = a,
+                Err(e) => resp.error_code = error_code(e.kind),
+            }
+            ResponseKind::SyncGroup(resp)
+        }
+        (RequestKind::Heartbeat(_), GroupReply::Heartbeat(r)) => {
+            let mut resp = km::HeartbeatResponse::default();
+            resp.error_code = code_of(&r);
+            ResponseKind::Heartbeat(resp)
+        }
+        (RequestKind::LeaveGroup(_), GroupReply::Leave(r)) => {
+            let mut resp = km::LeaveGroupResponse::default();
+            match r {
+                Err(e) => resp.error_code = error_code(e.kind),
+                Ok(left) if version >= 3 => {
+                    resp.members = left
+                        .into_iter()
+                        .map(|m| {
+                            let mut mr = km::leave_group_response::MemberResponse::default();
+                            mr.member_id = s(&m.member_id);
+                            mr.group_instance_id = m.instance_id.as_deref().map(s);
+                            mr.error_code = code_of(&m.result);
+                            mr
+                        })
+                        .collect();
+                }
+                Ok(left) => {
+                    resp.error_code = left.last().map_or(0, |m| code_of(&m.result));
+                }
+            }
+            ResponseKind::LeaveGroup(resp)
+        }
+        (RequestKind::OffsetCommit(q), GroupReply::CommitOffsets(results)) => {
+            let mut results = results.into_iter();
+            let mut resp = km::OffsetCommitResponse::default();
+            for t in &q.topics {
+                let mut tr = km::offset_commit_response::OffsetCommitResponseTopic::default();
+                tr.name = t.name.clone();
+                for p in &t.partitions {
+                    let mut pr =
+                        km::offset_commit_response::OffsetCommitResponsePartition::default();
+                    pr.partition_index = p.partition_index;
+                    pr.error_code = code_of(&results.next()?);
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
+            ResponseKind::OffsetCommit(resp)
+        }
+        (RequestKind::OffsetFetch(_), GroupReply::FetchOffsets(topics)) => {
+            let mut resp = km::OffsetFetchResponse::default();
+            resp.topics = fetched_topics(topics, version);
+            ResponseKind::OffsetFetch(resp)
+        }
+        (RequestKind::OffsetDelete(q), GroupReply::DeleteOffsets(r)) => {
+            let mut resp = km::OffsetDeleteResponse::default();
+            match r {
+                Err(e) => resp.error_code = error_code(e.kind),
+                Ok(results) => {
+                    let mut results = results.into_iter();
+                    for t in &q.topics {
+                        let mut tr =
+                            km::offset_delete_response::OffsetDeleteResponseTopic::default();
+                        tr.name = t.name.clone();
+                        for p in &t.partitions {
+                            let mut pr =
+                                km::offset_delete_response::OffsetDeleteResponsePartition::default(
+                                );
+                            pr.partition_index = p.partition_index;
+                            pr.error_code = code_of(&results.next()?);
+                            tr.partitions.push(pr);
+                        }
+                        resp.topics.push(tr);
+                    }
+                }
+            }
+            ResponseKind::OffsetDelete(resp)
+        }
+        _ => return None,
+    })
+}
+
+/// JoinGroup's member list (instance ids from v5).
+fn join_members(
+    members: Vec<GroupMember>,
+    version: i16,
+) -> Vec<km::join_group_response::JoinGroupResponseMember> {
+    members
+        .into_iter()
+        .map(|m| {
+            let mut r = km::join_group_response::JoinGroupResponseMember::default();
+            r.member_id = s(&m.member_id);
+            if version >= 5 {
+                r.group_instance_id = m.instance_id.as_deref().map(s);
+            }
+            r.metadata = m.metadata;
+            r
+        })
+        .collect()
+}
+
+/// OffsetFetch's topics up to v7 (leader epochs from v5).
+fn fetched_topics(
+    topics: Vec<TopicOffsets>,
+    version: i16,
+) -> Vec<km::offset_fetch_response::OffsetFetchResponseTopic> {
+    topics
+        .into_iter()
+        .map(|t| {
+            let mut tr = km::offset_fetch_response::OffsetFetchResponseTopic::default();
+            tr.name = km::TopicName(s(&t.topic));
+            tr.partitions = t
+                .partitions
+                .into_iter()
+                .map(|(p, committed)| {
+                    let mut pr = km::offset_fetch_response::OffsetFetchResponsePartition::default();
+                    pr.partition_index = p;
+                    match committed {
+                        Some(c) => {
+                            pr.committed_offset = c.offset;
+                            if version >= 5 {
+                                pr.committed_leader_epoch = c.leader_epoch;
+                            }
+                            pr.metadata = Some(s(c.metadata.as_deref().unwrap_or("")));
+                        }
+                        None => {
+                            pr.committed_offset = -1;
+                            pr.metadata = Some(s(""));
+                        }
+                    }
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect()
+}
+
+/// OffsetFetch from v8 names several groups: the operation for one of them.
+pub fn fetch_group_op(
+    group: &km::offset_fetch_request::OffsetFetchRequestGroup,
+    require_stable: bool,
+) -> GroupOp {
+    GroupOp::FetchOffsets(FetchOffsets {
+        group: group.group_id.0.to_string(),
+        topics: group.topics.as_ref().map(|ts| {
+            ts.iter()
+                .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+                .collect()
+        }),
+        require_stable,
+    })
+}
+
+/// OffsetFetch from v8: one group's part of the response, from its reply (`None`: its
+/// shard did not answer).
+pub fn fetch_group_response(
+    group: &km::offset_fetch_request::OffsetFetchRequestGroup,
+    reply: Option<GroupReply>,
+) -> km::offset_fetch_response::OffsetFetchResponseGroup {
+    let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
+    gr.group_id = group.group_id.clone();
+    let Some(GroupReply::FetchOffsets(topics)) = reply else {
+        gr.error_code = coordinator_not_available();
+        return gr;
+    };
+    // As up to v7 (leader epochs included), in v8's types.
+    gr.topics = fetched_topics(topics, 7)
+        .into_iter()
+        .map(|t| {
+            let mut tr = km::offset_fetch_response::OffsetFetchResponseTopics::default();
+            tr.name = t.name;
+            tr.partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let mut pr =
+                        km::offset_fetch_response::OffsetFetchResponsePartitions::default();
+                    pr.partition_index = p.partition_index;
+                    pr.committed_offset = p.committed_offset;
+                    pr.committed_leader_epoch = p.committed_leader_epoch;
+                    pr.metadata = p.metadata;
+                    pr.error_code = p.error_code;
+                    pr
+                })
+                .collect();
+            tr
+        })
+        .collect();
+    gr
+}
+
+/// ListGroups: one shard's groups at `version` (`None`: the shard did not answer).
+pub fn listed_groups(
+    reply: Option<GroupReply>,
+    version: i16,
+) -> Option<Vec<km::list_groups_response::ListedGroup>> {
+    let Some(GroupReply::List(groups)) = reply else {
+        return None;
+    };
+    Some(
+        groups
+            .into_iter()
+            .map(|g: ListedGroup| {
+                let mut lg = km::list_groups_response::ListedGroup::default();
+                lg.group_id = km::GroupId(s(&g.group));
+                lg.protocol_type = s(&g.protocol_type);
+                if version >= 4 {
+                    lg.group_state = s(g.state.name());
+                }
+                // v5 (KIP-848): every group here is a classic group.
+                if version >= 5 {
+                    lg.group_type = s("classic");
+                }
+                lg
+            })
+            .collect(),
+    )
+}
+
+/// DescribeGroups: the operation for one of the groups named.
+pub fn describe_op(group: &km::GroupId) -> GroupOp {
+    GroupOp::Describe {
+        group: group.0.to_string(),
+    }
+}
+
+/// DescribeGroups: one group's part of the response at `version` (`None`: its shard
+/// did not answer).
+pub fn described_group(
+    group: &km::GroupId,
+    reply: Option<GroupReply>,
+    version: i16,
+) -> km::describe_groups_response::DescribedGroup {
+    let mut dg = km::describe_groups_response::DescribedGroup::default();
+    dg.group_id = group.clone();
+    let Some(GroupReply::Describe(d)) = reply else {
+        dg.error_code = coordinator_not_available();
+        return dg;
+    };
+    let DescribedGroup {
+        state,
+        protocol_type,
+        protocol,
+        members,
+    } = d;
+    dg.group_state = s(state.name());
+    dg.protocol_type = s(&protocol_type);
+    dg.protocol_data = s(&protocol);
+    dg.members = members
+        .into_iter()
+        .map(|m| {
+            let mut dm = km::describe_groups_response::DescribedGroupMember::default();
+            dm.member_id = s(&m.member_id);
+            if version >= 4 {
+                dm.group_instance_id = m.instance_id.as_deref().map(s);
+            }
+            dm.client_id = s(&m.client_id);
+            dm.client_host = s(&m.client_host);
+            dm.member_metadata = m.metadata;
+            dm.member_assignment = m.assignment;
+            dm
+        })
+        .collect();
+    dg
+}
+
+/// DeleteGroups: the operation for one of the groups named.
+pub fn delete_op(group: &km::GroupId) -> GroupOp {
+    GroupOp::Delete {
+        group: group.0.to_string(),
+    }
+}
+
+/// DeleteGroups: one group's result (`None`: its shard did not answer).
+pub fn deleted_group(
+    group: &km::GroupId,
+    reply: Option<GroupReply>,
+) -> km::delete_groups_response::DeletableGroupResult {
+    let mut r = km::delete_groups_response::DeletableGroupResult::default();
+    r.group_id = group.clone();
+    r.error_code = match reply {
+        Some(GroupReply::Delete(result)) => code_of(&result),
+        _ => coordinator_not_available(),
+    };
+    r
+}
