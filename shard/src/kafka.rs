@@ -1577,7 +1577,8 @@ impl KafkaService {
             let reply = self
                 .on_group_shard(kafka_groups::fetch_group_op(g, r.require_stable))
                 .await;
-            resp.groups.push(kafka_groups::fetch_group_response(g, reply));
+            resp.groups
+                .push(kafka_groups::fetch_group_response(g, reply));
         }
         resp
     }
@@ -1628,7 +1629,8 @@ impl KafkaService {
         let mut resp = km::DescribeGroupsResponse::default();
         for g in &r.groups {
             let reply = self.on_group_shard(kafka_groups::describe_op(g)).await;
-            resp.groups.push(kafka_groups::described_group(g, reply, version));
+            resp.groups
+                .push(kafka_groups::described_group(g, reply, version));
         }
         resp
     }

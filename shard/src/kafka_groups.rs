@@ -533,3 +533,219 @@ pub fn deleted_group(
     };
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::protocol::Encodable;
+
+    use super::*;
+    use crate::groups::{
+        DescribedMember, GroupState, JoinReply, Joined, MemberLeft, SyncReply, subscription,
+    };
+
+    #[test]
+    fn group_errors_get_kafka_codes_and_limits_a_retriable_one() {
+        assert_eq!(error_code(ErrorKind::GroupMaxSizeReached), 81);
+        assert_eq!(error_code(ErrorKind::MemberIdRequired), 79);
+        assert_eq!(error_code(ErrorKind::UnknownMember), 25);
+        assert_eq!(error_code(ErrorKind::FencedInstanceId), 82);
+        assert_eq!(error_code(ErrorKind::LimitReached), 15);
+        let limit = ResponseError::try_from_code(error_code(ErrorKind::LimitReached));
+        assert!(limit.is_some_and(|e| e.is_retriable()));
+    }
+
+    fn join_request() -> km::JoinGroupRequest {
+        let mut q = km::JoinGroupRequest::default();
+        q.group_id = km::GroupId(s("g"));
+        q.session_timeout_ms = 10_000;
+        q.rebalance_timeout_ms = 30_000;
+        q.group_instance_id = Some(s("i"));
+        q.protocol_type = s("consumer");
+        q
+    }
+
+    #[test]
+    fn join_flags_follow_the_version() {
+        let join = |q: &km::JoinGroupRequest, v| match op(
+            &RequestKind::JoinGroup(q.clone()),
+            v,
+            "c",
+            "/h",
+        ) {
+            Some(GroupOp::Join(j)) => j,
+            other => panic!("{other:?}"),
+        };
+        let q = join_request();
+        assert!(!join(&q, 3).require_member_id);
+        assert!(join(&q, 4).require_member_id);
+        assert_eq!(join(&q, 4).instance_id, None, "static members from v5");
+        assert_eq!(join(&q, 5).instance_id.as_deref(), Some("i"));
+        assert_eq!(join(&q, 0).rebalance_timeout, Duration::from_secs(10));
+        assert_eq!(join(&q, 1).rebalance_timeout, Duration::from_secs(30));
+        let mut negative = q.clone();
+        negative.session_timeout_ms = -5;
+        assert_eq!(join(&negative, 9).session_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn leave_names_one_member_before_v3_and_several_from_it() {
+        let mut q = km::LeaveGroupRequest::default();
+        q.group_id = km::GroupId(s("g"));
+        q.member_id = s("old");
+        let mut m = km::leave_group_request::MemberIdentity::default();
+        m.member_id = s("a");
+        q.members = vec![m.clone(), m];
+        let members = |v| match op(&RequestKind::LeaveGroup(q.clone()), v, "", "") {
+            Some(GroupOp::Leave(l)) => l.members,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(members(2).len(), 1);
+        assert_eq!(members(2)[0].member_id, "old");
+        assert_eq!(members(3).len(), 2);
+    }
+
+    fn encodes(resp: ResponseKind, version: i16) {
+        resp.encode(&mut BytesMut::new(), version)
+            .unwrap_or_else(|e| panic!("v{version} does not encode: {e}: {resp:?}"));
+    }
+
+    /// Each answer carries only the fields its version has (the crate refuses to encode
+    /// a field set that the version lacks).
+    #[test]
+    fn answers_encode_at_every_version() {
+        let member = GroupMember {
+            member_id: "m".into(),
+            instance_id: Some("i".into()),
+            metadata: Bytes::from_static(b"x"),
+        };
+        let joined = Joined {
+            generation: 2,
+            leader: "m".into(),
+            protocol_type: "consumer".into(),
+            protocol: "range".into(),
+            members: vec![member],
+            skip_assignment: true,
+        };
+        let refused = BrokerError::new(ErrorKind::MemberIdRequired, "again");
+        for version in 0..=9 {
+            for result in [Ok(joined.clone()), Err(refused.clone())] {
+                let reply = GroupReply::Join(JoinReply {
+                    member_id: "m".into(),
+                    result,
+                });
+                let request = RequestKind::JoinGroup(join_request());
+                encodes(response(&request, version, reply).unwrap(), version);
+            }
+        }
+        for version in 0..=5 {
+            let reply = GroupReply::Sync(SyncReply {
+                protocol: Some(("consumer".into(), "range".into())),
+                assignment: Ok(Bytes::from_static(b"a")),
+            });
+            let request = RequestKind::SyncGroup(Default::default());
+            encodes(response(&request, version, reply).unwrap(), version);
+            let reply = GroupReply::Leave(Ok(vec![MemberLeft {
+                member_id: "m".into(),
+                instance_id: Some("i".into()),
+                result: Ok(()),
+            }]));
+            let request = RequestKind::LeaveGroup(Default::default());
+            encodes(response(&request, version, reply).unwrap(), version);
+            let reply = Some(GroupReply::List(vec![ListedGroup {
+                group: "g".into(),
+                protocol_type: "consumer".into(),
+                state: GroupState::Stable,
+            }]));
+            let mut resp = km::ListGroupsResponse::default();
+            resp.groups = listed_groups(reply, version).unwrap();
+            encodes(ResponseKind::ListGroups(resp), version);
+        }
+        // OffsetFetch from v1, as advertised.
+        for version in 1..=7 {
+            let reply = GroupReply::FetchOffsets(vec![TopicOffsets {
+                topic: "t".into(),
+                partitions: vec![(0, None)],
+            }]);
+            let request = RequestKind::OffsetFetch(Default::default());
+            encodes(response(&request, version, reply).unwrap(), version);
+        }
+        for version in 0..=6 {
+            let reply = GroupReply::Describe(DescribedGroup {
+                state: GroupState::Stable,
+                protocol_type: "consumer".into(),
+                protocol: "range".into(),
+                members: vec![DescribedMember {
+                    member_id: "m".into(),
+                    instance_id: Some("i".into()),
+                    client_id: "c".into(),
+                    client_host: "/h".into(),
+                    metadata: Bytes::new(),
+                    assignment: Bytes::new(),
+                }],
+            });
+            let mut resp = km::DescribeGroupsResponse::default();
+            let group = km::GroupId(s("g"));
+            resp.groups = vec![described_group(&group, Some(reply), version)];
+            encodes(ResponseKind::DescribeGroups(resp), version);
+        }
+    }
+
+    #[test]
+    fn commit_answers_follow_the_request_topics() {
+        let mut q = km::OffsetCommitRequest::default();
+        for (t, ps) in [("a", vec![0, 1]), ("b", vec![7])] {
+            let mut tq = km::offset_commit_request::OffsetCommitRequestTopic::default();
+            tq.name = km::TopicName(s(t));
+            for p in ps {
+                let mut pq = km::offset_commit_request::OffsetCommitRequestPartition::default();
+                pq.partition_index = p;
+                tq.partitions.push(pq);
+            }
+            q.topics.push(tq);
+        }
+        let request = RequestKind::OffsetCommit(q);
+        let Some(GroupOp::CommitOffsets(c)) = op(&request, 9, "", "") else {
+            panic!("a commit");
+        };
+        assert_eq!(c.offsets.len(), 3);
+        let reply =
+            GroupReply::CommitOffsets(vec![Ok(()), Err(BrokerError::unknown_topic("a")), Ok(())]);
+        let Some(ResponseKind::OffsetCommit(r)) = response(&request, 9, reply) else {
+            panic!("a commit answer");
+        };
+        let codes: Vec<Vec<i16>> = r
+            .topics
+            .iter()
+            .map(|t| t.partitions.iter().map(|p| p.error_code).collect())
+            .collect();
+        assert_eq!(codes, vec![vec![0, 3], vec![0]]);
+        // An answer with fewer results than partitions is not this request's.
+        let short = GroupReply::CommitOffsets(vec![Ok(())]);
+        assert!(response(&request, 9, short).is_none());
+    }
+
+    /// The coordinator's own reader of consumer subscriptions reads what Kafka's
+    /// encoding (here the crate's) writes, at every version.
+    #[test]
+    fn the_subscription_reader_reads_kafka_subscriptions() {
+        for version in 0..=3i16 {
+            let mut sub = km::ConsumerProtocolSubscription::default();
+            sub.topics = vec![s("orders"), s("audit")];
+            sub.user_data = Some(Bytes::from_static(b"user"));
+            let mut tp = km::consumer_protocol_subscription::TopicPartition::default();
+            tp.topic = km::TopicName(s("orders"));
+            tp.partitions = vec![0, 1];
+            if version >= 1 {
+                sub.owned_partitions = vec![tp];
+            }
+            let mut b = BytesMut::from(&version.to_be_bytes()[..]);
+            sub.encode(&mut b, version).unwrap();
+            assert_eq!(
+                subscription::subscribed_topics(&b),
+                Some(vec!["orders".to_string(), "audit".to_string()]),
+                "v{version}"
+            );
+        }
+    }
+}

@@ -808,9 +808,11 @@ impl Coordinator {
             .is_none_or(|t| now.duration_since(t) >= LIMIT_WARN_INTERVAL)
         {
             log.last_warn.set(Some(now));
+            // Taken outside the macro, which skips its arguments when nothing listens.
+            let refused = log.since_warn.replace(0);
             tracing::warn!(
                 shard = self.shard_id,
-                refused = log.since_warn.replace(0),
+                refused,
                 "group join refused: {}",
                 e.message
             );
@@ -1790,6 +1792,362 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+
+    /// Runs `f` with a coordinator of shard 0 of 1 on an executor of its own, its group
+    /// log in a temporary directory; topic `t` has 4 partitions.
+    fn with_coordinator<F, Fut>(limits: GroupLimits, f: F)
+    where
+        F: FnOnce(Rc<Coordinator>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move {
+                let timers = Timers::new();
+                glommio::spawn_local(timers.clone().run()).detach();
+                let options = CoordinatorOptions {
+                    shard_id: 0,
+                    shard_count: 1,
+                    initial_rebalance_delay: Duration::ZERO,
+                    log_compact_bytes: 1 << 20,
+                    limits,
+                };
+                let c = Coordinator::open(&data, options, timers.clone(), SegmentCache::new(16))
+                    .await
+                    .unwrap();
+                c.set_partition_counts(Box::new(|t| (t == "t").then_some(4)));
+                f(c.clone()).await;
+                c.close().await;
+                timers.stop();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A Kafka consumer's subscription (ConsumerProtocolSubscription v0) to `topics`.
+    fn subscription(topics: &[&str]) -> Bytes {
+        let mut b = 0i16.to_be_bytes().to_vec();
+        b.extend_from_slice(&(topics.len() as i32).to_be_bytes());
+        for t in topics {
+            b.extend_from_slice(&(t.len() as i16).to_be_bytes());
+            b.extend_from_slice(t.as_bytes());
+        }
+        b.extend_from_slice(&(-1i32).to_be_bytes());
+        Bytes::from(b)
+    }
+
+    fn join_op(group: &str, member: &str, require_member_id: bool) -> JoinGroup {
+        JoinGroup {
+            group: group.into(),
+            member_id: member.into(),
+            instance_id: None,
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: CONSUMER_PROTOCOL_TYPE.into(),
+            protocols: vec![("range".into(), subscription(&["t"]))],
+            client_id: "test".into(),
+            client_host: "/127.0.0.1".into(),
+            require_member_id,
+        }
+    }
+
+    async fn join(c: &Rc<Coordinator>, op: JoinGroup) -> JoinReply {
+        match c.handle(GroupOp::Join(op)).await {
+            GroupReply::Join(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A first join with MEMBER_ID_REQUIRED, then the join with the id given.
+    async fn join_new(c: &Rc<Coordinator>, group: &str) -> (String, Joined) {
+        let first = join(c, join_op(group, "", true)).await;
+        assert_eq!(first.result.unwrap_err().kind, ErrorKind::MemberIdRequired);
+        let id = first.member_id;
+        let r = join(c, join_op(group, &id, true)).await;
+        assert_eq!(r.member_id, id);
+        (id, r.result.unwrap())
+    }
+
+    fn heartbeat(
+        c: &Coordinator,
+        group: &str,
+        member: &str,
+        generation: i32,
+    ) -> Result<(), BrokerError> {
+        c.heartbeat(&Heartbeat {
+            group: group.into(),
+            member_id: member.into(),
+            instance_id: None,
+            generation,
+        })
+    }
+
+    fn kinds<T>(rs: &[Result<T, BrokerError>]) -> Vec<Option<ErrorKind>> {
+        rs.iter()
+            .map(|r| r.as_ref().err().map(|e| e.kind))
+            .collect()
+    }
+
+    #[test]
+    fn a_member_joins_syncs_commits_and_leaves() {
+        with_coordinator(GroupLimits::default(), |c| async move {
+            let (id, joined) = join_new(&c, "g").await;
+            assert_eq!(joined.generation, 1);
+            assert_eq!(joined.leader, id);
+            assert_eq!(joined.protocol, "range");
+            assert_eq!(joined.members.len(), 1, "the leader sees the members");
+            assert_eq!(joined.members[0].metadata, subscription(&["t"]));
+            let synced = c
+                .sync(SyncGroup {
+                    group: "g".into(),
+                    member_id: id.clone(),
+                    instance_id: None,
+                    generation: 1,
+                    assignments: vec![(id.clone(), Bytes::from_static(b"a"))],
+                })
+                .await;
+            assert_eq!(synced.protocol, Some(("consumer".into(), "range".into())));
+            assert_eq!(synced.assignment.unwrap(), Bytes::from_static(b"a"));
+
+            assert!(heartbeat(&c, "g", &id, 1).is_ok());
+            let kind = |r: Result<(), BrokerError>| r.unwrap_err().kind;
+            assert_eq!(
+                kind(heartbeat(&c, "g", &id, 2)),
+                ErrorKind::IllegalGeneration
+            );
+            assert_eq!(
+                kind(heartbeat(&c, "g", "made-up", 1)),
+                ErrorKind::UnknownMember
+            );
+
+            // Per partition: unknown topics and partitions are refused, the rest kept.
+            let offset = |topic: &str, partition: i32, offset: i64| OffsetCommit {
+                topic: topic.into(),
+                partition,
+                offset,
+                leader_epoch: 3,
+                metadata: Some("m".into()),
+            };
+            let committed = c
+                .commit(CommitOffsets {
+                    group: "g".into(),
+                    member_id: id.clone(),
+                    instance_id: None,
+                    generation: 1,
+                    offsets: vec![offset("t", 0, 5), offset("nope", 0, 1), offset("t", 9, 1)],
+                })
+                .await;
+            assert_eq!(
+                kinds(&committed),
+                vec![
+                    None,
+                    Some(ErrorKind::UnknownTopic),
+                    Some(ErrorKind::UnknownPartition)
+                ]
+            );
+            let fetched = c.fetch_offsets(&FetchOffsets {
+                group: "g".into(),
+                topics: Some(vec![("t".into(), vec![0, 1])]),
+                require_stable: true,
+            });
+            let five = CommittedOffset {
+                offset: 5,
+                leader_epoch: 3,
+                metadata: Some("m".into()),
+            };
+            assert_eq!(
+                fetched,
+                vec![TopicOffsets {
+                    topic: "t".into(),
+                    partitions: vec![(0, Some(five)), (1, None)],
+                }]
+            );
+
+            let described = c.describe("g");
+            assert_eq!(described.state, GroupState::Stable);
+            assert_eq!(described.members[0].client_host, "/127.0.0.1");
+            assert_eq!(
+                c.list(),
+                vec![ListedGroup {
+                    group: "g".into(),
+                    protocol_type: "consumer".into(),
+                    state: GroupState::Stable,
+                }]
+            );
+            // With a member: the topic it consumes keeps its offsets, the group stays.
+            let deleted = c
+                .delete_offsets(DeleteOffsets {
+                    group: "g".into(),
+                    partitions: vec![("t".into(), 0), ("u".into(), 0)],
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                kinds(&deleted),
+                vec![Some(ErrorKind::GroupSubscribedToTopic), None]
+            );
+            assert_eq!(
+                c.delete_group("g").await.unwrap_err().kind,
+                ErrorKind::NonEmptyGroup
+            );
+
+            let left = c
+                .leave(LeaveGroup {
+                    group: "g".into(),
+                    members: vec![Leaving {
+                        member_id: id.clone(),
+                        instance_id: None,
+                    }],
+                })
+                .unwrap();
+            assert!(left[0].result.is_ok());
+            assert_eq!(kind(heartbeat(&c, "g", &id, 1)), ErrorKind::UnknownMember);
+            assert_eq!(c.describe("g").state, GroupState::Empty, "its offsets stay");
+            assert!(c.delete_group("g").await.is_ok());
+            assert_eq!(c.describe("g").state, GroupState::Dead);
+            assert_eq!(
+                c.delete_group("g").await.unwrap_err().kind,
+                ErrorKind::GroupIdNotFound
+            );
+        });
+    }
+
+    #[test]
+    fn a_static_member_that_restarts_keeps_its_place_and_fences_its_old_id() {
+        with_coordinator(GroupLimits::default(), |c| async move {
+            let static_op = |member: &str| JoinGroup {
+                instance_id: Some("i1".into()),
+                ..join_op("s", member, true)
+            };
+            // A static member joins at once, without MEMBER_ID_REQUIRED.
+            let first = join(&c, static_op("")).await;
+            let old = first.member_id.clone();
+            let joined = first.result.unwrap();
+            let synced = c
+                .sync(SyncGroup {
+                    group: "s".into(),
+                    member_id: old.clone(),
+                    instance_id: Some("i1".into()),
+                    generation: joined.generation,
+                    assignments: vec![(old.clone(), Bytes::from_static(b"mine"))],
+                })
+                .await;
+            assert!(synced.assignment.is_ok());
+            let again = join(&c, static_op("")).await;
+            let new = again.member_id.clone();
+            let rejoined = again.result.unwrap();
+            assert_ne!(new, old);
+            assert_eq!(rejoined.generation, joined.generation, "no rebalance");
+            assert_eq!(rejoined.leader, new);
+            assert!(rejoined.skip_assignment, "the leader keeps the assignment");
+            let fenced = c.heartbeat(&Heartbeat {
+                group: "s".into(),
+                member_id: old,
+                instance_id: Some("i1".into()),
+                generation: joined.generation,
+            });
+            assert_eq!(fenced.unwrap_err().kind, ErrorKind::FencedInstanceId);
+        });
+    }
+
+    #[test]
+    fn joins_that_would_create_a_group_past_groups_max_are_refused() {
+        let limits = GroupLimits {
+            groups_max: 3,
+            ..GroupLimits::default()
+        };
+        with_coordinator(limits, |c| async move {
+            for g in ["g0", "g1", "g2"] {
+                let r = join(&c, join_op(g, "", true)).await;
+                assert_eq!(r.result.unwrap_err().kind, ErrorKind::MemberIdRequired);
+            }
+            for _ in 0..5 {
+                let r = join(&c, join_op("g3", "", true)).await;
+                let e = r.result.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::LimitReached);
+                assert!(e.message.contains("groups-max"), "{e}");
+            }
+            assert!(!c.groups.borrow().contains_key("g3"), "nothing held for it");
+            // One warning, and the refusals since it counted for the next.
+            assert_eq!(c.limit_logs[Limit::Groups as usize].since_warn.get(), 4);
+            // The groups there are go on: a member joins one.
+            let id = join(&c, join_op("g0", "", true)).await.member_id;
+            assert!(join(&c, join_op("g0", &id, true)).await.result.is_ok());
+        });
+    }
+
+    #[test]
+    fn first_joins_past_group_pending_members_max_are_refused() {
+        let limits = GroupLimits {
+            pending_members_max: 2,
+            ..GroupLimits::default()
+        };
+        with_coordinator(limits, |c| async move {
+            let a = join(&c, join_op("g", "", true)).await.member_id;
+            let _b = join(&c, join_op("g", "", true)).await.member_id;
+            let e = join(&c, join_op("g", "", true)).await.result.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::LimitReached);
+            assert!(e.message.contains("group-pending-members-max"), "{e}");
+            // A member id handed out still joins, and frees its place.
+            assert!(join(&c, join_op("g", &a, true)).await.result.is_ok());
+            let r = join(&c, join_op("g", "", true)).await;
+            assert_eq!(r.result.unwrap_err().kind, ErrorKind::MemberIdRequired);
+            assert_eq!(c.groups.borrow()["g"].pending_ids.len(), 2);
+        });
+    }
+
+    #[test]
+    fn members_past_group_max_size_are_refused() {
+        let limits = GroupLimits {
+            group_max_size: 1,
+            ..GroupLimits::default()
+        };
+        with_coordinator(limits, |c| async move {
+            // Two ids handed out while the group is empty; the second is refused when it
+            // joins, once the first is in.
+            let a = join(&c, join_op("g", "", true)).await.member_id;
+            let b = join(&c, join_op("g", "", true)).await.member_id;
+            assert!(join(&c, join_op("g", &a, true)).await.result.is_ok());
+            let r = join(&c, join_op("g", &b, true)).await;
+            assert_eq!(r.member_id, b);
+            assert_eq!(r.result.unwrap_err().kind, ErrorKind::GroupMaxSizeReached);
+            // A first join, with or without the member id round, is refused at once.
+            for require_member_id in [true, false] {
+                let r = join(&c, join_op("g", "", require_member_id)).await;
+                let e = r.result.unwrap_err();
+                assert_eq!(e.kind, ErrorKind::GroupMaxSizeReached);
+                assert!(e.message.contains("group-max-size"), "{e}");
+            }
+            assert!(c.groups.borrow()["g"].pending_ids.is_empty());
+            // The member in the group rejoins as before.
+            assert!(join(&c, join_op("g", &a, true)).await.result.is_ok());
+        });
+    }
+
+    #[test]
+    fn groups_left_by_refused_joins_are_reclaimed_at_the_sweep() {
+        with_coordinator(GroupLimits::default(), |c| async move {
+            let r = join(
+                &c,
+                JoinGroup {
+                    protocol_type: NATIVE_PROTOCOL_TYPE.into(),
+                    protocols: vec![("no-such-assignor".into(), Bytes::new())],
+                    ..join_op("refused", "", false)
+                },
+            )
+            .await;
+            assert_eq!(
+                r.result.unwrap_err().kind,
+                ErrorKind::InconsistentGroupProtocol
+            );
+            assert!(c.groups.borrow().contains_key("refused"));
+            let _ = c.sweep_once();
+            assert!(!c.groups.borrow().contains_key("refused"));
+        });
+    }
 
     #[test]
     fn offset_records_round_trip() {
