@@ -190,6 +190,15 @@ fn rebalancing() -> BrokerError {
     )
 }
 
+/// A group id as messages show it: at most 64 characters (ids come from clients, and
+/// may be long).
+fn shown(group: &str) -> String {
+    match group.char_indices().nth(64) {
+        Some((end, _)) => format!("{:?}...", &group[..end]),
+        None => format!("{group:?}"),
+    }
+}
+
 /// IllegalGeneration: `asked` is not the group's generation.
 fn illegal_generation(asked: i32, current: i32) -> BrokerError {
     BrokerError::new(
@@ -774,11 +783,12 @@ impl Coordinator {
     /// The error of a join refused by `limit` (`count`: what the limit counts now),
     /// logged at most every [`LIMIT_WARN_INTERVAL`] with the refusals since.
     fn limit_reached(&self, limit: Limit, group: &str, count: usize) -> BrokerError {
+        let group = shown(group);
         let e = match limit {
             Limit::Groups => BrokerError::new(
                 ErrorKind::LimitReached,
                 format!(
-                    "group {group:?} cannot be created: shard {} holds {count} groups, the \
+                    "group {group} cannot be created: shard {} holds {count} groups, the \
                      most its groups-max setting allows (--groups-max); retry later",
                     self.shard_id
                 ),
@@ -786,14 +796,14 @@ impl Coordinator {
             Limit::GroupSize => BrokerError::new(
                 ErrorKind::GroupMaxSizeReached,
                 format!(
-                    "group {group:?} has {count} members, the most the group-max-size \
+                    "group {group} has {count} members, the most the group-max-size \
                      setting allows (--group-max-size)"
                 ),
             ),
             Limit::PendingMembers => BrokerError::new(
                 ErrorKind::LimitReached,
                 format!(
-                    "group {group:?} has handed out {count} member ids that have not joined \
+                    "group {group} has handed out {count} member ids that have not joined \
                      yet, the most its group-pending-members-max setting allows \
                      (--group-pending-members-max); retry later"
                 ),
