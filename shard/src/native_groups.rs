@@ -1,7 +1,7 @@
 //! The native protocol's group requests as coordinator operations, and the answers
 //! back. The native join is a join of protocol type
 //! [`groups::NATIVE_PROTOCOL_TYPE`], whose metadata lists the topics and whose
-//! partitions the broker assigns ([`groups::assign`]); its member ids are given at the
+//! partitions the broker assigns ([`groups::assign()`]); its member ids are given at the
 //! first join (no MEMBER_ID_REQUIRED round).
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! [`GroupReply`]s (module [`ops`]), with [`crate::error::BrokerError`]s; the front-ends
 //! map their requests to these (`crate::kafka_groups`, `crate::native_groups`). The
 //! native join is a join of protocol type [`NATIVE_PROTOCOL_TYPE`], whose partitions the
-//! broker assigns ([`assign`]).
+//! broker assigns (module [`assign`](mod@assign)).
 //!
 //! Each group belongs to one shard, [`group_shard`] of its id; operations for it that
 //! arrive on other shards are forwarded there. The coordinator lives on that shard's
