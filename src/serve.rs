@@ -16,6 +16,9 @@ use ringmq_net::conn::{
     ConnEnd, ConnLimits, MemoryBudget, Native, Service, serve_connection, serve_handed_over,
 };
 use ringmq_shard::broker::{Shard, ShardOptions, links};
+use ringmq_shard::groups::{
+    GROUP_MAX_SIZE_DEFAULT, GROUP_PENDING_MEMBERS_MAX_DEFAULT, GROUPS_MAX_DEFAULT, GroupLimits,
+};
 use ringmq_shard::topics::TopicTable;
 use ringmq_storage::LogConfig;
 use serde::Deserialize;
@@ -54,6 +57,22 @@ pub struct ServeArgs {
     /// bytes and four times its last snapshot [default: 16777216]
     #[arg(long, env = "RINGMQ_GROUP_LOG_COMPACT_BYTES")]
     group_log_compact_bytes: Option<u64>,
+    /// Consumer groups one shard holds at most (groups with members or with member ids
+    /// handed out; those known only by committed offsets do not count). A join that
+    /// would create one more is refused with a retriable error (Kafka:
+    /// COORDINATOR_NOT_AVAILABLE) and a warning in the log [default: 100000]
+    #[arg(long, env = "RINGMQ_GROUPS_MAX")]
+    groups_max: Option<usize>,
+    /// Members one consumer group has at most (Kafka's group.max.size); a member past
+    /// it is refused with GROUP_MAX_SIZE_REACHED [default: 1000]
+    #[arg(long, env = "RINGMQ_GROUP_MAX_SIZE")]
+    group_max_size: Option<usize>,
+    /// Member ids one consumer group has handed out (MEMBER_ID_REQUIRED) and not yet
+    /// seen join, at most; a first join past it is refused with a retriable error
+    /// (Kafka: COORDINATOR_NOT_AVAILABLE). Unjoined ids expire after 5 minutes
+    /// [default: 1000]
+    #[arg(long, env = "RINGMQ_GROUP_PENDING_MEMBERS_MAX")]
+    group_pending_members_max: Option<usize>,
     /// TOML file with any of these settings (keys as the flags, with _ for -)
     #[arg(long, env = "RINGMQ_CONFIG")]
     config: Option<PathBuf>,
@@ -149,6 +168,9 @@ struct FileConfig {
     default_partitions: Option<u32>,
     group_initial_rebalance_delay_ms: Option<u64>,
     group_log_compact_bytes: Option<u64>,
+    groups_max: Option<usize>,
+    group_max_size: Option<usize>,
+    group_pending_members_max: Option<usize>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
     log_level: Option<String>,
@@ -189,6 +211,7 @@ struct Settings {
     kafka: KafkaOptions,
     group_initial_rebalance_delay: Duration,
     group_log_compact_bytes: u64,
+    group_limits: GroupLimits,
     cpus: Vec<usize>,
     log_defaults: LogConfig,
     limits: ConnLimits,
@@ -300,7 +323,34 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     if min_insync_replicas < 1 {
         bail!("--min-insync-replicas is {min_insync_replicas}: it must be at least 1");
     }
+    let group_limits = GroupLimits {
+        groups_max: args
+            .groups_max
+            .or(file.groups_max)
+            .unwrap_or(GROUPS_MAX_DEFAULT),
+        group_max_size: args
+            .group_max_size
+            .or(file.group_max_size)
+            .unwrap_or(GROUP_MAX_SIZE_DEFAULT),
+        pending_members_max: args
+            .group_pending_members_max
+            .or(file.group_pending_members_max)
+            .unwrap_or(GROUP_PENDING_MEMBERS_MAX_DEFAULT),
+    };
+    for (flag, v) in [
+        ("--groups-max", group_limits.groups_max),
+        ("--group-max-size", group_limits.group_max_size),
+        (
+            "--group-pending-members-max",
+            group_limits.pending_members_max,
+        ),
+    ] {
+        if v == 0 {
+            bail!("{flag} 0: no group could ever be joined; it must be at least 1");
+        }
+    }
     Ok(Settings {
+        group_limits,
         group_initial_rebalance_delay: Duration::from_millis(
             args.group_initial_rebalance_delay_ms
                 .or(file.group_initial_rebalance_delay_ms)
@@ -550,6 +600,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             zero_copy: s.zero_copy,
             group_initial_rebalance_delay: s.group_initial_rebalance_delay,
             group_log_compact_bytes: s.group_log_compact_bytes,
+            groups_max: s.group_limits.groups_max,
+            group_max_size: s.group_limits.group_max_size,
+            group_pending_members_max: s.group_limits.pending_members_max,
             producer_id_key,
             min_insync_replicas: s.min_insync_replicas,
             acks_none_bytes_max: s.acks_none_bytes_max,

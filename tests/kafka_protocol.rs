@@ -1035,3 +1035,162 @@ fn groups_left_behind_by_refused_joins_are_reclaimed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The broker's resident memory, KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Sends every request on one connection, at most `window` in flight; the answers'
+/// error codes (with the member ids given), in request order.
+fn join_all(k: &mut Kafka, requests: Vec<RequestKind>, window: usize) -> Vec<(i16, String)> {
+    let mut out = Vec::with_capacity(requests.len());
+    let mut requests = requests.into_iter().peekable();
+    while requests.peek().is_some() {
+        let ids: Vec<i32> = requests
+            .by_ref()
+            .take(window)
+            .map(|r| k.send(9, r))
+            .collect();
+        for id in ids {
+            let r = joined(k.receive(id));
+            out.push((r.error_code, r.member_id.to_string()));
+        }
+    }
+    out
+}
+
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const MEMBER_ID_REQUIRED: i16 = 79;
+const GROUP_MAX_SIZE_REACHED: i16 = 81;
+
+/// What a client that makes up group ids and members can make the coordinator hold is
+/// capped (`--groups-max`, `--group-max-size`, `--group-pending-members-max`): joins
+/// past the caps get clear, retriable errors (GROUP_MAX_SIZE_REACHED for a full group),
+/// the broker's memory stays within a bound, and it goes on serving.
+///
+/// The bound: 40 000 first joins with 1000-byte group ids, every one a new group, grow
+/// the broker's RSS by about 63 MiB without the caps (measured with `--groups-max`
+/// 1000000); with them it must grow by less than 24 MiB (measured: under 1 MiB).
+#[test]
+fn group_caps_hold_against_a_flood_of_joins() {
+    const FLOOD: usize = 40_000;
+    const GROUPS_MAX: usize = 50;
+    const PENDING_MAX: usize = 20;
+    const GROWTH_MAX_KIB: u64 = 24 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start_args(
+        &dir.path().join("data"),
+        2,
+        &[
+            "--group-initial-rebalance-delay-ms",
+            "1000",
+            "--groups-max",
+            &GROUPS_MAX.to_string(),
+            "--group-max-size",
+            "3",
+            "--group-pending-members-max",
+            &PENDING_MAX.to_string(),
+        ],
+    );
+    let pid = b.child.id();
+    let mut k = Kafka::connect(b.kafka);
+    create_topic(&mut k, "caps", 3, &[]);
+    let before = rss_kib(pid);
+
+    // Members for one group: ids are handed out up to --group-pending-members-max.
+    let crowd: Vec<RequestKind> = (0..5_000)
+        .map(|_| join_request("crowd", "", None, &["caps"]))
+        .collect();
+    let answers = join_all(&mut k, crowd, 64);
+    let pending: Vec<String> = answers
+        .iter()
+        .filter(|(code, _)| *code == MEMBER_ID_REQUIRED)
+        .map(|(_, member)| member.clone())
+        .collect();
+    assert_eq!(pending.len(), PENDING_MAX);
+    assert!(
+        answers[PENDING_MAX..]
+            .iter()
+            .all(|(code, _)| *code == COORDINATOR_NOT_AVAILABLE),
+        "first joins past the pending ids: retriable"
+    );
+    // New group ids, each long: MEMBER_ID_REQUIRED (a member id handed out, the group
+    // held) until a shard holds --groups-max groups, then COORDINATOR_NOT_AVAILABLE.
+    let pad = "x".repeat(1000);
+    let flood: Vec<RequestKind> = (0..FLOOD)
+        .map(|i| join_request(&format!("flood-{i}-{pad}"), "", None, &["caps"]))
+        .collect();
+    let answers = join_all(&mut k, flood, 64);
+    let handed_out: Vec<(usize, String)> = answers
+        .iter()
+        .enumerate()
+        .filter(|(_, (code, _))| *code == MEMBER_ID_REQUIRED)
+        .map(|(i, (_, member))| (i, member.clone()))
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|(code, _)| *code == COORDINATOR_NOT_AVAILABLE)
+        .count();
+    assert_eq!(
+        handed_out.len() + 1,
+        2 * GROUPS_MAX,
+        "two shards, each full (the crowd group is one)"
+    );
+    assert_eq!(handed_out.len() + refused, FLOOD, "no other answer");
+
+    let after = rss_kib(pid);
+    println!("broker RSS: {before} KiB before the joins, {after} KiB after");
+    assert!(
+        after < before + GROWTH_MAX_KIB,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+
+    // Three of those members join, together (in the first rebalance's delay): the group
+    // is full, and the next member with an id handed out is refused.
+    let mut conns: Vec<Kafka> = (0..3).map(|_| Kafka::connect(b.kafka)).collect();
+    let sent: Vec<i32> = conns
+        .iter_mut()
+        .zip(&pending)
+        .map(|(c, m)| c.send(9, join_request("crowd", m, None, &["caps"])))
+        .collect();
+    for (c, id) in conns.iter_mut().zip(sent) {
+        let r = joined(c.receive(id));
+        assert_eq!((r.error_code, r.generation_id), (0, 1));
+    }
+    let r = joined(k.call(9, join_request("crowd", &pending[3], None, &["caps"])));
+    assert_eq!(r.error_code, GROUP_MAX_SIZE_REACHED);
+    let r = joined(k.call(9, join_request("crowd", "", None, &["caps"])));
+    assert_eq!(r.error_code, GROUP_MAX_SIZE_REACHED);
+
+    // The broker goes on: Metadata, and a consumer joining, syncing and heartbeating
+    // in one of the groups the flood made.
+    let mut q = km::MetadataRequest::default();
+    q.topics = None;
+    match k.call(12, RequestKind::Metadata(q)) {
+        ResponseKind::Metadata(m) => {
+            assert!(
+                m.topics
+                    .iter()
+                    .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "caps"))
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let (i, member) = &handed_out[0];
+    let g = format!("flood-{i}-{pad}");
+    let r = joined(k.call(9, join_request(&g, member, None, &["caps"])));
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.leader.as_str(), member);
+    let (code, assignment) = synced(k.call(
+        5,
+        sync_request(&g, r.generation_id, member, None, &[(member, "all")]),
+    ));
+    assert_eq!((code, assignment.as_str()), (0, "all"));
+    assert_eq!(heartbeat(&mut k, &g, r.generation_id, member, None), 0);
+}

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use kafka_protocol::ResponseError as KErr;
-use kafka_protocol::messages::{self as km, RequestKind, ResponseKind};
-use ringmq_shard::groups::{self, GroupRequest};
+use kafka_protocol::messages as km;
+use ringmq_shard::groups::{self, GroupOp};
 
+use crate::group_ops;
 use crate::{KafkaService, NODE_ID, TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE, s};
 
 impl KafkaService {
@@ -73,68 +74,18 @@ impl KafkaService {
         resp
     }
 
-    /// OffsetFetch from v8 names several groups; each is asked on its own shard as a
-    /// v7 request, and the answers are put together.
+    /// OffsetFetch from v8 names several groups; each is asked on its own shard, and
+    /// the answers are put together.
     pub(crate) async fn offset_fetch_groups(
         &self,
         r: km::OffsetFetchRequest,
-        client_id: &str,
     ) -> km::OffsetFetchResponse {
         let mut resp = km::OffsetFetchResponse::default();
-        for g in r.groups {
-            let mut one = km::OffsetFetchRequest::default();
-            one.group_id = g.group_id.clone();
-            one.require_stable = r.require_stable;
-            one.topics = g.topics.map(|ts| {
-                ts.into_iter()
-                    .map(|t| {
-                        let mut q = km::offset_fetch_request::OffsetFetchRequestTopic::default();
-                        q.name = t.name;
-                        q.partition_indexes = t.partition_indexes;
-                        q
-                    })
-                    .collect()
-            });
-            let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
-            gr.group_id = g.group_id.clone();
-            match self
-                .on_group_shard(
-                    g.group_id.0.as_str(),
-                    RequestKind::OffsetFetch(one),
-                    7,
-                    client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::OffsetFetch(a)) => {
-                    gr.error_code = a.error_code;
-                    gr.topics = a
-                        .topics
-                        .into_iter()
-                        .map(|t| {
-                            let mut tr =
-                                km::offset_fetch_response::OffsetFetchResponseTopics::default();
-                            tr.name = t.name;
-                            tr.partitions = t
-                                .partitions
-                                .into_iter()
-                                .map(|p| {
-                                    let mut pr = km::offset_fetch_response::OffsetFetchResponsePartitions::default();
-                                    pr.partition_index = p.partition_index;
-                                    pr.committed_offset = p.committed_offset;
-                                    pr.committed_leader_epoch = p.committed_leader_epoch;
-                                    pr.metadata = p.metadata;
-                                    pr.error_code = p.error_code;
-                                    pr
-                                })
-                                .collect();
-                            tr
-                        })
-                        .collect();
-                }
-                _ => gr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
-            }
-            resp.groups.push(gr);
+        for g in &r.groups {
+            let reply = self
+                .on_group_shard(group_ops::fetch_group_op(g, r.require_stable))
+                .await;
+            resp.groups.push(group_ops::fetch_group_response(g, reply));
         }
         resp
     }
@@ -147,15 +98,13 @@ impl KafkaService {
     ) -> km::ListGroupsResponse {
         let mut resp = km::ListGroupsResponse::default();
         for shard in 0..self.shard.shard_count() {
-            let q = GroupRequest {
-                request: RequestKind::ListGroups(r.clone()),
-                version,
-                client_id: String::new(),
-                client_host: String::new(),
-            };
-            match self.shard.group_request_on(shard, q, Duration::ZERO).await {
-                Some(ResponseKind::ListGroups(l)) => resp.groups.extend(l.groups),
-                _ => resp.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE,
+            let reply = self
+                .shard
+                .group_request_on(shard, GroupOp::List, Duration::ZERO)
+                .await;
+            match group_ops::listed_groups(reply, version) {
+                Some(groups) => resp.groups.extend(groups),
+                None => resp.error_code = group_ops::coordinator_not_available(),
             }
         }
         // v5 (KIP-848): every group here is a classic group.
@@ -177,22 +126,9 @@ impl KafkaService {
         resp
     }
 
-    /// Answers a request about one group on the group's shard.
-    pub(crate) async fn on_group_shard(
-        &self,
-        group: &str,
-        request: RequestKind,
-        version: i16,
-        client_id: &str,
-    ) -> Option<ResponseKind> {
-        let q = GroupRequest {
-            request,
-            version,
-            client_id: client_id.to_string(),
-            client_host: String::new(),
-        };
-        let owner = groups::group_shard(group, self.shard.shard_count());
-        self.shard.group_request_on(owner, q, Duration::ZERO).await
+    /// Answers an operation on one group on the group's shard.
+    pub(crate) async fn on_group_shard(&self, op: GroupOp) -> Option<groups::GroupReply> {
+        self.shard.group_request(op, Duration::ZERO).await
     }
 
     /// DescribeGroups: each group on its own shard.
@@ -200,29 +136,12 @@ impl KafkaService {
         &self,
         r: km::DescribeGroupsRequest,
         version: i16,
-        client_id: String,
     ) -> km::DescribeGroupsResponse {
         let mut resp = km::DescribeGroupsResponse::default();
         for g in &r.groups {
-            let mut one = r.clone();
-            one.groups = vec![g.clone()];
-            match self
-                .on_group_shard(
-                    g.0.as_str(),
-                    RequestKind::DescribeGroups(one),
-                    version,
-                    &client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::DescribeGroups(d)) => resp.groups.extend(d.groups),
-                _ => {
-                    let mut dg = km::describe_groups_response::DescribedGroup::default();
-                    dg.group_id = g.clone();
-                    dg.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
-                    resp.groups.push(dg);
-                }
-            }
+            let reply = self.on_group_shard(group_ops::describe_op(g)).await;
+            resp.groups
+                .push(group_ops::described_group(g, reply, version));
         }
         resp
     }
@@ -231,30 +150,11 @@ impl KafkaService {
     pub(crate) async fn delete_groups(
         &self,
         r: km::DeleteGroupsRequest,
-        version: i16,
-        client_id: String,
     ) -> km::DeleteGroupsResponse {
         let mut resp = km::DeleteGroupsResponse::default();
         for g in &r.groups_names {
-            let mut one = r.clone();
-            one.groups_names = vec![g.clone()];
-            match self
-                .on_group_shard(
-                    g.0.as_str(),
-                    RequestKind::DeleteGroups(one),
-                    version,
-                    &client_id,
-                )
-                .await
-            {
-                Some(ResponseKind::DeleteGroups(d)) => resp.results.extend(d.results),
-                _ => {
-                    let mut dr = km::delete_groups_response::DeletableGroupResult::default();
-                    dr.group_id = g.clone();
-                    dr.error_code = groups::errors::COORDINATOR_NOT_AVAILABLE;
-                    resp.results.push(dr);
-                }
-            }
+            let reply = self.on_group_shard(group_ops::delete_op(g)).await;
+            resp.results.push(group_ops::deleted_group(g, reply));
         }
         resp
     }

@@ -31,6 +31,8 @@ mod errors;
 #[cfg(feature = "service")]
 mod fetch;
 #[cfg(feature = "service")]
+mod group_ops;
+#[cfg(feature = "service")]
 mod groups;
 #[cfg(feature = "service")]
 mod metadata;

@@ -11,9 +11,9 @@ use kafka_protocol::protocol::Encodable;
 use ringmq_net::codec::OutFrame;
 use ringmq_net::conn::{LocalFuture, Service};
 use ringmq_shard::broker::Shard;
-use ringmq_shard::groups::GroupRequest;
 
 use crate::decode::{Refusal, decode};
+use crate::group_ops;
 use crate::{GROUP_WAIT_MAX, KErr, KafkaOptions};
 
 /// The Kafka protocol on one shard.
@@ -108,13 +108,11 @@ impl KafkaService {
                 ResponseKind::ListGroups(self.list_groups(r, version).await)
             }
             RequestKind::DescribeGroups(r) => {
-                ResponseKind::DescribeGroups(self.describe_groups(r, version, d.client_id).await)
+                ResponseKind::DescribeGroups(self.describe_groups(r, version).await)
             }
-            RequestKind::DeleteGroups(r) => {
-                ResponseKind::DeleteGroups(self.delete_groups(r, version, d.client_id).await)
-            }
+            RequestKind::DeleteGroups(r) => ResponseKind::DeleteGroups(self.delete_groups(r).await),
             RequestKind::OffsetFetch(r) if version >= 8 => {
-                ResponseKind::OffsetFetch(self.offset_fetch_groups(r, &d.client_id).await)
+                ResponseKind::OffsetFetch(self.offset_fetch_groups(r).await)
             }
             request @ (RequestKind::JoinGroup(_)
             | RequestKind::SyncGroup(_)
@@ -127,13 +125,12 @@ impl KafkaService {
                     RequestKind::JoinGroup(_) | RequestKind::SyncGroup(_) => GROUP_WAIT_MAX,
                     _ => Duration::ZERO,
                 };
-                let r = GroupRequest {
-                    request,
-                    version,
-                    client_id: d.client_id,
-                    client_host,
+                let Some(op) = group_ops::op(&request, version, &d.client_id, &client_host) else {
+                    tracing::error!(api = ?api, "kafka: not a group request");
+                    return OutFrame::close();
                 };
-                match self.shard.group_request(r, wait).await {
+                let reply = self.shard.group_request(op, wait).await;
+                match reply.and_then(|r| group_ops::response(&request, version, r)) {
                     Some(resp) => resp,
                     None => {
                         tracing::warn!(api = ?api, "kafka: group coordinator shard did not answer");

@@ -26,7 +26,9 @@ use ringmq_storage::{LogConfig, Notify, ReadChunk, SegmentCache};
 
 use crate::error::{BrokerError, ErrorKind};
 use crate::gate::Gate;
-use crate::groups::{Coordinator, GroupRequest, group_of, group_shard};
+use crate::groups::{
+    Coordinator, CoordinatorOptions, GroupLimits, GroupOp, GroupReply, group_shard,
+};
 use crate::metadata;
 use crate::ops::{
     Acks, DeleteBefore, Deleted, EpochEnd, EpochQuery, Fetch, Fetched, OffsetFound, OffsetQuery,
@@ -69,6 +71,17 @@ pub struct ShardOptions {
     /// A group log larger than this (and than four times its last snapshot) is
     /// compacted.
     pub group_log_compact_bytes: u64,
+    /// Groups this shard holds at most ([`GroupLimits::groups_max`]; default
+    /// [`crate::groups::GROUPS_MAX_DEFAULT`]).
+    pub groups_max: usize,
+    /// Members a group has at most, Kafka's `group.max.size`
+    /// ([`GroupLimits::group_max_size`]; default
+    /// [`crate::groups::GROUP_MAX_SIZE_DEFAULT`]).
+    pub group_max_size: usize,
+    /// Member ids a group has handed out and not yet seen join, at most
+    /// ([`GroupLimits::pending_members_max`]; default
+    /// [`crate::groups::GROUP_PENDING_MEMBERS_MAX_DEFAULT`]).
+    pub group_pending_members_max: usize,
     /// The node's key for producer ids ([`IdKey::load_or_create`]).
     pub producer_id_key: IdKey,
     /// `min.insync.replicas` of topics that do not set it (Kafka's broker setting of
@@ -187,12 +200,19 @@ impl Shard {
         let queues = Queues::create();
         let groups = Coordinator::open(
             &opts.data_dir,
-            opts.shard_id,
-            opts.shard_count,
+            CoordinatorOptions {
+                shard_id: opts.shard_id,
+                shard_count: opts.shard_count,
+                initial_rebalance_delay: opts.group_initial_rebalance_delay,
+                log_compact_bytes: opts.group_log_compact_bytes,
+                limits: GroupLimits {
+                    groups_max: opts.groups_max,
+                    group_max_size: opts.group_max_size,
+                    pending_members_max: opts.group_pending_members_max,
+                },
+            },
             timers.clone(),
             cache.clone(),
-            opts.group_initial_rebalance_delay,
-            opts.group_log_compact_bytes,
         )
         .await?;
         let producer_ids = ProducerIds::open(&opts.data_dir, opts.producer_id_key, opts.shard_id)
@@ -335,32 +355,30 @@ impl Shard {
         })
     }
 
-    /// Answers a consumer-group request: here if this shard coordinates the group,
-    /// else on the shard that does. `None` when that shard did not answer.
-    pub async fn group_request(
-        &self,
-        request: GroupRequest,
-        wait: Duration,
-    ) -> Option<kafka_protocol::messages::ResponseKind> {
-        let owner = match group_of(&request.request) {
-            Some(g) => group_shard(&g, self.opts.shard_count),
+    /// Answers a consumer-group operation: here if this shard coordinates the group,
+    /// else on the shard that does ([`group_shard`]); `wait` is how long it may
+    /// legitimately take (a join waits for its rebalance). `None` when that shard did
+    /// not answer.
+    pub async fn group_request(&self, op: GroupOp, wait: Duration) -> Option<GroupReply> {
+        let owner = match op.group() {
+            Some(g) => group_shard(g, self.opts.shard_count),
             None => self.opts.shard_id,
         };
-        self.group_request_on(owner, request, wait).await
+        self.group_request_on(owner, op, wait).await
     }
 
-    /// Answers a group request on a given shard (ListGroups asks every shard).
+    /// Answers a group operation on a given shard (a list of groups asks every shard).
     pub async fn group_request_on(
         &self,
         shard: u32,
-        request: GroupRequest,
+        op: GroupOp,
         wait: Duration,
-    ) -> Option<kafka_protocol::messages::ResponseKind> {
+    ) -> Option<GroupReply> {
         if shard == self.opts.shard_id {
-            return Some(self.groups.handle(request).await);
+            return Some(self.groups.handle(op).await);
         }
-        let request = Box::new(request);
-        match self.router.call(shard, Call::Group { request, wait }).await {
+        let op = Box::new(op);
+        match self.router.call(shard, Call::Group { op, wait }).await {
             Some(Reply::Group(r)) => Some(*r),
             _ => None,
         }
@@ -1126,9 +1144,7 @@ impl Shard {
             Call::Counters => Reply::Counters(self.counters()),
             Call::ChangeTopics(op) => Reply::TopicsChanged(self.change_metadata(op).await),
             Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
-            Call::Group { request, .. } => {
-                Reply::Group(Box::new(self.groups.handle(*request).await))
-            }
+            Call::Group { op, .. } => Reply::Group(Box::new(self.groups.handle(*op).await)),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod gate;
 pub mod groups;
 pub mod metadata;
 pub mod native;
+pub mod native_groups;
 pub mod ops;
 pub mod partition;
 pub mod placement;

@@ -17,7 +17,7 @@ use ringmq_net::conn::{Handler, Handoff, LocalFuture};
 
 use crate::broker::Shard;
 use crate::error::{BrokerError, ErrorKind};
-use crate::groups::GroupRequest;
+use crate::groups::GroupOp;
 use crate::ops::{
     Acks, Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec, ProducePart, Reader, TopicOp,
     TopicPartition,
@@ -305,27 +305,18 @@ impl Shard {
 
     /// A native group request: answered by the group's coordinator, as Kafka's are.
     async fn native_group(&self, req: Request) -> Response {
-        let Some((request, version)) = crate::groups::native_to_kafka(&req) else {
+        let Some(op) = crate::native_groups::op(&req) else {
             return Response::Error(WireError::new(
                 ErrorCode::InvalidRequest,
                 "not a group request",
             ));
         };
-        let wait = match &req {
-            Request::JoinGroup {
-                rebalance_timeout_ms,
-                ..
-            } => Duration::from_millis(u64::from(*rebalance_timeout_ms)),
+        let wait = match &op {
+            GroupOp::Join(j) => j.rebalance_timeout,
             _ => Duration::ZERO,
         };
-        let q = GroupRequest {
-            request,
-            version,
-            client_id: "ringmq".into(),
-            client_host: String::new(),
-        };
-        match self.group_request(q, wait).await {
-            Some(resp) => crate::groups::kafka_to_native(&req, resp),
+        match self.group_request(op, wait).await {
+            Some(reply) => crate::native_groups::response(reply),
             None => Response::Error(WireError::new(
                 ErrorCode::Unavailable,
                 "the group's coordinator shard did not answer",

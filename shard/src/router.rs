@@ -16,7 +16,7 @@ use ringmq_net::conn::Handoff;
 use ringmq_storage::Notify;
 
 use crate::error::BrokerError;
-use crate::groups::GroupRequest;
+use crate::groups::{GroupOp, GroupReply};
 use crate::ops::{
     Acks, DeleteBefore, Deleted, EpochEnd, EpochQuery, Fetch, Fetched, OffsetFound, OffsetQuery,
     PartitionStats, ProducePart, Produced, TopicOp, TopicPartition,
@@ -67,8 +67,8 @@ pub enum Call {
     /// A consumer-group request for a group this shard coordinates; `wait` is how long
     /// it may legitimately take (a join waits for the rebalance).
     Group {
-        /// The request.
-        request: Box<GroupRequest>,
+        /// The operation.
+        op: Box<GroupOp>,
         /// Added to the call timeout.
         wait: Duration,
     },
@@ -110,7 +110,7 @@ pub enum Reply {
     /// To `Call::ApplyTopics`.
     Applied(Result<(), String>),
     /// To `Call::Group`.
-    Group(Box<kafka_protocol::messages::ResponseKind>),
+    Group(Box<GroupReply>),
 }
 
 /// What travels on a cross-shard channel.

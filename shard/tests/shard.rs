@@ -42,7 +42,7 @@ where
         .unwrap();
 }
 
-fn options(data: &Path, shard_id: u32, shard_count: u32) -> ShardOptions {
+fn options(data: &Path, key: IdKey, shard_id: u32, shard_count: u32) -> ShardOptions {
     ShardOptions {
         shard_id,
         shard_count,
@@ -53,7 +53,10 @@ fn options(data: &Path, shard_id: u32, shard_count: u32) -> ShardOptions {
         zero_copy: false,
         group_initial_rebalance_delay: Duration::ZERO,
         group_log_compact_bytes: 16 << 20,
-        producer_id_key: IdKey::load_or_create(data).unwrap(),
+        groups_max: 1000,
+        group_max_size: 100,
+        group_pending_members_max: 100,
+        producer_id_key: key,
         min_insync_replicas: 1,
         acks_none_bytes_max: 1 << 20,
     }
@@ -128,11 +131,13 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
     let mut all = links(2).into_iter();
     let (l0, l1) = (all.next().unwrap(), all.next().unwrap());
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    // The node's key is made once, before the shards start (as `serve` does).
+    let key = IdKey::load_or_create(&data).unwrap();
     let d1 = data.clone();
     // Shard 1 serves calls until shard 0 is done.
     let other = LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let shard = Shard::start(options(&d1, 1, 2), TopicTable::default(), l1)
+            let shard = Shard::start(options(&d1, key, 1, 2), TopicTable::default(), l1)
                 .await
                 .unwrap();
             while stop_rx.try_recv().is_err() {
@@ -142,7 +147,7 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
         })
         .unwrap();
     run(move || async move {
-        let shard = Shard::start(options(&data, 0, 2), TopicTable::default(), l0)
+        let shard = Shard::start(options(&data, key, 0, 2), TopicTable::default(), l0)
             .await
             .unwrap();
         shard
