@@ -424,6 +424,13 @@ impl Part for DeleteBefore {
     }
 }
 
+/// One owner's answer to its parts, with their positions in the operation: its
+/// results in the order of its parts, or (its partitions, why) when it did not answer.
+pub type Answer<P> = (
+    Vec<usize>,
+    Result<Vec<<P as Part>::Result>, (Vec<TopicPartition>, BrokerError)>,
+);
+
 /// A many-partition operation split by owner shard.
 pub struct Split<P: Part> {
     /// Each owner shard's parts, with their positions in the operation.
@@ -461,13 +468,7 @@ impl<P: Part> Split<P> {
     /// Puts each owner's results back in request order. `answers[k]` belongs to
     /// `by_owner[k]`: its results in the order of its parts, or `Err((its partitions,
     /// why))` when the owner did not answer.
-    pub fn join(
-        self,
-        answers: Vec<(
-            Vec<usize>,
-            Result<Vec<P::Result>, (Vec<TopicPartition>, BrokerError)>,
-        )>,
-    ) -> Vec<P::Result> {
+    pub fn join(self, answers: Vec<Answer<P>>) -> Vec<P::Result> {
         let mut out = self.known;
         for (positions, answer) in answers {
             match answer {

@@ -200,7 +200,7 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
         };
         let got = shard.fetch(fetch(0, Duration::ZERO)).await;
         assert!(
-            got.iter().all(|f| f.len() > 0 && f.high_watermark == 1),
+            got.iter().all(|f| !f.is_empty() && f.high_watermark == 1),
             "{got:?}"
         );
         let offsets = shard
@@ -243,7 +243,7 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
             waited < Duration::from_secs(10),
             "woken by data, waited {waited:?}"
         );
-        assert!(got[on_other as usize].len() > 0);
+        assert!(!got[on_other as usize].is_empty());
 
         // Deleting the topic applies on both shards.
         shard
