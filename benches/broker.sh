@@ -9,6 +9,7 @@
 #
 #   benches/broker.sh                        # defaults: 5 s runs, ./bench-data
 #   DURATION=10 DATA_DIR=/mnt/nvme benches/broker.sh
+#   RINGMQ_BIN=/path/to/other/ringmq benches/broker.sh   # another build of the broker
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release -q -p ringmq -p ringmq-bench
+TARGET=${CARGO_TARGET_DIR:-target}
+RINGMQ_BIN=${RINGMQ_BIN:-$TARGET/release/ringmq}
 mkdir -p "$DATA_DIR"
 WORK=$(mktemp -d "$DATA_DIR/broker.XXXXXX")
 BROKER_PID=
@@ -44,14 +47,14 @@ start_broker() {
   local dir=$1
   shift
   PORT=$(free_port)
-  target/release/ringmq serve --shards 2 --data-dir "$dir" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
+  "$RINGMQ_BIN" serve --shards 2 --data-dir "$dir" --native-listen "127.0.0.1:$PORT" --kafka-listen off \
     --log-level warn "$@" >/dev/null &
   BROKER_PID=$!
   for _ in $(seq 100); do python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT))" 2>/dev/null && break; sleep 0.1; done
 }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$BROKER_PID/stat"; }
 now() { date +%s.%N; }
-BENCH=target/release/native_produce
+BENCH=$TARGET/release/native_produce
 
 # First, the bound fixed-rate run on a broker that sleeps through every disk wait
 # (--disk-poll-us 0), for comparison with the default below; on a fresh broker and a

