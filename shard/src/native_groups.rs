@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ringmq_net::codec::{ErrorCode, Request, Response, WireError};
 
-use crate::error::{BrokerError, ErrorKind};
+use crate::error::BrokerError;
 use crate::groups::{
     self, CommitOffsets, FetchOffsets, GroupOp, GroupReply, Heartbeat, JoinGroup, LeaveGroup,
     Leaving, OffsetCommit, assign,
@@ -102,23 +102,9 @@ fn partition_index(p: u32) -> i32 {
     i32::try_from(p).unwrap_or(i32::MAX)
 }
 
-/// The native code of a coordinator error, with its message.
+/// The native code of a coordinator error ([`crate::native::code`]), with its message.
 pub fn error(e: &BrokerError) -> WireError {
-    let code = match e.kind {
-        ErrorKind::RebalanceInProgress => ErrorCode::RebalanceInProgress,
-        ErrorKind::UnknownMember | ErrorKind::FencedInstanceId => ErrorCode::UnknownMember,
-        ErrorKind::IllegalGeneration => ErrorCode::IllegalGeneration,
-        ErrorKind::CoordinatorNotAvailable | ErrorKind::Storage => ErrorCode::StorageError,
-        ErrorKind::UnknownTopic => ErrorCode::UnknownTopic,
-        ErrorKind::UnknownPartition => ErrorCode::UnknownPartition,
-        // Limits: the native client retries Unavailable.
-        ErrorKind::LimitReached | ErrorKind::GroupMaxSizeReached | ErrorKind::Unavailable => {
-            ErrorCode::Unavailable
-        }
-        ErrorKind::Timeout => ErrorCode::Timeout,
-        _ => ErrorCode::InvalidRequest,
-    };
-    WireError::new(code, e.message.clone())
+    WireError::new(crate::native::code(e.kind), e.message.clone())
 }
 
 fn outcome(r: &Result<(), BrokerError>) -> WireError {
