@@ -97,17 +97,20 @@ impl KafkaService {
                 let explicit: BTreeMap<String, String> =
                     configs.unwrap_or_default().into_iter().collect();
                 tr.configs = Some(
-                    effective_configs(&explicit, &self.shard.log_defaults())
-                        .into_iter()
-                        .map(|d| {
-                            let mut c =
-                                km::create_topics_response::CreatableTopicConfigs::default();
-                            c.name = s(&d.name);
-                            c.value = Some(s(&d.value));
-                            c.config_source = if d.set { 1 } else { 5 };
-                            c
-                        })
-                        .collect(),
+                    effective_configs(
+                        &explicit,
+                        &self.shard.log_defaults(),
+                        self.shard.min_insync_replicas(),
+                    )
+                    .into_iter()
+                    .map(|d| {
+                        let mut c = km::create_topics_response::CreatableTopicConfigs::default();
+                        c.name = s(&d.name);
+                        c.value = Some(s(&d.value));
+                        c.config_source = if d.set { 1 } else { 5 };
+                        c
+                    })
+                    .collect(),
                 );
                 if let Some(meta) = self.shard.topic(&name).filter(|_| version >= 7) {
                     tr.topic_id = topic_uuid(meta.id);
@@ -211,13 +214,17 @@ impl KafkaService {
             let configs: Vec<(Described, i8)> = match res.resource_type {
                 // TOPIC
                 2 => match self.shard.topic(&name) {
-                    Some(meta) => effective_configs(&meta.configs, &self.shard.log_defaults())
-                        .into_iter()
-                        .map(|d| {
-                            let source = if d.set { 1 } else { 5 };
-                            (d, source)
-                        })
-                        .collect(),
+                    Some(meta) => effective_configs(
+                        &meta.configs,
+                        &self.shard.log_defaults(),
+                        self.shard.min_insync_replicas(),
+                    )
+                    .into_iter()
+                    .map(|d| {
+                        let source = if d.set { 1 } else { 5 };
+                        (d, source)
+                    })
+                    .collect(),
                     None => {
                         rr.error_code = KErr::UnknownTopicOrPartition.code();
                         rr.error_message = Some(s(&format!("unknown topic {name:?}")));
@@ -225,14 +232,18 @@ impl KafkaService {
                     }
                 },
                 // BROKER: the defaults new topics start from.
-                4 => effective_configs(&BTreeMap::new(), &self.shard.log_defaults())
-                    .into_iter()
-                    .filter_map(|mut d| {
-                        let (_, broker) = BROKER_CONFIG_NAMES.iter().find(|(t, _)| *t == d.name)?;
-                        d.name = broker.to_string();
-                        Some((d, 4))
-                    })
-                    .collect(),
+                4 => effective_configs(
+                    &BTreeMap::new(),
+                    &self.shard.log_defaults(),
+                    self.shard.min_insync_replicas(),
+                )
+                .into_iter()
+                .filter_map(|mut d| {
+                    let (_, broker) = BROKER_CONFIG_NAMES.iter().find(|(t, _)| *t == d.name)?;
+                    d.name = broker.to_string();
+                    Some((d, 4))
+                })
+                .collect(),
                 other => {
                     rr.error_code = KErr::InvalidRequest.code();
                     rr.error_message = Some(s(&format!("resource type {other} is not supported")));

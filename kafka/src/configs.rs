@@ -92,9 +92,11 @@ pub(crate) struct Described {
 
 /// A topic's effective configs in Kafka's names: every config Kafka defines, and
 /// `ringmq.flush`.
+/// `min_insync` is the broker's `min.insync.replicas` for topics that do not set it.
 pub(crate) fn effective_configs(
     explicit: &BTreeMap<String, String>,
     defaults: &ringmq_storage::LogConfig,
+    min_insync: i32,
 ) -> Vec<Described> {
     // Shown as configured, also where a compact-only policy turns retention off.
     let mut settings = explicit.clone();
@@ -139,6 +141,13 @@ pub(crate) fn effective_configs(
                         _ => never.clone(),
                     },
                     Some(explicit.contains_key("flush")),
+                ),
+                "min.insync.replicas" => (
+                    explicit
+                        .get(d.name)
+                        .cloned()
+                        .unwrap_or_else(|| min_insync.to_string()),
+                    Some(explicit.contains_key(d.name)),
                 ),
                 name => (
                     explicit
@@ -195,7 +204,7 @@ pub(crate) fn incremental_changes(
 ) -> Result<StoredChanges, String> {
     let mut set = Vec::new();
     let mut remove = Vec::new();
-    let effective = effective_configs(stored, defaults);
+    let effective = effective_configs(stored, defaults, 1);
     for c in ops {
         let name = c.name.as_str();
         let value = c.value.as_ref().map(|v| v.as_str());
