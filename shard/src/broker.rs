@@ -92,6 +92,12 @@ pub struct ShardOptions {
     pub acks_none_bytes_max: u64,
 }
 
+/// Calls from other shards a shard executes at once; more are refused at once (the
+/// calling shard answers its client Unavailable, which clients retry). Each call's
+/// bytes are also held by the calling shard's request memory budget until answered;
+/// this bounds the tasks and what outlives a caller that gave up (its call timeout).
+pub const CALLS_IN_FLIGHT_MAX: u64 = 8192;
+
 /// Default of [`ShardOptions::acks_none_bytes_max`]: 64 MiB per shard.
 pub const ACKS_NONE_BYTES_MAX: u64 = 64 << 20;
 
@@ -169,6 +175,9 @@ pub struct Shard {
     /// (calling shard, fetch id).
     fetch_stops: RefCell<HashMap<(u32, u64), Rc<Notify>>>,
     next_fetch_id: Cell<u64>,
+    /// Calls from other shards being executed ([`CALLS_IN_FLIGHT_MAX`]).
+    call_slots: Rc<glommio::sync::Semaphore>,
+    calls_refused_logged: Cell<Option<Instant>>,
     /// Bytes of acks=0 appends under way.
     acks_none_budget: Rc<glommio::sync::Semaphore>,
     files: Rc<FileSender>,
@@ -232,6 +241,8 @@ impl Shard {
             metadata_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             gate: Gate::new(),
+            call_slots: Rc::new(glommio::sync::Semaphore::new(CALLS_IN_FLIGHT_MAX)),
+            calls_refused_logged: Cell::new(None),
             fetch_stops: RefCell::new(HashMap::new()),
             next_fetch_id: Cell::new(1),
             acks_none_budget: Rc::new(glommio::sync::Semaphore::new(
@@ -255,11 +266,24 @@ impl Shard {
             let me = shard.clone();
             spawn_in(shard.queues.forwarded, async move {
                 while let Some(env) = rx.recv().await {
+                    // A call past the shard's limit of calls in flight is answered
+                    // at once as refused (the caller answers Unavailable, which
+                    // clients retry); replies and handed-over connections always go on.
+                    let slot = match &env {
+                        Envelope::Call { .. } => match me.call_slots.try_acquire_static_permit(1) {
+                            Ok(slot) => Some(slot),
+                            Err(_) => {
+                                me.refuse_call(env);
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
                     let me2 = me.clone();
-                    spawn_in(
-                        me.queues.forwarded,
-                        async move { me2.on_envelope(env).await },
-                    )
+                    spawn_in(me.queues.forwarded, async move {
+                        let _slot = slot;
+                        me2.on_envelope(env).await
+                    })
                     .detach();
                 }
                 tracing::debug!(shard = me.opts.shard_id, from, "cross-shard channel closed");
@@ -1105,6 +1129,32 @@ impl Shard {
     /// Hands a native connection to shard `to` (`BindShard`); false when it cannot.
     pub async fn hand_over(&self, to: u32, conn: Handoff) -> bool {
         self.router.hand_over(to, conn).await
+    }
+
+    /// Answers a call the shard has no room for with [`Reply::Refused`].
+    fn refuse_call(self: &Rc<Self>, env: Envelope) {
+        let Envelope::Call { id, from, .. } = env else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .calls_refused_logged
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.calls_refused_logged.set(Some(now));
+            tracing::warn!(
+                shard = self.opts.shard_id,
+                from,
+                limit = CALLS_IN_FLIGHT_MAX,
+                "a call from another shard refused: too many calls in flight"
+            );
+        }
+        let me = self.clone();
+        spawn_in(self.queues.forwarded, async move {
+            me.router.reply(from, id, Reply::Refused).await;
+        })
+        .detach();
     }
 
     async fn on_envelope(self: Rc<Self>, env: Envelope) {

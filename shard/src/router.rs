@@ -105,6 +105,8 @@ pub enum Reply {
     Counters(Vec<(String, u64)>),
     /// To `Call::StopFetch`.
     Stopped,
+    /// To any call the callee had no room for (too many calls in flight).
+    Refused,
     /// To `Call::ChangeTopics`.
     TopicsChanged(Result<(), BrokerError>),
     /// To `Call::ApplyTopics`.
