@@ -23,6 +23,9 @@
 
 #[cfg(feature = "service")]
 mod admin;
+mod bounds;
+#[allow(clippy::manual_range_contains, clippy::absurd_extreme_comparisons)]
+mod bounds_generated;
 #[cfg(feature = "service")]
 mod configs;
 mod decode;
