@@ -7,14 +7,10 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
-mod alloc;
 mod group;
 mod serve;
 mod tools;
 mod tune;
-
-#[global_allocator]
-static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

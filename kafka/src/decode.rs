@@ -6,7 +6,7 @@ use kafka_protocol::protocol::Decodable;
 
 use std::panic::AssertUnwindSafe;
 
-use crate::supported;
+use crate::{bounds, supported};
 
 /// A decoded request.
 #[cfg_attr(not(feature = "service"), allow(dead_code))]
@@ -62,10 +62,19 @@ pub(crate) fn decode(mut body: Bytes) -> Result<Decoded, Refusal> {
             "{api:?} v{version} is not supported (v{lo} to v{hi} are)"
         )));
     }
+    // The decoder reserves memory for every element count the request claims before
+    // reading the elements: the pre-pass first checks each count against the bytes
+    // that are really there (see `bounds`).
+    let header_version = api.request_header_version(version);
+    if let Err(why) = bounds::check(api, version, header_version, &body) {
+        return Err(Refusal::Close(format!(
+            "{api:?} v{version} could not be decoded: {why}"
+        )));
+    }
     // The crate returns errors for short or malformed input; the unwind guard is a
     // second line, so a decoder bug can only close this one connection.
     let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let h = km::RequestHeader::decode(&mut body, api.request_header_version(version))?;
+        let h = km::RequestHeader::decode(&mut body, header_version)?;
         let request = RequestKind::decode(api, &mut body, version)?;
         Ok::<_, anyhow::Error>((
             h.client_id.map(|c| c.to_string()).unwrap_or_default(),

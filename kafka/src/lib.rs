@@ -14,6 +14,12 @@
 //! key or an unsupported version of an API other than ApiVersions closes the
 //! connection (logged); ApiVersions answers a version it does not know with error 35
 //! in version 0, so the client can retry with one it does.
+//!
+//! Before the crate decodes a request, `bounds` walks it once (walk functions
+//! generated from the crate's decoders into `bounds_generated`, by
+//! `kafka/gen/bounds.py`): every array count, string and bytes length must be backed
+//! by bytes of the frame, so the decoder never reserves memory for elements a request
+//! merely claims.
 
 #![deny(missing_docs)]
 
@@ -23,6 +29,9 @@
 
 #[cfg(feature = "service")]
 mod admin;
+mod bounds;
+#[allow(clippy::manual_range_contains, clippy::absurd_extreme_comparisons)]
+mod bounds_generated;
 #[cfg(feature = "service")]
 mod configs;
 mod decode;
