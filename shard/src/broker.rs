@@ -9,8 +9,8 @@
 //! broadcasts a change. Nothing here takes a lock or touches another shard's memory.
 //!
 //! Work runs in glommio task queues with shares, so that one kind of traffic cannot
-//! starve another: client produce, fetch, calls from other shards, and housekeeping
-//! (see [`Queues`]).
+//! starve another: client requests (in their connections' queue), calls from other
+//! shards, and housekeeping (see [`Queues`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -101,16 +101,19 @@ pub const CALLS_IN_FLIGHT_MAX: u64 = 8192;
 /// Default of [`ShardOptions::acks_none_bytes_max`]: 64 MiB per shard.
 pub const ACKS_NONE_BYTES_MAX: u64 = 64 << 20;
 
-/// The shard's task queues. Shares split the core between queues that all have work:
-/// client produce and fetch weigh the same, calls from other shards (the other half of
-/// a client request that arrived there) as much, housekeeping (interval flushes,
-/// retention, group sweeps) a tenth, so background work cannot delay a client.
+/// The shard's task queues besides the one its connections run in (glommio's default
+/// queue, 1000 shares), where client produce and fetch run. Shares split the core
+/// between queues that all have work: calls from other shards (the other half of a
+/// client request that arrived there) weigh as much as the connections, housekeeping
+/// (interval flushes, retention) a tenth, so background work cannot delay a client.
+/// Follower traffic will get its own queue.
+///
+/// Client produce and fetch stay in the connection's queue: moving each request's work
+/// to a queue of its own cost 12 % of the produce throughput and 150 µs of median ack
+/// latency in `benches/broker.sh` (a switch of task queue per request), with nothing to
+/// balance it against while clients are the only traffic.
 #[derive(Debug, Clone, Copy)]
 pub struct Queues {
-    /// Appends of client produce.
-    pub produce: TaskQueueHandle,
-    /// Fetch reads and long polls.
-    pub fetch: TaskQueueHandle,
     /// Calls from other shards.
     pub forwarded: TaskQueueHandle,
     /// Interval flushes, retention.
@@ -127,8 +130,6 @@ impl Queues {
             )
         };
         Self {
-            produce: q(1000, "produce"),
-            fetch: q(1000, "fetch"),
             forwarded: q(1000, "forwarded"),
             background: q(100, "background"),
         }
@@ -515,7 +516,7 @@ impl Shard {
     }
 
     /// Produce to partitions this shard owns. Each part's append runs in its own task
-    /// in the produce queue, to its end even when the request is dropped (its client
+    /// (in the caller's task queue), to its end even when the request is dropped (its client
     /// gone): a sequence it reserved is always settled.
     async fn produce_here(self: &Rc<Self>, acks: Acks, parts: Vec<ProducePart>) -> Vec<Produced> {
         let mut running = Vec::with_capacity(parts.len());
@@ -561,7 +562,7 @@ impl Shard {
             let me = self.clone();
             let ProducePart { tp, batch } = part;
             let answer_tp = tp.clone();
-            let task = spawn_in(self.queues.produce, async move {
+            let task = glommio::spawn_local(async move {
                 let _pass = pass;
                 let _budget = budget;
                 let r = partition
@@ -668,7 +669,7 @@ impl Shard {
                 };
                 let _ = tx.try_send((k, r));
             };
-            spawn_in(self.queues.fetch, task).detach();
+            glommio::spawn_local(task).detach();
         }
         drop(tx);
         let mut answers: Vec<Option<Option<Vec<Fetched>>>> = owners.iter().map(|_| None).collect();
@@ -716,7 +717,7 @@ impl Shard {
             return;
         }
         let me = self.clone();
-        spawn_in(self.queues.fetch, async move {
+        glommio::spawn_local(async move {
             let _ = me.router.call(owner, Call::StopFetch { id }).await;
         })
         .detach();
