@@ -205,8 +205,18 @@ impl Shard {
         table: TopicTable,
         links: Links,
     ) -> Result<Rc<Self>, String> {
+        Self::start_with_timers(opts, table, links, Timers::new()).await
+    }
+
+    /// [`Shard::start`] on given timers: a test passes [`Timers::manual`] to move the
+    /// shard's time itself.
+    pub async fn start_with_timers(
+        opts: ShardOptions,
+        table: TopicTable,
+        links: Links,
+        timers: Rc<Timers>,
+    ) -> Result<Rc<Self>, String> {
         let cache = SegmentCache::new(opts.open_segments_max);
-        let timers = Timers::new();
         let queues = Queues::create();
         let groups = Coordinator::open(
             &opts.data_dir,
@@ -427,14 +437,15 @@ impl Shard {
     }
 
     async fn housekeeping(self: Rc<Self>) {
-        let mut last_retention = Instant::now();
+        let mut last_retention = self.timers.now();
         while !self.stopping.get() {
             self.timers
-                .sleep_until(Instant::now() + Duration::from_millis(100))
+                .sleep_until(self.timers.now() + Duration::from_millis(100))
                 .await;
             let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
             let now = ringmq_storage::now_ms();
-            let retention_due = last_retention.elapsed() >= Duration::from_secs(30);
+            let retention_due =
+                self.timers.now().duration_since(last_retention) >= Duration::from_secs(30);
             for p in parts {
                 let log = p.log();
                 if let Err(e) = log.sync_if_due(now).await {
@@ -445,7 +456,7 @@ impl Shard {
                 }
             }
             if retention_due {
-                last_retention = Instant::now();
+                last_retention = self.timers.now();
             }
         }
     }
@@ -728,7 +739,7 @@ impl Shard {
     /// `stop`: (calling shard, fetch id) under which [`Call::StopFetch`] can end the
     /// wait early.
     async fn fetch_here(self: &Rc<Self>, f: Fetch, stop: Option<(u32, u64)>) -> Vec<Fetched> {
-        let deadline = Instant::now() + f.max_wait;
+        let deadline = self.timers.now() + f.max_wait;
         let stopped = Rc::new(Notify::new());
         let _registered = stop.map(|key| {
             self.fetch_stops.borrow_mut().insert(key, stopped.clone());
@@ -787,7 +798,7 @@ impl Shard {
             if total >= f.min_bytes as usize
                 || any_error
                 || stop_now
-                || Instant::now() >= deadline
+                || self.timers.now() >= deadline
                 || self.stopping.get()
             {
                 return out;
@@ -1137,7 +1148,7 @@ impl Shard {
         let Envelope::Call { id, from, .. } = env else {
             return;
         };
-        let now = Instant::now();
+        let now = self.timers.now();
         if self
             .calls_refused_logged
             .get()

@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
@@ -314,7 +314,7 @@ impl Router {
         // `Unavailable`, not a hang.
         let timeout = self
             .timers
-            .sleep_until(Instant::now() + self.call_timeout + extra);
+            .sleep_until(self.timers.now() + self.call_timeout + extra);
         let reply = futures_lite::future::or(rx.recv(), async {
             timeout.await;
             None

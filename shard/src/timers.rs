@@ -18,24 +18,51 @@ use crate::wheel::{TimerId, TimingWheel};
 /// Milliseconds per wheel tick.
 pub const TICK_MS: u64 = 1;
 
-/// A shard's timers.
+/// A shard's timers, and the shard's clock: code that waits on them reads the time
+/// from [`Timers::now`], so a test can run it on a clock it moves itself
+/// ([`Timers::manual`]).
 #[derive(Debug)]
 pub struct Timers {
     wheel: RefCell<TimingWheel<Waker>>,
     epoch: Instant,
     changed: Notify,
     stopped: Cell<bool>,
+    /// `Some(now)`: a manual clock, moved only by [`Timers::advance`].
+    manual: Cell<Option<Instant>>,
 }
 
 impl Timers {
-    /// A timer service; start [`Timers::run`] on the shard.
+    /// A timer service on the monotonic clock; start [`Timers::run`] on the shard.
     pub fn new() -> Rc<Self> {
         Rc::new(Self {
             wheel: RefCell::new(TimingWheel::new(0)),
             epoch: Instant::now(),
             changed: Notify::new(),
             stopped: Cell::new(false),
+            manual: Cell::new(None),
         })
+    }
+
+    /// A timer service whose time stands still until [`Timers::advance`] moves it (for
+    /// tests: deadlines pass when the test says, not when the machine gets to them).
+    pub fn manual() -> Rc<Self> {
+        let t = Self::new();
+        t.manual.set(Some(t.epoch));
+        t
+    }
+
+    /// The time now: the monotonic clock, or the manual one.
+    pub fn now(&self) -> Instant {
+        self.manual.get().unwrap_or_else(Instant::now)
+    }
+
+    /// Moves a manual clock forward by `d` and wakes the timers due by then. No effect
+    /// on the monotonic clock.
+    pub fn advance(&self, d: Duration) {
+        if let Some(now) = self.manual.get() {
+            self.manual.set(Some(now + d));
+            self.changed.notify_all();
+        }
     }
 
     fn tick_of(&self, t: Instant) -> u64 {
@@ -71,7 +98,7 @@ impl Timers {
     pub async fn run(self: Rc<Self>) {
         let mut fired = Vec::new();
         while !self.stopped.get() {
-            let now = self.tick_of(Instant::now());
+            let now = self.tick_of(self.now());
             self.wheel.borrow_mut().advance(now, &mut fired);
             for w in fired.drain(..) {
                 w.wake();
@@ -79,6 +106,8 @@ impl Timers {
             let next = self.wheel.borrow().next_event();
             let changed = self.changed.changed();
             match next {
+                // A manual clock moves only by `advance`, which notifies.
+                Some(_) if self.manual.get().is_some() => changed.await,
                 Some(t) => {
                     let wait = Duration::from_millis(t.saturating_sub(now).max(1) * TICK_MS);
                     futures_lite::future::or(changed, glommio::timer::sleep(wait)).await;
@@ -100,7 +129,7 @@ pub struct Sleep {
 impl Future for Sleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let now = Instant::now();
+        let now = self.timers.now();
         if now >= self.deadline {
             if let Some(id) = self.id.take() {
                 self.timers.wheel.borrow_mut().cancel(id);

@@ -2,6 +2,7 @@
 //! topic changes, driven through the shard's own operations on real executors and a
 //! temporary data directory.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use ringmq_shard::ops::{
 };
 use ringmq_shard::partition::Partition;
 use ringmq_shard::producer_ids::IdKey;
+use ringmq_shard::timers::Timers;
 use ringmq_shard::topic_configs::TopicPolicy;
 use ringmq_shard::topics::TopicTable;
 use ringmq_storage::batch::{self, Record};
@@ -259,4 +261,97 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
         stop_tx.send(()).unwrap();
     });
     other.join().unwrap();
+}
+
+/// A long poll on the shard's own clock, moved by the test: it waits while time stands
+/// still, answers empty once the clock passes its max wait, and an append wakes it
+/// before its deadline without the clock moving at all.
+#[test]
+fn a_long_poll_waits_on_the_shards_clock_and_wakes_on_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    run(move || async move {
+        let key = IdKey::load_or_create(&data).unwrap();
+        let timers = Timers::manual();
+        let shard = Shard::start_with_timers(
+            options(&data, key, 0, 1),
+            TopicTable::default(),
+            links(1).pop().unwrap(),
+            timers.clone(),
+        )
+        .await
+        .unwrap();
+        shard
+            .change_topics(TopicOp::Create {
+                name: "t".into(),
+                partitions: 1,
+                configs: vec![],
+                validate_only: false,
+            })
+            .await
+            .unwrap();
+        let poll = |shard: Rc<Shard>| {
+            let done = Rc::new(Cell::new(false));
+            let d = done.clone();
+            let task = glommio::spawn_local(async move {
+                let got = shard
+                    .fetch(Fetch {
+                        reader: Reader::Consumer(Isolation::ReadUncommitted),
+                        max_wait: Duration::from_millis(500),
+                        min_bytes: 1,
+                        max_bytes: 1 << 20,
+                        parts: vec![FetchPart {
+                            tp: TopicPartition::new("t", 0),
+                            offset: 0,
+                            max_bytes: 1 << 20,
+                            leader_epoch: None,
+                        }],
+                    })
+                    .await;
+                d.set(true);
+                got
+            });
+            (done, task)
+        };
+        // Lets the shard's tasks run; the shard's clock does not move meanwhile.
+        let settle = || glommio::timer::sleep(Duration::from_millis(30));
+
+        let (done, task) = poll(shard.clone());
+        settle().await;
+        assert!(!done.get(), "no data: the poll waits");
+        timers.advance(Duration::from_millis(400));
+        settle().await;
+        assert!(!done.get(), "400 ms of its 500 ms max wait: still waiting");
+        timers.advance(Duration::from_millis(200));
+        settle().await;
+        assert!(
+            done.get(),
+            "the shard's clock passed the max wait: answered"
+        );
+        let got = task.await;
+        assert!(
+            got[0].records.as_ref().unwrap().is_empty(),
+            "answered empty"
+        );
+
+        let (done, task) = poll(shard.clone());
+        settle().await;
+        assert!(!done.get());
+        let r = shard
+            .produce(
+                Acks::Leader,
+                vec![ProducePart {
+                    tp: TopicPartition::new("t", 0),
+                    batch: batch(b"wake"),
+                }],
+            )
+            .await;
+        assert_eq!(r[0].result, Ok(0));
+        let got = task.await;
+        assert!(
+            !got[0].is_empty(),
+            "woken by the append, the clock never moved"
+        );
+        shard.shutdown().await;
+    });
 }

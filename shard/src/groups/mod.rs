@@ -298,8 +298,7 @@ impl Group {
         }
     }
 
-    fn new() -> Self {
-        let now = Instant::now();
+    fn new(now: Instant) -> Self {
         Self {
             state: State::Empty,
             generation: 0,
@@ -405,9 +404,8 @@ impl GroupRecord {
         })
     }
 
-    fn into_group(self) -> Group {
-        let now = Instant::now();
-        let mut g = Group::new();
+    fn into_group(self, now: Instant) -> Group {
+        let mut g = Group::new(now);
         g.state = State::Stable;
         g.generation = self.generation;
         g.protocol_type = self.protocol_type;
@@ -637,7 +635,9 @@ impl Coordinator {
             );
         }
         for (name, rec) in restored {
-            me.groups.borrow_mut().insert(name, rec.into_group());
+            me.groups
+                .borrow_mut()
+                .insert(name, rec.into_group(me.timers.now()));
         }
         if own_gens.len() > 1 {
             me.clone().compact().await;
@@ -814,7 +814,7 @@ impl Coordinator {
         };
         let log = &self.limit_logs[limit as usize];
         log.since_warn.set(log.since_warn.get() + 1);
-        let now = Instant::now();
+        let now = self.timers.now();
         if log
             .last_warn
             .get()
@@ -871,7 +871,9 @@ impl Coordinator {
                     self.limit_reached(Limit::Groups, &group_id, count),
                 );
             }
-            let g = groups.entry(group_id.clone()).or_insert_with(Group::new);
+            let g = groups
+                .entry(group_id.clone())
+                .or_insert_with(|| Group::new(self.timers.now()));
             if !g.members.is_empty()
                 && !g.protocol_type.is_empty()
                 && g.protocol_type != q.protocol_type
@@ -912,7 +914,7 @@ impl Coordinator {
                     let new_id = self.new_member_id(&q.client_id);
                     let mut m = g.members.remove(old_id).expect("found above");
                     Self::fence_waiters(&mut m);
-                    let now = Instant::now();
+                    let now = self.timers.now();
                     m.client_id = q.client_id.clone();
                     m.client_host = q.client_host.clone();
                     m.session_timeout = q.session_timeout;
@@ -968,7 +970,7 @@ impl Coordinator {
                                     self.limit_reached(Limit::PendingMembers, &group_id, count),
                                 );
                             }
-                            g.pending_ids.insert(id.clone(), Instant::now());
+                            g.pending_ids.insert(id.clone(), self.timers.now());
                             return refuse(
                                 &id,
                                 BrokerError::new(
@@ -991,7 +993,7 @@ impl Coordinator {
                 }
             }
             member_id = id.clone();
-            let now = Instant::now();
+            let now = self.timers.now();
             let session = q.session_timeout;
             let member = g.members.entry(id).or_insert_with(|| Member {
                 instance_id: instance_id.clone(),
@@ -1019,7 +1021,7 @@ impl Coordinator {
             if g.state != State::PreparingRebalance {
                 self.prepare_rebalance(g);
             }
-            if Self::all_joined(g) && Instant::now() >= g.initial_until {
+            if Self::all_joined(g) && self.timers.now() >= g.initial_until {
                 self.complete_join(&group_id, g);
             }
         }
@@ -1043,7 +1045,7 @@ impl Coordinator {
             .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or(Duration::ZERO);
-        let now = Instant::now();
+        let now = self.timers.now();
         g.rebalance_deadline = now + timeout;
         g.initial_until = if was_empty {
             now + self.initial_delay.min(timeout)
@@ -1081,7 +1083,7 @@ impl Coordinator {
                 .values()
                 .all(|m| m.protocols.iter().any(|p| &p.0 == name))
         });
-        let now = Instant::now();
+        let now = self.timers.now();
         let Some(protocol) = chosen else {
             for (_, m) in std::mem::take(&mut g.members) {
                 if let Some(j) = m.join {
@@ -1190,7 +1192,7 @@ impl Coordinator {
                 }
                 State::CompletingRebalance => {}
             }
-            let now = Instant::now();
+            let now = self.timers.now();
             if member_id == g.leader {
                 let given: HashMap<String, Bytes> = q.assignments.into_iter().collect();
                 for (id, m) in g.members.iter_mut() {
@@ -1225,7 +1227,7 @@ impl Coordinator {
         let Some(m) = g.members.get_mut(&q.member_id) else {
             return Err(unknown_member(&q.member_id));
         };
-        m.deadline = Instant::now() + m.session_timeout;
+        m.deadline = self.timers.now() + m.session_timeout;
         if state == State::PreparingRebalance {
             Err(rebalancing())
         } else if q.generation != generation {
@@ -1310,7 +1312,7 @@ impl Coordinator {
     async fn sweep(self: Rc<Self>) {
         loop {
             self.timers
-                .sleep_until(Instant::now() + Duration::from_millis(100))
+                .sleep_until(self.timers.now() + Duration::from_millis(100))
                 .await;
             let records = self.sweep_once();
             if let Err(e) = self.write(records).await {
@@ -1322,7 +1324,7 @@ impl Coordinator {
     /// One pass of [`Coordinator::sweep`]; returns the membership records to write.
     fn sweep_once(&self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         {
-            let now = Instant::now();
+            let now = self.timers.now();
             let mut groups = self.groups.borrow_mut();
             for (id, g) in groups.iter_mut() {
                 g.pending_ids
