@@ -331,10 +331,9 @@ impl Partition {
     /// itself when it is older than the whole history); (-1, -1) for an epoch newer
     /// than the current one.
     pub fn end_of_epoch(&self, epoch: i32) -> EpochEnd {
-        let history = self.log.leader_epochs();
         EpochEnd {
             tp: self.tp.clone(),
-            result: Ok(end_of_epoch(&history, epoch, self.log_end_offset())),
+            result: Ok(self.log.end_offset_for_epoch(epoch)),
         }
     }
 
@@ -345,48 +344,5 @@ impl Partition {
             .delete_records_before(offset, self.high_watermark())
             .await
             .map_err(|e| BrokerError::from(&e))
-    }
-}
-
-/// [`Partition::end_of_epoch`] over a history of (epoch, start offset), oldest first.
-pub fn end_of_epoch(history: &[(i32, i64)], epoch: i32, log_end: i64) -> (i32, i64) {
-    let latest = history.last().map(|&(e, _)| e);
-    if epoch < 0 {
-        return (-1, -1);
-    }
-    if latest == Some(epoch) {
-        return (epoch, log_end);
-    }
-    let Some(&(_, next_start)) = history.iter().find(|&&(e, _)| e > epoch) else {
-        return (-1, -1);
-    };
-    let floor = history
-        .iter()
-        .rev()
-        .find(|&&(e, _)| e <= epoch)
-        .map_or(epoch, |&(e, _)| e);
-    (floor, next_start)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn end_of_epoch_answers_as_kafka_does() {
-        let h = [(0, 0), (2, 100), (5, 250)];
-        assert_eq!(end_of_epoch(&h, 5, 300), (5, 300), "current epoch: log end");
-        assert_eq!(end_of_epoch(&h, 0, 300), (0, 100));
-        assert_eq!(end_of_epoch(&h, 1, 300), (0, 100), "no epoch 1: the floor");
-        assert_eq!(end_of_epoch(&h, 3, 300), (2, 250));
-        assert_eq!(end_of_epoch(&h, 6, 300), (-1, -1), "newer than current");
-        assert_eq!(end_of_epoch(&h, -1, 300), (-1, -1));
-        let late = [(3, 40)];
-        assert_eq!(
-            end_of_epoch(&late, 1, 50),
-            (1, 40),
-            "older than the history"
-        );
-        assert_eq!(end_of_epoch(&[], 0, 0), (-1, -1));
     }
 }

@@ -106,6 +106,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// On-disk data that recovery could not make sense of.
     Corrupt,
+    /// A replica's batch does not continue the log (a gap, an overlap, an older epoch).
+    Diverged,
 }
 
 /// A storage error.
@@ -148,6 +150,21 @@ pub enum Error {
     /// Configuration refused.
     #[error("invalid log configuration: {0}")]
     InvalidConfig(String),
+    /// A leader's batch that does not continue this replica's log: its base offset is
+    /// not the log end, or its leader epoch is older than the log's latest.
+    #[error(
+        "replica batch at offset {base_offset} epoch {epoch} does not continue the log (end {log_end}, latest epoch {latest_epoch})"
+    )]
+    Diverged {
+        /// The batch's base offset.
+        base_offset: i64,
+        /// The batch's leader epoch.
+        epoch: i32,
+        /// The log end offset.
+        log_end: i64,
+        /// The latest epoch in the log's history (-1: none).
+        latest_epoch: i32,
+    },
     /// On-disk data recovery could not use.
     #[error("corrupt {what} in {}", path.display())]
     Corrupt {
@@ -169,6 +186,7 @@ impl Error {
             Error::Closed => ErrorKind::Closed,
             Error::InvalidConfig(_) => ErrorKind::InvalidConfig,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Diverged { .. } => ErrorKind::Diverged,
         }
     }
 

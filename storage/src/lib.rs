@@ -79,7 +79,7 @@ pub async fn remove_dir_all(path: &std::path::Path) -> Result<()> {
 #[cfg(feature = "log")]
 pub use log::{
     AppendInfo, LogStats, PartitionLog, ReadChunk, ReadResult, RecoveryReport, RetentionOutcome,
-    now_ms,
+    end_offset_for_epoch, now_ms,
 };
 #[cfg(feature = "log")]
 pub use notify::Notify;

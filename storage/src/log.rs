@@ -27,6 +27,9 @@ use crate::notify::Notify;
 const CLEAN_SHUTDOWN_FILE: &str = "clean-shutdown";
 const RECOVERY_POINT_FILE: &str = "recovery-point";
 const LEADER_EPOCH_FILE: &str = "leader-epoch-checkpoint";
+/// The partition's last checkpointed high watermark (Kafka's
+/// `replication-offset-checkpoint`, one file per partition here).
+const HIGH_WATERMARK_FILE: &str = "high-watermark-checkpoint";
 /// The log start offset set by [`PartitionLog::delete_records_before`] (Kafka's
 /// `log-start-offset-checkpoint`), when it lies above the first segment's base.
 const LOG_START_FILE: &str = "log-start-offset";
@@ -1115,6 +1118,123 @@ impl PartitionLog {
         })
     }
 
+    /// Appends a batch a leader replicated, keeping its offsets and its leader epoch
+    /// (a follower's append): its base offset must be the log end and its epoch at
+    /// least the log's latest, else it is refused with [`Error::Diverged`] and the log
+    /// is unchanged (the follower truncates first, from the leader's epoch answer). A
+    /// batch that starts a newer epoch records it in the leader-epoch checkpoint, durably,
+    /// before the batch is queued. Returns like [`PartitionLog::append`]: durable under
+    /// `every_batch`, written otherwise.
+    pub async fn append_replica(&self, batch: BytesMut) -> Result<AppendInfo> {
+        let message_bytes_max = self.state.borrow().config.message_bytes_max;
+        let info = batch::validate(&batch, message_bytes_max)?;
+        let ticket = {
+            let mut s = self.state.borrow_mut();
+            let t = s.admit_next_ticket;
+            s.admit_next_ticket += 1;
+            s.admit_waiting.push_back(t);
+            t
+        };
+        let mut waiting = AdmitGuard { log: self, ticket };
+        loop {
+            let changed = {
+                let s = self.state.borrow();
+                self.check_writable(&s)?;
+                let first = s.admit_waiting.front() == Some(&ticket);
+                let room = s.pending.is_empty()
+                    || s.pending_bytes + batch.len() <= s.config.write_buffer_bytes_max;
+                if first && room {
+                    break;
+                }
+                if s.flushing || !first {
+                    Some(self.changed.changed())
+                } else {
+                    None
+                }
+            };
+            match changed {
+                Some(c) => c.await,
+                None => self.drive().await,
+            }
+        }
+        // First in the admission queue: no other append moves the log end meanwhile.
+        let (log_end, latest) = {
+            let s = self.state.borrow();
+            (s.next_offset, s.leader_epochs.last().copied())
+        };
+        let latest_epoch = latest.map_or(-1, |(e, _)| e);
+        if info.base_offset != log_end || info.leader_epoch < latest_epoch {
+            return Err(Error::Diverged {
+                base_offset: info.base_offset,
+                epoch: info.leader_epoch,
+                log_end,
+                latest_epoch,
+            });
+        }
+        if info.leader_epoch > latest_epoch {
+            let mut epochs = self.state.borrow().leader_epochs.clone();
+            epochs.push((info.leader_epoch, info.base_offset));
+            write_leader_epochs(&self.dir, &epochs).await?;
+            self.state.borrow_mut().leader_epochs = epochs;
+        }
+        let (end, generation, wait_durable) = {
+            let mut s = self.state.borrow_mut();
+            waiting.admitted(&mut s);
+            let end = info.next_offset();
+            s.next_offset = end;
+            s.pending_bytes += batch.len();
+            s.pending.push_back(Pending {
+                bytes: batch.freeze(),
+                info,
+            });
+            (
+                end,
+                s.abort_generation,
+                s.config.flush == FlushPolicy::EveryBatch,
+            )
+        };
+        self.wait_for(end, generation, wait_durable).await?;
+        Ok(AppendInfo {
+            base_offset: info.base_offset,
+            last_offset: end - 1,
+            log_append_time_ms: -1,
+            size_bytes: info.size_bytes,
+        })
+    }
+
+    /// Kafka's OffsetsForLeaderEpoch answer from this log's leader-epoch history:
+    /// `(epoch, end offset)` ([`end_offset_for_epoch`]).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let s = self.state.borrow();
+        end_offset_for_epoch(&s.leader_epochs, epoch, s.written_offset)
+    }
+
+    /// Records the partition's high watermark durably (write-new, sync, rename), so a
+    /// restarted replica knows what was committed before it learns the leader's.
+    pub async fn checkpoint_high_watermark(&self, high_watermark: i64) -> Result<()> {
+        io::write_file_atomic(
+            &self.dir.join(HIGH_WATERMARK_FILE),
+            format!("{high_watermark}\n").as_bytes(),
+        )
+        .await
+    }
+
+    /// The last checkpointed high watermark, `None` when none was written.
+    pub async fn high_watermark_checkpoint(&self) -> Result<Option<i64>> {
+        let path = self.dir.join(HIGH_WATERMARK_FILE);
+        let Some(bytes) = io::read_file(&path).await? else {
+            return Ok(None);
+        };
+        String::from_utf8_lossy(&bytes)
+            .trim()
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| Error::Corrupt {
+                what: "high watermark checkpoint",
+                path,
+            })
+    }
+
     /// Waits until `end` is written (or durable), driving flushes when none runs.
     async fn wait_for(&self, end: i64, generation: u64, durable: bool) -> Result<()> {
         loop {
@@ -2139,6 +2259,30 @@ async fn write_recovery_point(dir: &Path, offset: i64) -> Result<()> {
         format!("{offset}\n").as_bytes(),
     )
     .await
+}
+
+/// Kafka's answer to OffsetsForLeaderEpoch over a history of (epoch, start offset),
+/// oldest first, and the log end: for the latest epoch, `(epoch, log end)`; for an
+/// older one, the start of the first later epoch, with the largest epoch at most the
+/// one asked (the asked one itself when it is older than the whole history); `(-1, -1)`
+/// for an epoch newer than the latest or a negative one. A follower truncates to
+/// `min(end offset, its own log end)` of the answer for its latest epoch (KIP-101).
+pub fn end_offset_for_epoch(history: &[(i32, i64)], epoch: i32, log_end: i64) -> (i32, i64) {
+    if epoch < 0 {
+        return (-1, -1);
+    }
+    if history.last().map(|&(e, _)| e) == Some(epoch) {
+        return (epoch, log_end);
+    }
+    let Some(&(_, next_start)) = history.iter().find(|&&(e, _)| e > epoch) else {
+        return (-1, -1);
+    };
+    let floor = history
+        .iter()
+        .rev()
+        .find(|&&(e, _)| e <= epoch)
+        .map_or(epoch, |&(e, _)| e);
+    (floor, next_start)
 }
 
 /// Kafka's leader-epoch-checkpoint format: version, count, then `epoch start` lines.

@@ -643,3 +643,85 @@ fn delete_records_moves_the_start_durably_and_retention_respects_it() {
         assert_eq!(read_all(&log).await.len(), 1);
     });
 }
+
+/// A follower's append keeps the leader's offsets and epochs: a batch that does not
+/// start at the log end, or carries an older epoch, is refused and changes nothing; a
+/// newer epoch enters the leader-epoch history (and survives a reopen), which then
+/// answers the truncation question; the high-watermark checkpoint survives a reopen.
+#[test]
+fn replica_appends_keep_the_leaders_offsets_and_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        // A leader's batch: base offset and partition leader epoch set by the leader.
+        let leader_batch = |seed: u64, base: i64, epoch: i32| {
+            let mut b = make_batch(seed, 3, 100, 1_000);
+            batch::set_base_offset(&mut b, base);
+            batch::set_leader_epoch(&mut b, epoch);
+            bm(&b)
+        };
+        let log = open(&path, small_config()).await;
+        assert_eq!(log.high_watermark_checkpoint().await.unwrap(), None);
+        let at = log.append_replica(leader_batch(1, 0, 3)).await.unwrap();
+        assert_eq!((at.base_offset, at.last_offset), (0, 2));
+        log.append_replica(leader_batch(2, 3, 3)).await.unwrap();
+        // A gap, an overlap and an older epoch are refused; the log is unchanged.
+        for (base, epoch) in [(7, 3), (3, 3), (6, 2)] {
+            let e = log
+                .append_replica(leader_batch(9, base, epoch))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Diverged, "base {base} epoch {epoch}");
+        }
+        assert_eq!(log.end_offset(), 6);
+        // A newer epoch starts where its first batch does.
+        log.append_replica(leader_batch(3, 6, 5)).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![(3, 0), (5, 6)]);
+        assert_eq!(log.end_offset_for_epoch(5), (5, 9));
+        assert_eq!(
+            log.end_offset_for_epoch(4),
+            (3, 6),
+            "epoch 4: ends where 5 began"
+        );
+        assert_eq!(log.end_offset_for_epoch(6), (-1, -1));
+        log.checkpoint_high_watermark(6).await.unwrap();
+        // The stored batches are the leader's, byte for byte.
+        let stored = read_all(&log).await;
+        assert_eq!(stored.len(), 3);
+        assert_eq!(stored[2].0, 6);
+        assert_eq!(batch::parse_header(&stored[2].1).unwrap().leader_epoch, 5);
+        log.close().await.unwrap();
+
+        let log = open(&path, small_config()).await;
+        assert_eq!(
+            log.end_offset(),
+            9,
+            "recovery accepts the replicated epochs"
+        );
+        assert_eq!(log.leader_epochs(), vec![(3, 0), (5, 6)]);
+        assert_eq!(log.high_watermark_checkpoint().await.unwrap(), Some(6));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn end_offset_for_epoch_answers_as_kafka_does() {
+    use ringmq_storage::end_offset_for_epoch as end;
+    let h = [(0, 0), (2, 100), (5, 250)];
+    assert_eq!(end(&h, 5, 300), (5, 300), "latest epoch: the log end");
+    assert_eq!(end(&h, 0, 300), (0, 100));
+    assert_eq!(
+        end(&h, 1, 300),
+        (0, 100),
+        "no epoch 1: the floor, ending where 2 began"
+    );
+    assert_eq!(end(&h, 3, 300), (2, 250));
+    assert_eq!(end(&h, 6, 300), (-1, -1), "newer than the latest");
+    assert_eq!(end(&h, -1, 300), (-1, -1));
+    assert_eq!(
+        end(&[(3, 40)], 1, 50),
+        (1, 40),
+        "older than the whole history"
+    );
+    assert_eq!(end(&[], 0, 0), (-1, -1));
+}
