@@ -54,6 +54,9 @@ pub struct Partition {
     policy: RefCell<Rc<TopicPolicy>>,
     /// Replicas in sync, the leader included: 1 without replication.
     in_sync_replicas: Cell<usize>,
+    /// The broker ids of the partition's followers: none without replication. Only
+    /// they may read past the high watermark.
+    followers: RefCell<Vec<i32>>,
     /// Woken when the high watermark may have moved.
     high_watermark_moved: Notify,
 }
@@ -99,6 +102,7 @@ impl Partition {
             leader_epoch: Cell::new(epoch),
             policy: RefCell::new(policy),
             in_sync_replicas: Cell::new(1),
+            followers: RefCell::new(Vec::new()),
             high_watermark_moved: Notify::new(),
         }))
     }
@@ -295,7 +299,20 @@ impl Partition {
     ) -> Result<ReadResult, BrokerError> {
         let upper = match reader {
             Reader::Consumer(_) => self.high_watermark(),
-            Reader::Follower { .. } => self.log_end_offset(),
+            // Only a follower of this partition reads past the high watermark: a client
+            // that calls itself a replica must not see what is not yet committed.
+            Reader::Follower { replica_id, .. } => {
+                if !self.followers.borrow().contains(&replica_id) {
+                    return Err(BrokerError::new(
+                        ErrorKind::NotLeader,
+                        format!(
+                            "{}: broker {replica_id} is not a follower of this partition",
+                            self.tp
+                        ),
+                    ));
+                }
+                self.log_end_offset()
+            }
         };
         self.log
             .read(offset, max_bytes, upper)

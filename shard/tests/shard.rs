@@ -103,7 +103,12 @@ fn a_partition_produces_reads_and_answers_epochs() {
             replica_id: 1,
             leader_epoch: 0,
         };
-        assert_eq!(p.read(3, 1 << 20, follower).await.unwrap().next_offset, 3);
+        // No followers without replication: a reader that claims to be one is refused,
+        // never shown what is past the high watermark.
+        assert_eq!(
+            p.read(0, 1 << 20, follower).await.unwrap_err().kind,
+            ErrorKind::NotLeader
+        );
         let far = p.read(4, 1 << 20, consumer).await.unwrap_err();
         assert_eq!(far.kind, ErrorKind::OffsetOutOfRange);
         // Epochs: the current one ends at the log end; a newer one is unknown.
