@@ -23,7 +23,8 @@
 //! - **Shrink** ([`LeaderState::tick`]): ISR followers not caught up within
 //!   `replica_lag_time_max_ms` are proposed for removal. **Expand**
 //!   ([`LeaderState::on_follower_fetch`]): an assigned follower outside the ISR whose
-//!   fetch offset reaches the high watermark and the start of this leader's epoch is
+//!   counted offset (log end, or durable offset with every_batch) reaches the high
+//!   watermark and whose fetch offset reaches the start of this leader's epoch is
 //!   proposed for addition. Proposals carry the partition epoch and are never applied
 //!   here first; [`LeaderState::on_isr_committed`] applies the controller's decision
 //!   and ignores stale partition epochs. One proposal is in flight at a time.
@@ -372,7 +373,9 @@ impl LeaderState {
         let mut proposal = None;
         if self.pending.is_none()
             && !self.isr.contains(&fetch.replica)
-            && fetch.fetch_offset >= self.high_watermark
+            && self
+                .counted_offset(fetch.replica)
+                .is_some_and(|o| o >= self.high_watermark)
             && fetch.fetch_offset >= self.epoch_start_offset
         {
             let mut new_isr = self.isr.clone();
@@ -476,6 +479,391 @@ impl LeaderState {
             completed,
             failed,
             proposal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LAG_MS: u64 = 3_000;
+
+    fn config(min_insync_replicas: usize, durability: Durability) -> LeaderConfig {
+        LeaderConfig {
+            min_insync_replicas,
+            replica_lag_time_max_ms: LAG_MS,
+            durability,
+        }
+    }
+
+    /// Replica 1 leads epoch 5 of {1, 2, 3}, all in the ISR at partition epoch 10.
+    fn leader(min_insync_replicas: usize, durability: Durability) -> LeaderState {
+        LeaderState::new(
+            LeaderInit {
+                me: 1,
+                leader_epoch: 5,
+                partition_epoch: 10,
+                assignment: vec![1, 2, 3],
+                isr: vec![1, 2, 3],
+                log_end_offset: 0,
+                durable_offset: 0,
+                high_watermark: 0,
+            },
+            config(min_insync_replicas, durability),
+        )
+    }
+
+    fn fetch(replica: ReplicaId, offset: Offset) -> FollowerFetch {
+        FollowerFetch {
+            replica,
+            fetch_offset: offset,
+            durable_offset: offset,
+            leader_epoch: 5,
+        }
+    }
+
+    fn ok(v: FetchVerdict) -> Effects {
+        match v {
+            FetchVerdict::Ok(e) => e,
+            other => panic!("expected Ok, got {other:?}"),
+        }
+    }
+
+    fn waiter(v: ProduceVerdict) -> WaiterId {
+        match v {
+            ProduceVerdict::Wait { waiter, .. } => waiter,
+            other => panic!("expected Wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hw_is_min_over_the_isr_and_never_decreases() {
+        let mut l = leader(2, Durability::LogEnd);
+        waiter(l.on_produce(9));
+        assert_eq!(
+            ok(l.on_follower_fetch(&fetch(2, 10), 1)).high_watermark,
+            0,
+            "3 unknown"
+        );
+        assert_eq!(ok(l.on_follower_fetch(&fetch(3, 4), 1)).high_watermark, 4);
+        assert_eq!(ok(l.on_follower_fetch(&fetch(3, 10), 2)).high_watermark, 10);
+        // Replica 3 restarted and lost its tail: the HW does not go back.
+        assert_eq!(ok(l.on_follower_fetch(&fetch(3, 6), 3)).high_watermark, 10);
+    }
+
+    #[test]
+    fn stale_and_newer_fetch_epochs_are_refused() {
+        let mut l = leader(1, Durability::LogEnd);
+        let mut f = fetch(2, 0);
+        f.leader_epoch = 4;
+        assert_eq!(l.on_follower_fetch(&f, 1), FetchVerdict::FencedLeaderEpoch);
+        f.leader_epoch = 6;
+        assert_eq!(l.on_follower_fetch(&f, 1), FetchVerdict::UnknownLeaderEpoch);
+        assert_eq!(
+            l.on_follower_fetch(&fetch(9, 0), 1),
+            FetchVerdict::NotAReplica
+        );
+        assert_eq!(
+            l.on_follower_fetch(&fetch(2, 1), 1),
+            FetchVerdict::OffsetOutOfRange
+        );
+    }
+
+    #[test]
+    fn every_batch_counts_only_durable_offsets() {
+        let mut l = leader(3, Durability::EveryBatch);
+        let w = waiter(l.on_produce(9));
+        let durable_at = |replica, durable_offset| FollowerFetch {
+            durable_offset,
+            ..fetch(replica, 10)
+        };
+        ok(l.on_follower_fetch(&durable_at(2, 10), 1));
+        let e = ok(l.on_follower_fetch(&durable_at(3, 10), 1));
+        assert_eq!(e.high_watermark, 0, "the leader has not synced");
+        let e = l.on_local_durable(10);
+        assert_eq!(e.high_watermark, 10);
+        assert_eq!(e.completed, vec![w]);
+
+        let w = waiter(l.on_produce(19));
+        l.on_local_durable(20);
+        ok(l.on_follower_fetch(&durable_at(2, 10), 2));
+        let e = ok(l.on_follower_fetch(
+            &FollowerFetch {
+                fetch_offset: 20,
+                ..durable_at(3, 12)
+            },
+            2,
+        ));
+        assert_eq!(e.high_watermark, 10, "2 has 20 written but 10 durable");
+        let e = ok(l.on_follower_fetch(
+            &FollowerFetch {
+                fetch_offset: 20,
+                ..durable_at(2, 20)
+            },
+            3,
+        ));
+        assert_eq!(e.high_watermark, 12);
+        let e = ok(l.on_follower_fetch(
+            &FollowerFetch {
+                fetch_offset: 20,
+                ..durable_at(3, 20)
+            },
+            3,
+        ));
+        assert_eq!((e.high_watermark, e.completed), (20, vec![w]));
+    }
+
+    #[test]
+    fn lagging_follower_is_proposed_for_shrink_not_removed() {
+        let mut l = leader(1, Durability::LogEnd);
+        l.on_produce(9);
+        ok(l.on_follower_fetch(&fetch(2, 10), 1_000));
+        ok(l.on_follower_fetch(&fetch(3, 2), 1_000));
+        assert_eq!(l.tick(3_000).proposal, None, "nobody lags yet");
+        let e = l.tick(3_001);
+        assert_eq!(
+            e.proposal,
+            Some(IsrProposal::Shrink {
+                removed: vec![3],
+                new_isr: vec![1, 2],
+                partition_epoch: 10
+            })
+        );
+        assert_eq!(l.isr(), vec![1, 2, 3], "not applied before the commit");
+        assert_eq!(l.maximal_isr(), vec![1, 2, 3]);
+        assert_eq!(e.high_watermark, 2, "still waits for 3");
+        assert_eq!(l.tick(9_000).proposal, None, "one proposal in flight");
+        let e = l.on_isr_committed(&[1, 2], 11);
+        assert_eq!(e.high_watermark, 10, "3 no longer counted");
+        assert_eq!(l.isr(), vec![1, 2]);
+        assert_eq!(l.partition_epoch(), 11);
+    }
+
+    /// Kafka's rule: a follower that reaches, at its fetch, the leader's log end of its
+    /// previous fetch was caught up at that previous fetch's time.
+    #[test]
+    fn caught_up_at_previous_fetch_when_reaching_its_log_end() {
+        let mut l = leader(1, Durability::LogEnd);
+        l.on_produce(9);
+        ok(l.on_follower_fetch(&fetch(2, 10), 0));
+        ok(l.on_follower_fetch(&fetch(3, 10), 0));
+        l.on_produce(19); // leader LEO 20
+        ok(l.on_follower_fetch(&fetch(2, 10), 2_000)); // behind; LEO at this fetch: 20
+        ok(l.on_follower_fetch(&fetch(3, 20), 2_000));
+        l.on_produce(29); // leader LEO 30
+        ok(l.on_follower_fetch(&fetch(2, 20), 4_000)); // reaches 20: caught up at 2_000
+        ok(l.on_follower_fetch(&fetch(3, 30), 4_000));
+        assert_eq!(l.tick(5_000).proposal, None);
+        assert!(
+            matches!(l.tick(5_001).proposal, Some(IsrProposal::Shrink { ref removed, .. }) if removed == &vec![2])
+        );
+    }
+
+    #[test]
+    fn follower_reaching_the_hw_is_proposed_for_expand() {
+        let mut l = leader(1, Durability::LogEnd);
+        l.on_isr_committed(&[1, 2], 11);
+        l.on_produce(9);
+        let e = ok(l.on_follower_fetch(&fetch(2, 10), 1));
+        assert_eq!(e.high_watermark, 10);
+        let e = ok(l.on_follower_fetch(&fetch(3, 5), 1));
+        assert_eq!(e.proposal, None, "below the HW");
+        let e = ok(l.on_follower_fetch(&fetch(3, 10), 2));
+        assert_eq!(
+            e.proposal,
+            Some(IsrProposal::Expand {
+                replica: 3,
+                new_isr: vec![1, 2, 3],
+                partition_epoch: 11
+            })
+        );
+        assert_eq!(l.isr(), vec![1, 2]);
+        assert_eq!(l.maximal_isr(), vec![1, 2, 3], "pending addition counted");
+        l.on_produce(19);
+        ok(l.on_follower_fetch(&fetch(2, 20), 3));
+        assert_eq!(
+            l.high_watermark(),
+            10,
+            "the HW waits for the pending member"
+        );
+        // A stale commit is ignored; the real one applies.
+        l.on_isr_committed(&[1], 11);
+        assert_eq!(l.isr(), vec![1, 2]);
+        l.on_isr_committed(&[1, 2, 3], 12);
+        assert_eq!(l.isr(), vec![1, 2, 3]);
+        assert_eq!(l.pending_proposal(), None);
+    }
+
+    #[test]
+    fn hw_does_not_advance_below_min_isr() {
+        let mut l = leader(2, Durability::LogEnd);
+        l.on_isr_committed(&[1], 11);
+        assert_eq!(l.on_produce(9), ProduceVerdict::NotEnoughReplicas);
+        assert_eq!(l.log_end_offset(), 0, "nothing appended");
+        let mut l = leader(2, Durability::LogEnd);
+        l.on_produce(9);
+        l.on_isr_committed(&[1], 11);
+        assert_eq!(l.on_local_durable(10).high_watermark, 0);
+        assert_eq!(l.high_watermark(), 0, "ISR {{1}} alone may not advance it");
+    }
+
+    #[test]
+    fn not_enough_replicas_after_append() {
+        let mut l = leader(2, Durability::LogEnd);
+        let a = waiter(l.on_produce(4));
+        let b = waiter(l.on_produce(9));
+        ok(l.on_follower_fetch(&fetch(2, 5), 1));
+        let e = ok(l.on_follower_fetch(&fetch(3, 5), 1));
+        assert_eq!(e.completed, vec![a]);
+        let e = l.on_isr_committed(&[1, 3], 11);
+        assert!(e.failed.is_empty(), "2 of 3 is still enough");
+        let e = l.on_isr_committed(&[1], 12);
+        assert_eq!(e.failed, vec![b]);
+        assert_eq!(l.waiting(), 0);
+        assert_eq!(l.on_produce(10), ProduceVerdict::NotEnoughReplicas);
+    }
+
+    #[test]
+    fn single_replica_completes_on_append() {
+        let mut l = LeaderState::new(
+            LeaderInit {
+                me: 1,
+                leader_epoch: 1,
+                partition_epoch: 1,
+                assignment: vec![1],
+                isr: vec![1],
+                log_end_offset: 0,
+                durable_offset: 0,
+                high_watermark: 0,
+            },
+            config(1, Durability::LogEnd),
+        );
+        let ProduceVerdict::Wait { waiter, effects } = l.on_produce(0) else {
+            panic!()
+        };
+        assert_eq!(effects.completed, vec![waiter]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Produce(i64),
+        Fetch {
+            replica: ReplicaId,
+            advance: i64,
+            durable_lag: i64,
+        },
+        Tick(u64),
+        CommitPending,
+        ControllerShrink(Vec<ReplicaId>),
+        StaleCommit(Vec<ReplicaId>),
+        Durable,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1i64..20).prop_map(Op::Produce),
+            (2..=3i32, 0i64..20, 0i64..5).prop_map(|(replica, advance, durable_lag)| Op::Fetch {
+                replica,
+                advance,
+                durable_lag
+            }),
+            (0u64..4_000).prop_map(Op::Tick),
+            Just(Op::CommitPending),
+            Just(Op::CommitPending),
+            proptest::sample::subsequence(vec![2, 3], 0..=2).prop_map(Op::ControllerShrink),
+            proptest::sample::subsequence(vec![1, 2, 3], 0..=3).prop_map(Op::StaleCommit),
+            Just(Op::Durable),
+        ]
+    }
+
+    proptest! {
+        /// Under any sequence of produces, follower fetches (offsets that only move
+        /// forward), ticks, commits of the pending proposal, shrinks decided by the
+        /// controller and stale commits: the HW never decreases, never exceeds the
+        /// counted offset of a maximal-ISR member, never advances with a committed ISR
+        /// below the minimum, and a waiter completes iff the HW passed its last offset
+        /// (or fails only with the ISR below the minimum).
+        #[test]
+        fn hw_and_waiter_invariants(
+            min_isr in 1usize..=3,
+            every_batch in any::<bool>(),
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let durability = if every_batch { Durability::EveryBatch } else { Durability::LogEnd };
+            let mut l = leader(min_isr, durability);
+            let mut now = 0u64;
+            let mut partition_epoch = 10;
+            let mut fetched: BTreeMap<ReplicaId, (Offset, Offset)> = BTreeMap::new();
+            let mut waiting: BTreeMap<WaiterId, Offset> = BTreeMap::new();
+            for op in ops {
+                let hw_before = l.high_watermark();
+                let effects = match op {
+                    Op::Produce(n) => match l.on_produce(l.log_end_offset() + n - 1) {
+                        ProduceVerdict::Wait { waiter, effects } => {
+                            waiting.insert(waiter, l.log_end_offset() - 1);
+                            effects
+                        }
+                        ProduceVerdict::NotEnoughReplicas => {
+                            prop_assert!(l.isr().len() < min_isr);
+                            continue;
+                        }
+                    },
+                    Op::Fetch { replica, advance, durable_lag } => {
+                        let (leo, durable) = fetched.get(&replica).copied().unwrap_or((0, 0));
+                        let leo = (leo + advance).min(l.log_end_offset());
+                        let durable = (leo - durable_lag).max(durable).min(leo);
+                        fetched.insert(replica, (leo, durable));
+                        let f = FollowerFetch { replica, fetch_offset: leo, durable_offset: durable, leader_epoch: 5 };
+                        match l.on_follower_fetch(&f, now) {
+                            FetchVerdict::Ok(e) => e,
+                            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+                        }
+                    }
+                    Op::Tick(dt) => { now += dt; l.tick(now) }
+                    Op::CommitPending => {
+                        let Some(p) = l.pending_proposal() else { continue };
+                        let isr = match p {
+                            IsrProposal::Expand { new_isr, .. } | IsrProposal::Shrink { new_isr, .. } => new_isr.clone(),
+                        };
+                        partition_epoch += 1;
+                        l.on_isr_committed(&isr, partition_epoch)
+                    }
+                    Op::ControllerShrink(keep) => {
+                        // The controller removes replicas on its own (a fenced broker).
+                        let isr: Vec<ReplicaId> = l.isr().into_iter().filter(|r| *r == 1 || keep.contains(r)).collect();
+                        partition_epoch += 1;
+                        l.on_isr_committed(&isr, partition_epoch)
+                    }
+                    Op::StaleCommit(isr) => l.on_isr_committed(&isr, partition_epoch),
+                    Op::Durable => l.on_local_durable(l.log_end_offset()),
+                };
+                let hw = l.high_watermark();
+                prop_assert_eq!(effects.high_watermark, hw);
+                prop_assert!(hw >= hw_before, "HW went back from {} to {}", hw_before, hw);
+                if hw > hw_before {
+                    prop_assert!(l.isr().len() >= min_isr, "advanced below min ISR");
+                }
+                for r in l.maximal_isr() {
+                    if let Some(o) = l.counted_offset(r) {
+                        prop_assert!(hw <= o, "HW {} past member {}'s offset {}", hw, r, o);
+                    }
+                }
+                for w in &effects.completed {
+                    let last = waiting.remove(w).expect("completed once");
+                    prop_assert!(last < hw);
+                }
+                for w in &effects.failed {
+                    let last = waiting.remove(w).expect("failed once");
+                    prop_assert!(last >= hw);
+                    prop_assert!(l.isr().len() < min_isr);
+                }
+                for (_, &last) in &waiting {
+                    prop_assert!(last >= hw, "waiter for {} still waits at HW {}", last, hw);
+                }
+                prop_assert_eq!(waiting.len(), l.waiting());
+            }
         }
     }
 }
