@@ -303,3 +303,230 @@ impl FollowerState {
         self.durable_offset = self.durable_offset.max(durable_offset);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EpochEntry;
+
+    fn history(pairs: &[(Epoch, Offset)]) -> EpochHistory {
+        EpochHistory::from_entries(
+            pairs
+                .iter()
+                .map(|&(epoch, start_offset)| EpochEntry {
+                    epoch,
+                    start_offset,
+                })
+                .collect(),
+        )
+    }
+
+    fn batch(base_offset: Offset, last_offset: Offset, epoch: Epoch) -> BatchMeta {
+        BatchMeta {
+            base_offset,
+            last_offset,
+            epoch,
+        }
+    }
+
+    #[test]
+    fn empty_follower_fetches_at_once_and_keeps_leader_offsets_and_epochs() {
+        let mut f = FollowerState::new(2, EpochHistory::new(), 0, 0, 0);
+        let req = f.become_follower(1, 4).expect("newer epoch");
+        assert!(matches!(
+            req,
+            FollowerRequest::Fetch {
+                fetch_offset: 0,
+                leader_epoch: 4,
+                last_fetched_epoch: -1,
+                ..
+            }
+        ));
+        let v = f.on_fetch_response(&FetchResponse {
+            leader_epoch: 4,
+            high_watermark: 3,
+            batches: vec![batch(0, 4, 2), batch(5, 9, 4)],
+        });
+        assert_eq!(
+            v,
+            ResponseVerdict::Append {
+                batches: vec![batch(0, 4, 2), batch(5, 9, 4)],
+                high_watermark: 3
+            }
+        );
+        assert_eq!(f.history(), &history(&[(2, 0), (4, 5)]));
+        assert_eq!(f.log_end_offset(), 10);
+        assert!(matches!(
+            f.next_request(),
+            FollowerRequest::Fetch {
+                fetch_offset: 10,
+                last_fetched_epoch: 4,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hw_is_min_of_leader_hw_and_own_leo() {
+        let mut f = FollowerState::new(2, EpochHistory::new(), 0, 0, 0);
+        f.become_follower(1, 1);
+        let v = f.on_fetch_response(&FetchResponse {
+            leader_epoch: 1,
+            high_watermark: 50,
+            batches: vec![batch(0, 9, 1)],
+        });
+        assert!(matches!(
+            v,
+            ResponseVerdict::Append {
+                high_watermark: 10,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stale_and_newer_responses_are_refused() {
+        let mut f = FollowerState::new(2, EpochHistory::new(), 0, 0, 0);
+        f.become_follower(1, 5);
+        let resp = |leader_epoch| FetchResponse {
+            leader_epoch,
+            high_watermark: 0,
+            batches: vec![batch(0, 0, leader_epoch)],
+        };
+        assert_eq!(
+            f.on_fetch_response(&resp(4)),
+            ResponseVerdict::FencedLeaderEpoch
+        );
+        assert_eq!(
+            f.on_fetch_response(&resp(6)),
+            ResponseVerdict::UnknownLeaderEpoch
+        );
+        assert_eq!(f.log_end_offset(), 0);
+        assert_eq!(
+            f.become_follower(3, 4),
+            None,
+            "an older leadership is ignored"
+        );
+        let gap = FetchResponse {
+            leader_epoch: 5,
+            high_watermark: 0,
+            batches: vec![batch(3, 4, 5)],
+        };
+        assert_eq!(
+            f.on_fetch_response(&gap),
+            ResponseVerdict::OutOfOrder { expected: 0 }
+        );
+    }
+
+    /// The KIP-279 double failover from the follower's side: B (history {1: 0, 2: 1},
+    /// LEO 2, HW 1) follows A in epoch 3; A never had epoch 2 and answers (1, 2). B
+    /// truncates to 1, not to its HW and not to 2, then fetches from 1.
+    #[test]
+    fn becoming_follower_truncates_by_epoch_answer() {
+        let mut b = FollowerState::new(2, history(&[(1, 0), (2, 1)]), 2, 2, 1);
+        let req = b.become_follower(1, 3).expect("newer epoch");
+        assert_eq!(
+            req,
+            FollowerRequest::EndOffsetFor {
+                leader_epoch: 3,
+                epoch: 2
+            }
+        );
+        let no_records = FetchResponse {
+            leader_epoch: 3,
+            high_watermark: 0,
+            batches: vec![],
+        };
+        assert_eq!(
+            b.on_fetch_response(&no_records),
+            ResponseVerdict::NotFetching
+        );
+        let a = history(&[(1, 0), (3, 2)]);
+        let answer = a.end_offset_for(2, 3);
+        let step = b.on_end_offset_answer(3, answer);
+        let TruncateStep::Truncate { offset, next } = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(offset, 1);
+        assert!(matches!(
+            next,
+            FollowerRequest::Fetch {
+                fetch_offset: 1,
+                last_fetched_epoch: 1,
+                ..
+            }
+        ));
+        assert_eq!(b.history(), &history(&[(1, 0)]));
+        assert_eq!(b.high_watermark(), 1);
+        // A's offsets 1 (epoch 1) and 2 (epoch 3) replace B's divergent offset 1.
+        let v = b.on_fetch_response(&FetchResponse {
+            leader_epoch: 3,
+            high_watermark: 3,
+            batches: vec![batch(1, 1, 1), batch(2, 2, 3)],
+        });
+        assert!(matches!(
+            v,
+            ResponseVerdict::Append {
+                high_watermark: 3,
+                ..
+            }
+        ));
+        assert_eq!(b.history(), &history(&[(1, 0), (3, 2)]));
+    }
+
+    #[test]
+    fn truncation_walks_back_when_the_follower_lacks_the_answered_epoch() {
+        let leader = history(&[(1, 0), (3, 10), (7, 30)]);
+        let mut f = FollowerState::new(2, history(&[(1, 0), (2, 8), (5, 20)]), 26, 26, 15);
+        assert_eq!(
+            f.become_follower(1, 7),
+            Some(FollowerRequest::EndOffsetFor {
+                leader_epoch: 7,
+                epoch: 5
+            })
+        );
+        let step = f.on_end_offset_answer(7, leader.end_offset_for(5, 40));
+        assert_eq!(
+            step,
+            TruncateStep::Truncate {
+                offset: 20,
+                next: FollowerRequest::EndOffsetFor {
+                    leader_epoch: 7,
+                    epoch: 2
+                }
+            }
+        );
+        let step = f.on_end_offset_answer(7, leader.end_offset_for(2, 40));
+        assert!(matches!(
+            step,
+            TruncateStep::Truncate {
+                offset: 8,
+                next: FollowerRequest::Fetch {
+                    fetch_offset: 8,
+                    ..
+                }
+            }
+        ));
+        assert_eq!(
+            f.high_watermark(),
+            8,
+            "cut below the old HW 15: leader lacks it"
+        );
+    }
+
+    #[test]
+    fn epoch_answer_from_another_leader_epoch_is_ignored() {
+        let mut f = FollowerState::new(2, history(&[(1, 0)]), 5, 5, 0);
+        f.become_follower(1, 2);
+        let answer = EpochEndOffset {
+            epoch: 1,
+            end_offset: 3,
+        };
+        assert_eq!(f.on_end_offset_answer(1, answer), TruncateStep::Ignore);
+        assert_eq!(
+            f.on_end_offset_answer(2, EpochEndOffset::UNDEFINED),
+            TruncateStep::Retry
+        );
+        assert_eq!(f.log_end_offset(), 5);
+    }
+}

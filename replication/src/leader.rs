@@ -859,7 +859,7 @@ mod tests {
                     prop_assert!(last >= hw);
                     prop_assert!(l.isr().len() < min_isr);
                 }
-                for (_, &last) in &waiting {
+                for &last in waiting.values() {
                     prop_assert!(last >= hw, "waiter for {} still waits at HW {}", last, hw);
                 }
                 prop_assert_eq!(waiting.len(), l.waiting());
