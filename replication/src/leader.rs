@@ -429,7 +429,9 @@ impl LeaderState {
 
     /// The controller committed `new_isr` at `partition_epoch` (the answer to a
     /// proposal, or a change of its own). A partition epoch not newer than the one
-    /// known is stale and ignored. Clears the proposal in flight.
+    /// known is stale and ignored. Clears the proposal in flight. The leader stays in
+    /// its own ISR (AlterPartition never removes the leader; a change of leader arrives
+    /// as a new leadership, for which this state is dropped and rebuilt).
     pub fn on_isr_committed(&mut self, new_isr: &[ReplicaId], partition_epoch: Epoch) -> Effects {
         if partition_epoch <= self.partition_epoch {
             return self.settle(None);

@@ -90,3 +90,15 @@ pub fn check_epoch(request_epoch: Epoch, current_epoch: Epoch) -> EpochCheck {
         Greater => EpochCheck::Unknown,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_compares_epochs() {
+        assert_eq!(check_epoch(5, 5), EpochCheck::Current);
+        assert_eq!(check_epoch(4, 5), EpochCheck::Fenced);
+        assert_eq!(check_epoch(6, 5), EpochCheck::Unknown);
+    }
+}
