@@ -102,6 +102,9 @@ struct Node {
     waiters: BTreeMap<WaiterId, (Offset, u64)>,
     /// Checked against the committed log below this.
     verified: usize,
+    /// The high watermark checkpoint (written with each fsync, as Kafka's
+    /// replication-offset-checkpoint), what a restarted replica starts from.
+    hw_checkpoint: Offset,
     /// (epoch, hw) last seen on this node as leader.
     last_leader_hw: Option<(Epoch, Offset)>,
 }
@@ -161,6 +164,10 @@ struct Stats {
     faults: usize,
     elections: usize,
     consumed: usize,
+    /// Records removed by follower truncations (divergent tails).
+    truncated: usize,
+    isr_shrinks: usize,
+    isr_expands: usize,
 }
 
 struct Sim {
@@ -185,6 +192,8 @@ struct Sim {
     committed: Vec<Entry>,
     /// acknowledged acks=all writes: (offset, payload).
     acked: Vec<(Offset, u64)>,
+    /// acks=all writes acknowledged after heal plus election timeout and lag time.
+    acked_after_heal: usize,
     consumer_pos: usize,
     consumed: Vec<(Offset, Entry)>,
     max_epoch_seen: Epoch,
@@ -200,7 +209,7 @@ fn idx(id: ReplicaId) -> usize {
 impl Sim {
     fn new(seed: u64, n: usize, bugs: Bugs) -> Self {
         let assignment: Vec<ReplicaId> = (1..=n as ReplicaId).collect();
-        let mut nodes: Vec<Node> = assignment
+        let nodes: Vec<Node> = assignment
             .iter()
             .map(|&id| Node {
                 id,
@@ -213,10 +222,10 @@ impl Sim {
                 next_fsync_ms: 0,
                 waiters: BTreeMap::new(),
                 verified: 0,
+                hw_checkpoint: 0,
                 last_leader_hw: None,
             })
             .collect();
-        let _ = &mut nodes;
         let mut sim = Sim {
             seed,
             bugs,
@@ -242,6 +251,7 @@ impl Sim {
             next_payload: 1,
             committed: Vec::new(),
             acked: Vec::new(),
+            acked_after_heal: 0,
             consumer_pos: 0,
             consumed: Vec::new(),
             max_epoch_seen: 0,
@@ -350,7 +360,7 @@ impl Sim {
                 if self.bugs.accept_stale_epoch && f.leader_epoch < leader.leader_epoch() {
                     f.leader_epoch = leader.leader_epoch();
                 }
-                let verdict = leader.on_follower_fetch(&f, now_of(self.now_ms));
+                let verdict = leader.on_follower_fetch(&f, self.now_ms);
                 let epoch = leader.leader_epoch();
                 let hw = leader.high_watermark();
                 match verdict {
@@ -461,6 +471,7 @@ impl Sim {
                         // Invariant 5: never remove a committed record.
                         let removes_committed = (offset..before.min(self.committed.len()))
                             .find(|&o| node.log[o] == self.committed[o]);
+                        self.stats.truncated += before - offset;
                         node.log.truncate(offset);
                         node.durable = node.durable.min(offset);
                         node.verified = node.verified.min(offset);
@@ -562,6 +573,9 @@ impl Sim {
         ));
         self.acked.push((offset, payload));
         self.stats.acked += 1;
+        if self.now_ms >= FAULTS_UNTIL_MS + SESSION_TIMEOUT_MS + LAG_TIME_MAX_MS {
+            self.acked_after_heal += 1;
+        }
         Ok(())
     }
 
@@ -633,6 +647,10 @@ impl Sim {
             l.on_proposal_rejected();
             return Ok(());
         }
+        match &p {
+            IsrProposal::Expand { .. } => self.stats.isr_expands += 1,
+            IsrProposal::Shrink { .. } => self.stats.isr_shrinks += 1,
+        }
         self.ctrl.isr = new_isr;
         self.ctrl.partition_epoch += 1;
         let effects = l.on_isr_committed(&self.ctrl.isr, self.ctrl.partition_epoch);
@@ -651,9 +669,11 @@ impl Sim {
             }
             if self.now_ms >= self.nodes[i].next_fsync_ms {
                 let gap = self.rng_fault.range(2, 30);
+                let hw = self.node_hw(i);
                 let node = &mut self.nodes[i];
                 node.next_fsync_ms = self.now_ms + gap;
                 node.durable = node.log.len();
+                node.hw_checkpoint = hw.min(node.durable as Offset);
                 let d = node.durable as Offset;
                 match &mut node.role {
                     Role::Leader(l) => {
@@ -833,7 +853,7 @@ impl Sim {
                 node.role = Role::Leader(Box::new(LeaderState::with_start_time(
                     init,
                     config,
-                    now_of(self.now_ms),
+                    self.now_ms,
                 )));
                 let s = format!(
                     "n{i} becomes leader epoch {epoch} log end {}",
@@ -902,7 +922,7 @@ impl Sim {
                     node.history.clone(),
                     node.log.len() as Offset,
                     node.durable as Offset,
-                    0,
+                    node.hw_checkpoint.min(node.log.len() as Offset),
                 ));
                 self.log(format!(
                     "n{i} restarts, log end {}",
@@ -1092,6 +1112,16 @@ impl Sim {
                 )));
             }
         }
+        // Invariant 8, liveness after heal.
+        if self.ctrl.isr.len() != self.nodes.len() {
+            return Err(self.fail(format!(
+                "liveness: ISR {:?} not full after heal",
+                self.ctrl.isr
+            )));
+        }
+        if self.acked_after_heal == 0 {
+            return Err(self.fail("liveness: no acks=all write succeeded after heal".into()));
+        }
         if self.stats.acked == 0 {
             return Err(self.fail("workload: nothing acknowledged".into()));
         }
@@ -1115,10 +1145,6 @@ impl Sim {
         self.final_checks()?;
         Ok(self.stats)
     }
-}
-
-fn now_of(ms: u64) -> u64 {
-    ms
 }
 
 // ---------------------------------------------------------------- driver
@@ -1162,6 +1188,9 @@ fn simulated_runs_keep_the_invariants() {
                     totals.faults += s.faults;
                     totals.elections += s.elections;
                     totals.consumed += s.consumed;
+                    totals.truncated += s.truncated;
+                    totals.isr_shrinks += s.isr_shrinks;
+                    totals.isr_expands += s.isr_expands;
                     runs += 1;
                 }
                 Err(f) => panic!("{}", report(&f)),
