@@ -577,6 +577,15 @@ impl Sim {
 
     fn ack(&mut self, i: usize, offset: Offset, payload: u64) -> Result<(), Failure> {
         self.observe_leader_hw(i)?;
+        if let Role::Leader(l) = &self.nodes[i].role
+            && l.isr().len() < self.min_isr
+        {
+            return Err(self.fail(format!(
+                "n{i} acknowledged offset {offset} with ISR {:?} below min ISR {}",
+                l.isr(),
+                self.min_isr
+            )));
+        }
         // An acknowledged offset is committed with this payload, never reused.
         let committed = self.committed.get(offset as usize).map(|e| e.payload);
         if committed != Some(payload) {
@@ -609,6 +618,18 @@ impl Sim {
         {
             return Err(self.fail(format!(
                 "nonmonotonic high watermark on n{i} in epoch {epoch}: {old} -> {hw}"
+            )));
+        }
+        // Invariant 7, strict min ISR: no advance while the committed ISR is too small.
+        let isr_len = l.isr().len();
+        let advanced = self.nodes[i]
+            .last_leader_hw
+            .is_some_and(|(e, old)| e == epoch && hw > old);
+        if advanced && isr_len < self.min_isr {
+            return Err(self.fail(format!(
+                "high watermark advanced to {hw} on n{i} with ISR {:?} below min ISR {}",
+                l.isr(),
+                self.min_isr
             )));
         }
         self.nodes[i].last_leader_hw = Some((epoch, hw));
