@@ -187,6 +187,8 @@ struct Sim {
     /// Nodes cut off from the controller.
     ctrl_cut: BTreeSet<usize>,
     heal_at_ms: Option<u64>,
+    /// This seed's partitions last 1.5–5 s rather than 0.2–3 s.
+    long_partitions: bool,
     ctrl: Controller,
     rng_net: Rng,
     rng_fault: Rng,
@@ -244,6 +246,7 @@ impl Sim {
             cut: BTreeSet::new(),
             ctrl_cut: BTreeSet::new(),
             heal_at_ms: None,
+            long_partitions: Rng::new(seed, 4).chance(500),
             ctrl: Controller {
                 leader: None,
                 leader_epoch: 0,
@@ -1064,7 +1067,14 @@ impl Sim {
                 }
             }
             self.stats.faults += 1;
-            self.heal_at_ms = Some(now + self.rng_fault.range(200, 3000));
+            // Half the seeds cut for long (past the lag time: ISR shrinks, strict min
+            // ISR), half for short.
+            let heal_ms = if self.long_partitions {
+                self.rng_fault.range(1_500, 5_000)
+            } else {
+                self.rng_fault.range(200, 3_000)
+            };
+            self.heal_at_ms = Some(now + heal_ms);
         }
     }
 
