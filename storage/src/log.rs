@@ -1037,44 +1037,9 @@ impl PartitionLog {
 
     /// [`PartitionLog::append`] with the broker's clock given (`LogAppendTime`, rolls).
     pub async fn append_at(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
-        let (message_bytes_max, write_buffer_max) = {
-            let s = self.state.borrow();
-            (s.config.message_bytes_max, s.config.write_buffer_bytes_max)
-        };
+        let message_bytes_max = self.state.borrow().config.message_bytes_max;
         let info = batch::validate(&batch, message_bytes_max)?;
-        // Backpressure: wait while the queue is over its budget. Appends are admitted
-        // in the order they arrived: a waiting large batch is never overtaken by a
-        // later small one that would fit (Kafka appends a connection's requests to a
-        // partition in arrival order).
-        let ticket = {
-            let mut s = self.state.borrow_mut();
-            let t = s.admit_next_ticket;
-            s.admit_next_ticket += 1;
-            s.admit_waiting.push_back(t);
-            t
-        };
-        let mut waiting = AdmitGuard { log: self, ticket };
-        loop {
-            let changed = {
-                let s = self.state.borrow();
-                self.check_writable(&s)?;
-                let first = s.admit_waiting.front() == Some(&ticket);
-                if first
-                    && (s.pending.is_empty() || s.pending_bytes + batch.len() <= write_buffer_max)
-                {
-                    break;
-                }
-                if s.flushing || !first {
-                    Some(self.changed.changed())
-                } else {
-                    None
-                }
-            };
-            match changed {
-                Some(c) => c.await,
-                None => self.drive().await,
-            }
-        }
+        let mut waiting = self.admit(batch.len()).await?;
         let (base_offset, end, generation, append_time, wait_durable) = {
             let mut s = self.state.borrow_mut();
             waiting.admitted(&mut s);
@@ -1128,35 +1093,7 @@ impl PartitionLog {
     pub async fn append_replica(&self, batch: BytesMut) -> Result<AppendInfo> {
         let message_bytes_max = self.state.borrow().config.message_bytes_max;
         let info = batch::validate(&batch, message_bytes_max)?;
-        let ticket = {
-            let mut s = self.state.borrow_mut();
-            let t = s.admit_next_ticket;
-            s.admit_next_ticket += 1;
-            s.admit_waiting.push_back(t);
-            t
-        };
-        let mut waiting = AdmitGuard { log: self, ticket };
-        loop {
-            let changed = {
-                let s = self.state.borrow();
-                self.check_writable(&s)?;
-                let first = s.admit_waiting.front() == Some(&ticket);
-                let room = s.pending.is_empty()
-                    || s.pending_bytes + batch.len() <= s.config.write_buffer_bytes_max;
-                if first && room {
-                    break;
-                }
-                if s.flushing || !first {
-                    Some(self.changed.changed())
-                } else {
-                    None
-                }
-            };
-            match changed {
-                Some(c) => c.await,
-                None => self.drive().await,
-            }
-        }
+        let mut waiting = self.admit(batch.len()).await?;
         // First in the admission queue: no other append moves the log end meanwhile.
         let (log_end, latest) = {
             let s = self.state.borrow();
@@ -1233,6 +1170,43 @@ impl PartitionLog {
                 what: "high watermark checkpoint",
                 path,
             })
+    }
+
+    /// Backpressure: waits until an append of `len` bytes is first in the admission
+    /// queue and the write queue has room for it. Appends are admitted in the order
+    /// they arrived: a waiting large batch is never overtaken by a later small one that
+    /// would fit (Kafka appends a connection's requests to a partition in arrival
+    /// order). The caller queues its batch and marks it admitted with the guard.
+    async fn admit(&self, len: usize) -> Result<AdmitGuard<'_>> {
+        let ticket = {
+            let mut s = self.state.borrow_mut();
+            let t = s.admit_next_ticket;
+            s.admit_next_ticket += 1;
+            s.admit_waiting.push_back(t);
+            t
+        };
+        let waiting = AdmitGuard { log: self, ticket };
+        loop {
+            let changed = {
+                let s = self.state.borrow();
+                self.check_writable(&s)?;
+                let first = s.admit_waiting.front() == Some(&ticket);
+                let room = s.pending.is_empty()
+                    || s.pending_bytes + len <= s.config.write_buffer_bytes_max;
+                if first && room {
+                    return Ok(waiting);
+                }
+                if s.flushing || !first {
+                    Some(self.changed.changed())
+                } else {
+                    None
+                }
+            };
+            match changed {
+                Some(c) => c.await,
+                None => self.drive().await,
+            }
+        }
     }
 
     /// Waits until `end` is written (or durable), driving flushes when none runs.
