@@ -224,17 +224,23 @@ impl FollowerState {
     }
 
     /// The leader answered the epoch question, in `response_leader_epoch`.
+    ///
+    /// `asked` is the epoch the answer is about, as the answer names it: an answer to
+    /// another question than the one pending (a late or duplicated answer to an earlier
+    /// question, perhaps from before a restart) is ignored, never taken for this one.
     pub fn on_end_offset_answer(
         &mut self,
         response_leader_epoch: Epoch,
+        asked: Epoch,
         answer: EpochEndOffset,
     ) -> TruncateStep {
         if response_leader_epoch != self.leader_epoch {
             return TruncateStep::Ignore;
         }
-        let Phase::Truncating { .. } = self.phase else {
-            return TruncateStep::Ignore;
-        };
+        match self.phase {
+            Phase::Truncating { asked: pending } if pending == asked => {}
+            _ => return TruncateStep::Ignore,
+        }
         let (offset, next_phase) =
             match truncation_point(&self.history, self.log_end_offset, answer) {
                 Truncation::To(offset) => (offset, Phase::Fetching),
@@ -443,7 +449,7 @@ mod tests {
         );
         let a = history(&[(1, 0), (3, 2)]);
         let answer = a.end_offset_for(2, 3);
-        let step = b.on_end_offset_answer(3, answer);
+        let step = b.on_end_offset_answer(3, 2, answer);
         let TruncateStep::Truncate { offset, next } = step else {
             panic!("{step:?}")
         };
@@ -485,7 +491,7 @@ mod tests {
                 epoch: 5
             })
         );
-        let step = f.on_end_offset_answer(7, leader.end_offset_for(5, 40));
+        let step = f.on_end_offset_answer(7, 5, leader.end_offset_for(5, 40));
         assert_eq!(
             step,
             TruncateStep::Truncate {
@@ -496,7 +502,7 @@ mod tests {
                 }
             }
         );
-        let step = f.on_end_offset_answer(7, leader.end_offset_for(2, 40));
+        let step = f.on_end_offset_answer(7, 2, leader.end_offset_for(2, 40));
         assert!(matches!(
             step,
             TruncateStep::Truncate {
@@ -522,11 +528,45 @@ mod tests {
             epoch: 1,
             end_offset: 3,
         };
-        assert_eq!(f.on_end_offset_answer(1, answer), TruncateStep::Ignore);
+        assert_eq!(f.on_end_offset_answer(1, 1, answer), TruncateStep::Ignore);
         assert_eq!(
-            f.on_end_offset_answer(2, EpochEndOffset::UNDEFINED),
+            f.on_end_offset_answer(2, 1, EpochEndOffset::UNDEFINED),
             TruncateStep::Retry
         );
         assert_eq!(f.log_end_offset(), 5);
+    }
+
+    /// Found by the simulator (seed 23575, 3 nodes): a follower that crashed and
+    /// restarted asked about its latest epoch (3), and a duplicated answer to the
+    /// question it had asked before the crash (epoch 2: "ends at 60") arrived first. Taken
+    /// for the answer to the new question, it truncated 152 committed records. An answer
+    /// names the epoch it answers; one for another question is ignored.
+    #[test]
+    fn a_late_answer_to_an_earlier_epoch_question_is_not_taken_for_the_current_one() {
+        let mut f = FollowerState::new(2, history(&[(1, 0), (2, 34), (3, 60)]), 212, 212, 60);
+        f.become_follower(3, 3);
+        assert_eq!(
+            f.next_request(),
+            FollowerRequest::EndOffsetFor {
+                leader_epoch: 3,
+                epoch: 3
+            }
+        );
+        let stale = EpochEndOffset {
+            epoch: 2,
+            end_offset: 60,
+        };
+        assert_eq!(f.on_end_offset_answer(3, 2, stale), TruncateStep::Ignore);
+        assert_eq!(f.log_end_offset(), 212, "nothing truncated");
+        let current = EpochEndOffset {
+            epoch: 3,
+            end_offset: 300,
+        };
+        let step = f.on_end_offset_answer(3, 3, current);
+        assert!(
+            matches!(step, TruncateStep::Truncate { offset: 212, .. }),
+            "{step:?}"
+        );
+        assert_eq!(f.log_end_offset(), 212);
     }
 }

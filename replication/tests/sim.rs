@@ -124,6 +124,8 @@ enum Body {
     },
     EpochAnswer {
         leader_epoch: Epoch,
+        /// The epoch the question was about.
+        asked: Epoch,
         answer: Option<EpochEndOffset>,
     },
     Produce {
@@ -447,12 +449,14 @@ impl Sim {
                     m.from,
                     Body::EpochAnswer {
                         leader_epoch: le,
+                        asked: epoch,
                         answer,
                     },
                 );
             }
             Body::EpochAnswer {
                 mut leader_epoch,
+                asked,
                 answer,
             } => {
                 let bugs = self.bugs;
@@ -477,7 +481,7 @@ impl Sim {
                     };
                 }
                 let before = node.log.len();
-                match fs.on_end_offset_answer(leader_epoch, answer) {
+                match fs.on_end_offset_answer(leader_epoch, asked, answer) {
                     TruncateStep::Truncate { offset, .. } => {
                         let offset = offset as usize;
                         // Invariant 5: never remove a committed record.
