@@ -606,6 +606,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             producer_id_key,
             min_insync_replicas: s.min_insync_replicas,
             acks_none_bytes_max: s.acks_none_bytes_max,
+            replica_lag_time_max_ms: ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS,
         };
         let table = table.clone();
         let stop = stop.clone();

@@ -45,11 +45,11 @@ impl KafkaService {
                 (KErr::InvalidTopicException.code(), Some(e))
             } else if let Err(e) = &partitions {
                 (KErr::InvalidPartitions.code(), Some(e.clone()))
-            } else if !matches!(t.replication_factor, -1 | 1) {
+            } else if t.replication_factor == 0 || t.replication_factor < -1 {
                 (
                     KErr::InvalidReplicationFactor.code(),
                     Some(format!(
-                        "replication factor {}: this broker is a single node (use 1 or -1)",
+                        "replication factor {}: use 1 or more (or -1 for the default)",
                         t.replication_factor
                     )),
                 )
@@ -81,6 +81,7 @@ impl KafkaService {
                         name: name.clone(),
                         partitions: *partitions.as_ref().expect("checked above"),
                         configs: configs.clone().expect("checked above"),
+                        replication_factor: u16::try_from(t.replication_factor).ok(),
                         validate_only: false,
                     })
                     .await;

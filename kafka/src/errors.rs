@@ -23,6 +23,8 @@ pub fn kafka_code(kind: ErrorKind) -> i16 {
         K::InvalidTimestamp => KErr::InvalidTimestamp,
         K::InvalidRequiredAcks => KErr::InvalidRequiredAcks,
         K::NotEnoughReplicas => KErr::NotEnoughReplicas,
+        K::NotEnoughReplicasAfterAppend => KErr::NotEnoughReplicasAfterAppend,
+        K::LeaderNotAvailable => KErr::LeaderNotAvailable,
         K::ProducerFenced => KErr::InvalidProducerEpoch,
         K::OutOfOrderSequence => KErr::OutOfOrderSequenceNumber,
         K::UnknownProducer => KErr::UnknownProducerId,

@@ -36,6 +36,7 @@ impl KafkaService {
                             offset: p.fetch_offset,
                             max_bytes: p.partition_max_bytes.max(0) as u32,
                             leader_epoch: (version >= 9).then_some(p.current_leader_epoch),
+                            durable_offset: None,
                         });
                         ps.push((p.partition, None));
                     }

@@ -50,6 +50,7 @@ impl KafkaService {
                     name: name.clone(),
                     partitions: self.opts.default_partitions,
                     configs: Vec::new(),
+                    replication_factor: None,
                     validate_only: false,
                 })
                 .await;

@@ -248,6 +248,17 @@ impl LeaderState {
         }
     }
 
+    /// Replaces the settings (a topic's `min.insync.replicas` changed); takes effect
+    /// at the next event.
+    pub fn set_config(&mut self, config: LeaderConfig) {
+        self.config = config;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> LeaderConfig {
+        self.config
+    }
+
     /// The high watermark.
     pub fn high_watermark(&self) -> Offset {
         self.high_watermark
@@ -323,8 +334,9 @@ impl LeaderState {
         if self.isr.len() < self.config.min_insync_replicas {
             return ProduceVerdict::NotEnoughReplicas;
         }
-        assert!(last_offset >= self.log_end_offset, "appends are in order");
-        self.log_end_offset = last_offset + 1;
+        // Appends may be reported out of order (each produce reports its own): the
+        // log end never moves back.
+        self.log_end_offset = self.log_end_offset.max(last_offset + 1);
         if self.config.durability == Durability::LogEnd {
             self.durable_offset = self.log_end_offset;
         }
@@ -340,6 +352,19 @@ impl LeaderState {
     pub fn on_local_durable(&mut self, durable_offset: Offset) -> Effects {
         assert!(durable_offset <= self.log_end_offset);
         self.durable_offset = self.durable_offset.max(durable_offset);
+        self.settle(None)
+    }
+
+    /// The leader's own log moved without an acks=all waiter (acks none or leader, or
+    /// a report after an append): its log end and durable offsets, each taken only
+    /// when larger than known.
+    pub fn on_local_log(&mut self, log_end_offset: Offset, durable_offset: Offset) -> Effects {
+        assert!(durable_offset <= log_end_offset);
+        self.log_end_offset = self.log_end_offset.max(log_end_offset);
+        self.durable_offset = self.durable_offset.max(match self.config.durability {
+            Durability::LogEnd => log_end_offset,
+            Durability::EveryBatch => durable_offset,
+        });
         self.settle(None)
     }
 

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::{Latency, Shares, TaskQueueHandle};
@@ -24,6 +25,7 @@ use ringmq_net::conn::Handoff;
 use ringmq_net::zerocopy::FileSender;
 use ringmq_storage::{LogConfig, Notify, ReadChunk, SegmentCache};
 
+use crate::cluster::{ClusterView, TopicAuthority};
 use crate::error::{BrokerError, ErrorKind};
 use crate::gate::Gate;
 use crate::groups::{
@@ -37,6 +39,7 @@ use crate::ops::{
 use crate::partition::Partition;
 use crate::producer_ids::{IdKey, ProducerIds};
 use crate::producers;
+use crate::replica::{Leadership, Outbox, ReplicaSettings};
 use crate::router::{self, Call, Envelope, Part, Reply, Router};
 use crate::timers::Timers;
 use crate::topic_configs::TopicPolicy;
@@ -90,7 +93,13 @@ pub struct ShardOptions {
     /// Bytes of acks=0 batches a shard appends at once; a client sending more waits
     /// (its connection stops being read) until earlier ones are appended.
     pub acks_none_bytes_max: u64,
+    /// Kafka's `replica.lag.time.max.ms`: an in-sync follower that has not caught up
+    /// for this long is removed from the ISR (cluster only).
+    pub replica_lag_time_max_ms: u64,
 }
+
+/// Default of [`ShardOptions::replica_lag_time_max_ms`] (Kafka's is 30 s).
+pub const REPLICA_LAG_TIME_MAX_MS: u64 = 10_000;
 
 /// Calls from other shards a shard executes at once; more are refused at once (the
 /// calling shard answers its client Unavailable, which clients retry). Each call's
@@ -186,6 +195,14 @@ pub struct Shard {
     producer_ids: ProducerIds,
     adopt: RefCell<Option<Adopt>>,
     counters: Counters,
+    /// The cluster as the controller's metadata last said (`None`: a single node).
+    cluster: RefCell<Option<Arc<ClusterView>>>,
+    /// Where topic changes go in a cluster (set on the metadata shard).
+    authority: RefCell<Option<Rc<dyn TopicAuthority>>>,
+    /// ISR changes this shard's leaders ask the controller for.
+    outbox: Rc<Outbox>,
+    /// Time zero of the replication rules' millisecond clock.
+    started: Instant,
 }
 
 impl std::fmt::Debug for Shard {
@@ -242,7 +259,7 @@ impl Shard {
             Router::connect(opts.shard_id, links, opts.call_timeout, timers.clone()).await;
         let shard = Rc::new(Self {
             cache,
-            timers,
+            timers: timers.clone(),
             queues,
             router,
             groups,
@@ -263,6 +280,10 @@ impl Shard {
             producer_ids,
             adopt: RefCell::new(None),
             counters: Counters::default(),
+            cluster: RefCell::new(None),
+            authority: RefCell::new(None),
+            outbox: Outbox::new(),
+            started: timers.now(),
             opts,
         });
         let weak = Rc::downgrade(&shard);
@@ -308,6 +329,108 @@ impl Shard {
         )
         .detach();
         Ok(shard)
+    }
+
+    /// The cluster as this shard last learned it (`None`: a single node).
+    pub fn cluster(&self) -> Option<Arc<ClusterView>> {
+        self.cluster.borrow().clone()
+    }
+
+    /// Sends topic changes to `authority` (the controller) instead of this node's own
+    /// table; set on the metadata shard of a cluster node.
+    pub fn set_topic_authority(&self, authority: Rc<dyn TopicAuthority>) {
+        *self.authority.borrow_mut() = Some(authority);
+    }
+
+    /// The ISR changes this shard's leaders ask for.
+    pub fn outbox(&self) -> &Rc<Outbox> {
+        &self.outbox
+    }
+
+    /// Milliseconds on the shard's clock since it started (the replication rules'
+    /// time).
+    pub fn now_ms(&self) -> u64 {
+        self.timers.now().duration_since(self.started).as_millis() as u64
+    }
+
+    fn replica_settings(&self) -> ReplicaSettings {
+        ReplicaSettings {
+            replica_lag_time_max_ms: self.opts.replica_lag_time_max_ms,
+        }
+    }
+
+    /// Takes the cluster's metadata on every shard, in order: called on the metadata
+    /// shard by the cluster driver, which waits for it before applying the next.
+    pub async fn apply_cluster(self: &Rc<Self>, view: Arc<ClusterView>) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for shard in 0..self.opts.shard_count {
+            let r = if shard == self.opts.shard_id {
+                self.apply_cluster_here(view.clone()).await
+            } else {
+                match self
+                    .router
+                    .call(shard, Call::ApplyCluster(view.clone()))
+                    .await
+                {
+                    Some(Reply::Applied(r)) => r,
+                    _ => Err(format!("shard {shard} did not answer")),
+                }
+            };
+            if let Err(e) = r {
+                errors.push(format!("shard {shard}: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// This shard's part of [`Shard::apply_cluster`]: the topic table, the hosted
+    /// partitions opened or closed, and each one's role.
+    async fn apply_cluster_here(self: &Rc<Self>, view: Arc<ClusterView>) -> Result<(), String> {
+        *self.cluster.borrow_mut() = Some(view.clone());
+        let hosted = |tp: &TopicPartition| view.hosts(tp);
+        self.apply_topics_hosted(view.topics.clone(), &hosted)
+            .await?;
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let mut errors = Vec::new();
+        for p in parts {
+            let Some(pv) = view.partition(p.tp()) else {
+                continue;
+            };
+            match pv.leader {
+                Some(l) if l == view.me => {
+                    let leadership = Leadership {
+                        me: view.me,
+                        leader_epoch: pv.leader_epoch,
+                        partition_epoch: pv.partition_epoch,
+                        replicas: pv.replicas.clone(),
+                        isr: pv.isr.clone(),
+                    };
+                    if let Err(e) = p
+                        .lead(
+                            leadership,
+                            self.replica_settings(),
+                            self.outbox.clone(),
+                            self.now_ms(),
+                        )
+                        .await
+                    {
+                        errors.push(e.message);
+                    }
+                }
+                Some(l) => p.follow(view.me, l, pv.leader_epoch),
+                None => p.stand_by(),
+            }
+        }
+        self.data_arrived.notify_all();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     /// Sets what serves the native connections other shards hand over to this one
@@ -438,6 +561,7 @@ impl Shard {
 
     async fn housekeeping(self: Rc<Self>) {
         let mut last_retention = self.timers.now();
+        let mut last_checkpoint_s = 0u64;
         while !self.stopping.get() {
             self.timers
                 .sleep_until(self.timers.now() + Duration::from_millis(100))
@@ -446,7 +570,14 @@ impl Shard {
             let now = ringmq_storage::now_ms();
             let retention_due =
                 self.timers.now().duration_since(last_retention) >= Duration::from_secs(30);
+            let now_ms = self.now_ms();
+            let checkpoint_due = now_ms / 1000 != last_checkpoint_s;
+            last_checkpoint_s = now_ms / 1000;
             for p in parts {
+                p.tick(now_ms);
+                if checkpoint_due && p.is_replicated() {
+                    p.checkpoint_high_watermark().await;
+                }
                 let log = p.log();
                 if let Err(e) = log.sync_if_due(now).await {
                     tracing::warn!(partition = %p.tp(), error = %e, "interval flush failed");
@@ -749,6 +880,7 @@ impl Shard {
             }
         });
         let mut stop_now = false;
+        let mut first_round = true;
         loop {
             let stop_signal = stopped.changed();
             // Register interest before reading, so an append in between is not missed.
@@ -765,7 +897,25 @@ impl Shard {
                 let budget = (f.max_bytes as usize)
                     .saturating_sub(total)
                     .min(p.max_bytes as usize);
-                let records = if let Err(e) = partition.check_epoch(p.leader_epoch) {
+                let counted = match (f.reader, first_round) {
+                    (
+                        crate::ops::Reader::Follower {
+                            replica_id,
+                            leader_epoch,
+                        },
+                        true,
+                    ) => partition.follower_fetched(
+                        replica_id,
+                        leader_epoch,
+                        p.offset,
+                        p.durable_offset.unwrap_or(-1).max(0),
+                        self.now_ms(),
+                    ),
+                    _ => Ok(()),
+                };
+                let records = if let Err(e) = counted {
+                    Err(e)
+                } else if let Err(e) = partition.check_epoch(p.leader_epoch) {
                     Err(e)
                 } else if budget == 0 && total > 0 {
                     Ok(ringmq_net::codec::Records::new())
@@ -795,6 +945,7 @@ impl Shard {
                     log_start_offset: partition.log_start_offset(),
                 });
             }
+            first_round = false;
             if total >= f.min_bytes as usize
                 || any_error
                 || stop_now
@@ -1007,6 +1158,10 @@ impl Shard {
     /// Creates, changes or deletes a topic (through the metadata shard).
     pub async fn change_topics(self: &Rc<Self>, op: TopicOp) -> Result<(), BrokerError> {
         if self.opts.shard_id == METADATA_SHARD {
+            let authority = self.authority.borrow().clone();
+            if let Some(a) = authority {
+                return a.change(op).await;
+            }
             return self.change_metadata(op).await;
         }
         match self
@@ -1070,6 +1225,16 @@ impl Shard {
 
     /// Replaces the topic table and opens or closes this shard's partitions to match.
     async fn apply_topics(&self, table: TopicTable) -> Result<(), String> {
+        self.apply_topics_hosted(table, &|_| true).await
+    }
+
+    /// [`Shard::apply_topics`], opening only the partitions `hosted` accepts (in a
+    /// cluster, those with a replica on this node).
+    async fn apply_topics_hosted(
+        &self,
+        table: TopicTable,
+        hosted: &dyn Fn(&TopicPartition) -> bool,
+    ) -> Result<(), String> {
         let me = self.opts.shard_id;
         let mut wanted: Vec<(TopicPartition, LogConfig, Rc<TopicPolicy>)> = Vec::new();
         for (name, t) in &table.topics {
@@ -1082,12 +1247,9 @@ impl Shard {
             }
             let policy = Rc::new(policy);
             for (p, owner) in t.placement.iter().enumerate() {
-                if *owner == me {
-                    wanted.push((
-                        TopicPartition::new(name.clone(), p as u32),
-                        config.clone(),
-                        policy.clone(),
-                    ));
+                let tp = TopicPartition::new(name.clone(), p as u32);
+                if *owner == me && hosted(&tp) {
+                    wanted.push((tp, config.clone(), policy.clone()));
                 }
             }
         }
@@ -1118,11 +1280,19 @@ impl Shard {
             match existing {
                 // The topic's produce rules change with its settings, before any
                 // produce sees the new table.
-                Some(p) => p.set_config(config, policy)?,
+                Some(p) => {
+                    p.set_config(config, policy)?;
+                    p.replication_config_changed(self.replica_settings());
+                }
                 None => {
                     let dir = self.partition_dir(&tp);
                     let p = Partition::open(tp.clone(), &dir, config, self.cache.clone(), policy)
                         .await?;
+                    let clustered = self.cluster.borrow().is_some();
+                    if clustered {
+                        // Replicated: nothing is served until the role is known.
+                        p.stand_by_at_checkpoint().await;
+                    }
                     self.partitions.borrow_mut().insert(tp, p);
                 }
             }
@@ -1204,7 +1374,8 @@ impl Shard {
             Call::DeleteRecords(d) => Reply::Deleted(self.delete_records_here(d).await),
             Call::Stats(tps) => Reply::Stats(self.stats_here(tps)),
             Call::Counters => Reply::Counters(self.counters()),
-            Call::ChangeTopics(op) => Reply::TopicsChanged(self.change_metadata(op).await),
+            Call::ChangeTopics(op) => Reply::TopicsChanged(self.change_topics(op).await),
+            Call::ApplyCluster(view) => Reply::Applied(self.apply_cluster_here(view).await),
             Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),
             Call::Group { op, .. } => Reply::Group(Box::new(self.groups.handle(*op).await)),
         }

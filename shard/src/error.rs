@@ -40,6 +40,9 @@ pub enum ErrorKind {
     InvalidRequiredAcks,
     /// Fewer in-sync replicas than `min.insync.replicas` (acks=all).
     NotEnoughReplicas,
+    /// The in-sync replicas fell below `min.insync.replicas` while an acks=all
+    /// produce waited: it was appended, but is not acknowledged as replicated.
+    NotEnoughReplicasAfterAppend,
     /// An idempotent producer's epoch is older than its current one.
     ProducerFenced,
     /// An idempotent producer's batch does not continue its sequence.
@@ -52,6 +55,8 @@ pub enum ErrorKind {
     OffsetOutOfRange,
     /// This broker does not lead the partition.
     NotLeader,
+    /// The partition has no leader at the moment (an election is under way).
+    LeaderNotAvailable,
     /// The reader's leader epoch is older than the partition's.
     FencedLeaderEpoch,
     /// The reader's leader epoch is newer than the partition's.

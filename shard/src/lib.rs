@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod broker;
+pub mod cluster;
 pub mod error;
 pub mod gate;
 pub mod groups;
@@ -24,6 +25,7 @@ pub mod partition;
 pub mod placement;
 pub mod producer_ids;
 pub mod producers;
+pub mod replica;
 pub mod router;
 pub mod timers;
 pub mod topic_configs;

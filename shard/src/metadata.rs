@@ -46,9 +46,16 @@ pub fn edit(
             name,
             partitions,
             configs,
+            replication_factor,
             validate_only,
         } => {
             topics::validate_name(&name).map_err(|e| invalid(ErrorKind::InvalidTopic, e))?;
+            if let Some(rf) = replication_factor.filter(|&rf| rf != 1) {
+                return Err(invalid(
+                    ErrorKind::InvalidReplicationFactor,
+                    format!("replication factor {rf}: this broker is a single node (use 1)"),
+                ));
+            }
             if table.topics.contains_key(&name) {
                 return Err(invalid(
                     ErrorKind::TopicExists,
@@ -154,6 +161,7 @@ mod tests {
             name: name.into(),
             partitions,
             configs: Vec::new(),
+            replication_factor: None,
             validate_only: false,
         }
     }

@@ -52,7 +52,7 @@ pub fn code(kind: ErrorKind) -> ErrorCode {
         K::MessageTooLarge => ErrorCode::MessageTooLarge,
         K::InvalidRecord => ErrorCode::InvalidRecord,
         K::InvalidTimestamp => ErrorCode::InvalidTimestamp,
-        K::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
+        K::NotEnoughReplicas | K::NotEnoughReplicasAfterAppend => ErrorCode::NotEnoughReplicas,
         K::ProducerFenced => ErrorCode::ProducerFenced,
         K::OutOfOrderSequence => ErrorCode::OutOfOrderSequence,
         K::UnknownProducer => ErrorCode::UnknownProducer,
@@ -63,6 +63,7 @@ pub fn code(kind: ErrorKind) -> ErrorCode {
         K::Storage => ErrorCode::StorageError,
         K::Timeout => ErrorCode::Timeout,
         K::NotLeader
+        | K::LeaderNotAvailable
         | K::FencedLeaderEpoch
         | K::UnknownLeaderEpoch
         | K::CoordinatorNotAvailable
@@ -147,6 +148,7 @@ impl Shard {
                     name,
                     partitions,
                     configs,
+                    replication_factor: None,
                     validate_only: false,
                 })
                 .await,
@@ -211,6 +213,7 @@ impl Shard {
                             offset: p.offset,
                             max_bytes: p.max_bytes,
                             leader_epoch: None,
+                            durable_offset: None,
                         })
                         .collect(),
                 };

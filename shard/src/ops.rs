@@ -117,6 +117,9 @@ pub struct FetchPart {
     pub max_bytes: u32,
     /// The leader epoch the reader believes current (`None`: not checked).
     pub leader_epoch: Option<i32>,
+    /// A follower's durable offset (what it has on disk), which the high watermark
+    /// counts with `every_batch` flushing; `None` for a consumer.
+    pub durable_offset: Option<i64>,
 }
 
 /// A fetch of several partitions.
@@ -276,6 +279,8 @@ pub enum TopicOp {
         partitions: u32,
         /// Its settings (stored names: ringmq's and Kafka's, `topic_configs`).
         configs: Vec<(String, String)>,
+        /// Replicas of each partition (`None`: the broker's default).
+        replication_factor: Option<u16>,
         /// Check only; change nothing.
         validate_only: bool,
     },

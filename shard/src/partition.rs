@@ -20,6 +20,7 @@ use ringmq_storage::{FlushPolicy, LogConfig, Notify, PartitionLog, ReadResult, S
 use crate::error::{BrokerError, ErrorKind};
 use crate::ops::{Acks, EpochEnd, OffsetSpec, Reader, TopicPartition};
 use crate::producers::{self, Check, Producers};
+use crate::replica::Replication;
 use crate::topic_configs::TopicPolicy;
 
 /// The leader epoch a partition starts at on this node.
@@ -30,6 +31,10 @@ pub const FIRST_LEADER_EPOCH: i32 = 0;
 pub enum Role {
     /// It takes produce and answers consumers (and, with replication, followers).
     Leader,
+    /// It copies a leader's log and serves no client.
+    Follower,
+    /// Replicated, with no leader known here: it serves nothing.
+    Leaderless,
 }
 
 /// The outcome of an append that was accepted (see [`Partition::produce`]).
@@ -46,17 +51,19 @@ pub struct Appended {
 pub struct Partition {
     tp: TopicPartition,
     log: Rc<PartitionLog>,
-    producers: RefCell<Producers>,
-    role: Cell<Role>,
+    pub(crate) producers: RefCell<Producers>,
     leader_epoch: Cell<i32>,
     /// The topic's produce rules (`compression.type`, `cleanup.policy`,
     /// `min.insync.replicas`, ...).
     policy: RefCell<Rc<TopicPolicy>>,
-    /// Replicas in sync, the leader included: 1 without replication.
-    in_sync_replicas: Cell<usize>,
-    /// The broker ids of the partition's followers: none without replication. Only
-    /// they may read past the high watermark.
-    followers: RefCell<Vec<i32>>,
+    /// Its place in the cluster and the replication rules' state ([`crate::replica`]).
+    pub(crate) replication: RefCell<Replication>,
+    /// This broker's id in the cluster (0 alone).
+    pub(crate) me: Cell<i32>,
+    /// The high watermark last reported by the leader's rules.
+    pub(crate) last_high_watermark: Cell<i64>,
+    /// The high watermark last written to the partition's checkpoint.
+    pub(crate) checkpointed_high_watermark: Cell<i64>,
     /// Woken when the high watermark may have moved.
     high_watermark_moved: Notify,
 }
@@ -98,11 +105,12 @@ impl Partition {
             tp,
             log,
             producers: RefCell::new(producers),
-            role: Cell::new(Role::Leader),
             leader_epoch: Cell::new(epoch),
             policy: RefCell::new(policy),
-            in_sync_replicas: Cell::new(1),
-            followers: RefCell::new(Vec::new()),
+            replication: RefCell::new(Replication::Alone),
+            me: Cell::new(0),
+            last_high_watermark: Cell::new(-1),
+            checkpointed_high_watermark: Cell::new(-1),
             high_watermark_moved: Notify::new(),
         }))
     }
@@ -119,7 +127,25 @@ impl Partition {
 
     /// What it is to this broker.
     pub fn role(&self) -> Role {
-        self.role.get()
+        match &*self.replication.borrow() {
+            Replication::Alone | Replication::Leader(_) => Role::Leader,
+            Replication::Follower(_) => Role::Follower,
+            Replication::Leaderless { .. } => Role::Leaderless,
+        }
+    }
+
+    /// The topic's produce rules.
+    pub(crate) fn policy(&self) -> Rc<TopicPolicy> {
+        self.policy.borrow().clone()
+    }
+
+    /// Woken when the high watermark may have moved.
+    pub(crate) fn high_watermark_moved(&self) -> &Notify {
+        &self.high_watermark_moved
+    }
+
+    pub(crate) fn set_leader_epoch_cell(&self, epoch: i32) {
+        self.leader_epoch.set(epoch);
     }
 
     /// Its current leader epoch.
@@ -151,6 +177,9 @@ impl Partition {
     /// One past the last record every in-sync replica has: what consumers may read and
     /// what acks=all waits for (see the module's documentation).
     pub fn high_watermark(&self) -> i64 {
+        if let Some(hw) = self.replicated_high_watermark() {
+            return hw;
+        }
         match self.log.flush_policy() {
             FlushPolicy::EveryBatch => self.log.durable_offset(),
             _ => self.log.end_offset(),
@@ -209,9 +238,16 @@ impl Partition {
         now_ms: i64,
     ) -> Result<Appended, (BrokerError, Vec<(i32, String)>)> {
         let policy = self.policy.borrow().clone();
-        if acks == Acks::All {
+        if let Err(e) = self.check_leading("produce") {
+            return Err((e, Vec::new()));
+        }
+        let alone = matches!(&*self.replication.borrow(), Replication::Alone);
+        if acks == Acks::All && !alone {
+            self.check_acks_all().map_err(|e| (e, Vec::new()))?;
+        }
+        if acks == Acks::All && alone {
             let min = policy.min_insync_replicas;
-            let isr = self.in_sync_replicas.get();
+            let isr = 1usize;
             if (isr as i64) < i64::from(min) {
                 return Err((
                     BrokerError::new(
@@ -270,7 +306,11 @@ impl Partition {
             end_offset: at.last_offset + 1,
         };
         self.high_watermark_moved.notify_all();
-        if acks == Acks::All {
+        if !alone {
+            self.after_leader_append(appended.end_offset, acks == Acks::All)
+                .await
+                .map_err(|e| (e, Vec::new()))?;
+        } else if acks == Acks::All {
             self.wait_for_high_watermark(appended.end_offset).await;
         }
         Ok(appended)
@@ -298,11 +338,14 @@ impl Partition {
         reader: Reader,
     ) -> Result<ReadResult, BrokerError> {
         let upper = match reader {
-            Reader::Consumer(_) => self.high_watermark(),
+            Reader::Consumer(_) => {
+                self.check_leading("fetch")?;
+                self.high_watermark()
+            }
             // Only a follower of this partition reads past the high watermark: a client
             // that calls itself a replica must not see what is not yet committed.
             Reader::Follower { replica_id, .. } => {
-                if !self.followers.borrow().contains(&replica_id) {
+                if !self.has_follower(replica_id) {
                     return Err(BrokerError::new(
                         ErrorKind::NotLeader,
                         format!(
@@ -323,6 +366,7 @@ impl Partition {
     /// ListOffsets: `Ok(Some((offset, timestamp)))`, the timestamp -1 where the spec
     /// is not a time; `Ok(None)` when no record matches.
     pub async fn offset_for(&self, spec: OffsetSpec) -> Result<Option<(i64, i64)>, BrokerError> {
+        self.check_leading("list offsets")?;
         let hw = self.high_watermark();
         let found = match spec {
             OffsetSpec::Earliest => Ok(Some((self.log_start_offset(), -1))),
@@ -350,13 +394,16 @@ impl Partition {
     pub fn end_of_epoch(&self, epoch: i32) -> EpochEnd {
         EpochEnd {
             tp: self.tp.clone(),
-            result: Ok(self.log.end_offset_for_epoch(epoch)),
+            result: self
+                .check_leading("offset for leader epoch")
+                .map(|()| self.log.end_offset_for_epoch(epoch)),
         }
     }
 
     /// Kafka's DeleteRecords: moves the log start up to `offset` (-1: the high
     /// watermark); returns the log start offset.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, BrokerError> {
+        self.check_leading("delete records")?;
         self.log
             .delete_records_before(offset, self.high_watermark())
             .await

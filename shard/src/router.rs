@@ -64,6 +64,8 @@ pub enum Call {
     ChangeTopics(TopicOp),
     /// Replace the topic table and open or close partitions to match.
     ApplyTopics(TopicTable),
+    /// Take the cluster's metadata: topics, and each hosted partition's role.
+    ApplyCluster(std::sync::Arc<crate::cluster::ClusterView>),
     /// A consumer-group request for a group this shard coordinates; `wait` is how long
     /// it may legitimately take (a join waits for the rebalance).
     Group {

@@ -61,6 +61,7 @@ fn options(data: &Path, key: IdKey, shard_id: u32, shard_count: u32) -> ShardOpt
         producer_id_key: key,
         min_insync_replicas: 1,
         acks_none_bytes_max: 1 << 20,
+        replica_lag_time_max_ms: ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS,
     }
 }
 
@@ -162,6 +163,7 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
                 name: "t".into(),
                 partitions: 4,
                 configs: vec![],
+                replication_factor: None,
                 validate_only: false,
             })
             .await
@@ -202,6 +204,7 @@ fn shards_route_operations_and_long_polls_wake_on_data() {
                     offset,
                     max_bytes: 1 << 20,
                     leader_epoch: Some(0),
+                    durable_offset: None,
                 })
                 .collect(),
         };
@@ -291,6 +294,7 @@ fn a_long_poll_waits_on_the_shards_clock_and_wakes_on_data() {
                 name: "t".into(),
                 partitions: 1,
                 configs: vec![],
+                replication_factor: None,
                 validate_only: false,
             })
             .await
@@ -310,6 +314,7 @@ fn a_long_poll_waits_on_the_shards_clock_and_wakes_on_data() {
                             offset: 0,
                             max_bytes: 1 << 20,
                             leader_epoch: None,
+                            durable_offset: None,
                         }],
                     })
                     .await;
