@@ -365,3 +365,152 @@ fn a_long_poll_waits_on_the_shards_clock_and_wakes_on_data() {
         shard.shutdown().await;
     });
 }
+
+/// One replicated partition on two replicas in one executor, messages carried by hand:
+/// the leader's acks=all produce waits until the follower fetched past it; the
+/// follower copies the batches at the leader's offsets and epochs, learns the high
+/// watermark, refuses clients, and after a change of leader truncates what the new
+/// leader never had.
+#[test]
+fn a_replicated_partition_acknowledges_after_the_follower_has_it() {
+    use ringmq_replication::{EpochEndOffset, FollowerRequest};
+    use ringmq_shard::replica::{LeaderAnswer, Leadership, Outbox, ReplicaSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let tp = TopicPartition::new("t", 0);
+        let policy = Rc::new(TopicPolicy {
+            min_insync_replicas: 2,
+            ..TopicPolicy::default()
+        });
+        let open = |name: &str| {
+            let (tp, dir, policy) = (tp.clone(), path.join(name), policy.clone());
+            async move {
+                Partition::open(tp, &dir, LogConfig::default(), SegmentCache::new(4), policy)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (open("a").await, open("b").await);
+        let settings = ReplicaSettings {
+            replica_lag_time_max_ms: 3_000,
+        };
+        let outbox = Outbox::new();
+        let leadership = |me, epoch, partition_epoch| Leadership {
+            me,
+            leader_epoch: epoch,
+            partition_epoch,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+        };
+        a.lead(leadership(1, 1, 1), settings, outbox.clone(), 0)
+            .await
+            .unwrap();
+        b.follow(2, 1, 1);
+        assert_eq!(
+            b.produce(batch(b"x"), Acks::Leader, 1)
+                .await
+                .unwrap_err()
+                .0
+                .kind,
+            ErrorKind::NotLeader,
+            "a follower takes no produce"
+        );
+
+        // One round of the follower: ask or fetch, then apply the leader's answer.
+        let round = |a: Rc<Partition>, b: Rc<Partition>, now: u64| async move {
+            match b.follower_request().unwrap() {
+                FollowerRequest::EndOffsetFor {
+                    leader_epoch,
+                    epoch,
+                } => {
+                    let (e, end) = a.end_of_epoch(epoch).result.unwrap();
+                    b.on_epoch_answer(
+                        leader_epoch,
+                        epoch,
+                        EpochEndOffset {
+                            epoch: e,
+                            end_offset: end,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                }
+                FollowerRequest::Fetch {
+                    replica,
+                    fetch_offset,
+                    durable_offset,
+                    leader_epoch,
+                    ..
+                } => {
+                    a.follower_fetched(replica, leader_epoch, fetch_offset, durable_offset, now)
+                        .unwrap();
+                    let reader = Reader::Follower {
+                        replica_id: replica,
+                        leader_epoch,
+                    };
+                    let r = a.read(fetch_offset, 1 << 20, reader).await.unwrap();
+                    let mut bytes = Vec::new();
+                    for c in r.chunks {
+                        bytes.extend_from_slice(&c.to_bytes().await.unwrap());
+                    }
+                    b.append_from_leader(LeaderAnswer {
+                        leader_epoch,
+                        high_watermark: a.high_watermark(),
+                        records: Bytes::from(bytes),
+                    })
+                    .await
+                    .unwrap();
+                }
+            }
+        };
+
+        // acks=all waits for the follower: two rounds (copy, then report the copy).
+        let waiting = glommio::spawn_local({
+            let a = a.clone();
+            async move { a.produce(batch(b"v0"), Acks::All, 1).await }
+        });
+        glommio::yield_if_needed().await;
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+        assert_eq!(a.log_end_offset(), 1);
+        assert_eq!(a.high_watermark(), 0, "the follower has not fetched it yet");
+        // A new log starts epoch 0, so the follower first asks where epoch 0 ends.
+        assert!(matches!(
+            b.follower_request(),
+            Some(FollowerRequest::EndOffsetFor { epoch: 0, .. })
+        ));
+        round(a.clone(), b.clone(), 5).await;
+        round(a.clone(), b.clone(), 10).await; // copies offset 0
+        assert_eq!(b.log_end_offset(), 1);
+        round(a.clone(), b.clone(), 20).await; // reports it: the watermark moves
+        assert_eq!(a.high_watermark(), 1);
+        assert_eq!(waiting.await.unwrap().base_offset, 0);
+        round(a.clone(), b.clone(), 30).await;
+        assert_eq!(b.high_watermark(), 1, "the follower learned the watermark");
+        let consumer = Reader::Consumer(Isolation::ReadUncommitted);
+        assert_eq!(
+            b.read(0, 1 << 20, consumer).await.unwrap_err().kind,
+            ErrorKind::NotLeader
+        );
+
+        // The leader appends one more that the follower never gets, then the follower
+        // becomes leader in epoch 2 and the old leader follows it: the old leader's
+        // extra record is cut (it was never committed).
+        a.produce(batch(b"lost"), Acks::Leader, 1).await.unwrap();
+        assert_eq!(a.log_end_offset(), 2);
+        b.lead(leadership(2, 2, 2), settings, outbox.clone(), 40)
+            .await
+            .unwrap();
+        a.follow(1, 2, 2);
+        round(b.clone(), a.clone(), 50).await; // epoch question: truncates to 1
+        assert_eq!(a.log_end_offset(), 1, "the uncommitted record is gone");
+        b.produce(batch(b"v1"), Acks::Leader, 1).await.unwrap();
+        round(b.clone(), a.clone(), 60).await;
+        assert_eq!(a.log_end_offset(), 2);
+        assert_eq!(a.epoch_at(1), 2, "the copy keeps the leader's epoch");
+        assert!(outbox.take().is_empty(), "no ISR change was needed");
+        a.log().close().await.unwrap();
+        b.log().close().await.unwrap();
+    });
+}
