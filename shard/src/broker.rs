@@ -906,7 +906,7 @@ impl Shard {
                         true,
                     ) => partition.follower_fetched(
                         replica_id,
-                        leader_epoch,
+                        p.leader_epoch.unwrap_or(leader_epoch),
                         p.offset,
                         p.durable_offset.unwrap_or(-1).max(0),
                         self.now_ms(),

@@ -7,7 +7,7 @@ use std::fmt;
 
 /// What went wrong, in the broker's terms. Each front-end maps every kind to a code of
 /// its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ErrorKind {
     // Topics and partitions.
     /// No such topic.
@@ -107,7 +107,7 @@ pub enum ErrorKind {
 }
 
 /// A broker error: its kind and a message for the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BrokerError {
     /// What went wrong.
     pub kind: ErrorKind,

@@ -269,7 +269,7 @@ pub struct PartitionStats {
 }
 
 /// A change to the topics, made by the metadata shard and applied by all.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TopicOp {
     /// Create a topic.
     Create {
