@@ -42,11 +42,17 @@
 
 #![deny(missing_docs)]
 
+pub mod controller;
 pub mod election;
 pub mod epochs;
 pub mod follower;
 pub mod leader;
 
+pub use controller::{
+    AlterPartition, ClusterMetadata, ControllerConfig, ControllerError, ControllerErrorKind,
+    ControllerLogic, Heartbeat, MetadataRecord, NodeId, NodeInfo, PartitionId, PartitionInfo,
+    TopicInfo,
+};
 pub use election::elect;
 pub use epochs::{EpochEndOffset, EpochEntry, EpochHistory, Truncation, truncation_point};
 pub use follower::{
