@@ -154,6 +154,76 @@ pub struct ServeArgs {
     /// core to the kernel. 0 never polls [default: 1000]
     #[arg(long, env = "RINGMQ_DISK_POLL_US")]
     disk_poll_us: Option<u64>,
+    /// This node's id in a cluster (with --voters); without --voters the broker is a
+    /// single node and this is ignored
+    #[arg(long, env = "RINGMQ_NODE_ID")]
+    node_id: Option<i32>,
+    /// The controller quorum, every node of the cluster a voter: `1@host:port,2@...`,
+    /// each node's cluster listener. Turns the broker into a cluster node
+    #[arg(long, env = "RINGMQ_VOTERS")]
+    voters: Option<String>,
+    /// This node's cluster listener (node-to-node replication and controller traffic)
+    /// [default: this node's address in --voters]
+    #[arg(long, env = "RINGMQ_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// Node-to-node transport: quic or tcp, both with mutual TLS [default: quic]
+    #[arg(long, env = "RINGMQ_CLUSTER_TRANSPORT")]
+    cluster_transport: Option<String>,
+    /// Directory with the cluster CA and this node's certificate (`ca.pem`,
+    /// `node-N.pem`, `node-N.key`), as `ringmq cluster init-certs` writes them
+    /// [default: <data-dir>/../certs]
+    #[arg(long, env = "RINGMQ_CLUSTER_CERTS")]
+    cluster_certs: Option<PathBuf>,
+    /// A node silent this long is fenced by the controller and its partitions get new
+    /// leaders from their in-sync replicas, ms [default: 6000]
+    #[arg(long, env = "RINGMQ_NODE_SESSION_TIMEOUT_MS")]
+    node_session_timeout_ms: Option<u64>,
+    /// Kafka's replica.lag.time.max.ms: an in-sync follower that has not caught up for
+    /// this long leaves the ISR, ms [default: 10000]
+    #[arg(long, env = "RINGMQ_REPLICA_LAG_TIME_MAX_MS")]
+    replica_lag_time_max_ms: Option<u64>,
+    /// Replicas of a new topic's partitions when the request does not say [default: 1]
+    #[arg(long, env = "RINGMQ_DEFAULT_REPLICATION_FACTOR")]
+    default_replication_factor: Option<u16>,
+}
+
+/// A cluster node's settings (`--voters` given).
+#[derive(Debug, Clone)]
+struct ClusterSettings {
+    me: i32,
+    voters: std::collections::BTreeMap<i32, SocketAddr>,
+    listen: SocketAddr,
+    transport: ringmq_cluster::TransportKind,
+    certs: PathBuf,
+    session_timeout: Duration,
+    default_replication_factor: u16,
+}
+
+/// Parses `1@host:port,2@host:port`.
+fn parse_voters(text: &str) -> anyhow::Result<std::collections::BTreeMap<i32, SocketAddr>> {
+    let mut voters = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('@')
+            .with_context(|| format!("--voters: {part:?} is not id@host:port"))?;
+        let id: i32 = id
+            .parse()
+            .with_context(|| format!("--voters: {id:?} is not a node id"))?;
+        if id < 0 {
+            bail!("--voters: node ids are 0 or more ({id})");
+        }
+        let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+            .with_context(|| format!("--voters: {addr:?} is not host:port"))?
+            .next()
+            .with_context(|| format!("--voters: {addr:?} resolves to no address"))?;
+        if voters.insert(id, addr).is_some() {
+            bail!("--voters names node {id} twice");
+        }
+    }
+    if voters.is_empty() {
+        bail!("--voters names no node");
+    }
+    Ok(voters)
 }
 
 /// The same settings as the TOML file spells them.
@@ -190,6 +260,14 @@ struct FileConfig {
     steer_connections: Option<bool>,
     spin_before_park_us: Option<u64>,
     disk_poll_us: Option<u64>,
+    node_id: Option<i32>,
+    voters: Option<String>,
+    cluster_listen: Option<SocketAddr>,
+    cluster_transport: Option<String>,
+    cluster_certs: Option<PathBuf>,
+    node_session_timeout_ms: Option<u64>,
+    replica_lag_time_max_ms: Option<u64>,
+    default_replication_factor: Option<u16>,
 }
 
 /// How long a shard polls for a segment write or fdatasync by default (see
@@ -224,6 +302,8 @@ struct Settings {
     steer_connections: bool,
     spin_before_park: Duration,
     disk_poll: Duration,
+    replica_lag_time_max_ms: u64,
+    cluster: Option<ClusterSettings>,
 }
 
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
@@ -349,6 +429,71 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             bail!("{flag} 0: no group could ever be joined; it must be at least 1");
         }
     }
+    let cluster = match args.voters.or(file.voters) {
+        None => None,
+        Some(text) => {
+            let voters = parse_voters(&text)?;
+            let me = args
+                .node_id
+                .or(file.node_id)
+                .context("--voters needs --node-id (this node's id among the voters)")?;
+            let Some(&mine) = voters.get(&me) else {
+                bail!("--node-id {me} is not among --voters (every node of a cluster is a voter)");
+            };
+            let listen = args.cluster_listen.or(file.cluster_listen).unwrap_or(mine);
+            let transport = match args
+                .cluster_transport
+                .or(file.cluster_transport)
+                .as_deref()
+                .unwrap_or("quic")
+            {
+                "quic" => ringmq_cluster::TransportKind::Quic,
+                "tcp" => ringmq_cluster::TransportKind::Tcp,
+                other => bail!("--cluster-transport {other:?}: use quic or tcp"),
+            };
+            let data_dir = args
+                .data_dir
+                .clone()
+                .or(file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("./data"));
+            let certs = args
+                .cluster_certs
+                .or(file.cluster_certs)
+                .unwrap_or_else(|| {
+                    std::path::absolute(&data_dir)
+                        .ok()
+                        .and_then(|d| d.parent().map(|p| p.join("certs")))
+                        .unwrap_or_else(|| PathBuf::from("certs"))
+                });
+            let tls = ringmq_cluster::TlsFiles::in_dir(&certs, me);
+            if !tls.ca.exists() || !tls.cert.exists() || !tls.key.exists() {
+                bail!(
+                    "no certificates for node {me} in {} (ca.pem, node-{me}.pem, node-{me}.key): create them with `ringmq cluster init-certs --dir {} --nodes {}` and copy each node's files to it",
+                    certs.display(),
+                    certs.display(),
+                    voters.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+                );
+            }
+            Some(ClusterSettings {
+                me,
+                voters,
+                listen,
+                transport,
+                certs,
+                session_timeout: Duration::from_millis(
+                    args.node_session_timeout_ms
+                        .or(file.node_session_timeout_ms)
+                        .unwrap_or(6000)
+                        .max(500),
+                ),
+                default_replication_factor: args
+                    .default_replication_factor
+                    .or(file.default_replication_factor)
+                    .unwrap_or(1)
+                    .max(1),
+            })
+        }
+    };
     Ok(Settings {
         group_limits,
         group_initial_rebalance_delay: Duration::from_millis(
@@ -430,6 +575,12 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                 .unwrap_or(DISK_POLL_US_DEFAULT)
                 .min(1_000_000),
         ),
+        replica_lag_time_max_ms: args
+            .replica_lag_time_max_ms
+            .or(file.replica_lag_time_max_ms)
+            .unwrap_or(ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS)
+            .max(100),
+        cluster,
     })
 }
 
@@ -575,7 +726,36 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             s.disk_poll.as_micros()
         );
     }
-    println!("  topics           {}", table.topics.len());
+    if let Some(c) = &s.cluster {
+        println!("  node id          {}", c.me);
+        println!(
+            "  voters           {}",
+            c.voters
+                .iter()
+                .map(|(id, a)| format!("{id}@{a}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        println!(
+            "  cluster listener {} ({}, mutual TLS with the CA in {})",
+            c.listen,
+            match c.transport {
+                ringmq_cluster::TransportKind::Quic => "quic",
+                ringmq_cluster::TransportKind::Tcp => "tcp",
+            },
+            c.certs.display()
+        );
+        if !table.topics.is_empty() {
+            tracing::warn!(
+                topics = table.topics.len(),
+                "this data directory has a single-node topic table; a cluster node takes its topics from the controller and ignores it"
+            );
+        }
+        table = TopicTable::default();
+        println!("  topics           from the controller quorum");
+    } else {
+        println!("  topics           {}", table.topics.len());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -606,7 +786,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             producer_id_key,
             min_insync_replicas: s.min_insync_replicas,
             acks_none_bytes_max: s.acks_none_bytes_max,
-            replica_lag_time_max_ms: ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS,
+            replica_lag_time_max_ms: s.replica_lag_time_max_ms,
         };
         let table = table.clone();
         let stop = stop.clone();
@@ -620,6 +800,23 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             connections_max: s.connections_max,
         };
         let disk_poll = s.disk_poll;
+        let cluster = s.cluster.clone().map(|c| {
+            let node = ringmq_cluster::node::NodeConfig {
+                me: c.me,
+                voters: c.voters.clone(),
+                kafka_advertise: format!("{}:{}", s.kafka.advertise_host, s.kafka.advertise_port),
+                native: s.native_listen.to_string(),
+                cluster_listen: c.listen,
+                data_dir: data_dir.clone(),
+                shard_count,
+                session_timeout: c.session_timeout,
+                tick: Duration::from_millis(100),
+                election_ticks: 10,
+                heartbeat: Duration::from_millis(500),
+                default_replication_factor: c.default_replication_factor,
+            };
+            (c, node, cpu)
+        });
         let mut builder =
             LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(&format!("shard-{i}"));
         if !s.spin_before_park.is_zero() {
@@ -631,7 +828,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     Ok(ring) => ring.set_poll(disk_poll),
                     Err(e) => tracing::warn!(shard = i, error = %e, "no second io_uring ring; disk waits are not polled"),
                 }
-                let r = run_shard(opts, table, l, listeners, stop.clone()).await;
+                let r = run_shard(opts, table, l, listeners, cluster, stop.clone()).await;
                 // A shard that failed leaves the listener groups with indexes that no
                 // longer match the shards (and its partitions unserved): stop them all.
                 if r.is_err() {
@@ -744,10 +941,14 @@ async fn run_shard(
     table: TopicTable,
     l: ringmq_shard::broker::Links,
     listeners: Listeners,
+    cluster: Option<(ClusterSettings, ringmq_cluster::node::NodeConfig, usize)>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let id = opts.shard_id;
     let shard = Shard::start(opts, table, l).await?;
+    if let Some((c, node, cpu)) = cluster {
+        start_cluster(&shard, c, node, cpu).await?;
+    }
     let native = glommio_listener(listeners.sockets.native);
     let kafka = listeners.sockets.kafka.map(glommio_listener);
     tracing::info!(shard = id, partitions = shard.partition_count(), native = %listeners.native, kafka = ?listeners.kafka, "shard ready");
@@ -800,6 +1001,48 @@ async fn run_shard(
         "stopping: flushing and closing partitions"
     );
     shard.shutdown().await;
+    Ok(())
+}
+
+/// Joins the cluster: this shard's transport and replication tasks, and on the first
+/// shard the cluster listener and the controller voter.
+async fn start_cluster(
+    shard: &Rc<Shard>,
+    c: ClusterSettings,
+    node: ringmq_cluster::node::NodeConfig,
+    cpu: usize,
+) -> Result<(), String> {
+    use ringmq_cluster::{Transport, TransportConfig};
+    let serving = shard.id() == 0;
+    let mut tc = TransportConfig::new(c.me, ringmq_cluster::TlsFiles::in_dir(&c.certs, c.me));
+    tc.kind = c.transport;
+    tc.listen = serving.then_some(c.listen);
+    tc.peers = c
+        .voters
+        .iter()
+        .filter(|&(&id, _)| id != c.me)
+        .map(|(&id, &a)| (id, a))
+        .collect();
+    tc.core = Some(cpu);
+    let (transport, incoming) = Transport::start(tc)
+        .await
+        .map_err(|e| format!("starting the cluster transport: {e}"))?;
+    let transport = Rc::new(transport);
+    let voters: Vec<i32> = c.voters.keys().copied().collect();
+    ringmq_cluster::replicas::start(shard.clone(), transport.clone(), voters);
+    if serving {
+        let incoming = incoming.ok_or("the cluster listener did not start")?;
+        let controller = ringmq_cluster::node::Controller::open(node, shard.clone(), transport)?;
+        shard.set_topic_authority(Rc::new(ringmq_cluster::node::Authority(controller.clone())));
+        glommio::spawn_local(async move {
+            let why = controller.run(incoming).await;
+            // The quorum's safety rests on what it persisted: a node that cannot persist
+            // stops rather than go on with a log it cannot trust.
+            eprintln!("ringmq: stopping: {why}");
+            std::process::exit(3);
+        })
+        .detach();
+    }
     Ok(())
 }
 

@@ -47,9 +47,12 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod node;
 mod quic;
+pub mod replicas;
 mod tcp;
 pub mod tls;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -248,6 +251,17 @@ impl Transport {
     /// with `Unreachable` for an unknown node, `TooLarge` for a body over
     /// `frame_bytes_max`, `Timeout` when no answer came within `request_timeout`.
     pub async fn request(&self, to: NodeId, body: Bytes) -> Result<Bytes, TransportError> {
+        self.request_within(to, body, self.request_timeout).await
+    }
+
+    /// [`Transport::request`] with its own timeout (a Raft message is worth little
+    /// after an election timeout; a long-polling fetch needs its wait on top).
+    pub async fn request_within(
+        &self,
+        to: NodeId,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
         let Some(peer) = self.peers.get(&to) else {
             return Err(TransportError::new(
                 TransportErrorKind::Unreachable,
@@ -272,8 +286,8 @@ impl Transport {
                 Inner::Tcp(t) => t.request(to, peer.addr, body).await,
             }
         };
-        with_timeout(self.request_timeout, work, || {
-            format!("no answer from node {to} within {:?}", self.request_timeout)
+        with_timeout(timeout, work, || {
+            format!("no answer from node {to} within {timeout:?}")
         })
         .await
     }

@@ -8,10 +8,11 @@ use kafka_protocol::messages as km;
 use ringmq_shard::groups::{self, GroupOp};
 
 use crate::group_ops;
-use crate::{KafkaService, NODE_ID, TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE, s};
+use crate::{KafkaService, TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MESSAGE, s};
 
 impl KafkaService {
-    /// Every group's coordinator is this node (the group's shard is found inside).
+    /// A single node coordinates every group (the group's shard is found inside); in a
+    /// cluster each group has a node chosen by its name ([`KafkaService::coordinator_for`]).
     /// From v4 a request names several keys (KIP-699) and each gets its own answer.
     /// Transaction coordinators (key type 1) are refused: transactions are not
     /// supported; share groups (key type 2) neither.
@@ -21,7 +22,6 @@ impl KafkaService {
         version: i16,
     ) -> km::FindCoordinatorResponse {
         let mut resp = km::FindCoordinatorResponse::default();
-        let (host, port) = self.broker();
         let refusal = match r.key_type {
             0 => None,
             1 => Some((
@@ -50,8 +50,9 @@ impl KafkaService {
                         c.port = -1;
                     }
                     None => {
-                        c.node_id = km::BrokerId(NODE_ID);
-                        c.host = host.clone();
+                        let (id, host, port) = self.coordinator_for(c.key.as_str());
+                        c.node_id = km::BrokerId(id);
+                        c.host = host;
                         c.port = port;
                     }
                 }
@@ -68,7 +69,8 @@ impl KafkaService {
             resp.port = -1;
             return resp;
         }
-        resp.node_id = km::BrokerId(NODE_ID);
+        let (id, host, port) = self.coordinator_for(r.key.as_str());
+        resp.node_id = km::BrokerId(id);
         resp.host = host;
         resp.port = port;
         resp

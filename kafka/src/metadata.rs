@@ -84,17 +84,26 @@ impl KafkaService {
         }
         let names = requested.unwrap_or_else(|| self.shard.topic_names());
         let mut resp = km::MetadataResponse::default();
-        let (host, port) = self.broker();
-        let mut b = km::metadata_response::MetadataResponseBroker::default();
-        b.node_id = km::BrokerId(NODE_ID);
-        b.host = host;
-        b.port = port;
-        resp.brokers = vec![b];
+        let cluster = self.shard.cluster();
+        resp.brokers = self
+            .brokers()
+            .into_iter()
+            .map(|(id, host, port)| {
+                let mut b = km::metadata_response::MetadataResponseBroker::default();
+                b.node_id = km::BrokerId(id);
+                b.host = host;
+                b.port = port;
+                b
+            })
+            .collect();
         if version >= 2 {
             resp.cluster_id = Some(s(CLUSTER_ID));
         }
         if version >= 1 {
-            resp.controller_id = km::BrokerId(NODE_ID);
+            resp.controller_id = km::BrokerId(match &cluster {
+                Some(c) => c.controller.unwrap_or(-1),
+                None => NODE_ID,
+            });
         }
         for name in names {
             let mut t = km::metadata_response::MetadataResponseTopic::default();
@@ -116,12 +125,34 @@ impl KafkaService {
                             let mut mp =
                                 km::metadata_response::MetadataResponsePartition::default();
                             mp.partition_index = p as i32;
-                            mp.leader_id = km::BrokerId(NODE_ID);
-                            if version >= 7 {
-                                mp.leader_epoch = 0;
+                            let view = cluster.as_ref().and_then(|c| {
+                                c.partition(&ringmq_shard::ops::TopicPartition::new(
+                                    name.clone(),
+                                    p,
+                                ))
+                            });
+                            match view {
+                                None => {
+                                    mp.leader_id = km::BrokerId(NODE_ID);
+                                    if version >= 7 {
+                                        mp.leader_epoch = 0;
+                                    }
+                                    mp.replica_nodes = vec![km::BrokerId(NODE_ID)];
+                                    mp.isr_nodes = vec![km::BrokerId(NODE_ID)];
+                                }
+                                Some(v) => {
+                                    mp.leader_id = km::BrokerId(v.leader.unwrap_or(-1));
+                                    if v.leader.is_none() {
+                                        mp.error_code = KErr::LeaderNotAvailable.code();
+                                    }
+                                    if version >= 7 {
+                                        mp.leader_epoch = v.leader_epoch;
+                                    }
+                                    mp.replica_nodes =
+                                        v.replicas.iter().map(|&r| km::BrokerId(r)).collect();
+                                    mp.isr_nodes = v.isr.iter().map(|&r| km::BrokerId(r)).collect();
+                                }
                             }
-                            mp.replica_nodes = vec![km::BrokerId(NODE_ID)];
-                            mp.isr_nodes = vec![km::BrokerId(NODE_ID)];
                             mp
                         })
                         .collect();
@@ -135,14 +166,53 @@ impl KafkaService {
     pub(crate) fn describe_cluster(&self) -> km::DescribeClusterResponse {
         let mut resp = km::DescribeClusterResponse::default();
         resp.cluster_id = s(CLUSTER_ID);
-        resp.controller_id = km::BrokerId(NODE_ID);
-        let (host, port) = self.broker();
-        let mut b = km::describe_cluster_response::DescribeClusterBroker::default();
-        b.broker_id = km::BrokerId(NODE_ID);
-        b.host = host;
-        b.port = port;
-        resp.brokers = vec![b];
+        resp.controller_id = km::BrokerId(match self.shard.cluster() {
+            Some(c) => c.controller.unwrap_or(-1),
+            None => NODE_ID,
+        });
+        resp.brokers = self
+            .brokers()
+            .into_iter()
+            .map(|(id, host, port)| {
+                let mut b = km::describe_cluster_response::DescribeClusterBroker::default();
+                b.broker_id = km::BrokerId(id);
+                b.host = host;
+                b.port = port;
+                b
+            })
+            .collect();
         resp
+    }
+
+    /// The brokers clients may reach: this one alone, or the cluster's unfenced nodes.
+    pub(crate) fn brokers(&self) -> Vec<(i32, StrBytes, i32)> {
+        match self.shard.cluster() {
+            None => {
+                let (host, port) = self.broker();
+                vec![(NODE_ID, host, port)]
+            }
+            Some(c) => c
+                .nodes
+                .iter()
+                .filter(|(_, n)| !n.fenced)
+                .map(|(&id, n)| (id, s(&n.kafka_host), i32::from(n.kafka_port)))
+                .collect(),
+        }
+    }
+
+    /// The node coordinating `group`: this one alone; in a cluster, one of the unfenced
+    /// nodes chosen by the group's name, so every client agrees.
+    pub(crate) fn coordinator_for(&self, group: &str) -> (i32, StrBytes, i32) {
+        let brokers = self.brokers();
+        if brokers.len() <= 1 {
+            let (host, port) = self.broker();
+            let id = self.shard.cluster().map_or(NODE_ID, |c| c.me);
+            return brokers.into_iter().next().unwrap_or((id, host, port));
+        }
+        let h = group
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        brokers[(h % brokers.len() as u64) as usize].clone()
     }
 
     /// The name of the topic with Kafka id `id`, if there is one.

@@ -331,6 +331,17 @@ impl Shard {
         Ok(shard)
     }
 
+    /// The partitions this shard holds.
+    pub fn partitions(&self) -> Vec<Rc<Partition>> {
+        self.partitions.borrow().values().cloned().collect()
+    }
+
+    /// This node's id in the cluster (0 for a single node, or before the cluster's
+    /// metadata arrived).
+    pub fn node_id(&self) -> i32 {
+        self.cluster.borrow().as_ref().map_or(0, |v| v.me)
+    }
+
     /// The cluster as this shard last learned it (`None`: a single node).
     pub fn cluster(&self) -> Option<Arc<ClusterView>> {
         self.cluster.borrow().clone()

@@ -1,0 +1,422 @@
+//! Replication between nodes, for one shard: the follower side (fetch sessions to
+//! each leader node this shard follows partitions of), the leader side (answering other
+//! nodes' replica fetches and epoch questions through the shard's own operations), and
+//! the ISR changes this shard's leaders ask the controller for.
+//!
+//! A fetch session ([`fetch_session`]) runs per (shard, leader node) while the shard
+//! follows at least one partition of that leader: each round it asks where epochs end
+//! for the partitions that are truncating, and sends one replica fetch for all the
+//! partitions that are fetching (batched: one request per shard and leader, whatever
+//! the partition count). The leader long-polls it (`FETCH_MAX_WAIT`) until data arrives,
+//! so an idle follower costs one request per max wait.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ringmq_net::codec::RecordsChunk;
+use ringmq_replication::{EpochEndOffset, FollowerRequest};
+use ringmq_shard::broker::Shard;
+use ringmq_shard::error::{BrokerError, ErrorKind};
+use ringmq_shard::ops::{EpochQuery, Fetch, FetchPart, Reader, TopicPartition};
+use ringmq_shard::partition::Partition;
+use ringmq_shard::replica::{IsrChange, LeaderAnswer};
+
+use crate::wire::{self, Request, Response};
+use crate::{NodeId, Transport};
+
+/// How long a leader holds a replica fetch that finds nothing new.
+pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
+/// Bytes a replica fetch asks for at most, over all partitions.
+pub const FETCH_BYTES_MAX: u32 = 16 << 20;
+/// Bytes per partition a replica fetch asks for at most.
+pub const FETCH_PARTITION_BYTES_MAX: u32 = 4 << 20;
+/// Pause after a failed round (the leader unreachable, or not yet leading).
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Starts this shard's replication tasks: a supervisor that keeps one fetch session per
+/// leader node, and the ISR-change sender.
+pub fn start(shard: Rc<Shard>, transport: Rc<Transport>, voters: Vec<NodeId>) {
+    let sessions: Rc<RefCell<BTreeSet<NodeId>>> = Rc::default();
+    {
+        let (shard, transport) = (shard.clone(), transport.clone());
+        glommio::spawn_local(async move {
+            loop {
+                for leader in leaders_followed(&shard) {
+                    if sessions.borrow_mut().insert(leader) {
+                        let (shard, transport, sessions) =
+                            (shard.clone(), transport.clone(), sessions.clone());
+                        glommio::spawn_local(async move {
+                            fetch_session(&shard, &transport, leader).await;
+                            sessions.borrow_mut().remove(&leader);
+                        })
+                        .detach();
+                    }
+                }
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(async move { send_isr_changes(shard, transport, voters).await }).detach();
+}
+
+fn followers_of(shard: &Shard, leader: NodeId) -> Vec<Rc<Partition>> {
+    shard
+        .partitions()
+        .into_iter()
+        .filter(|p| p.followed().is_some_and(|(l, _)| l == leader))
+        .collect()
+}
+
+fn leaders_followed(shard: &Shard) -> BTreeSet<NodeId> {
+    shard
+        .partitions()
+        .iter()
+        .filter_map(|p| p.followed().map(|(l, _)| l))
+        .collect()
+}
+
+/// Fetches from `leader` for every partition this shard follows there, until there is
+/// none left.
+async fn fetch_session(shard: &Rc<Shard>, transport: &Transport, leader: NodeId) {
+    tracing::debug!(shard = shard.id(), leader, "replica fetch session starts");
+    loop {
+        let parts = followers_of(shard, leader);
+        if parts.is_empty() {
+            break;
+        }
+        let mut asks = Vec::new();
+        let mut fetches = Vec::new();
+        for p in &parts {
+            match p.follower_request() {
+                Some(FollowerRequest::EndOffsetFor {
+                    leader_epoch,
+                    epoch,
+                }) => asks.push((p.clone(), leader_epoch, epoch)),
+                Some(FollowerRequest::Fetch {
+                    fetch_offset,
+                    durable_offset,
+                    leader_epoch,
+                    ..
+                }) => fetches.push((p.clone(), fetch_offset, durable_offset, leader_epoch)),
+                None => {}
+            }
+        }
+        let ok = if !asks.is_empty() {
+            ask_epochs(transport, leader, asks).await
+        } else {
+            fetch(shard, transport, leader, fetches).await
+        };
+        if !ok {
+            glommio::timer::sleep(RETRY_AFTER).await;
+        }
+    }
+    tracing::debug!(shard = shard.id(), leader, "replica fetch session ends");
+}
+
+async fn ask_epochs(
+    transport: &Transport,
+    leader: NodeId,
+    asks: Vec<(Rc<Partition>, i32, i32)>,
+) -> bool {
+    let request = Request::EpochEnds(
+        asks.iter()
+            .map(|(p, leader_epoch, epoch)| wire::EpochAsk {
+                topic: p.tp().topic.clone(),
+                partition: p.tp().partition,
+                leader_epoch: *leader_epoch,
+                epoch: *epoch,
+            })
+            .collect(),
+    );
+    let answers = match call(transport, leader, request, Duration::from_secs(5)).await {
+        Some((Response::EpochEnds(a), _)) if a.len() == asks.len() => a,
+        _ => return false,
+    };
+    let mut ok = true;
+    for ((p, leader_epoch, epoch), answer) in asks.into_iter().zip(answers) {
+        match answer {
+            Ok((e, end_offset)) => {
+                let answer = EpochEndOffset {
+                    epoch: e,
+                    end_offset,
+                };
+                if let Err(e) = p.on_epoch_answer(leader_epoch, epoch, answer).await {
+                    tracing::warn!(partition = %p.tp(), error = %e, "truncation failed");
+                    ok = false;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(partition = %p.tp(), leader, error = %e, "epoch question refused");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+async fn fetch(
+    shard: &Shard,
+    transport: &Transport,
+    leader: NodeId,
+    parts: Vec<(Rc<Partition>, i64, i64, i32)>,
+) -> bool {
+    if parts.is_empty() {
+        return false;
+    }
+    let request = Request::ReplicaFetch(wire::ReplicaFetch {
+        replica: shard.node_id(),
+        max_wait_ms: FETCH_MAX_WAIT.as_millis() as u64,
+        min_bytes: 1,
+        max_bytes: FETCH_BYTES_MAX,
+        parts: parts
+            .iter()
+            .map(|(p, fetch_offset, durable_offset, leader_epoch)| wire::FetchAsk {
+                topic: p.tp().topic.clone(),
+                partition: p.tp().partition,
+                fetch_offset: *fetch_offset,
+                durable_offset: *durable_offset,
+                leader_epoch: *leader_epoch,
+                max_bytes: FETCH_PARTITION_BYTES_MAX,
+            })
+            .collect(),
+    });
+    let (answers, payload) =
+        match call(transport, leader, request, FETCH_MAX_WAIT + Duration::from_secs(5)).await {
+            Some((Response::Fetched(a), payload)) if a.len() == parts.len() => (a, payload),
+            _ => return false,
+        };
+    let mut at = 0usize;
+    let mut ok = true;
+    for ((p, _, _, leader_epoch), answer) in parts.into_iter().zip(answers) {
+        let len = answer.records_bytes as usize;
+        if at + len > payload.len() {
+            tracing::warn!(leader, "a replica fetch answer shorter than it says");
+            return false;
+        }
+        let records = payload.slice(at..at + len);
+        at += len;
+        if let Some(e) = answer.error {
+            tracing::debug!(partition = %p.tp(), leader, error = %e, "replica fetch refused");
+            ok = false;
+            continue;
+        }
+        let r = p
+            .append_from_leader(LeaderAnswer {
+                leader_epoch,
+                high_watermark: answer.high_watermark,
+                records,
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(partition = %p.tp(), leader, error = %e, "replicated batches not appended");
+            ok = false;
+        }
+    }
+    ok
+}
+
+async fn call(
+    transport: &Transport,
+    to: NodeId,
+    request: Request,
+    timeout: Duration,
+) -> Option<(Response, Bytes)> {
+    match transport
+        .request_within(to, request.encode(&[]), timeout)
+        .await
+    {
+        Ok(frame) => match Response::decode(&frame) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(node = to, error = %e, "malformed cluster answer");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::debug!(node = to, error = %e, "cluster request failed");
+            None
+        }
+    }
+}
+
+/// Sends the ISR changes this shard's leaders ask for to the controller leader (any
+/// voter points at it), and tells a leader when its change was refused.
+async fn send_isr_changes(shard: Rc<Shard>, transport: Rc<Transport>, voters: Vec<NodeId>) {
+    let outbox = shard.outbox().clone();
+    loop {
+        outbox.ready().await;
+        for change in outbox.take() {
+            let (shard, transport, voters) = (shard.clone(), transport.clone(), voters.clone());
+            glommio::spawn_local(async move {
+                let accepted = alter_partition(&shard, &transport, &voters, &change).await;
+                if !accepted && let Some(p) = shard.partition(&change.tp) {
+                    p.isr_change_refused();
+                }
+            })
+            .detach();
+        }
+    }
+}
+
+async fn alter_partition(
+    shard: &Shard,
+    transport: &Transport,
+    voters: &[NodeId],
+    change: &IsrChange,
+) -> bool {
+    use ringmq_replication::IsrProposal;
+    let (new_isr, partition_epoch) = match &change.proposal {
+        IsrProposal::Expand {
+            new_isr,
+            partition_epoch,
+            ..
+        }
+        | IsrProposal::Shrink {
+            new_isr,
+            partition_epoch,
+            ..
+        } => (new_isr.clone(), *partition_epoch),
+    };
+    let request = Request::AlterPartition(wire::AlterPartition {
+        topic: change.tp.topic.clone(),
+        partition: change.tp.partition,
+        leader: shard.node_id(),
+        leader_epoch: change.leader_epoch,
+        partition_epoch,
+        new_isr,
+    });
+    let mut to = shard
+        .cluster()
+        .and_then(|v| v.controller)
+        .unwrap_or(voters[0]);
+    for attempt in 0..voters.len() * 2 {
+        match call(transport, to, request.clone(), Duration::from_secs(10)).await {
+            Some((Response::Committed { .. } | Response::Done, _)) => {
+                tracing::info!(partition = %change.tp, change = ?change.proposal, "ISR change committed");
+                return true;
+            }
+            Some((Response::Refused(e), _)) => {
+                tracing::info!(partition = %change.tp, error = %e, "ISR change refused");
+                return false;
+            }
+            Some((Response::NotController { leader: Some(l) }, _)) => to = l,
+            _ => {
+                to = voters[(attempt + 1) % voters.len()];
+                glommio::timer::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+    false
+}
+
+/// Answers another node's replica fetch through the shard's own fetch (a follower
+/// reader: up to the log end, counted by the leader's rules).
+pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch) -> Bytes {
+    if f.replica != from {
+        return Response::Refused(BrokerError::new(
+            ErrorKind::InvalidRequest,
+            format!("node {from} fetched as replica {}", f.replica),
+        ))
+        .encode(&[]);
+    }
+    let fetch = Fetch {
+        reader: Reader::Follower {
+            replica_id: from,
+            leader_epoch: -1,
+        },
+        max_wait: Duration::from_millis(f.max_wait_ms.min(FETCH_MAX_WAIT.as_millis() as u64 * 4)),
+        min_bytes: f.min_bytes,
+        max_bytes: f.max_bytes.min(FETCH_BYTES_MAX * 4),
+        parts: f
+            .parts
+            .iter()
+            .map(|a| FetchPart {
+                tp: TopicPartition::new(a.topic.clone(), a.partition),
+                offset: a.fetch_offset,
+                max_bytes: a.max_bytes,
+                leader_epoch: Some(a.leader_epoch),
+                durable_offset: Some(a.durable_offset),
+            })
+            .collect(),
+    };
+    let fetched = shard.fetch(fetch).await;
+    let mut answers = Vec::with_capacity(fetched.len());
+    let mut payload = Vec::new();
+    for r in fetched {
+        let (error, bytes) = match r.records {
+            Ok(records) => match materialize(records.chunks()) {
+                Ok(b) => (None, b),
+                Err(e) => (Some(e), Vec::new()),
+            },
+            Err(e) => (Some(e), Vec::new()),
+        };
+        answers.push(wire::FetchAnswer {
+            error,
+            high_watermark: r.high_watermark,
+            log_start_offset: r.log_start_offset,
+            records_bytes: bytes.iter().map(|b| b.len() as u64).sum(),
+        });
+        payload.extend(bytes);
+    }
+    Response::Fetched(answers).encode(&payload)
+}
+
+/// The bytes of fetched records. Chunks in memory are shared; file ranges are read with
+/// `pread` (they are recent segment data, in the page cache; QUIC encrypts in user
+/// space, so a copy is needed anyway).
+fn materialize(chunks: &[RecordsChunk]) -> Result<Vec<Bytes>, BrokerError> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        match c {
+            RecordsChunk::Memory(b) => out.push(b.clone()),
+            RecordsChunk::File(r) => {
+                let mut buf = vec![0u8; r.len as usize];
+                let mut done = 0usize;
+                while done < buf.len() {
+                    // SAFETY: the buffer is valid for `len - done` bytes from `done`, and
+                    // the descriptor is kept open by the range's `Arc`.
+                    let n = unsafe {
+                        libc::pread(
+                            r.fd.as_raw_fd(),
+                            buf[done..].as_mut_ptr().cast(),
+                            buf.len() - done,
+                            (r.position + done as u64) as libc::off_t,
+                        )
+                    };
+                    if n <= 0 {
+                        return Err(BrokerError::new(
+                            ErrorKind::Storage,
+                            format!(
+                                "reading {} bytes of a segment: {}",
+                                r.len,
+                                std::io::Error::last_os_error()
+                            ),
+                        ));
+                    }
+                    done += n as usize;
+                }
+                out.push(Bytes::from(buf));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Answers another node's epoch questions.
+pub async fn serve_epochs(shard: &Rc<Shard>, asks: Vec<wire::EpochAsk>) -> Bytes {
+    let queries = asks
+        .into_iter()
+        .map(|a| EpochQuery {
+            tp: TopicPartition::new(a.topic, a.partition),
+            leader_epoch: a.epoch,
+            current_leader_epoch: Some(a.leader_epoch),
+        })
+        .collect();
+    let ends = shard.end_of_epochs(queries).await;
+    Response::EpochEnds(ends.into_iter().map(|e| e.result).collect()).encode(&[])
+}
