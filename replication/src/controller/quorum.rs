@@ -12,7 +12,7 @@
 //!    `messages`, apply its `committed` records (or read [`Quorum::metadata`]), then
 //!    hand it back with [`Quorum::advance`]. Nothing may be fed between `ready` and
 //!    `advance` (raft-rs forbids it; the quorum refuses with
-//!    [`ControllerErrorKind::StepPending`]). A persistence failure stops the node.
+//!    [`ControllerErrorKind::StepPending`](crate::ControllerErrorKind::StepPending)). A persistence failure stops the node.
 //!
 //! Rules of raft-rs this module keeps:
 //! - Messages that must wait for persistence (raft-rs's persisted messages: votes,
@@ -34,7 +34,7 @@
 //! Peer bytes are checked before raft-rs sees them ([`Quorum::step`]): undecodable
 //! protobuf, a wrong sender or receiver, a message type no peer sends, an entry or
 //! snapshot whose payload does not decode are refused with
-//! [`ControllerErrorKind::InvalidMessage`]. The quorum trusts its peers to follow Raft
+//! [`ControllerErrorKind::InvalidMessage`](crate::ControllerErrorKind::InvalidMessage). The quorum trusts its peers to follow Raft
 //! (no Byzantine faults).
 
 use raft::eraftpb::{
@@ -407,7 +407,7 @@ impl Quorum {
     }
 
     /// Proposes records as one log entry; they apply, in order, when committed.
-    /// Refused with [`ControllerErrorKind::NotController`] when this node is not the
+    /// Refused with [`ControllerErrorKind::NotController`](crate::ControllerErrorKind::NotController) when this node is not the
     /// leader.
     pub fn propose(&mut self, records: Vec<MetadataRecord>) -> Result<(), ControllerError> {
         self.check_no_step()?;
