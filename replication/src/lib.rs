@@ -22,6 +22,12 @@
 //!   learned, the leader epoch it follows, the request it sends next
 //!   ([`FollowerState::next_request`]) and the checks on the answers it gets.
 //! - [`elect`] ([`election`]): a new leader only from the ISR (no unclean election).
+//! - [`controller`]: the cluster metadata as a Raft log, as KRaft does. The records
+//!   ([`MetadataRecord`]) and the state they build ([`ClusterMetadata`]); the controller
+//!   leader's decisions ([`ControllerLogic`]: fencing, elections, AlterPartition checks,
+//!   placement); the quorum ([`Quorum`], raft-rs behind a small API: `tick`, `step`,
+//!   `propose`, then `ready` → persist, send, apply → `advance`); its durable log
+//!   ([`MetadataLogStore`]).
 //!
 //! ```
 //! use ringmq_replication::*;
@@ -50,7 +56,8 @@ pub mod leader;
 
 pub use controller::{
     AlterPartition, ClusterMetadata, ControllerConfig, ControllerError, ControllerErrorKind,
-    ControllerLogic, Heartbeat, MetadataRecord, NodeId, NodeInfo, PartitionId, PartitionInfo,
+    ControllerLogic, HardState, Heartbeat, LogEntry, MetadataLogStore, MetadataRecord, NodeId,
+    NodeInfo, PartitionId, PartitionInfo, Quorum, QuorumConfig, Recovered, Snapshot, Step,
     TopicInfo,
 };
 pub use election::elect;

@@ -12,11 +12,17 @@
 //!   snapshot in a directory, on plain `std::fs`.
 
 pub mod error;
+pub mod log_store;
 pub mod logic;
 pub mod metadata;
+pub mod quorum;
 
 pub use error::{ControllerError, ControllerErrorKind};
+pub use log_store::MetadataLogStore;
 pub use logic::{AlterPartition, ControllerConfig, ControllerLogic, Heartbeat, place};
 pub use metadata::{
     ClusterMetadata, MetadataRecord, NodeId, NodeInfo, PartitionId, PartitionInfo, TopicInfo,
+};
+pub use quorum::{
+    HardState, LogEntry, PROPOSAL_BYTES_MAX, Quorum, QuorumConfig, Recovered, Snapshot, Step,
 };
