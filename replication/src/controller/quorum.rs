@@ -444,6 +444,11 @@ impl Quorum {
         Ok(())
     }
 
+    /// The index of the last entry in the log (after a proposal: the proposal's).
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
+    }
+
     /// This node leads the quorum (it may not know yet that it was deposed).
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
