@@ -7,6 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
+mod cluster;
 mod group;
 mod serve;
 mod tools;
@@ -71,6 +72,12 @@ enum Command {
         #[command(subcommand)]
         command: tune::TuneCommand,
     },
+    /// Cluster tools: the certificates nodes authenticate each other with, and the
+    /// cluster's state.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Read records and print them, one per line (text) or one JSON object per record.
     Consume {
         #[command(flatten)]
@@ -117,6 +124,7 @@ fn run() -> anyhow::Result<bool> {
         Command::Produce { broker, args } => tools::produce(broker, args),
         Command::Consume { broker, args } => tools::consume(broker, args),
         Command::Group { kafka, command } => group::group(kafka, command),
+        Command::Cluster { command } => cluster::cluster(command),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
