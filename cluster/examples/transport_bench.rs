@@ -149,14 +149,15 @@ fn run(kind: TransportKind, mtu: u16, a: &Args, dir: &std::path::Path) -> Outcom
                 task.await;
             }
             let elapsed = start.elapsed().as_secs_f64();
-            let h = hist.borrow();
-            let out = Outcome {
-                mb_per_s: *bytes.borrow() as f64 / elapsed / 1e6,
-                p50_us: h.value_at_quantile(0.5),
-                p99_us: h.value_at_quantile(0.99),
-                requests: h.len(),
+            let out = {
+                let h = hist.borrow();
+                Outcome {
+                    mb_per_s: *bytes.borrow() as f64 / elapsed / 1e6,
+                    p50_us: h.value_at_quantile(0.5),
+                    p99_us: h.value_at_quantile(0.99),
+                    requests: h.len(),
+                }
             };
-            drop(h);
             if let Ok(t) = Rc::try_unwrap(t) {
                 t.shutdown().await;
             }
