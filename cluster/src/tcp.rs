@@ -37,7 +37,9 @@ use crate::{
 
 /// Bytes in a frame header.
 pub(crate) const HEADER_BYTES: usize = 13;
-/// Read buffer of a connection: many small frames per system call.
+/// Read buffer of a connection, under TLS (socket reads) and over it (frame reads): many
+/// records per socket read. rustls alone reads at most one record's worth (about 16 KiB)
+/// per call, an io_uring round trip each.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 /// Bodies up to this size are copied behind their header so both go in one TLS record.
 const COALESCE_BYTES_MAX: usize = 64 << 10;
@@ -302,7 +304,10 @@ impl Tcp {
         let fd = stream.as_raw_fd();
         let connector = futures_rustls::TlsConnector::from(self.tls.client.clone());
         let tls = connector
-            .connect(server_name(to), stream)
+            .connect(
+                server_name(to),
+                BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+            )
             .await
             .map_err(|e| TransportError::from_io(&format!("TLS with node {to} at {addr}"), &e))?;
         tracing::debug!(node = to, %addr, "TCP connection open");
@@ -534,7 +539,7 @@ async fn serve_connection(stream: TcpStream, server: &Server) {
     let acceptor = futures_rustls::TlsAcceptor::from(server.tls.server.clone());
     let handshake = async {
         acceptor
-            .accept(stream)
+            .accept(BufReader::with_capacity(READ_BUFFER_BYTES, stream))
             .await
             .map_err(|e| TransportError::from_io("TLS handshake", &e))
     };
