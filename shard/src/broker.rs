@@ -175,7 +175,7 @@ pub struct Shard {
     router: Router,
     topics: RefCell<TopicTable>,
     partitions: RefCell<HashMap<TopicPartition, Rc<Partition>>>,
-    data_arrived: Notify,
+    data_arrived: Rc<Notify>,
     /// One topic change at a time (on the metadata shard).
     metadata_lock: glommio::sync::Semaphore,
     stopping: Cell<bool>,
@@ -265,7 +265,7 @@ impl Shard {
             groups,
             topics: RefCell::new(TopicTable::default()),
             partitions: RefCell::new(HashMap::new()),
-            data_arrived: Notify::new(),
+            data_arrived: Rc::new(Notify::new()),
             metadata_lock: glommio::sync::Semaphore::new(1),
             stopping: Cell::new(false),
             gate: Gate::new(),
@@ -1299,6 +1299,7 @@ impl Shard {
                     let dir = self.partition_dir(&tp);
                     let p = Partition::open(tp.clone(), &dir, config, self.cache.clone(), policy)
                         .await?;
+                    p.signal_data_to(self.data_arrived.clone());
                     let clustered = self.cluster.borrow().is_some();
                     if clustered {
                         // Replicated: nothing is served until the role is known.

@@ -66,6 +66,9 @@ pub struct Partition {
     pub(crate) checkpointed_high_watermark: Cell<i64>,
     /// Woken when the high watermark may have moved.
     high_watermark_moved: Notify,
+    /// The shard's "data arrived" signal, woken after an append and when the high
+    /// watermark moves (long-polling fetches wait on it).
+    data_arrived: RefCell<Option<Rc<Notify>>>,
 }
 
 impl Partition {
@@ -111,6 +114,7 @@ impl Partition {
             me: Cell::new(0),
             last_high_watermark: Cell::new(-1),
             checkpointed_high_watermark: Cell::new(-1),
+            data_arrived: RefCell::new(None),
             high_watermark_moved: Notify::new(),
         }))
     }
@@ -137,6 +141,19 @@ impl Partition {
     /// The topic's produce rules.
     pub(crate) fn policy(&self) -> Rc<TopicPolicy> {
         self.policy.borrow().clone()
+    }
+
+    /// Wakes `signal` after every append and whenever the high watermark moves (the
+    /// shard's long polls wait on it).
+    pub fn signal_data_to(&self, signal: Rc<Notify>) {
+        *self.data_arrived.borrow_mut() = Some(signal);
+    }
+
+    /// Wakes the long polls waiting for data.
+    pub(crate) fn signal_data(&self) {
+        if let Some(n) = &*self.data_arrived.borrow() {
+            n.notify_all();
+        }
     }
 
     /// Woken when the high watermark may have moved.
@@ -306,6 +323,7 @@ impl Partition {
             end_offset: at.last_offset + 1,
         };
         self.high_watermark_moved.notify_all();
+        self.signal_data();
         if !alone {
             self.after_leader_append(appended.end_offset, acks == Acks::All)
                 .await

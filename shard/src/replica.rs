@@ -416,6 +416,7 @@ impl Partition {
         drop(r);
         if moved {
             self.high_watermark_moved().notify_all();
+            self.signal_data();
         }
     }
 
