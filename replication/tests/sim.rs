@@ -88,8 +88,10 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_MS: u64 = 50;
 /// A broker that is not a voter fetches the committed metadata this often.
 const METADATA_FETCH_MS: u64 = 50;
-/// An AlterPartition without an answer or a committed change is given up after this.
+/// An AlterPartition without an answer or a committed change is resent after this.
 const ALTER_TIMEOUT_MS: u64 = 500;
+/// An AlterPartition refused with the outcome unknown is resent after this.
+const ALTER_RETRY_MS: u64 = 50;
 /// The simulated crash during a quorum step (after `ready`, before it is persisted),
 /// per mille of steps that have something to persist.
 const CRASH_IN_STEP_PER_MILLE: u64 = 3;
@@ -201,10 +203,12 @@ enum Body {
     },
     /// A partition leader's ISR change to the controller leader.
     Alter(AlterPartition),
-    /// The controller refused it (or is not the controller).
+    /// The controller refused it (or is not the controller): for good, or with the
+    /// outcome unknown (see `ControllerErrorKind::refuses_alter_partition_for_good`).
     AlterRefused {
         leader_epoch: Epoch,
         partition_epoch: Epoch,
+        for_good: bool,
     },
     /// A broker asks a voter for the committed records after `after` (its last applied
     /// record's index).
@@ -720,7 +724,8 @@ impl Sim {
             Body::AlterRefused {
                 leader_epoch,
                 partition_epoch,
-            } => self.on_alter_refused(to, leader_epoch, partition_epoch),
+                for_good,
+            } => self.on_alter_refused(to, leader_epoch, partition_epoch, for_good),
             Body::MetadataFetch { after } => self.on_metadata_fetch(m.from, to, after),
             Body::MetadataAnswer {
                 after,
@@ -882,13 +887,11 @@ impl Sim {
             partition_epoch,
             new_isr,
         };
+        self.nodes[i].alter_until_ms = Some(self.now_ms + ALTER_TIMEOUT_MS);
         let Some(target) = target else {
-            // No controller known: refused at once; the next tick or fetch proposes
-            // again.
-            l.on_proposal_rejected();
+            // No controller known: resent when the timeout passes.
             return Ok(());
         };
-        self.nodes[i].alter_until_ms = Some(self.now_ms + ALTER_TIMEOUT_MS);
         self.log(format!("n{i} sends AlterPartition {p:?} to n{}", idx(target)));
         if idx(target) == i {
             self.on_alter(i, i, req)
@@ -924,13 +927,18 @@ impl Sim {
             let node = &mut self.nodes[i];
             match &mut node.role {
                 Role::Leader(l) => {
-                    if node.alter_until_ms.is_some_and(|t| now >= t) {
-                        // No answer and no committed change: give it up (Kafka retries).
-                        node.alter_until_ms = None;
-                        l.on_proposal_rejected();
-                    }
+                    let resend = node.alter_until_ms.is_some_and(|t| now >= t);
+                    let pending = l.pending_proposal().cloned();
                     let effects = l.tick(now);
                     self.apply_effects(i, effects)?;
+                    if resend {
+                        // No answer and no committed change: the outcome is unknown,
+                        // so keep the proposal and resend it (as Kafka's leader does).
+                        self.nodes[i].alter_until_ms = None;
+                        if let Some(p) = pending {
+                            self.on_proposal(i, p)?;
+                        }
+                    }
                 }
                 Role::Follower(f) => {
                     if f.leader().is_some() && now >= node.inflight_until_ms {
@@ -1326,26 +1334,27 @@ impl Sim {
             return Ok(());
         };
         let verdict = if req.leader != self.nodes[from].id {
-            Err(format!("from n{from} as leader {}", req.leader))
+            Err((format!("from n{from} as leader {}", req.leader), false))
         } else if !q.can_decide() {
-            Err("not the controller leader".to_string())
+            Err(("not the controller leader".to_string(), false))
         } else {
             let meta = q.projected_metadata();
             let v = self.nodes[to].voter.as_ref().expect("voter");
             v.logic
                 .alter_partition(&meta, &req)
-                .map_err(|e| e.to_string())
+                .map_err(|e| (e.to_string(), e.kind.refuses_alter_partition_for_good()))
         };
         match verdict {
             Ok(records) => self.propose(to, records),
-            Err(why) => {
+            Err((why, for_good)) => {
                 self.log(format!("n{to} refuses AlterPartition from n{from}: {why}"));
                 if from == to {
-                    self.on_alter_refused(to, req.leader_epoch, req.partition_epoch);
+                    self.on_alter_refused(to, req.leader_epoch, req.partition_epoch, for_good);
                 } else {
                     let body = Body::AlterRefused {
                         leader_epoch: req.leader_epoch,
                         partition_epoch: req.partition_epoch,
+                        for_good,
                     };
                     self.send(to, from, body);
                 }
@@ -1354,7 +1363,16 @@ impl Sim {
         }
     }
 
-    fn on_alter_refused(&mut self, to: usize, leader_epoch: Epoch, partition_epoch: Epoch) {
+    /// A refusal for good forgets the proposal; any other is resent soon, until the
+    /// committed metadata settles it.
+    fn on_alter_refused(
+        &mut self,
+        to: usize,
+        leader_epoch: Epoch,
+        partition_epoch: Epoch,
+        for_good: bool,
+    ) {
+        let now = self.now_ms;
         let node = &mut self.nodes[to];
         let Role::Leader(l) = &mut node.role else {
             return;
@@ -1369,8 +1387,12 @@ impl Sim {
             None => return,
         };
         if l.leader_epoch() == leader_epoch && pending_epoch == partition_epoch {
-            l.on_proposal_rejected();
-            node.alter_until_ms = None;
+            if for_good {
+                l.on_proposal_rejected();
+                node.alter_until_ms = None;
+            } else {
+                node.alter_until_ms = Some(now + ALTER_RETRY_MS);
+            }
         }
     }
 
@@ -2117,6 +2139,19 @@ fn finds(bugs: Bugs, max_seeds: u64) -> Failure {
         }
     }
     panic!("{bugs:?} not found within {max_seeds} seeds");
+}
+
+/// Seed 1567, 3 nodes: an ISR expansion accepted by a controller leader that lost
+/// its leadership was committed by the next one while the partition leader, cut off
+/// from the controller, waited; it took the silence for a refusal, dropped the added
+/// replica from its maximal ISR and advanced its high watermark without it; the
+/// controller then fenced it and elected that replica, which lacked the committed
+/// records (lost-write). Now only a refusal for good forgets a proposal.
+#[test]
+fn an_isr_expansion_without_an_answer_is_kept_until_the_metadata_settles_it() {
+    if let Err(f) = run_seed(1567, 3, Bugs::default()) {
+        panic!("{}", report(&f));
+    }
 }
 
 const PLANTED_SEEDS_MAX: u64 = 2_000;
