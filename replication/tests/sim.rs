@@ -66,7 +66,6 @@ struct Bugs {
     elect_outside_isr: bool,
 }
 
-
 // ---------------------------------------------------------------- model
 
 const STEP_MS_MAX: u64 = 5;
@@ -892,7 +891,10 @@ impl Sim {
             // No controller known: resent when the timeout passes.
             return Ok(());
         };
-        self.log(format!("n{i} sends AlterPartition {p:?} to n{}", idx(target)));
+        self.log(format!(
+            "n{i} sends AlterPartition {p:?} to n{}",
+            idx(target)
+        ));
         if idx(target) == i {
             self.on_alter(i, i, req)
         } else {
@@ -1009,7 +1011,11 @@ impl Sim {
     /// The voter that leads the quorum in the highest term, if any.
     fn controller_leader(&self) -> Option<usize> {
         (0..VOTERS)
-            .filter_map(|i| self.quorum(i).filter(|q| q.is_leader()).map(|q| (q.term(), i)))
+            .filter_map(|i| {
+                self.quorum(i)
+                    .filter(|q| q.is_leader())
+                    .map(|q| (q.term(), i))
+            })
             .max()
             .map(|(_, i)| i)
     }
@@ -1068,7 +1074,9 @@ impl Sim {
                 return Err(self.fail(format!("n{i} quorum advance: {e}")));
             }
             if let Some(index) = installed {
-                self.log(format!("n{i} installs a metadata snapshot at index {index}"));
+                self.log(format!(
+                    "n{i} installs a metadata snapshot at index {index}"
+                ));
             }
             for (to, bytes) in messages {
                 self.send(i, idx(to), Body::Raft(RaftBytes(bytes)));
@@ -1151,15 +1159,13 @@ impl Sim {
     fn advance_reference(&mut self, index: u64, r: &MetadataRecord) -> Result<(), Failure> {
         self.log(format!("committed {index}: {r:?}"));
         match r {
-            MetadataRecord::FenceNode { node } => {
-                if self.reference.node(*node).is_some_and(|n| !n.fenced) {
-                    self.stats.fencings += 1;
-                }
+            MetadataRecord::FenceNode { node }
+                if self.reference.node(*node).is_some_and(|n| !n.fenced) =>
+            {
+                self.stats.fencings += 1;
             }
-            MetadataRecord::RegisterNode { node, .. } => {
-                if self.reference.node(*node).is_some() {
-                    self.stats.restarts_registered += 1;
-                }
+            MetadataRecord::RegisterNode { node, .. } if self.reference.node(*node).is_some() => {
+                self.stats.restarts_registered += 1;
             }
             _ => {}
         }
@@ -1519,7 +1525,7 @@ impl Sim {
                 // turn, so a dead or cut-off voter is not asked forever.
                 let round = now / METADATA_FETCH_MS;
                 let target = match self.nodes[i].controller_hint {
-                    Some(c) if round % 2 == 0 => c,
+                    Some(c) if round.is_multiple_of(2) => c,
                     _ => rotating_voter(now / 2),
                 };
                 let after = self.nodes[i].meta.last_applied_index();
@@ -1540,7 +1546,8 @@ impl Sim {
             return Ok(());
         };
         let epoch = p.leader_epoch;
-        let unregistered = p.leader == Some(node.id) && !node.meta.registers(node.id, node.incarnation);
+        let unregistered =
+            p.leader == Some(node.id) && !node.meta.registers(node.id, node.incarnation);
         if epoch > node.known_epoch && unregistered {
             // Metadata from before this node's restart names it leader: it leads only
             // once the controller registered this incarnation (in a new leader epoch).
@@ -1924,10 +1931,7 @@ impl Sim {
         }
         // Invariant 8, liveness after heal.
         if p.isr.len() != self.nodes.len() {
-            return Err(self.fail(format!(
-                "liveness: ISR {:?} not full after heal",
-                p.isr
-            )));
+            return Err(self.fail(format!("liveness: ISR {:?} not full after heal", p.isr)));
         }
         match &self.nodes[l].role {
             Role::Leader(leader) if leader.leader_epoch() == p.leader_epoch => {}

@@ -454,7 +454,10 @@ mod tests {
         assert_eq!(m.partition("t", 0).unwrap().leader, Some(1));
         assert!(m.registers(1, 1));
         // Node 1 restarts as incarnation 2 and replays the log above.
-        assert!(!m.registers(1, 2), "replayed metadata names the old process");
+        assert!(
+            !m.registers(1, 2),
+            "replayed metadata names the old process"
+        );
         m.apply(5, &register(1, 2));
         assert!(m.registers(1, 2));
         assert!(!m.registers(1, 1), "the old process is gone");
