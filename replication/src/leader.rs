@@ -468,8 +468,12 @@ impl LeaderState {
         self.settle(None)
     }
 
-    /// The controller refused the proposal in flight (or it timed out): forget it, so
-    /// the next event may propose again.
+    /// The controller refused the proposal in flight for good
+    /// ([`crate::ControllerErrorKind::refuses_alter_partition_for_good`]): forget it, so
+    /// the next event may propose again. Not on a timeout or any other answer: the
+    /// proposal may still be committed, and forgetting an expansion would let the high
+    /// watermark advance without a replica the committed ISR (and so the next
+    /// election) counts on; resend it and wait for [`LeaderState::on_isr_committed`].
     pub fn on_proposal_rejected(&mut self) {
         self.pending = None;
     }

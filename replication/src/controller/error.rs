@@ -46,6 +46,27 @@ pub enum ControllerErrorKind {
     Corrupt,
 }
 
+impl ControllerErrorKind {
+    /// For an AlterPartition refused with this kind: the controller found the
+    /// request's leader and partition epochs current and refused it on its content, so
+    /// neither this request nor an earlier copy of it was applied; the leader may
+    /// forget the proposal ([`crate::LeaderState::on_proposal_rejected`]). Any other
+    /// answer, and no answer, leaves the outcome unknown: a stale partition epoch may
+    /// be the mark of an earlier copy that was applied, and a proposal accepted by a
+    /// controller leader that lost its leadership may still be committed by the next.
+    /// Then the leader keeps the proposal (its maximal ISR keeps an added replica),
+    /// resends it, and the committed metadata settles it
+    /// ([`crate::LeaderState::on_isr_committed`]), as Kafka's leader does (KIP-497).
+    pub fn refuses_alter_partition_for_good(self) -> bool {
+        matches!(
+            self,
+            ControllerErrorKind::IneligibleReplica
+                | ControllerErrorKind::InvalidRequest
+                | ControllerErrorKind::UnknownTopicOrPartition
+        )
+    }
+}
+
 /// A controller error: its kind and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerError {

@@ -627,6 +627,59 @@ mod tests {
         assert!(q.partition_epoch > p.partition_epoch);
     }
 
+    /// An expansion accepted by a controller leader that then lost its leadership is
+    /// committed by the next one; the partition leader, cut off, never got an answer.
+    /// Its retry is refused for a stale partition epoch, which must not count as a
+    /// refusal for good: had the leader forgotten the expansion, its high watermark
+    /// would advance without the added replica, which the committed ISR counts on and
+    /// the next election may pick (the simulator found this, seed 1567, 3 nodes).
+    #[test]
+    fn an_alter_partition_without_an_answer_may_have_been_committed() {
+        let (logic, mut meta) = cluster(vec![1, 2, 3]);
+        let shrink = AlterPartition {
+            topic: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            new_isr: vec![1, 3],
+        };
+        let r = logic.alter_partition(&meta, &shrink).unwrap();
+        commit(&mut meta, &r);
+        let expand = AlterPartition {
+            partition_epoch: 1,
+            new_isr: vec![1, 2, 3],
+            ..shrink.clone()
+        };
+        // Accepted and committed, but the answer never reached the leader.
+        let r = logic.alter_partition(&meta, &expand).unwrap();
+        commit(&mut meta, &r);
+        assert_eq!(meta.partition("t", 0).unwrap().isr, vec![1, 2, 3]);
+        let retry = logic.alter_partition(&meta, &expand).unwrap_err();
+        assert_eq!(retry.kind, Kind::InvalidUpdateVersion);
+        assert!(
+            !retry.kind.refuses_alter_partition_for_good(),
+            "the outcome is unknown: keep the expansion until the metadata settles it"
+        );
+        for kind in [
+            Kind::FencedLeaderEpoch,
+            Kind::NotLeader,
+            Kind::NotController,
+            Kind::ProposalDropped,
+        ] {
+            assert!(!kind.refuses_alter_partition_for_good(), "{kind:?}");
+        }
+        // Refused on its content at the current epochs: never applied.
+        let ineligible = AlterPartition {
+            partition_epoch: 2,
+            new_isr: vec![1, 2, 3, 4],
+            ..shrink.clone()
+        };
+        let e = logic.alter_partition(&meta, &ineligible).unwrap_err();
+        assert_eq!(e.kind, Kind::IneligibleReplica);
+        assert!(e.kind.refuses_alter_partition_for_good());
+    }
+
     #[test]
     fn stale_alter_partition_refused() {
         let (logic, mut meta) = cluster(vec![1, 2, 3]);

@@ -366,6 +366,20 @@ impl ClusterMetadata {
     pub fn last_applied_index(&self) -> u64 {
         self.last_applied_index
     }
+
+    /// The metadata registers this process of `node` (its `incarnation`) and has not
+    /// fenced it. A node acts as a partition leader only when this holds: after a
+    /// restart it replays committed metadata from before the crash, which may name it
+    /// leader of an epoch whose unsynced tail it lost; leading that epoch again would
+    /// serve a different log under the same epoch, which no epoch truncation can see.
+    /// The controller re-registers the new incarnation and moves its leaderships to a
+    /// new leader epoch; the node leads again only from that metadata on (the
+    /// simulator found this: see docs/replication.md).
+    pub fn registers(&self, node: NodeId, incarnation: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|n| n.incarnation == incarnation && !n.fenced)
+    }
 }
 
 /// An assignment is non-empty and names each node once.
@@ -416,6 +430,40 @@ mod tests {
         assert_eq!(m.last_applied_index(), 5);
         assert_eq!(m.partitions_led_by(1).len(), 1);
         assert_eq!(m.partitions_replicated_by(2).len(), 2);
+    }
+
+    /// A restarted leader replaying the metadata from before its crash finds itself
+    /// leader of its old epoch; that metadata does not register its new incarnation,
+    /// so it must not lead until the controller's re-registration moves the partition
+    /// to a new leader epoch.
+    #[test]
+    fn a_restarted_leader_does_not_lead_on_metadata_from_before_its_restart() {
+        let mut m = ClusterMetadata::new();
+        for (i, n) in [1, 2, 3].into_iter().enumerate() {
+            m.apply(i as u64 + 1, &register(n, 1));
+        }
+        m.apply(
+            4,
+            &MetadataRecord::CreateTopic {
+                name: "t".into(),
+                id: 0,
+                replicas: vec![vec![1, 2, 3]],
+                configs: BTreeMap::new(),
+            },
+        );
+        assert_eq!(m.partition("t", 0).unwrap().leader, Some(1));
+        assert!(m.registers(1, 1));
+        // Node 1 restarts as incarnation 2 and replays the log above.
+        assert!(
+            !m.registers(1, 2),
+            "replayed metadata names the old process"
+        );
+        m.apply(5, &register(1, 2));
+        assert!(m.registers(1, 2));
+        assert!(!m.registers(1, 1), "the old process is gone");
+        m.apply(6, &MetadataRecord::FenceNode { node: 1 });
+        assert!(!m.registers(1, 2), "fenced");
+        assert!(!m.registers(9, 1), "unknown");
     }
 
     #[test]
