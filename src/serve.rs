@@ -471,7 +471,11 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
                     "no certificates for node {me} in {} (ca.pem, node-{me}.pem, node-{me}.key): create them with `ringmq cluster init-certs --dir {} --nodes {}` and copy each node's files to it",
                     certs.display(),
                     certs.display(),
-                    voters.keys().map(|k| k.to_string()).collect::<Vec<_>>().join(",")
+                    voters
+                        .keys()
+                        .map(|k| k.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             }
             Some(ClusterSettings {
@@ -636,8 +640,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&s.data_dir)
         .with_context(|| format!("creating data directory {}", s.data_dir.display()))?;
     let data_dir = std::path::absolute(&s.data_dir)?;
-    let producer_id_key = ringmq_shard::producer_ids::IdKey::load_or_create(&data_dir)
-        .with_context(|| format!("the producer-id key in {}", data_dir.display()))?;
+    let producer_id_key = match &s.cluster {
+        None => ringmq_shard::producer_ids::IdKey::load_or_create(&data_dir)
+            .with_context(|| format!("the producer-id key in {}", data_dir.display()))?,
+        Some(c) => {
+            // Every node must recognise the producer ids every other node issued: the
+            // key is derived from what the nodes share, the cluster CA's certificate.
+            if c.voters.len() * s.cpus.len() > 256 {
+                bail!(
+                    "{} voters × {} shards: producer ids name at most 256 issuing shards in a cluster",
+                    c.voters.len(),
+                    s.cpus.len()
+                );
+            }
+            let ca = ringmq_cluster::TlsFiles::in_dir(&c.certs, c.me).ca;
+            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+            ringmq_shard::producer_ids::IdKey::derived_from(&pem)
+        }
+    };
     let shard_count = s.cpus.len() as u32;
     let mut table = TopicTable::load(&data_dir).map_err(anyhow::Error::msg)?;
     let moves = table.fit_to_shards(shard_count);
@@ -784,6 +804,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             group_max_size: s.group_limits.group_max_size,
             group_pending_members_max: s.group_limits.pending_members_max,
             producer_id_key,
+            producer_id_issuer: match &s.cluster {
+                None => i as u32,
+                Some(c) => {
+                    let index = c.voters.keys().position(|&v| v == c.me).unwrap_or(0);
+                    (index * s.cpus.len() + i) as u32
+                }
+            },
             min_insync_replicas: s.min_insync_replicas,
             acks_none_bytes_max: s.acks_none_bytes_max,
             replica_lag_time_max_ms: s.replica_lag_time_max_ms,

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::Future;
 use ringmq_replication::controller::{
-    self, ClusterMetadata, ControllerConfig, ControllerError, ControllerErrorKind,
-    ControllerLogic, MetadataLogStore, MetadataRecord, Quorum, QuorumConfig,
+    self, ClusterMetadata, ControllerConfig, ControllerError, ControllerErrorKind, ControllerLogic,
+    MetadataLogStore, MetadataRecord, Quorum, QuorumConfig,
 };
 use ringmq_shard::broker::Shard;
 use ringmq_shard::cluster::{ClusterView, NodeInfo, PartitionView, TopicAuthority};
@@ -140,8 +140,7 @@ impl Controller {
         transport: Rc<Transport>,
     ) -> Result<Rc<Self>, String> {
         let dir = config.data_dir.join(METADATA_DIR);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let (store, recovered) = MetadataLogStore::open(&dir)
             .map_err(|e| format!("opening the metadata log in {}: {e}", dir.display()))?;
         let voters: Vec<NodeId> = config.voters.keys().copied().collect();
@@ -271,12 +270,7 @@ impl Controller {
         let Some(ready) = self.outgoing_ready.get(&to) else {
             return;
         };
-        let q = self
-            .outgoing
-            .borrow_mut()
-            .entry(to)
-            .or_default()
-            .clone();
+        let q = self.outgoing.borrow_mut().entry(to).or_default().clone();
         let mut q = q.borrow_mut();
         if q.len() >= RAFT_QUEUE_MAX {
             q.pop_front();
@@ -335,7 +329,11 @@ impl Controller {
         if !self.deciding.get() {
             self.deciding.set(true);
             self.logic.borrow_mut().on_became_leader(&meta, now);
-            tracing::info!(node = self.config.me, term = self.quorum.borrow().term(), "controller leader");
+            tracing::info!(
+                node = self.config.me,
+                term = self.quorum.borrow().term(),
+                "controller leader"
+            );
         }
         let records = self.logic.borrow_mut().tick(&meta, now);
         if !records.is_empty() {
@@ -368,6 +366,7 @@ impl Controller {
                     build_view(
                         q.metadata(),
                         self.config.me,
+                        self.incarnation,
                         q.leader_id(),
                         self.config.shard_count,
                     ),
@@ -397,7 +396,11 @@ impl Controller {
                     format!("metadata change {index} was not committed within {COMMIT_WAIT_MAX:?}"),
                 ));
             }
-            futures_lite::future::or(changed, glommio::timer::sleep(left.min(Duration::from_millis(200)))).await;
+            futures_lite::future::or(
+                changed,
+                glommio::timer::sleep(left.min(Duration::from_millis(200))),
+            )
+            .await;
         }
     }
 
@@ -457,7 +460,10 @@ impl Controller {
     /// As controller leader: checks and proposes a topic change; the index to wait for.
     fn decide_topics(&self, op: &TopicOp) -> Result<Option<u64>, BrokerError> {
         if !self.quorum.borrow().can_decide() {
-            return Err(BrokerError::new(ErrorKind::Unavailable, "not the controller leader"));
+            return Err(BrokerError::new(
+                ErrorKind::Unavailable,
+                "not the controller leader",
+            ));
         }
         let meta = self.quorum.borrow().projected_metadata();
         let logic = self.logic.borrow();
@@ -480,7 +486,10 @@ impl Controller {
                     *validate_only,
                 )
             }
-            TopicOp::Delete { name } => (logic.delete_topic(&meta, name).map_err(broker_error)?, false),
+            TopicOp::Delete { name } => (
+                logic.delete_topic(&meta, name).map_err(broker_error)?,
+                false,
+            ),
             TopicOp::Configs {
                 name,
                 set,
@@ -542,7 +551,12 @@ impl Controller {
                 },
                 Some(l) => {
                     let frame = Request::ChangeTopics(op.clone()).encode(&[]);
-                    match self.transport.request(l, frame).await.map(|b| Response::decode(&b)) {
+                    match self
+                        .transport
+                        .request(l, frame)
+                        .await
+                        .map(|b| Response::decode(&b))
+                    {
                         Ok(Ok((Response::Committed { index }, _))) => Some(index),
                         Ok(Ok((Response::Done, _))) => return Ok(()),
                         Ok(Ok((Response::Refused(e), _))) => return Err(e),
@@ -619,7 +633,10 @@ impl Controller {
         if a.leader != from {
             return Response::Refused(BrokerError::new(
                 ErrorKind::InvalidRequest,
-                format!("node {from} asked to alter a partition as node {}", a.leader),
+                format!(
+                    "node {from} asked to alter a partition as node {}",
+                    a.leader
+                ),
             ));
         }
         if !self.quorum.borrow().can_decide() {
@@ -642,12 +659,23 @@ impl Controller {
         match r.and_then(|records| self.propose(records)) {
             Ok(index) => match self.wait_applied(index).await {
                 Ok(()) => Response::Committed { index },
-                Err(e) => Response::Refused(e),
+                // Maybe committed later, maybe not: the leader keeps its proposal
+                // until the metadata settles it.
+                Err(_) => Response::NotController {
+                    leader: self.leader(),
+                },
             },
-            Err(e) if e.kind == ControllerErrorKind::NotController => Response::NotController {
-                leader: self.leader(),
-            },
-            Err(e) => Response::Refused(broker_error(e)),
+            Err(e) if e.kind.refuses_alter_partition_for_good() => {
+                Response::Refused(broker_error(e))
+            }
+            // A stale epoch or no controller: the committed metadata will say what
+            // became of the ISR; the leader keeps its proposal until it does.
+            Err(e) => {
+                tracing::debug!(error = %e, "AlterPartition not decided");
+                Response::NotController {
+                    leader: self.leader(),
+                }
+            }
         }
     }
 }
@@ -666,6 +694,7 @@ impl TopicAuthority for Authority {
 pub fn build_view(
     meta: &ClusterMetadata,
     me: NodeId,
+    incarnation: u64,
     controller: Option<NodeId>,
     shard_count: u32,
 ) -> ClusterView {
@@ -726,5 +755,6 @@ pub fn build_view(
         topics,
         partitions,
         applied_index: meta.last_applied_index(),
+        registered: meta.registers(me, incarnation),
     }
 }

@@ -174,21 +174,29 @@ async fn fetch(
         max_bytes: FETCH_BYTES_MAX,
         parts: parts
             .iter()
-            .map(|(p, fetch_offset, durable_offset, leader_epoch)| wire::FetchAsk {
-                topic: p.tp().topic.clone(),
-                partition: p.tp().partition,
-                fetch_offset: *fetch_offset,
-                durable_offset: *durable_offset,
-                leader_epoch: *leader_epoch,
-                max_bytes: FETCH_PARTITION_BYTES_MAX,
-            })
+            .map(
+                |(p, fetch_offset, durable_offset, leader_epoch)| wire::FetchAsk {
+                    topic: p.tp().topic.clone(),
+                    partition: p.tp().partition,
+                    fetch_offset: *fetch_offset,
+                    durable_offset: *durable_offset,
+                    leader_epoch: *leader_epoch,
+                    max_bytes: FETCH_PARTITION_BYTES_MAX,
+                },
+            )
             .collect(),
     });
-    let (answers, payload) =
-        match call(transport, leader, request, FETCH_MAX_WAIT + Duration::from_secs(5)).await {
-            Some((Response::Fetched(a), payload)) if a.len() == parts.len() => (a, payload),
-            _ => return false,
-        };
+    let (answers, payload) = match call(
+        transport,
+        leader,
+        request,
+        FETCH_MAX_WAIT + Duration::from_secs(5),
+    )
+    .await
+    {
+        Some((Response::Fetched(a), payload)) if a.len() == parts.len() => (a, payload),
+        _ => return false,
+    };
     let mut at = 0usize;
     let mut ok = true;
     for ((p, _, _, leader_epoch), answer) in parts.into_iter().zip(answers) {
@@ -252,22 +260,23 @@ async fn send_isr_changes(shard: Rc<Shard>, transport: Rc<Transport>, voters: Ve
         for change in outbox.take() {
             let (shard, transport, voters) = (shard.clone(), transport.clone(), voters.clone());
             glommio::spawn_local(async move {
-                let accepted = alter_partition(&shard, &transport, &voters, &change).await;
-                if !accepted && let Some(p) = shard.partition(&change.tp) {
-                    p.isr_change_refused();
-                }
+                alter_partition(&shard, &transport, &voters, &change).await;
             })
             .detach();
         }
     }
 }
 
+/// Sends one ISR change until the controller decides it: committed (the metadata
+/// brings it), refused for good (the leader forgets it), or overtaken (the leader no
+/// longer has it in flight: the metadata settled it, or the leadership moved). No
+/// answer is no decision: the change may still be committed, so it is sent again.
 async fn alter_partition(
     shard: &Shard,
     transport: &Transport,
     voters: &[NodeId],
     change: &IsrChange,
-) -> bool {
+) {
     use ringmq_replication::IsrProposal;
     let (new_isr, partition_epoch) = match &change.proposal {
         IsrProposal::Expand {
@@ -293,24 +302,38 @@ async fn alter_partition(
         .cluster()
         .and_then(|v| v.controller)
         .unwrap_or(voters[0]);
-    for attempt in 0..voters.len() * 2 {
+    let mut attempt = 0usize;
+    loop {
         match call(transport, to, request.clone(), Duration::from_secs(10)).await {
             Some((Response::Committed { .. } | Response::Done, _)) => {
                 tracing::info!(partition = %change.tp, change = ?change.proposal, "ISR change committed");
-                return true;
+                return;
             }
             Some((Response::Refused(e), _)) => {
                 tracing::info!(partition = %change.tp, error = %e, "ISR change refused");
-                return false;
+                if let Some(p) = shard.partition(&change.tp)
+                    && p.pending_isr_change().as_ref()
+                        == Some(&(change.leader_epoch, change.proposal.clone()))
+                {
+                    p.isr_change_refused();
+                }
+                return;
             }
-            Some((Response::NotController { leader: Some(l) }, _)) => to = l,
+            Some((Response::NotController { leader: Some(l) }, _)) if l != to => to = l,
             _ => {
-                to = voters[(attempt + 1) % voters.len()];
+                attempt += 1;
+                to = voters[attempt % voters.len()];
                 glommio::timer::sleep(RETRY_AFTER).await;
             }
         }
+        let still = shard
+            .partition(&change.tp)
+            .and_then(|p| p.pending_isr_change())
+            .is_some_and(|(e, p)| e == change.leader_epoch && p == change.proposal);
+        if !still {
+            return;
+        }
     }
-    false
 }
 
 /// Answers another node's replica fetch through the shard's own fetch (a follower

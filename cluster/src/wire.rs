@@ -175,16 +175,27 @@ fn encode<T: Serialize>(kind: u8, header: &T, payload: &[Bytes]) -> Bytes {
 
 fn decode<T: for<'de> Deserialize<'de>>(kind: u8, frame: &Bytes) -> Result<(T, Bytes), WireError> {
     if frame.len() < PREFIX_BYTES {
-        return Err(WireError(format!("a {}-byte frame is too short", frame.len())));
+        return Err(WireError(format!(
+            "a {}-byte frame is too short",
+            frame.len()
+        )));
     }
     if frame[0] != kind {
-        return Err(WireError(format!("frame kind {} where {kind} was expected", frame[0])));
+        return Err(WireError(format!(
+            "frame kind {} where {kind} was expected",
+            frame[0]
+        )));
     }
     let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
     let end = PREFIX_BYTES
         .checked_add(len)
         .filter(|&e| e <= frame.len())
-        .ok_or_else(|| WireError(format!("a header of {len} bytes in a {}-byte frame", frame.len())))?;
+        .ok_or_else(|| {
+            WireError(format!(
+                "a header of {len} bytes in a {}-byte frame",
+                frame.len()
+            ))
+        })?;
     let header = serde_json::from_slice(&frame[PREFIX_BYTES..end])
         .map_err(|e| WireError(format!("a malformed header: {e}")))?;
     Ok((header, frame.slice(end..)))
@@ -244,7 +255,10 @@ mod tests {
             b"\x02\x00\x00\x00\x02{}",
             b"\x01\x00\x00\x00\x03{x}",
         ] {
-            assert!(Request::decode(&Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
+            assert!(
+                Request::decode(&Bytes::copy_from_slice(bad)).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -209,9 +209,9 @@ impl KafkaService {
             let id = self.shard.cluster().map_or(NODE_ID, |c| c.me);
             return brokers.into_iter().next().unwrap_or((id, host, port));
         }
-        let h = group
-            .bytes()
-            .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        let h = group.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
         brokers[(h % brokers.len() as u64) as usize].clone()
     }
 

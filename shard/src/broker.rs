@@ -85,8 +85,12 @@ pub struct ShardOptions {
     /// ([`GroupLimits::pending_members_max`]; default
     /// [`crate::groups::GROUP_PENDING_MEMBERS_MAX_DEFAULT`]).
     pub group_pending_members_max: usize,
-    /// The node's key for producer ids ([`IdKey::load_or_create`]).
+    /// The node's key for producer ids ([`IdKey::load_or_create`]; in a cluster, one
+    /// key shared by every node, so each recognises the ids the others issued).
     pub producer_id_key: IdKey,
+    /// The issuer field of the producer ids this shard issues: the shard's index alone,
+    /// in a cluster unique over every shard of every node.
+    pub producer_id_issuer: u32,
     /// `min.insync.replicas` of topics that do not set it (Kafka's broker setting of
     /// the same name).
     pub min_insync_replicas: i32,
@@ -252,9 +256,13 @@ impl Shard {
             cache.clone(),
         )
         .await?;
-        let producer_ids = ProducerIds::open(&opts.data_dir, opts.producer_id_key, opts.shard_id)
-            .await
-            .map_err(|e| e.to_string())?;
+        let producer_ids = ProducerIds::open(
+            &opts.data_dir,
+            opts.producer_id_key,
+            opts.producer_id_issuer,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let (router, receivers) =
             Router::connect(opts.shard_id, links, opts.call_timeout, timers.clone()).await;
         let shard = Rc::new(Self {
@@ -412,6 +420,9 @@ impl Shard {
                 continue;
             };
             match pv.leader {
+                // Metadata from before this process's registration (a restart replays
+                // it) may name this node leader of an epoch it cannot lead again.
+                Some(l) if l == view.me && !view.registered => p.stand_by(),
                 Some(l) if l == view.me => {
                     let leadership = Leadership {
                         me: view.me,

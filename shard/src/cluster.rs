@@ -59,6 +59,10 @@ pub struct ClusterView {
     pub partitions: BTreeMap<TopicPartition, PartitionView>,
     /// The index of the last metadata record applied.
     pub applied_index: u64,
+    /// The metadata registers this node's current process (its incarnation) unfenced.
+    /// Until it does, the node leads nothing: metadata replayed after a restart may
+    /// still name it leader of an epoch whose unsynced tail it lost.
+    pub registered: bool,
 }
 
 impl ClusterView {

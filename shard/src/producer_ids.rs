@@ -57,6 +57,21 @@ impl std::fmt::Debug for IdKey {
 }
 
 impl IdKey {
+    /// A key derived from `shared` (bytes every node of a cluster holds): SipHash-2-4
+    /// of it under two fixed keys.
+    pub fn derived_from(shared: &[u8]) -> Self {
+        let half = |k: u64| {
+            let mut h = SipHasher24::new_with_keys(k, !k);
+            h.write(shared);
+            h.finish().to_be_bytes()
+        };
+        let (a, b) = (half(0x7269_6e67_6d71_0001), half(0x7269_6e67_6d71_0002));
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&a);
+        key[8..].copy_from_slice(&b);
+        Self(key)
+    }
+
     /// Reads the node's key from `data_dir`, or makes one (random, written and synced)
     /// at first start. Call once per node, before the shards start.
     pub fn load_or_create(data_dir: &Path) -> std::io::Result<IdKey> {
@@ -149,6 +164,9 @@ impl ProducerIds {
             shard < 1 << SHARD_BITS,
             "shard {shard} beyond the id's shard bits"
         );
+        std::fs::create_dir_all(data_dir.join(DIR_NAME)).map_err(|e| {
+            IssueError::Storage(format!("{}: {e}", data_dir.join(DIR_NAME).display()))
+        })?;
         let path = data_dir.join(DIR_NAME).join(shard.to_string());
         let start = match std::fs::read(&path) {
             Ok(b) if b.len() == 8 => u64::from_be_bytes(b.try_into().expect("8 bytes")),

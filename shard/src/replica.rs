@@ -591,7 +591,21 @@ impl Partition {
         self.carry_out(effects, epoch);
     }
 
-    /// The controller refused (or never answered) this leader's ISR change.
+    /// The ISR change this leader has in flight at the controller, with its leader
+    /// epoch (`None` when there is none, or this replica does not lead).
+    pub fn pending_isr_change(&self) -> Option<(i32, IsrProposal)> {
+        match &*self.replication.borrow() {
+            Replication::Leader(l) => l
+                .state
+                .pending_proposal()
+                .map(|p| (l.state.leader_epoch(), p.clone())),
+            _ => None,
+        }
+    }
+
+    /// The controller refused this leader's ISR change for good (an ineligible
+    /// replica, an invalid request, an unknown partition). Never on a timeout or a
+    /// stale epoch: the change may still be committed.
     pub fn isr_change_refused(&self) {
         if let Replication::Leader(l) = &mut *self.replication.borrow_mut() {
             l.state.on_proposal_rejected();

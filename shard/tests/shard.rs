@@ -59,6 +59,7 @@ fn options(data: &Path, key: IdKey, shard_id: u32, shard_count: u32) -> ShardOpt
         group_max_size: 100,
         group_pending_members_max: 100,
         producer_id_key: key,
+        producer_id_issuer: shard_id,
         min_insync_replicas: 1,
         acks_none_bytes_max: 1 << 20,
         replica_lag_time_max_ms: ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS,
