@@ -230,9 +230,13 @@ fn transport_config(config: &TransportConfig) -> quinn::TransportConfig {
         .stream_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX))
         .receive_window(VarInt::from_u64(window * 4).unwrap_or(VarInt::MAX))
         .send_window(window * 4)
-        .keep_alive_interval(Some(Duration::from_secs(5)))
+        // A peer that restarted cannot reset our connection (its reset key is new), so
+        // only the idle timeout ends a connection to a dead process: keep it short, as
+        // a controller's session timeout is, so a restarted node is reached again in
+        // seconds (a keep-alive every second keeps live idle connections open).
+        .keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits"),
+            quinn::IdleTimeout::try_from(Duration::from_secs(4)).expect("4 s fits"),
         ))
         // GSO: sending without it cost 3× the CPU per GB here (REPLICATION.md).
         .enable_segmentation_offload(true)

@@ -33,6 +33,8 @@ pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 pub const FETCH_BYTES_MAX: u32 = 16 << 20;
 /// Bytes per partition a replica fetch asks for at most.
 pub const FETCH_PARTITION_BYTES_MAX: u32 = 4 << 20;
+/// How long a refused ISR change stays in flight before the leader may propose again.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
 /// Pause after a failed round (the leader unreachable, or not yet leading).
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -311,6 +313,9 @@ async fn alter_partition(
             }
             Some((Response::Refused(e), _)) => {
                 tracing::info!(partition = %change.tp, error = %e, "ISR change refused");
+                // Not at once: the leader would propose the same change at the next
+                // fetch (a replica the controller has not unfenced yet, say).
+                glommio::timer::sleep(REFUSED_BACKOFF).await;
                 if let Some(p) = shard.partition(&change.tp)
                     && p.pending_isr_change().as_ref()
                         == Some(&(change.leader_epoch, change.proposal.clone()))
