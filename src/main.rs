@@ -34,6 +34,10 @@ enum Command {
     Log {
         /// The partition directory (e.g. ./data/orders-0).
         dir: PathBuf,
+        /// Also print every batch, one line each: base offset, last offset, leader
+        /// epoch, CRC (to compare replicas' logs).
+        #[arg(long)]
+        batches: bool,
     },
     /// Create, delete, list and describe topics.
     Topic {
@@ -119,7 +123,7 @@ fn run() -> anyhow::Result<bool> {
     match cli.command {
         Command::Tune { .. } => unreachable!("handled above"),
         Command::Serve(a) => serve::serve(*a),
-        Command::Log { dir } => inspect_log(dir),
+        Command::Log { dir, batches } => inspect_log(dir, batches),
         Command::Topic { broker, command } => tools::topic(broker, command),
         Command::Produce { broker, args } => tools::produce(broker, args),
         Command::Consume { broker, args } => tools::consume(broker, args),
@@ -133,7 +137,7 @@ fn run() -> anyhow::Result<bool> {
     .map(|()| true)
 }
 
-fn inspect_log(dir: PathBuf) -> anyhow::Result<()> {
+fn inspect_log(dir: PathBuf, batches: bool) -> anyhow::Result<()> {
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -156,6 +160,38 @@ fn inspect_log(dir: PathBuf) -> anyhow::Result<()> {
                 r.truncated_bytes,
                 r.truncation_reason.map(|w| format!(" ({w})")).unwrap_or_default(),
             );
+            let mut text = text;
+            if batches {
+                text.push_str("batches         base_offset last_offset leader_epoch crc\n");
+                let mut offset = log.start_offset();
+                let end = log.end_offset();
+                while offset < end {
+                    let r = log.read(offset, 1 << 20, end).await?;
+                    let bytes = r.to_bytes().await?;
+                    let mut at = 0usize;
+                    let mut last = offset;
+                    while let Some((_, size)) = ringmq_storage::batch::peek_frame(&bytes[at..]) {
+                        if at + size > bytes.len() {
+                            break;
+                        }
+                        let b = &bytes[at..at + size];
+                        let info = ringmq_storage::batch::parse_header(b)?;
+                        text.push_str(&format!(
+                            "batch {} {} {} {:08x}\n",
+                            info.base_offset,
+                            info.last_offset(),
+                            info.leader_epoch,
+                            ringmq_storage::batch::compute_crc(b)
+                        ));
+                        last = info.next_offset();
+                        at += size;
+                    }
+                    if last <= offset {
+                        break;
+                    }
+                    offset = last;
+                }
+            }
             log.close().await?;
             anyhow::Ok(text)
         })
