@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
 mod cluster;
+mod dev;
 mod group;
 mod serve;
 mod tools;
@@ -76,6 +77,9 @@ enum Command {
         #[command(subcommand)]
         command: tune::TuneCommand,
     },
+    /// A local cluster for development: N `ringmq serve` nodes on 127.0.0.1, data
+    /// under ./data/nodeN; prints the bootstrap addresses; Ctrl-C stops them all.
+    Dev(dev::DevArgs),
     /// Cluster tools: the certificates nodes authenticate each other with, and the
     /// cluster's state.
     Cluster {
@@ -129,6 +133,7 @@ fn run() -> anyhow::Result<bool> {
         Command::Consume { broker, args } => tools::consume(broker, args),
         Command::Group { kafka, command } => group::group(kafka, command),
         Command::Cluster { command } => cluster::cluster(command),
+        Command::Dev(args) => dev::dev(args),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
