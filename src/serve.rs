@@ -1044,12 +1044,11 @@ async fn start_cluster(
     let mut tc = TransportConfig::new(c.me, ringmq_cluster::TlsFiles::in_dir(&c.certs, c.me));
     tc.kind = c.transport;
     tc.listen = serving.then_some(c.listen);
-    tc.peers = c
-        .voters
-        .iter()
-        .filter(|&(&id, _)| id != c.me)
-        .map(|(&id, &a)| (id, a))
-        .collect();
+    // This node is a peer too: a shard whose partition leader asks the controller for
+    // an ISR change, when this node leads the quorum, reaches it through the node's own
+    // listener like any other node's.
+    tc.peers = c.voters.iter().map(|(&id, &a)| (id, a)).collect();
+    tc.peers.insert(c.me, c.listen);
     tc.core = Some(cpu);
     let (transport, incoming) = Transport::start(tc)
         .await

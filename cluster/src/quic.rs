@@ -111,6 +111,8 @@ impl Quic {
         client.transport_config(transport);
         let mut known: Vec<NodeId> = config.peers.keys().copied().collect();
         known.push(config.me);
+        known.sort_unstable();
+        known.dedup();
         let settings = Settings {
             client,
             frame_bytes_max: config.frame_bytes_max,

@@ -182,6 +182,8 @@ impl Tcp {
             rx = Some(r);
             let mut known: Vec<NodeId> = config.peers.keys().copied().collect();
             known.push(config.me);
+            known.sort_unstable();
+            known.dedup();
             let server = Rc::new(Server {
                 tls: tls.clone(),
                 frame_bytes_max: config.frame_bytes_max,

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""Real Kafka clients against a 3-node ringmq cluster, with the leader killed under them.
+
+Run by tests/cluster.rs:
+
+    cluster.py BINARY WORKDIR confluent|kafka-python|kcat
+
+Starts three `ringmq serve` nodes on 127.0.0.1 (ports chosen free now, one shard each,
+every node a controller voter), creates a topic with 3 partitions, replication factor 3
+and min.insync.replicas=2, and then, per client:
+
+- confluent: an idempotent acks=all producer sends unique values while a consumer reads
+  every partition from offset 0; the leader of partition 0 is killed (SIGKILL) a third
+  of the way through and restarted two seconds later. Every acknowledged value must be
+  read, once, at the offset it was acknowledged at; the consumer's offsets never go back
+  or skip.
+- kafka-python: acks=all sends with retries across the same kill; every acknowledged
+  value must be read back (kafka-python is not idempotent: a retried send may be stored
+  twice, which is counted, not failed).
+- kcat: acks=all lines produced and consumed back, with the leader killed between.
+
+Nodes are stopped at the end whatever happens (SIGTERM, then SIGKILL). Exits non-zero
+with the reason on the first mismatch.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+BINARY, WORK, CLIENT = sys.argv[1], sys.argv[2], sys.argv[3]
+NODES = [1, 2, 3]
+TOPIC = "replicated"
+
+
+def fail(why):
+    print(f"FAIL: {why}", file=sys.stderr)
+    for n in NODES:
+        log = os.path.join(WORK, f"node{n}.log")
+        if os.path.exists(log):
+            tail = open(log, errors="replace").read().splitlines()[-15:]
+            print(f"--- node {n} log tail ({log})", file=sys.stderr)
+            print("\n".join(tail), file=sys.stderr)
+    stop_all()
+    sys.exit(1)
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+PORTS = {n: {"kafka": free_port(), "native": free_port(), "cluster": free_port(socket.SOCK_DGRAM)} for n in NODES}
+VOTERS = ",".join(f"{n}@127.0.0.1:{PORTS[n]['cluster']}" for n in NODES)
+BOOTSTRAP = ",".join(f"127.0.0.1:{PORTS[n]['kafka']}" for n in NODES)
+CERTS = os.path.join(WORK, "certs")
+PROCS = {}
+
+
+def start(n):
+    log = open(os.path.join(WORK, f"node{n}.log"), "a")
+    PROCS[n] = subprocess.Popen(
+        [
+            BINARY, "serve",
+            "--data-dir", os.path.join(WORK, f"node{n}"),
+            "--node-id", str(n),
+            "--voters", VOTERS,
+            "--cluster-certs", CERTS,
+            "--kafka-listen", f"127.0.0.1:{PORTS[n]['kafka']}",
+            "--native-listen", f"127.0.0.1:{PORTS[n]['native']}",
+            "--shards", "1",
+            "--node-session-timeout-ms", "2000",
+            "--replica-lag-time-max-ms", "3000",
+            "--log-level", "info",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def kill(n):
+    PROCS[n].send_signal(signal.SIGKILL)
+    PROCS[n].wait()
+
+
+def stop_all():
+    for p in PROCS.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + 15
+    for p in PROCS.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def metadata():
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=10)
+
+
+def leader_of(partition):
+    return metadata().topics[TOPIC].partitions[partition].leader
+
+
+def wait_full_isr(timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            md = metadata()
+            t = md.topics.get(TOPIC)
+            if t and t.partitions and all(
+                p.leader in NODES and sorted(p.isrs) == NODES for p in t.partitions.values()
+            ):
+                return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    fail(f"the ISR of {TOPIC} did not come back to 3 within {timeout} s: {describe()}")
+
+
+def describe():
+    try:
+        t = metadata().topics[TOPIC]
+        return {p.id: (p.leader, p.isrs) for p in t.partitions.values()}
+    except Exception as e:
+        return repr(e)
+
+
+def setup():
+    os.makedirs(WORK, exist_ok=True)
+    subprocess.run([BINARY, "cluster", "init-certs", "--dir", CERTS, "--nodes", "1,2,3"],
+                   check=True, stdout=subprocess.DEVNULL)
+    for n in NODES:
+        start(n)
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    deadline = time.time() + 30
+    while True:
+        try:
+            if len(metadata().brokers) == 3:
+                break
+        except Exception:
+            pass
+        if time.time() > deadline:
+            fail("the three nodes did not all register within 30 s")
+        time.sleep(0.2)
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    fs = admin.create_topics([NewTopic(TOPIC, num_partitions=3, replication_factor=3,
+                                       config={"min.insync.replicas": "2"})])
+    for f in fs.values():
+        f.result(timeout=30)
+    wait_full_isr(15)
+    print("cluster up:", describe())
+
+
+def kill_leader_and_restart(partition, log):
+    victim = leader_of(partition)
+    log(f"killing node {victim}, leader of partition {partition}")
+    kill(victim)
+    time.sleep(2)
+    start(victim)
+    log(f"node {victim} restarted")
+    return victim
+
+
+def confluent():
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    n = 30000
+    acked, errors = {}, []
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True,
+                         "acks": "all", "linger.ms": 2, "message.timeout.ms": 60000})
+
+    def delivered(err, msg):
+        if err:
+            errors.append(str(err))
+        else:
+            acked[msg.value().decode()] = (msg.partition(), msg.offset())
+
+    seen, order_errors = {}, []
+    stop = threading.Event()
+
+    def consume():
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "unused",
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c.assign([TopicPartition(TOPIC, p, 0) for p in range(3)])
+        last = {}
+        while not stop.is_set() or len(seen) < len(acked):
+            m = c.poll(0.5)
+            if m is None or m.error():
+                if stop.is_set() and time.time() > stop.deadline:
+                    break
+                continue
+            p, o, v = m.partition(), m.offset(), m.value().decode()
+            if p in last and o != last[p] + 1:
+                order_errors.append(f"partition {p}: offset {o} after {last[p]}")
+            last[p] = o
+            if v in seen:
+                order_errors.append(f"{v} read twice: at {seen[v]} and {(p, o)}")
+            seen[v] = (p, o)
+        c.close()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    t0 = time.time()
+    victim = None
+    for i in range(n):
+        producer.produce(TOPIC, value=f"c-{i}".encode(), on_delivery=delivered)
+        producer.poll(0)
+        if i % 500 == 0:
+            time.sleep(0.01)
+        if i == n // 3:
+            victim = kill_leader_and_restart(0, print)
+    left = producer.flush(90)
+    print(f"produced {n} in {time.time() - t0:.1f} s: {len(acked)} acknowledged, "
+          f"{len(errors)} failed, {left} unsent; killed node {victim}")
+    stop.deadline = time.time() + 60
+    stop.set()
+    reader.join()
+    lost = [v for v in acked if v not in seen]
+    moved = [v for v, at in acked.items() if v in seen and seen[v] != at]
+    if left or errors:
+        fail(f"{left} unsent, errors: {sorted(set(errors))[:5]}")
+    if lost:
+        fail(f"lost-write: {len(lost)} acknowledged values never read, e.g. {lost[:5]}")
+    if moved:
+        fail(f"inconsistent-offsets: {len(moved)}, e.g. {moved[0]} acked at {acked[moved[0]]} read at {seen[moved[0]]}")
+    if order_errors:
+        fail(f"consumer order: {order_errors[:5]}")
+    print(f"confluent: {len(acked)} acknowledged, all read once at their offsets")
+
+
+def kafka_python():
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    n = 5000
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP.split(","), acks="all", retries=20,
+                             retry_backoff_ms=200, request_timeout_ms=10000, linger_ms=2)
+    futures = []
+    for i in range(n):
+        futures.append((f"k-{i}", producer.send(TOPIC, f"k-{i}".encode())))
+        if i == n // 3:
+            producer.flush(30)
+            kill_leader_and_restart(1, print)
+    producer.flush(90)
+    acked = {}
+    failed = 0
+    for v, f in futures:
+        try:
+            md = f.get(timeout=60)
+            acked[v] = (md.partition, md.offset)
+        except Exception:
+            failed += 1
+    producer.close()
+    wait_full_isr(20)
+    c = KafkaConsumer(bootstrap_servers=BOOTSTRAP.split(","), enable_auto_commit=False,
+                      consumer_timeout_ms=5000)
+    c.assign([TopicPartition(TOPIC, p) for p in range(3)])
+    c.seek_to_beginning()
+    seen = {}
+    for m in c:
+        v = m.value.decode()
+        if v.startswith("k-"):
+            seen.setdefault(v, []).append((m.partition, m.offset))
+    c.close()
+    lost = [v for v in acked if v not in seen]
+    dups = sum(1 for v in seen.values() if len(v) > 1)
+    if lost:
+        fail(f"lost-write: {len(lost)} acknowledged values never read, e.g. {lost[:5]}")
+    print(f"kafka-python: {len(acked)} acknowledged ({failed} failed after retries), all read; "
+          f"{dups} stored twice by client retries")
+
+
+def kcat():
+    env = dict(os.environ)
+    env.pop("LD_LIBRARY_PATH", None)
+    lines = "".join(f"kcat-{i}\n" for i in range(2000))
+    p = subprocess.run(["kcat", "-b", BOOTSTRAP, "-P", "-t", TOPIC, "-X", "acks=all",
+                        "-X", "topic.partitioner=murmur2_random"],
+                       input=lines.encode(), env=env, capture_output=True, timeout=120)
+    if p.returncode != 0:
+        fail(f"kcat produce: {p.stderr.decode()[-500:]}")
+    kill_leader_and_restart(2, print)
+    wait_full_isr(20)
+    out = subprocess.run(["kcat", "-b", BOOTSTRAP, "-C", "-t", TOPIC, "-e", "-o", "beginning",
+                          "-f", "%s\n"], env=env, capture_output=True, timeout=120)
+    if out.returncode != 0:
+        fail(f"kcat consume: {out.stderr.decode()[-500:]}")
+    got = sorted(l for l in out.stdout.decode().splitlines() if l.startswith("kcat-"))
+    want = sorted(lines.splitlines())
+    if got != want:
+        fail(f"kcat read {len(got)} of {len(want)} lines back")
+    print(f"kcat: {len(want)} lines written with acks=all, read back after a leader kill")
+
+
+try:
+    setup()
+    {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat}[CLIENT]()
+    wait_full_isr(20)
+    print("final:", describe())
+finally:
+    stop_all()
