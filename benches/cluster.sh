@@ -218,6 +218,9 @@ for tr in dict.fromkeys(r["transport"] for r in res):
             "shard": med([per_gb(r, lambda n, d: d.get("shard", [0, 0])[0]) for r in rs]),
             "iou": med([per_gb(r, lambda n, d: d.get("iou-wrk", [0, 0])[0]) for r in rs]),
             "client": med([r["client_cpu_s"] / (r["bytes"] / 1e9) for r in rs]),
+            # share of a core busy during the round: the leader, the two followers together
+            "lead_core": med([sum(v[0] for v in r["nodes"][lead].values()) / (r["ms"] / 1000) for r in rs]),
+            "foll_core": med([sum(sum(v[0] for v in d.values()) for n, d in r["nodes"].items() if n != lead) / (r["ms"] / 1000) for r in rs]),
             "cs": med([sum(sum(v[1] for c, v in d.items() if c in ("shard", "quic")) for d in r["nodes"].values()) / (r["bytes"] / 1e6) for r in rs]),
             "udp": med([r["udp_out"] / (r["bytes"] / 1e6) for r in rs]),
             "fails": sum(r["failures"] for r in rs),
@@ -256,6 +259,8 @@ print("replica fetches refused per round (median; each pauses that follower 200 
       " watermark, which needs every ISR member, with it): " + "; ".join(
       f"{tr} RF{rf} {x['refused']:.0f} (~{x['stall'] * 100:.0f}% of the round)" for (tr, rf), x in rows.items() if rf == 3))
 print("per round msgs/s: " + "; ".join(f"{tr} RF{rf} {x['all']}" for (tr, rf), x in rows.items()))
+print("cores busy during a round (median): " + "; ".join(
+      f"{tr} RF{rf} leader {x['lead_core']:.2f}, followers {x['foll_core']:.2f}" for (tr, rf), x in rows.items()))
 bad = [f"{tr} RF{rf}" for (tr, rf), x in rows.items() if x["fails"]]
 if bad:
     print("PRODUCE FAILURES in: " + ", ".join(bad))
