@@ -35,6 +35,19 @@ pub const FETCH_BYTES_MAX: u32 = 16 << 20;
 pub const FETCH_PARTITION_BYTES_MAX: u32 = 4 << 20;
 /// How long a refused ISR change stays in flight before the leader may propose again.
 const REFUSED_BACKOFF: Duration = Duration::from_secs(1);
+/// Pause after a round in which the leader refused a partition.
+const REFUSED_RETRY_AFTER: Duration = Duration::from_millis(20);
+
+/// How a round of a fetch session went.
+enum Round {
+    /// Every partition answered.
+    Done,
+    /// The leader answered, refusing some partition.
+    Refused,
+    /// No answer (the leader unreachable, or the answer malformed).
+    Failed,
+}
+
 /// Pause after a failed round (the leader unreachable, or not yet leading).
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -107,13 +120,17 @@ async fn fetch_session(shard: &Rc<Shard>, transport: &Transport, leader: NodeId)
                 None => {}
             }
         }
-        let ok = if !asks.is_empty() {
+        let round = if !asks.is_empty() {
             ask_epochs(transport, leader, asks).await
         } else {
             fetch(shard, transport, leader, fetches).await
         };
-        if !ok {
-            glommio::timer::sleep(RETRY_AFTER).await;
+        match round {
+            Round::Done => {}
+            // The leader answered but refused a partition (not leading it yet, an epoch
+            // to learn): soon again, the high watermark may be waiting for this follower.
+            Round::Refused => glommio::timer::sleep(REFUSED_RETRY_AFTER).await,
+            Round::Failed => glommio::timer::sleep(RETRY_AFTER).await,
         }
     }
     tracing::debug!(shard = shard.id(), leader, "replica fetch session ends");
@@ -123,7 +140,7 @@ async fn ask_epochs(
     transport: &Transport,
     leader: NodeId,
     asks: Vec<(Rc<Partition>, i32, i32)>,
-) -> bool {
+) -> Round {
     let request = Request::EpochEnds(
         asks.iter()
             .map(|(p, leader_epoch, epoch)| wire::EpochAsk {
@@ -136,7 +153,7 @@ async fn ask_epochs(
     );
     let answers = match call(transport, leader, request, Duration::from_secs(5)).await {
         Some((Response::EpochEnds(a), _)) if a.len() == asks.len() => a,
-        _ => return false,
+        _ => return Round::Failed,
     };
     let mut ok = true;
     for ((p, leader_epoch, epoch), answer) in asks.into_iter().zip(answers) {
@@ -157,7 +174,7 @@ async fn ask_epochs(
             }
         }
     }
-    ok
+    if ok { Round::Done } else { Round::Refused }
 }
 
 async fn fetch(
@@ -165,9 +182,9 @@ async fn fetch(
     transport: &Transport,
     leader: NodeId,
     parts: Vec<(Rc<Partition>, i64, i64, i32)>,
-) -> bool {
+) -> Round {
     if parts.is_empty() {
-        return false;
+        return Round::Failed;
     }
     let request = Request::ReplicaFetch(wire::ReplicaFetch {
         replica: shard.node_id(),
@@ -197,7 +214,7 @@ async fn fetch(
     .await
     {
         Some((Response::Fetched(a), payload)) if a.len() == parts.len() => (a, payload),
-        _ => return false,
+        _ => return Round::Failed,
     };
     let mut at = 0usize;
     let mut ok = true;
@@ -205,7 +222,7 @@ async fn fetch(
         let len = answer.records_bytes as usize;
         if at + len > payload.len() {
             tracing::warn!(leader, "a replica fetch answer shorter than it says");
-            return false;
+            return Round::Failed;
         }
         let records = payload.slice(at..at + len);
         at += len;
@@ -226,7 +243,7 @@ async fn fetch(
             ok = false;
         }
     }
-    ok
+    if ok { Round::Done } else { Round::Refused }
 }
 
 async fn call(

@@ -141,8 +141,13 @@ impl KafkaService {
                                     mp.isr_nodes = vec![km::BrokerId(NODE_ID)];
                                 }
                                 Some(v) => {
-                                    mp.leader_id = km::BrokerId(v.leader.unwrap_or(-1));
-                                    if v.leader.is_none() {
+                                    // A node that restarted and has not yet seen its own
+                                    // registration replays older metadata: it names no
+                                    // leader until it has caught up.
+                                    let caught_up = cluster.as_ref().is_some_and(|c| c.registered);
+                                    let leader = v.leader.filter(|_| caught_up);
+                                    mp.leader_id = km::BrokerId(leader.unwrap_or(-1));
+                                    if leader.is_none() {
                                         mp.error_code = KErr::LeaderNotAvailable.code();
                                     }
                                     if version >= 7 {

@@ -524,6 +524,11 @@ impl Partition {
         durable_offset: i64,
         now_ms: u64,
     ) -> Result<(), BrokerError> {
+        // The log may hold more than the rules were told (an append is reported when
+        // its produce resumes, after the flush policy; a follower may already have read
+        // it): bring the rules up to the log first, or the fetch would look past the end.
+        let log_end = self.log().end_offset();
+        let durable = self.log().durable_offset().min(log_end);
         let (verdict, epoch) = {
             let mut r = self.replication.borrow_mut();
             let Replication::Leader(l) = &mut *r else {
@@ -534,6 +539,13 @@ impl Partition {
                 });
             };
             let epoch = l.state.leader_epoch();
+            let caught_up = l.state.on_local_log(log_end, durable);
+            drop(r);
+            self.carry_out(caught_up, epoch);
+            let mut r = self.replication.borrow_mut();
+            let Replication::Leader(l) = &mut *r else {
+                return Err(not_leader(self.tp(), "leadership moved"));
+            };
             let fetch = FollowerFetch {
                 replica,
                 fetch_offset,
