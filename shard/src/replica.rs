@@ -758,30 +758,49 @@ impl Partition {
                 ));
             }
         };
-        for frame in frames {
-            let ids = producers::batch_ids(&frame);
-            let r = self.log().append_replica(BytesMut::from(&frame[..])).await;
+        // Every batch is queued at once, in order (tasks run in the order spawned, and
+        // the log admits appends in the order they ask), so one group commit makes them
+        // all durable: awaiting each before queuing the next would cost a flush (an
+        // fdatasync under every_batch) per batch.
+        let appends: Vec<_> = frames
+            .into_iter()
+            .map(|frame| {
+                let log = self.log().clone();
+                let ids = producers::batch_ids(&frame);
+                let task = glommio::spawn_local(async move {
+                    log.append_replica(BytesMut::from(&frame[..])).await
+                });
+                (ids, task)
+            })
+            .collect();
+        let mut failed = None;
+        for (ids, task) in appends {
+            let r = task.await;
+            if failed.is_some() {
+                continue;
+            }
             match r {
                 Ok(info) => {
                     if let Some(ids) = &ids {
                         self.producers.borrow_mut().observe(ids, info.base_offset);
                     }
                 }
-                Err(e) => {
-                    // The rules counted the batch: start over from the log as it is.
-                    let leader = self.followed();
-                    if let Some((leader, epoch)) = leader {
-                        self.set_replication(Replication::Leaderless {
-                            high_watermark: self.high_watermark(),
-                        });
-                        self.follow(self.me(), leader, epoch);
-                    }
-                    return Err(BrokerError::new(
-                        ErrorKind::Storage,
-                        format!("{}: appending a replicated batch: {e}", self.tp()),
-                    ));
-                }
+                Err(e) => failed = Some(e),
             }
+        }
+        if let Some(e) = failed {
+            // The rules counted the batches: start over from the log as it is.
+            let leader = self.followed();
+            if let Some((leader, epoch)) = leader {
+                self.set_replication(Replication::Leaderless {
+                    high_watermark: self.high_watermark(),
+                });
+                self.follow(self.me(), leader, epoch);
+            }
+            return Err(BrokerError::new(
+                ErrorKind::Storage,
+                format!("{}: appending a replicated batch: {e}", self.tp()),
+            ));
         }
         let durable = self.log().durable_offset().min(self.log().end_offset());
         if let Replication::Follower(f) = &mut *self.replication.borrow_mut() {
