@@ -94,7 +94,7 @@ mod kafka_call {
         stream.read_exact(&mut body)?;
         let mut body = Bytes::from(body);
         ResponseHeader::decode(&mut body, api.response_header_version(version))?;
-        Ok(ResponseKind::decode(api, &mut body, version)?)
+        ResponseKind::decode(api, &mut body, version)
     }
 }
 
@@ -198,7 +198,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         "controller leader: {}",
         controller.map_or("none".to_string(), |c| format!("node {c}"))
     );
-    println!("{:<6} {:<24} {}", "NODE", "KAFKA", "STATE");
+    println!("{:<6} {:<24} STATE", "NODE", "KAFKA");
     for (id, a) in &nodes {
         println!(
             "{:<6} {:<24} {}",

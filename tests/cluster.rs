@@ -36,7 +36,10 @@ fn scenario(client: &str) {
         &format!("cluster.py {client}"),
         Duration::from_secs(240),
     );
-    assert!(out.contains("final:"), "the scenario ran to its end:\n{out}");
+    assert!(
+        out.contains("final:"),
+        "the scenario ran to its end:\n{out}"
+    );
 }
 
 #[test]
