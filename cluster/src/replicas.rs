@@ -296,19 +296,10 @@ async fn alter_partition(
     voters: &[NodeId],
     change: &IsrChange,
 ) {
-    use ringmq_replication::IsrProposal;
-    let (new_isr, partition_epoch) = match &change.proposal {
-        IsrProposal::Expand {
-            new_isr,
-            partition_epoch,
-            ..
-        }
-        | IsrProposal::Shrink {
-            new_isr,
-            partition_epoch,
-            ..
-        } => (new_isr.clone(), *partition_epoch),
-    };
+    let (new_isr, partition_epoch) = (
+        change.proposal.new_isr().to_vec(),
+        change.proposal.partition_epoch(),
+    );
     let request = Request::AlterPartition(wire::AlterPartition {
         topic: change.tp.topic.clone(),
         partition: change.tp.partition,

@@ -120,6 +120,27 @@ pub enum IsrProposal {
     },
 }
 
+impl IsrProposal {
+    /// The whole ISR asked for.
+    pub fn new_isr(&self) -> &[ReplicaId] {
+        match self {
+            IsrProposal::Expand { new_isr, .. } | IsrProposal::Shrink { new_isr, .. } => new_isr,
+        }
+    }
+
+    /// The partition epoch the proposal is based on.
+    pub fn partition_epoch(&self) -> Epoch {
+        match self {
+            IsrProposal::Expand {
+                partition_epoch, ..
+            }
+            | IsrProposal::Shrink {
+                partition_epoch, ..
+            } => *partition_epoch,
+        }
+    }
+}
+
 /// The id of an acks=all produce waiting for the high watermark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WaiterId(pub u64);

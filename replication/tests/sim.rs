@@ -866,18 +866,7 @@ impl Sim {
         let Role::Leader(l) = &mut self.nodes[i].role else {
             return Ok(());
         };
-        let (new_isr, partition_epoch) = match &p {
-            IsrProposal::Expand {
-                new_isr,
-                partition_epoch,
-                ..
-            }
-            | IsrProposal::Shrink {
-                new_isr,
-                partition_epoch,
-                ..
-            } => (new_isr.clone(), *partition_epoch),
-        };
+        let (new_isr, partition_epoch) = (p.new_isr().to_vec(), p.partition_epoch());
         let req = AlterPartition {
             topic: TOPIC.to_string(),
             partition: 0,

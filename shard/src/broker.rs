@@ -381,16 +381,35 @@ impl Shard {
     /// Takes the cluster's metadata on every shard, in order: called on the metadata
     /// shard by the cluster driver, which waits for it before applying the next.
     pub async fn apply_cluster(self: &Rc<Self>, view: Arc<ClusterView>) -> Result<(), String> {
+        let errors = self
+            .on_every_shard(
+                || self.apply_cluster_here(view.clone()),
+                || Call::ApplyCluster(view.clone()),
+            )
+            .await;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Applies a change on every shard in shard order: this one by `here`, the others by
+    /// the call `call` makes. Returns each failure, naming its shard.
+    async fn on_every_shard<Fut>(
+        &self,
+        here: impl Fn() -> Fut,
+        call: impl Fn() -> Call,
+    ) -> Vec<String>
+    where
+        Fut: Future<Output = Result<(), String>>,
+    {
         let mut errors = Vec::new();
         for shard in 0..self.opts.shard_count {
             let r = if shard == self.opts.shard_id {
-                self.apply_cluster_here(view.clone()).await
+                here().await
             } else {
-                match self
-                    .router
-                    .call(shard, Call::ApplyCluster(view.clone()))
-                    .await
-                {
+                match self.router.call(shard, call()).await {
                     Some(Reply::Applied(r)) => r,
                     _ => Err(format!("shard {shard} did not answer")),
                 }
@@ -399,11 +418,7 @@ impl Shard {
                 errors.push(format!("shard {shard}: {e}"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors.join("; "))
-        }
+        errors
     }
 
     /// This shard's part of [`Shard::apply_cluster`]: the topic table, the hosted
@@ -1219,24 +1234,12 @@ impl Shard {
             .map_err(|e| {
                 BrokerError::new(ErrorKind::Storage, format!("saving topic table: {e}"))
             })?;
-        let mut errors = Vec::new();
-        for shard in 0..self.opts.shard_count {
-            let r = if shard == self.opts.shard_id {
-                self.apply_topics(table.clone()).await
-            } else {
-                match self
-                    .router
-                    .call(shard, Call::ApplyTopics(table.clone()))
-                    .await
-                {
-                    Some(Reply::Applied(r)) => r,
-                    _ => Err(format!("shard {shard} did not answer")),
-                }
-            };
-            if let Err(e) = r {
-                errors.push(format!("shard {shard}: {e}"));
-            }
-        }
+        let errors = self
+            .on_every_shard(
+                || self.apply_topics(table.clone()),
+                || Call::ApplyTopics(table.clone()),
+            )
+            .await;
         if errors.is_empty() {
             Ok(())
         } else {
