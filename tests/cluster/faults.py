@@ -362,7 +362,10 @@ class Producer(threading.Thread):
                 # An idempotent producer that hit a fatal error sends nothing more:
                 # what it still holds is in doubt; a new producer takes over.
                 self.fatal_errors.append(self.fatal.name())
-                p.flush(5)
+                try:
+                    p.flush(5)
+                except Exception as e:
+                    self.history.log(self.who, "flush-error", error=repr(e))
                 self.history.log(self.who, "new-producer", after=self.fatal.name())
                 self.fatal = None
                 p = self.make()
@@ -376,7 +379,10 @@ class Producer(threading.Thread):
                               on_delivery=self.on_delivery)
                     break
                 except BufferError:
-                    p.poll(0.05)
+                    try:
+                        p.poll(0.05)
+                    except Exception:
+                        pass
                 except Exception as e:  # a fatal producer refuses to produce
                     self.history.log(self.who, "produce-error", value=value, error=repr(e))
                     self.state.failed[value] = "produce-refused"
@@ -384,14 +390,22 @@ class Producer(threading.Thread):
                         self.fatal = e.args[0]
                     break
             seq += 1
-            p.poll(0)
+            try:
+                p.poll(0)
+            except Exception as e:  # poll raises the fatal error too
+                self.history.log(self.who, "poll-error", error=repr(e))
+                if self.fatal is None and e.args and hasattr(e.args[0], "name"):
+                    self.fatal = e.args[0]
             next_at += period
             delay = next_at - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             else:
                 next_at = time.monotonic()
-        left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
+        try:
+            left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
+        except Exception as e:
+            left = repr(e)
         self.history.log(self.who, "flushed", left=left)
 
 
@@ -611,8 +625,9 @@ class Nemesis(threading.Thread):
             if left <= 0 and time.monotonic() > end + 300:
                 raise RuntimeError(f"faults not all injected 300 s past the end: {self.counts}")
             self.check_crashes()
-            # Every other fault kills a leader, more often when behind the minimum.
-            behind = (LEADER_KILLS_MIN - kills) * 12 > left
+            # Every other fault kills a leader; only kills once too few are left for
+            # the minimum (a kill and the pause after it take about 5 s).
+            behind = (LEADER_KILLS_MIN - kills) * 5 > left
             if turn % 2 == 0 or behind:
                 kind = "kill-leader"
             else:
@@ -811,7 +826,7 @@ def run(args, rng, root, nodes, history, violations, seed):
             print(f"node {n.id} did not start; its log:\n{''.join(n.log_tail())}")
             return False
     topic = f"faults-{seed}"
-    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP, "logger": CLIENT_LOG})
     deadline = time.monotonic() + 60
     while True:
         try:
