@@ -900,7 +900,14 @@ def run(args, rng, root, nodes, history, violations, seed):
     time.sleep(3)
     reader.stop_event.set()
     reader.join(30)
-    logs, highs, gaps = read_all(topic, history)
+    try:
+        logs, highs, gaps = read_all(topic, history)
+    except Exception as e:
+        print(f"the final read failed: {e!r}")
+        for n in nodes:
+            n.stop()
+        print(f"history: {history.path}; node logs under {root}")
+        return False
     for p, want, got in gaps:
         violations.add("final-read-gap", f"partition {p}: offset {got} where {want} was due")
 
@@ -912,7 +919,7 @@ def run(args, rng, root, nodes, history, violations, seed):
             violations.add("unclean-stop", f"node {n.id} stopped with {code}; log {n.log_path}")
     compare_replicas(args.binary, nodes, topic, highs, violations, history)
 
-    check(state, reader, logs, violations)
+    check(state, reader, logs, highs, violations)
     report(state, reader, logs, highs, nemesis, producers, isr_s, violations, history,
            nodes, root, seed, liveness_values)
     return not violations.items
@@ -984,7 +991,7 @@ def compare_replicas(binary, nodes, topic, highs, violations, history):
                                f"{end}, the high watermark is {highs[p]}")
 
 
-def check(state, reader, logs, violations):
+def check(state, reader, logs, highs, violations):
     at = {}  # value -> [(partition, offset)]
     for p, values in logs.items():
         for o, v in enumerate(values):
@@ -997,7 +1004,10 @@ def check(state, reader, logs, violations):
     for v, (p, o) in state.acked.items():
         places = at.get(v)
         if not places:
-            violations.add("lost-write", f"{v} acknowledged at {p}/{o}, not in the log", v)
+            where = (f" (at or above the final high watermark {highs[p]}: no consumer can "
+                     f"read it; `ringmq log` shows whether the replicas still hold it)"
+                     if o >= highs[p] else "")
+            violations.add("lost-write", f"{v} acknowledged at {p}/{o}, not in the log{where}", v)
         elif (p, o) not in places:
             violations.add("inconsistent-offsets",
                            f"{v} acknowledged at {p}/{o}, in the log at {places}", v)
@@ -1005,7 +1015,8 @@ def check(state, reader, logs, violations):
         final = logs[p][o] if o < len(logs[p]) else None
         if final != v:
             violations.add("unseen", f"consumer read {v} at {p}/{o}; the final log has "
-                           f"{final if final is not None else 'nothing'} there", v)
+                           f"{final if final is not None else 'nothing'} there "
+                           f"(high watermark {highs[p]})", v)
 
 
 def report(state, reader, logs, highs, nemesis, producers, isr_s, violations, history,
