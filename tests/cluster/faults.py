@@ -627,7 +627,7 @@ class Nemesis(threading.Thread):
             self.check_crashes()
             # Every other fault kills a leader; only kills once too few are left for
             # the minimum (a kill and the pause after it take about 5 s).
-            behind = (LEADER_KILLS_MIN - kills) * 5 > left
+            behind = kills < LEADER_KILLS_MIN and (LEADER_KILLS_MIN - kills) * 5 > left
             if turn % 2 == 0 or behind:
                 kind = "kill-leader"
             else:
@@ -636,7 +636,8 @@ class Nemesis(threading.Thread):
                     self.rng.shuffle(others)
                 kind = others.pop()
             turn += 1
-            self.inject(kind)
+            if not self.inject(kind) and kind != "kill-leader":
+                others.append(kind)  # not done now: next time
             self.check_crashes()
             time.sleep(self.rng.uniform(2.0, 4.0))
 
@@ -645,7 +646,7 @@ class Nemesis(threading.Thread):
         target = self.pick()
         if target is None:
             self.history.log("nemesis", "no-metadata", kind=kind)
-            return
+            return False
         p, leader, follower, controller = target
         h = self.history.log
         if kind == "kill-leader":
@@ -697,7 +698,7 @@ class Nemesis(threading.Thread):
             # One replica loses its disk's tail: only when the other two hold everything.
             if not self.wait_full_isr(15):
                 h("nemesis", "skip", kind=kind, why="ISR not full")
-                return
+                return False
             victim = rng.choice(list(NODES))
             n = self.node(victim)
             n.kill9()
@@ -719,6 +720,7 @@ class Nemesis(threading.Thread):
             time.sleep(rng.uniform(1.0, 3.0))
             self.restart(n)
         self.counts[kind] += 1
+        return True
 
     def heal(self):
         nft_heal()
