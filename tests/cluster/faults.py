@@ -861,8 +861,9 @@ def run(args, rng, root, nodes, history, violations, seed):
     nemesis.start()
     nemesis.join()
     if nemesis.error:
+        # Still heal and check what happened: the run is failed either way.
         print(f"the nemesis failed:\n{nemesis.error}")
-        return False
+        violations.add("harness-error", "the nemesis failed (above)")
 
     # Heal, then measure how long the ISR takes to be full on every node's view.
     nemesis.heal()
