@@ -296,6 +296,15 @@ impl Partition {
                 Check::Append => {}
                 Check::Duplicate(base_offset) => {
                     let end_offset = base_offset + i64::from(ids.last_seq - ids.first_seq) + 1;
+                    // A retry of a batch in the log is acknowledged as the first send
+                    // would have been: with acks=all, only once the high watermark
+                    // passes it. The first send may never have been acknowledged (a
+                    // leader cut off from its followers), and the log may yet lose it.
+                    if !alone {
+                        self.after_leader_append(end_offset, acks == Acks::All)
+                            .await
+                            .map_err(|e| (e, Vec::new()))?;
+                    }
                     return Ok(Appended {
                         base_offset,
                         end_offset,

@@ -515,3 +515,85 @@ fn a_replicated_partition_acknowledges_after_the_follower_has_it() {
         b.log().close().await.unwrap();
     });
 }
+
+/// Regression: a leader cut off from its followers acknowledged a producer's retry of
+/// a batch it had appended but never committed (found by the cluster fault suite's
+/// soak: nine acks=all writes lost when the isolated leader truncated them). A retry is
+/// acknowledged as the first send: with acks=all, once the high watermark passes it.
+#[test]
+fn an_idempotent_retry_with_acks_all_waits_for_the_high_watermark_like_the_first_send() {
+    use ringmq_shard::replica::{Leadership, Outbox, ReplicaSettings};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let tp = TopicPartition::new("t", 0);
+        let policy = Rc::new(TopicPolicy {
+            min_insync_replicas: 2,
+            ..TopicPolicy::default()
+        });
+        let p = Partition::open(
+            tp,
+            &path.join("a"),
+            LogConfig::default(),
+            SegmentCache::new(4),
+            policy,
+        )
+        .await
+        .unwrap();
+        let leadership = Leadership {
+            me: 1,
+            leader_epoch: 1,
+            partition_epoch: 1,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+        };
+        let settings = ReplicaSettings {
+            replica_lag_time_max_ms: 3_000,
+        };
+        p.lead(leadership, settings, Outbox::new(), 0)
+            .await
+            .unwrap();
+        let mut b = batch::encode_batch(&[Record {
+            key: None,
+            value: Some(b"once".to_vec()),
+            headers: vec![],
+            timestamp_ms: 1_000,
+        }]);
+        batch::set_producer(&mut b, 7, 0, 0);
+        batch::fix_crc(&mut b);
+        let b = Bytes::from(b);
+        let first = glommio::spawn_local({
+            let (p, b) = (p.clone(), b.clone());
+            async move { p.produce(b, Acks::All, 1).await }
+        });
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        assert_eq!(p.log_end_offset(), 1, "appended, not committed");
+        let retry_done = Rc::new(Cell::new(false));
+        let retry = glommio::spawn_local({
+            let (p, b, done) = (p.clone(), b.clone(), retry_done.clone());
+            async move {
+                let r = p.produce(b, Acks::All, 1).await;
+                done.set(true);
+                r
+            }
+        });
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.log_end_offset(), 1, "the retry is not appended again");
+        assert!(
+            !retry_done.get(),
+            "the retry is not acknowledged before the high watermark passes it"
+        );
+        // The follower reports the batch: both the send and its retry are acknowledged.
+        assert_eq!(p.high_watermark(), 0);
+        p.follower_fetched(2, 1, 1, 1, 10).unwrap();
+        assert_eq!(first.await.unwrap().base_offset, 0);
+        assert_eq!(retry.await.unwrap().base_offset, 0);
+        // A retry with no follower fetching after a change of leadership is refused,
+        // never acknowledged from the uncommitted log.
+        p.follow(1, 2, 2);
+        let refused = p.produce(b, Acks::All, 1).await.unwrap_err().0;
+        assert_eq!(refused.kind, ErrorKind::NotLeader);
+        p.log().close().await.unwrap();
+    });
+}
