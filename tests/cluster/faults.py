@@ -392,7 +392,7 @@ class Producer(threading.Thread):
             seq += 1
             try:
                 p.poll(0)
-            except Exception as e:  # poll raises the fatal error too
+            except BaseException as e:  # poll raises the fatal error too
                 self.history.log(self.who, "poll-error", error=repr(e))
                 if self.fatal is None and e.args and hasattr(e.args[0], "name"):
                     self.fatal = e.args[0]
@@ -404,8 +404,9 @@ class Producer(threading.Thread):
                 next_at = time.monotonic()
         try:
             left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
-        except Exception as e:
+        except BaseException as e:  # a fatal error is raised as a bare KafkaError
             left = repr(e)
+            self.fatal_errors.append(repr(e))
         self.history.log(self.who, "flushed", left=left)
 
 
@@ -512,7 +513,17 @@ def read_all(topic, history):
                   "logger": CLIENT_LOG})
     highs = {}
     for p in range(PARTITIONS):
-        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        # A partition may still be electing a leader: ask again for up to a minute.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                break
+            except Exception as e:
+                history.log("checker", "watermarks-error", partition=p, error=repr(e))
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
         if low != 0:
             raise RuntimeError(f"partition {p} starts at {low}, not 0")
         highs[p] = high
@@ -907,6 +918,9 @@ def run(args, rng, root, nodes, history, violations, seed):
         logs, highs, gaps = read_all(topic, history)
     except Exception as e:
         print(f"the final read failed: {e!r}")
+        print(f"  sent {len(state.invoked)}, acknowledged {len(state.acked)}, "
+              f"failed {len(state.failed)}; faults {nemesis.counts}; "
+              f"ISR full after the heal: {isr_s}; violations so far {violations.counts()}")
         for n in nodes:
             n.stop()
         print(f"history: {history.path}; node logs under {root}")
