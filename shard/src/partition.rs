@@ -292,7 +292,9 @@ impl Partition {
         };
         let ids = producers::batch_ids(&batch);
         if let Some(ids) = &ids {
-            match self.producers.borrow_mut().check(ids) {
+            // Decided before any await: the producers' state is not borrowed across one.
+            let check = self.producers.borrow_mut().check(ids);
+            match check {
                 Check::Append => {}
                 Check::Duplicate(base_offset) => {
                     let end_offset = base_offset + i64::from(ids.last_seq - ids.first_seq) + 1;
