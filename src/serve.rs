@@ -814,6 +814,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
             min_insync_replicas: s.min_insync_replicas,
             acks_none_bytes_max: s.acks_none_bytes_max,
             replica_lag_time_max_ms: s.replica_lag_time_max_ms,
+            clustered: s.cluster.is_some(),
         };
         let table = table.clone();
         let stop = stop.clone();

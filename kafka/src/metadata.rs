@@ -75,7 +75,10 @@ impl KafkaService {
             ),
             _ => None,
         };
-        let allow_create = version < 4 || r.allow_auto_topic_creation;
+        // A cluster node that has not learned the cluster's metadata yet (it is starting)
+        // knows no topic: it answers LEADER_NOT_AVAILABLE, which clients retry.
+        let starting = self.shard.clustered() && self.shard.cluster().is_none();
+        let allow_create = (version < 4 || r.allow_auto_topic_creation) && !starting;
         if let Some(names) = &requested
             && allow_create
             && self.opts.auto_create_topics
@@ -112,6 +115,8 @@ impl KafkaService {
                 None => {
                     t.error_code = if topics::validate_name(&name).is_err() {
                         KErr::InvalidTopicException.code()
+                    } else if starting {
+                        KErr::LeaderNotAvailable.code()
                     } else {
                         KErr::UnknownTopicOrPartition.code()
                     };

@@ -100,6 +100,8 @@ pub struct ShardOptions {
     /// Kafka's `replica.lag.time.max.ms`: an in-sync follower that has not caught up
     /// for this long is removed from the ISR (cluster only).
     pub replica_lag_time_max_ms: u64,
+    /// A node of a cluster: its topics come from the controller quorum's metadata.
+    pub clustered: bool,
 }
 
 /// Default of [`ShardOptions::replica_lag_time_max_ms`] (Kafka's is 30 s).
@@ -350,7 +352,13 @@ impl Shard {
         self.cluster.borrow().as_ref().map_or(0, |v| v.me)
     }
 
-    /// The cluster as this shard last learned it (`None`: a single node).
+    /// Whether this node is part of a cluster (whether or not its metadata arrived).
+    pub fn clustered(&self) -> bool {
+        self.opts.clustered
+    }
+
+    /// The cluster as this shard last learned it (`None`: a single node, or a cluster
+    /// node that has not learned the metadata yet).
     pub fn cluster(&self) -> Option<Arc<ClusterView>> {
         self.cluster.borrow().clone()
     }
@@ -370,6 +378,41 @@ impl Shard {
     /// time).
     pub fn now_ms(&self) -> u64 {
         self.timers.now().duration_since(self.started).as_millis() as u64
+    }
+
+    /// The shard that owns `tp`, or the error to answer. A cluster node that has not yet
+    /// learned the cluster's metadata (it is starting) answers LEADER_NOT_AVAILABLE,
+    /// which clients retry, rather than calling the topic unknown.
+    fn owner(&self, table: &TopicTable, tp: &TopicPartition) -> Result<u32, BrokerError> {
+        metadata::owner(table, tp).map_err(|e| {
+            if self.opts.clustered && self.cluster.borrow().is_none() {
+                BrokerError::new(
+                    ErrorKind::LeaderNotAvailable,
+                    "this node is starting: it has not learned the cluster's metadata yet",
+                )
+            } else {
+                e
+            }
+        })
+    }
+
+    /// The error for a partition the table places on this shard that the shard does not
+    /// hold. In a cluster that is a partition this node is not a replica of, or one it
+    /// is still opening (it is starting, or the partition just moved here):
+    /// NOT_LEADER_OR_FOLLOWER, so clients refresh their metadata and retry, as Kafka
+    /// answers. On a single node, a change of the topic table is under way.
+    fn not_here(&self, tp: &TopicPartition) -> BrokerError {
+        if self.opts.clustered {
+            BrokerError::new(
+                ErrorKind::NotLeader,
+                format!("node {} does not hold partition {tp} (yet)", self.node_id()),
+            )
+        } else {
+            BrokerError::new(
+                ErrorKind::UnknownPartition,
+                "partition is not on this shard",
+            )
+        }
     }
 
     fn replica_settings(&self) -> ReplicaSettings {
@@ -425,6 +468,9 @@ impl Shard {
     /// partitions opened or closed, and each one's role.
     async fn apply_cluster_here(self: &Rc<Self>, view: Arc<ClusterView>) -> Result<(), String> {
         *self.cluster.borrow_mut() = Some(view.clone());
+        // The table first: while partitions open, a request for one finds its topic and
+        // gets NOT_LEADER_OR_FOLLOWER (retried) rather than UNKNOWN_TOPIC_OR_PARTITION.
+        *self.topics.borrow_mut() = view.topics.clone();
         let hosted = |tp: &TopicPartition| view.hosts(tp);
         self.apply_topics_hosted(view.topics.clone(), &hosted)
             .await?;
@@ -642,7 +688,7 @@ impl Shard {
     {
         let mut plan = {
             let table = self.topics.borrow();
-            router::split(parts, |tp| metadata::owner(&table, tp))
+            router::split(parts, |tp| self.owner(&table, tp))
         };
         let mut running = Vec::new();
         for (owner, positions, ps) in std::mem::take(&mut plan.by_owner) {
@@ -701,7 +747,8 @@ impl Shard {
         let mut running = Vec::with_capacity(parts.len());
         for part in parts {
             let Some(partition) = self.partition(&part.tp) else {
-                running.push(Err(Produced::failed(part.tp, not_here())));
+                let e = self.not_here(&part.tp);
+                running.push(Err(Produced::failed(part.tp, e)));
                 continue;
             };
             // A producer id this node did not issue is refused: a client must not act
@@ -808,7 +855,7 @@ impl Shard {
         } = fetch;
         let mut plan = {
             let table = self.topics.borrow();
-            router::split(parts, |tp| metadata::owner(&table, tp))
+            router::split(parts, |tp| self.owner(&table, tp))
         };
         let id = self.next_fetch_id.get();
         self.next_fetch_id.set(id + 1);
@@ -928,7 +975,7 @@ impl Shard {
             for p in &f.parts {
                 let Some(partition) = self.partition(&p.tp) else {
                     any_error = true;
-                    out.push(Fetched::failed(p.tp.clone(), not_here()));
+                    out.push(Fetched::failed(p.tp.clone(), self.not_here(&p.tp)));
                     continue;
                 };
                 let budget = (f.max_bytes as usize)
@@ -1025,7 +1072,7 @@ impl Shard {
         let mut out = Vec::with_capacity(queries.len());
         for q in queries {
             let result = match self.partition(&q.tp) {
-                None => Err(not_here()),
+                None => Err(self.not_here(&q.tp)),
                 Some(p) => match p.check_epoch(q.leader_epoch) {
                     Err(e) => Err(e),
                     Ok(()) => p
@@ -1058,8 +1105,8 @@ impl Shard {
             .into_iter()
             .map(|q| match self.partition(&q.tp) {
                 None => EpochEnd {
+                    result: Err(self.not_here(&q.tp)),
                     tp: q.tp,
-                    result: Err(not_here()),
                 },
                 Some(p) => match p.check_epoch(q.current_leader_epoch) {
                     Err(e) => EpochEnd {
@@ -1091,7 +1138,7 @@ impl Shard {
         let mut out = Vec::with_capacity(parts.len());
         for d in parts {
             let result = match self.partition(&d.tp) {
-                None => Err(not_here()),
+                None => Err(self.not_here(&d.tp)),
                 Some(p) => p.delete_records_before(d.offset).await,
             };
             if let Ok(start) = &result {
@@ -1418,15 +1465,6 @@ impl Drop for StopRegistration {
     fn drop(&mut self) {
         self.shard.fetch_stops.borrow_mut().remove(&self.key);
     }
-}
-
-/// The error for a partition the table places here that this shard does not have (a
-/// change of the table under way).
-fn not_here() -> BrokerError {
-    BrokerError::new(
-        ErrorKind::UnknownPartition,
-        "partition is not on this shard",
-    )
 }
 
 fn stopping() -> BrokerError {

@@ -63,6 +63,7 @@ fn options(data: &Path, key: IdKey, shard_id: u32, shard_count: u32) -> ShardOpt
         min_insync_replicas: 1,
         acks_none_bytes_max: 1 << 20,
         replica_lag_time_max_ms: ringmq_shard::broker::REPLICA_LAG_TIME_MAX_MS,
+        clustered: false,
     }
 }
 
@@ -595,5 +596,101 @@ fn an_idempotent_retry_with_acks_all_waits_for_the_high_watermark_like_the_first
         let refused = p.produce(b, Acks::All, 1).await.unwrap_err().0;
         assert_eq!(refused.kind, ErrorKind::NotLeader);
         p.log().close().await.unwrap();
+    });
+}
+
+/// A cluster node answers what clients retry while it cannot serve a partition yet:
+/// LEADER_NOT_AVAILABLE before it has learned the cluster's metadata (it is starting),
+/// NOT_LEADER_OR_FOLLOWER for a partition the metadata has that this node does not
+/// hold; UNKNOWN_TOPIC_OR_PARTITION only for what the metadata does not have.
+/// (Regression: a restarted node answered UNKNOWN_TOPIC_OR_PARTITION while it reopened
+/// its partitions, and a Kafka consumer gave up on the topic.)
+#[test]
+fn a_cluster_node_answers_retriable_errors_for_partitions_it_does_not_hold() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use ringmq_shard::cluster::{ClusterView, PartitionView};
+    use ringmq_shard::topics::TopicMeta;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    run(move || async move {
+        let key = IdKey::load_or_create(&data).unwrap();
+        let mut opts = options(&data, key, 0, 1);
+        opts.clustered = true;
+        let l = links(1).into_iter().next().unwrap();
+        let shard = Shard::start(opts, TopicTable::default(), l).await.unwrap();
+        let produce = |topic: &str, partition| {
+            let shard = shard.clone();
+            let tp = TopicPartition::new(topic, partition);
+            async move {
+                let r = shard
+                    .produce(
+                        Acks::Leader,
+                        vec![ProducePart {
+                            tp,
+                            batch: batch(b"x"),
+                        }],
+                    )
+                    .await;
+                r[0].result.as_ref().map_err(|e| e.kind).copied()
+            }
+        };
+        let earliest = |topic: &str, partition| {
+            let shard = shard.clone();
+            let tp = TopicPartition::new(topic, partition);
+            async move {
+                let r = shard
+                    .list_offsets(vec![OffsetQuery {
+                        tp,
+                        spec: OffsetSpec::Earliest,
+                        leader_epoch: None,
+                    }])
+                    .await;
+                r[0].result.as_ref().map(|_| ()).map_err(|e| e.kind)
+            }
+        };
+        assert_eq!(produce("t", 0).await, Err(ErrorKind::LeaderNotAvailable));
+        assert_eq!(earliest("t", 0).await, Err(ErrorKind::LeaderNotAvailable));
+
+        // Topic t has two partitions; this node (1) is a replica of partition 1 only.
+        let mut topics = TopicTable::default();
+        topics.topics.insert(
+            "t".into(),
+            TopicMeta {
+                id: 1,
+                partitions: 2,
+                configs: BTreeMap::new(),
+                placement: vec![0, 0],
+            },
+        );
+        let view = |me, leader| PartitionView {
+            replicas: vec![me],
+            leader: Some(leader),
+            leader_epoch: 0,
+            isr: vec![me],
+            partition_epoch: 0,
+        };
+        let mut partitions = BTreeMap::new();
+        partitions.insert(TopicPartition::new("t", 0), view(2, 2));
+        partitions.insert(TopicPartition::new("t", 1), view(1, 1));
+        shard
+            .apply_cluster(Arc::new(ClusterView {
+                me: 1,
+                topics,
+                partitions,
+                registered: true,
+                ..ClusterView::default()
+            }))
+            .await
+            .unwrap();
+        assert_eq!(produce("t", 0).await, Err(ErrorKind::NotLeader));
+        assert_eq!(earliest("t", 0).await, Err(ErrorKind::NotLeader));
+        assert_eq!(produce("t", 1).await, Ok(0));
+        assert_eq!(earliest("t", 1).await, Ok(()));
+        assert_eq!(produce("nope", 0).await, Err(ErrorKind::UnknownTopic));
+        assert_eq!(earliest("t", 2).await, Err(ErrorKind::UnknownPartition));
+        shard.shutdown().await;
     });
 }
