@@ -35,6 +35,10 @@ pub enum TopicCommand {
         /// segment_ms, flush, message_bytes_max, timestamp_type); repeatable
         #[arg(long = "config", value_name = "KEY=VALUE")]
         configs: Vec<String>,
+        /// Copies of each partition, each on its own node of the cluster (default: the
+        /// broker's --default-replication-factor; a single node takes only 1)
+        #[arg(long, value_name = "N")]
+        replication_factor: Option<u16>,
     },
     /// Delete a topic and its data
     Delete {
@@ -123,15 +127,29 @@ pub fn topic(b: BrokerArgs, cmd: TopicCommand) -> anyhow::Result<()> {
                 name,
                 partitions,
                 configs,
+                replication_factor,
             } => {
                 if partitions == 0 {
                     bail!("--partitions must be at least 1");
                 }
+                if replication_factor == Some(0) {
+                    bail!("--replication-factor must be at least 1");
+                }
                 admin
-                    .create_topic(&name, partitions, &pairs(&configs, "--config")?)
+                    .create_replicated_topic(
+                        &name,
+                        partitions,
+                        replication_factor,
+                        &pairs(&configs, "--config")?,
+                    )
                     .await
                     .with_context(|| format!("creating topic {name}"))?;
-                println!("created topic {name} with {partitions} partition(s)");
+                match replication_factor {
+                    Some(rf) => println!(
+                        "created topic {name} with {partitions} partition(s), {rf} replica(s) each"
+                    ),
+                    None => println!("created topic {name} with {partitions} partition(s)"),
+                }
             }
             TopicCommand::Delete { name } => {
                 admin

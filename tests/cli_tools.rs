@@ -150,6 +150,23 @@ fn topics_produce_and_consume_from_the_command_line() {
     let o = ringmq(&b, &["topic", "create", "logs"], None);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
+    // A single node holds one copy; more is refused, naming why.
+    ok(&ringmq(
+        &b,
+        &["topic", "create", "one", "--replication-factor", "1"],
+        None,
+    ));
+    let o = ringmq(
+        &b,
+        &["topic", "create", "three", "--replication-factor", "3"],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("replication factor"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = ringmq(&b, &["produce", "logs", "--partition", "9"], Some("x\n"));
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no partition 9"));

@@ -84,6 +84,7 @@ fn create(c: &mut Client, name: &str, partitions: u32) {
         name: name.into(),
         partitions,
         configs: vec![],
+        replication_factor: None,
     }) {
         Response::Done(e) => assert!(e.is_ok(), "{e:?}"),
         other => panic!("{other:?}"),
@@ -172,6 +173,7 @@ fn produce_fetch_forwarding_long_poll_restart() {
         name: "orders".into(),
         partitions: 8,
         configs: vec![],
+        replication_factor: None,
     }) {
         Response::Done(e) => assert_eq!(e.code, ErrorCode::TopicExists),
         other => panic!("{other:?}"),
@@ -339,6 +341,7 @@ fn bad_input_gets_errors_not_crashes() {
             name: name.into(),
             partitions: parts,
             configs: vec![],
+            replication_factor: None,
         }) {
             Response::Done(e) => assert_eq!(e.code, ErrorCode::InvalidRequest),
             other => panic!("{other:?}"),

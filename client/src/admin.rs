@@ -50,11 +50,26 @@ impl Admin {
         Self { client }
     }
 
-    /// Creates a topic with `partitions` partitions and these settings.
+    /// Creates a topic with `partitions` partitions and these settings (in a cluster,
+    /// with the broker's default replication factor).
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
+        configs: &[(String, String)],
+    ) -> Result<()> {
+        self.create_replicated_topic(name, partitions, None, configs)
+            .await
+    }
+
+    /// Creates a topic whose partitions have `replication_factor` copies each, on as
+    /// many nodes of the cluster (`None`: the broker's default; a single node takes
+    /// only 1).
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u16>,
         configs: &[(String, String)],
     ) -> Result<()> {
         done(
@@ -63,6 +78,7 @@ impl Admin {
                     name: name.into(),
                     partitions,
                     configs: configs.to_vec(),
+                    replication_factor,
                 })
                 .await?,
         )

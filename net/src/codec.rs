@@ -311,6 +311,9 @@ pub enum Request {
         partitions: u32,
         /// Settings.
         configs: Configs,
+        /// Copies of each partition in a cluster (`None`: the broker's default). Sent
+        /// only as version 2 of the request, so version-1 brokers still take the rest.
+        replication_factor: Option<u16>,
     },
     /// Delete a topic and its data.
     DeleteTopic {
@@ -414,6 +417,17 @@ pub enum Request {
 }
 
 impl Request {
+    /// The version this request is sent as: the oldest that carries all it says.
+    pub fn version(&self) -> u16 {
+        match self {
+            Request::CreateTopic {
+                replication_factor: Some(_),
+                ..
+            } => 2,
+            _ => VERSION_1,
+        }
+    }
+
     /// The API of this request.
     pub fn api_key(&self) -> ApiKey {
         match self {
@@ -763,7 +777,7 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
     let mut out = BytesMut::with_capacity(64);
     out.put_u32(0);
     out.put_u16(req.api_key() as u16);
-    out.put_u16(VERSION_1);
+    out.put_u16(req.version());
     out.put_u32(request_id);
     match req {
         Request::ApiVersions { client } => put_str(&mut out, client),
@@ -771,10 +785,14 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
             name,
             partitions,
             configs,
+            replication_factor,
         } => {
             put_str(&mut out, name);
             out.put_u32(*partitions);
             put_configs(&mut out, configs);
+            if let Some(rf) = replication_factor {
+                out.put_u16(*rf);
+            }
         }
         Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
         Request::ListTopics | Request::BrokerStats | Request::InitProducer => {}
@@ -889,12 +907,13 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
     let result = (|| {
         let api =
             ApiKey::from_u16(header.api_key).ok_or(DecodeError::UnknownApi(header.api_key))?;
-        if header.api_version != VERSION_1 {
+        let max = max_version(api);
+        if !(VERSION_1..=max).contains(&header.api_version) {
             return Err(DecodeError::UnsupportedVersion {
                 api,
                 version: header.api_version,
                 min: VERSION_1,
-                max: VERSION_1,
+                max,
             });
         }
         let req = match api {
@@ -905,6 +924,11 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
                 name: r.str("topic")?,
                 partitions: r.u32("partitions")?,
                 configs: r.configs()?,
+                replication_factor: if header.api_version >= 2 {
+                    Some(r.u16("replication factor")?)
+                } else {
+                    None
+                },
             },
             ApiKey::DeleteTopic => Request::DeleteTopic {
                 name: r.str("topic")?,
@@ -1400,11 +1424,20 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
     Ok((request_id, resp))
 }
 
+/// The newest version of `api` this broker speaks: 2 for `CreateTopic` (adds the
+/// replication factor), 1 for every other.
+pub fn max_version(api: ApiKey) -> u16 {
+    match api {
+        ApiKey::CreateTopic => 2,
+        _ => VERSION_1,
+    }
+}
+
 /// The APIs and versions this broker speaks, for `ApiVersions`.
 pub fn supported_versions() -> Vec<(u16, u16, u16)> {
     ApiKey::ALL
         .iter()
-        .map(|k| (*k as u16, VERSION_1, VERSION_1))
+        .map(|k| (*k as u16, VERSION_1, max_version(*k)))
         .collect()
 }
 
@@ -1424,6 +1457,13 @@ mod tests {
                 name: "orders".into(),
                 partitions: 8,
                 configs: vec![("retention_ms".into(), "1000".into())],
+                replication_factor: None,
+            },
+            Request::CreateTopic {
+                name: "replicated".into(),
+                partitions: 3,
+                configs: vec![],
+                replication_factor: Some(3),
             },
             Request::DeleteTopic { name: "x".into() },
             Request::ListTopics,
@@ -1608,6 +1648,35 @@ mod tests {
         assert!(matches!(
             r,
             Err(DecodeError::UnsupportedVersion { version: 2, .. })
+        ));
+    }
+
+    /// CreateTopic goes as version 1 unless it carries a replication factor (version
+    /// 2); a version-2 frame is refused as truncated without it, version 3 as unknown.
+    #[test]
+    fn create_topic_is_sent_as_the_oldest_version_that_carries_it() {
+        let create = |replication_factor| Request::CreateTopic {
+            name: "t".into(),
+            partitions: 1,
+            configs: vec![],
+            replication_factor,
+        };
+        let v1 = encode_request(1, &create(None));
+        let v2 = encode_request(2, &create(Some(3)));
+        assert_eq!(&v1[6..8], &1u16.to_be_bytes());
+        assert_eq!(&v2[6..8], &2u16.to_be_bytes());
+        assert_eq!(decode_request(body(&v2)).1, Ok(create(Some(3))));
+        let mut short = v1.clone();
+        short[6..8].copy_from_slice(&2u16.to_be_bytes());
+        assert!(matches!(
+            decode_request(body(&short)).1,
+            Err(DecodeError::Truncated(_))
+        ));
+        let mut v3 = v2.clone();
+        v3[6..8].copy_from_slice(&3u16.to_be_bytes());
+        assert!(matches!(
+            decode_request(body(&v3)).1,
+            Err(DecodeError::UnsupportedVersion { max: 2, .. })
         ));
     }
 

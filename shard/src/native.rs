@@ -143,12 +143,13 @@ impl Shard {
                 name,
                 partitions,
                 configs,
+                replication_factor,
             } => done(
                 self.change_topics(TopicOp::Create {
                     name,
                     partitions,
                     configs,
-                    replication_factor: None,
+                    replication_factor,
                     validate_only: false,
                 })
                 .await,

@@ -282,7 +282,33 @@ def kafka_python():
           f"{dups} stored twice by client retries")
 
 
+def cli_replication_factor():
+    """`ringmq topic create --replication-factor` through a node that need not lead the
+    controller quorum: 3 copies are placed on the 3 nodes, 4 are refused."""
+    native = f"127.0.0.1:{PORTS[2]['native']}"
+    p = subprocess.run([BINARY, "topic", "create", "cli-rf3", "--partitions", "2",
+                        "--replication-factor", "3", "--brokers", native],
+                       capture_output=True, timeout=60)
+    if p.returncode != 0:
+        fail(f"ringmq topic create --replication-factor 3: {p.stderr.decode()[-500:]}")
+    deadline = time.time() + 15
+    while True:
+        t = metadata().topics.get("cli-rf3")
+        if t and len(t.partitions) == 2 and all(
+                sorted(q.replicas) == NODES for q in t.partitions.values()):
+            break
+        if time.time() > deadline:
+            fail(f"cli-rf3 is not on the 3 nodes: {t and {q.id: q.replicas for q in t.partitions.values()}}")
+        time.sleep(0.2)
+    p = subprocess.run([BINARY, "topic", "create", "cli-rf4", "--replication-factor", "4",
+                        "--brokers", native], capture_output=True, timeout=60)
+    if p.returncode == 0 or b"replication factor" not in p.stderr.lower():
+        fail(f"replication factor 4 on 3 nodes was not refused: {p.stderr.decode()[-500:]}")
+    print("ringmq topic create --replication-factor: 3 placed on 3 nodes, 4 refused")
+
+
 def kcat():
+    cli_replication_factor()
     env = dict(os.environ)
     env.pop("LD_LIBRARY_PATH", None)
     lines = "".join(f"kcat-{i}\n" for i in range(2000))

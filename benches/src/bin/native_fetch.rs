@@ -77,6 +77,7 @@ fn load(args: &Args, bytes: u64, batch_records: usize) -> anyhow::Result<()> {
             name: args.topic.clone(),
             partitions: args.partitions,
             configs: vec![],
+            replication_factor: None,
         },
     )? {
         Response::Done(e) if e.is_ok() => {}

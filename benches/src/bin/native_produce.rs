@@ -210,6 +210,7 @@ fn main() -> anyhow::Result<()> {
             name: args.topic.clone(),
             partitions: args.partitions,
             configs: vec![],
+            replication_factor: None,
         },
     )? {
         Response::Done(e) if e.is_ok() || e.code == codec::ErrorCode::TopicExists => {}
