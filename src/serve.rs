@@ -833,7 +833,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 me: c.me,
                 voters: c.voters.clone(),
                 kafka_advertise: format!("{}:{}", s.kafka.advertise_host, s.kafka.advertise_port),
-                native: s.native_listen.to_string(),
+                // Clients dial this: a wildcard listener is reached at the host the
+                // Kafka listener advertises.
+                native: if s.native_listen.ip().is_unspecified() {
+                    format!("{}:{}", s.kafka.advertise_host, s.native_listen.port())
+                } else {
+                    s.native_listen.to_string()
+                },
                 cluster_listen: c.listen,
                 data_dir: data_dir.clone(),
                 shard_count,

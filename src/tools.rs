@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use ringmq_client::{Admin, Client, Consumer, Position, Producer, ProducerConfig};
+use ringmq_client::{Acks, Admin, Client, Consumer, Position, Producer, ProducerConfig};
 
 /// Where the broker is: shared by the client commands.
 #[derive(Args, Debug, Clone)]
@@ -68,6 +68,11 @@ pub struct ProduceArgs {
     /// Write every record to this partition (default: by key, or sticky without one)
     #[arg(long)]
     pub partition: Option<u32>,
+    /// When a record counts as written: leader (durable on the partition's leader),
+    /// all (on every in-sync replica, refused below the topic's min.insync.replicas),
+    /// or none (sent)
+    #[arg(long, default_value = "leader", value_parser = ["leader", "1", "all", "-1", "none", "0"])]
+    pub acks: String,
 }
 
 /// `ringmq consume TOPIC`
@@ -195,14 +200,34 @@ pub fn produce(b: BrokerArgs, a: ProduceArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(k, v)| (k, v.into_bytes()))
         .collect();
+    let acks = match a.acks.as_str() {
+        "all" | "-1" => Acks::All,
+        "none" | "0" => Acks::None,
+        _ => Acks::Leader,
+    };
     runtime()?.block_on(async move {
         let client = connect(&b).await?;
-        let producer = Producer::new(client, ProducerConfig::default());
+        let producer = Producer::new(
+            client,
+            ProducerConfig {
+                acks,
+                ..ProducerConfig::default()
+            },
+        );
         let started = Instant::now();
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut inflight = tokio::task::JoinSet::new();
-        let stdin = std::io::stdin();
-        for line in stdin.lock().lines() {
+        // Standard input is read on a thread of its own, so sends (and their retries
+        // while a leader moves) go on while the next line is awaited.
+        let (tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                if tx.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(line) = lines.recv().await {
             let line = line.context("reading standard input")?;
             let (key, value) = match a.key_separator {
                 Some(c) => match line.split_once(c) {

@@ -56,3 +56,8 @@ fn kafka_python_acks_all_across_a_leader_kill_loses_nothing() {
 fn kcat_reads_back_what_it_wrote_across_a_leader_kill() {
     scenario("kcat");
 }
+
+#[test]
+fn the_native_client_follows_leaders_across_a_leader_kill() {
+    scenario("native");
+}

@@ -26,6 +26,8 @@ struct Conn {
 #[derive(Clone)]
 pub struct Client {
     addr: String,
+    /// Every address the client was given, tried in turn when a node must be found.
+    bootstrap: Arc<Vec<String>>,
     conn: Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     /// The shard each new connection asks to be served by (`BindShard`).
     shard: Option<u32>,
@@ -40,51 +42,55 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// One user's connections bound to broker shards ([`Client::on_shard`]), made on first
-/// use, one per shard. A producer and a consumer each keep their own, so a consumer's
-/// long-polling fetch never holds up a producer's answers behind it on one connection.
-#[derive(Debug)]
-pub(crate) struct ShardClients {
-    base: Client,
-    bound: Mutex<HashMap<u32, Client>>,
-}
-
-impl ShardClients {
-    pub(crate) fn new(base: Client) -> Self {
-        Self {
-            base,
-            bound: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The connection for partitions of `shard`; the unbound one for `None`.
-    pub(crate) fn get(&self, shard: Option<u32>) -> Client {
-        match shard {
-            Some(s) => self
-                .bound
-                .lock()
-                .unwrap()
-                .entry(s)
-                .or_insert_with(|| self.base.on_shard(s))
-                .clone(),
-            None => self.base.clone(),
-        }
-    }
-}
-
 /// Largest response frame accepted.
 const FRAME_BYTES_MAX: usize = 256 << 20;
 
+/// Longest a connection attempt takes before it counts as failed (a node cut off by the
+/// network drops the handshake rather than refusing it).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Client {
-    /// Connects to the broker at `addr` (`host:port`).
-    pub async fn connect(addr: &str) -> Result<Client> {
-        let c = Client {
+    /// Connects to a broker: `addrs` is `host:port`, or several separated by commas
+    /// (the nodes of a cluster), tried in order until one answers. Producers and
+    /// consumers then send each partition's requests to its leader's node.
+    pub async fn connect(addrs: &str) -> Result<Client> {
+        let bootstrap: Arc<Vec<String>> = Arc::new(
+            addrs
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(String::from)
+                .collect(),
+        );
+        let mut last = Error::Invalid(format!("no broker address in {addrs:?}"));
+        for addr in bootstrap.iter() {
+            let c = Client {
+                addr: addr.clone(),
+                bootstrap: bootstrap.clone(),
+                conn: Arc::new(tokio::sync::Mutex::new(None)),
+                shard: None,
+            };
+            match c.connection().await {
+                Ok(_) => return Ok(c),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// A handle to another broker of the same cluster, connected on first use.
+    pub(crate) fn to(&self, addr: &str) -> Client {
+        Client {
             addr: addr.to_string(),
+            bootstrap: self.bootstrap.clone(),
             conn: Arc::new(tokio::sync::Mutex::new(None)),
             shard: None,
-        };
-        c.connection().await?;
-        Ok(c)
+        }
+    }
+
+    /// Every address the client was given.
+    pub(crate) fn bootstrap(&self) -> &[String] {
+        &self.bootstrap
     }
 
     /// A handle with its own connection to the same broker, served by broker shard
@@ -96,6 +102,7 @@ impl Client {
     pub fn on_shard(&self, shard: u32) -> Client {
         Client {
             addr: self.addr.clone(),
+            bootstrap: self.bootstrap.clone(),
             conn: Arc::new(tokio::sync::Mutex::new(None)),
             shard: Some(shard),
         }
@@ -120,8 +127,9 @@ impl Client {
         {
             return Ok(c.clone());
         }
-        let stream = TcpStream::connect(&self.addr)
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.addr))
             .await
+            .map_err(|_| self.io_err(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
             .map_err(|e| self.io_err(e))?;
         stream.set_nodelay(true).map_err(|e| self.io_err(e))?;
         let (mut rd, mut wr) = stream.into_split();

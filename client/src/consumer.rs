@@ -8,8 +8,11 @@ use ringmq_storage::batch;
 
 use tokio::sync::mpsc;
 
-use crate::conn::ShardClients;
-use crate::{Admin, Client, Error, Result};
+use crate::routes::{Route, Routes};
+use crate::{Client, Error, Result};
+
+/// How long `offset_for` keeps asking while a partition has no reachable leader.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,32 +51,29 @@ struct Assigned {
     topic: String,
     partition: u32,
     offset: i64,
-    /// The broker shard that owns the partition, when known.
-    shard: Option<u32>,
+    /// The node and shard its fetches go to.
+    route: Route,
 }
 
-/// A fetch's answer: the group it was for (its shard, or `None`), the assignment
-/// generation it was started in, and the response.
-type Fetched = (Option<u32>, u64, Result<Response>);
+/// A fetch's answer: the group it was for (its route), the assignment generation it
+/// was started in, and the response.
+type Fetched = (Route, u64, Result<Response>);
 
 /// Reads assigned partitions. Each group of partitions (one per broker shard when
 /// shard-aware, otherwise all of them) has one fetch in flight, started when its last
 /// answer was returned: prefetched records are bounded by `max_bytes` per group.
 #[derive(Debug)]
 pub struct Consumer {
-    client: Client,
     assigned: Vec<Assigned>,
     buffered: VecDeque<ConsumerRecord>,
-    /// The fetch in flight of each group.
-    in_flight: HashMap<Option<u32>, tokio::task::JoinHandle<()>>,
+    /// The fetch in flight of each group (the partitions of one route).
+    in_flight: HashMap<Route, tokio::task::JoinHandle<()>>,
     done_tx: mpsc::UnboundedSender<Fetched>,
     done_rx: mpsc::UnboundedReceiver<Fetched>,
     /// Bumped by each assignment: answers to fetches started before it are dropped.
     generation: u64,
-    /// By topic: each partition's shard.
-    shards: HashMap<String, Vec<u32>>,
-    /// A connection per shard (shard-aware fetching).
-    shard_clients: ShardClients,
+    /// Each partition's leader and shard, and a connection per (node, shard) used.
+    routes: Routes,
     /// Record bytes the last fetch brought.
     last_fetch_bytes: usize,
     /// Longest a poll waits on the broker for data.
@@ -101,15 +101,13 @@ impl Consumer {
     pub fn new(client: Client) -> Self {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         Self {
-            shard_clients: ShardClients::new(client.clone()),
-            client,
+            routes: Routes::new(client),
             assigned: Vec::new(),
             buffered: VecDeque::new(),
             in_flight: HashMap::new(),
             done_tx,
             done_rx,
             generation: 0,
-            shards: HashMap::new(),
             last_fetch_bytes: 0,
             max_wait_ms: 500,
             partition_max_bytes: 1 << 20,
@@ -118,24 +116,23 @@ impl Consumer {
         }
     }
 
-    /// The shard that owns a partition (looked up once per topic); `None` when not
-    /// shard-aware or when the broker does not say.
-    async fn shard_of(&mut self, topic: &str, partition: u32) -> Option<u32> {
-        if !self.shard_aware {
-            return None;
-        }
-        if !self.shards.contains_key(topic) {
-            let d = Admin::new(self.client.clone())
-                .describe_topic(topic)
-                .await
-                .ok()?;
-            let shards = d.partitions.iter().map(|p| p.shard).collect();
-            self.shards.insert(topic.to_string(), shards);
-        }
-        self.shards.get(topic)?.get(partition as usize).copied()
+    /// Where a partition's requests go (its topic looked up once); the client's own
+    /// broker when the topic's routes cannot be learned.
+    async fn route_of(&self, topic: &str, partition: u32) -> Route {
+        let route = match self.routes.lookup(topic).await {
+            Ok(r) => r.get(partition as usize).cloned(),
+            Err(_) => None,
+        };
+        route
+            .unwrap_or(Route {
+                addr: None,
+                shard: None,
+            })
+            .shard_aware(self.shard_aware)
     }
 
-    /// Resolves a position to an offset.
+    /// Resolves a position to an offset, asking the partition's leader. In a cluster,
+    /// while the leader moves, asks again for up to 30 s.
     pub async fn offset_for(&self, topic: &str, partition: u32, at: Position) -> Result<i64> {
         let spec = match at {
             Position::Offset(o) => return Ok(o),
@@ -143,28 +140,66 @@ impl Consumer {
             Position::Latest => codec::OFFSET_LATEST,
             Position::Timestamp(t) => t,
         };
-        match self
-            .client
-            .call(Request::ListOffsets {
-                partitions: vec![(topic.into(), partition, spec)],
-            })
-            .await?
-        {
-            Response::Offsets(v) if v.len() == 1 => {
-                if v[0].2.is_ok() {
-                    Ok(v[0].3)
-                } else {
-                    Err(Error::broker(&v[0].2))
+        let started = std::time::Instant::now();
+        loop {
+            let client = self.routes.client(&self.route_of(topic, partition).await);
+            let r = client
+                .call(Request::ListOffsets {
+                    partitions: vec![(topic.into(), partition, spec)],
+                })
+                .await;
+            let r = match r {
+                Ok(Response::Offsets(v)) if v.len() == 1 => {
+                    if v[0].2.is_ok() {
+                        Ok(v[0].3)
+                    } else {
+                        Err(Error::broker(&v[0].2))
+                    }
+                }
+                Ok(other) => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e)
+                    if e.is_retriable()
+                        && self.routes.clustered()
+                        && started.elapsed() < LEADER_WAIT =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    let _ = self.routes.refresh(topic).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// After a retriable failure of `group`'s fetch or of some of its partitions: in a
+    /// cluster, learns again where `topics` are led and moves their partitions there,
+    /// and returns true (the failure is the moving leader's, not the application's);
+    /// on a single node returns false.
+    async fn follow_leaders(&mut self, topics: &[String]) -> bool {
+        if !self.routes.clustered() {
+            return false;
+        }
+        // Not in a tight loop while a partition has no leader.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for t in topics {
+            let Ok(routes) = self.routes.refresh(t).await else {
+                continue;
+            };
+            for a in self.assigned.iter_mut().filter(|a| &a.topic == t) {
+                if let Some(r) = routes.get(a.partition as usize) {
+                    a.route = r.clone().shard_aware(self.shard_aware);
                 }
             }
-            other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
         }
+        true
     }
 
     /// Reads `partition` of `topic` from `at` (replacing an earlier assignment of it).
     pub async fn assign(&mut self, topic: &str, partition: u32, at: Position) -> Result<()> {
         let offset = self.offset_for(topic, partition, at).await?;
-        let shard = self.shard_of(topic, partition).await;
+        let route = self.route_of(topic, partition).await;
         self.assigned
             .retain(|a| !(a.topic == topic && a.partition == partition));
         self.buffered
@@ -173,7 +208,7 @@ impl Consumer {
             topic: topic.into(),
             partition,
             offset,
-            shard,
+            route,
         });
         // Prefetches for the old positions are of no use now.
         for (_, t) in self.in_flight.drain() {
@@ -191,20 +226,23 @@ impl Consumer {
 
     /// Starts a fetch for every group that has none in flight.
     fn start_fetches(&mut self) {
-        let mut groups: HashMap<Option<u32>, Vec<FetchPartition>> = HashMap::new();
+        let mut groups: HashMap<Route, Vec<FetchPartition>> = HashMap::new();
         for a in &self.assigned {
-            if self.in_flight.contains_key(&a.shard) {
+            if self.in_flight.contains_key(&a.route) {
                 continue;
             }
-            groups.entry(a.shard).or_default().push(FetchPartition {
-                topic: a.topic.clone(),
-                partition: a.partition,
-                offset: a.offset,
-                max_bytes: self.partition_max_bytes,
-            });
+            groups
+                .entry(a.route.clone())
+                .or_default()
+                .push(FetchPartition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset: a.offset,
+                    max_bytes: self.partition_max_bytes,
+                });
         }
         for (group, partitions) in groups {
-            let client = self.shard_clients.get(group);
+            let client = self.routes.client(&group);
             let req = Request::Fetch {
                 max_wait_ms: self.max_wait_ms,
                 min_bytes: 1,
@@ -212,12 +250,24 @@ impl Consumer {
                 partitions,
             };
             let (done, generation) = (self.done_tx.clone(), self.generation);
+            let key = group.clone();
             let task = tokio::spawn(async move {
                 let r = client.call(req).await;
                 let _ = done.send((group, generation, r));
             });
-            self.in_flight.insert(group, task);
+            self.in_flight.insert(key, task);
         }
+    }
+
+    /// The topics of the partitions fetched through `route`.
+    fn topics_routed(&self, route: &Route) -> Vec<String> {
+        let mut topics: Vec<String> = Vec::new();
+        for a in self.assigned.iter().filter(|a| &a.route == route) {
+            if !topics.contains(&a.topic) {
+                topics.push(a.topic.clone());
+            }
+        }
+        topics
     }
 
     /// The next offset to read of an assigned partition.
@@ -245,16 +295,35 @@ impl Consumer {
             };
             if generation == self.generation {
                 self.in_flight.remove(&group);
-                break resp?;
+                match resp {
+                    Ok(r) => break r,
+                    Err(e) if e.is_retriable() => {
+                        let topics = self.topics_routed(&group);
+                        if self.follow_leaders(&topics).await {
+                            return Ok(Vec::new());
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let Response::Fetch(results) = resp else {
             return Err(Error::Protocol(format!("unexpected answer {resp:?}")));
         };
         let fetched: usize = results.iter().map(|r| r.records.len()).sum();
+        let mut moved: Vec<String> = Vec::new();
         for r in results {
             if !r.error.is_ok() {
-                return Err(Error::broker(&r.error));
+                let e = Error::broker(&r.error);
+                if e.is_retriable() && self.routes.clustered() {
+                    // Led elsewhere now (or being elected): the others' records stand.
+                    if !moved.contains(&r.topic) {
+                        moved.push(r.topic.clone());
+                    }
+                    continue;
+                }
+                return Err(e);
             }
             let Some(a) = self
                 .assigned
@@ -305,6 +374,9 @@ impl Consumer {
                 }
                 a.offset = a.offset.max(info.last_offset() + 1);
             }
+        }
+        if !moved.is_empty() {
+            self.follow_leaders(&moved).await;
         }
         // Prefetch: the group's next fetch runs while the application handles these
         // records.

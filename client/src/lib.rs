@@ -39,6 +39,7 @@ mod consumer;
 mod group;
 mod partitioner;
 mod producer;
+mod routes;
 
 pub use admin::{Admin, PartitionInfo, TopicDescription};
 pub use conn::Client;

@@ -22,8 +22,9 @@ use ringmq_storage::batch::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::conn::{Reply, ShardClients};
-use crate::{Admin, Client, Error, Result, partition_for_key};
+use crate::conn::Reply;
+use crate::routes::{Route, Routes};
+use crate::{Client, Error, Result, partition_for_key};
 
 /// Producer settings.
 #[derive(Debug, Clone)]
@@ -41,8 +42,14 @@ pub struct ProducerConfig {
     /// replicas are in sync than the topic's `min.insync.replicas`; [`Acks::None`] once
     /// the broker has the request (offsets are then -1).
     pub acks: Acks,
-    /// Attempts after the first for a batch that failed with a retriable error.
+    /// Attempts after the first for a batch that failed with a retriable error (the
+    /// connection failed, or the partition's leader moved or is being elected), within
+    /// `delivery_timeout`. Default: no limit but the timeout, as Kafka's producer.
     pub retries: u32,
+    /// How long a batch is tried at most, from when it is first sent: long enough for
+    /// a cluster to elect a new leader after a node fails. Default 120 s (Kafka's
+    /// `delivery.timeout.ms`).
+    pub delivery_timeout: Duration,
     /// Compression of each batch's records: `None`, `Lz4`, `Zstd`, `Gzip` or `Snappy`
     /// (xerial framing, as Kafka's Java client writes it). The broker stores batches as
     /// sent; consumers decompress.
@@ -53,9 +60,9 @@ pub struct ProducerConfig {
     /// producer then needs no producer id).
     pub max_in_flight: usize,
     /// Send each partition's batches on a connection served by the broker shard (core)
-    /// that owns the partition, as Kafka clients send to each partition's leader: one
-    /// connection per shard used, no request forwarded between cores. Default on; off
-    /// sends everything on the client's one connection.
+    /// that owns the partition: one connection per shard used, no request forwarded
+    /// between cores. Default on; off sends each node's partitions on one connection.
+    /// Either way, in a cluster each partition's batches go to the node that leads it.
     pub shard_aware: bool,
 }
 
@@ -92,7 +99,8 @@ impl Default for ProducerConfig {
             batch_bytes: 64 << 10,
             linger: Duration::from_millis(5),
             acks: Acks::Leader,
-            retries: 3,
+            retries: u32::MAX,
+            delivery_timeout: Duration::from_secs(120),
             compression: Compression::None,
             max_in_flight: MAX_IN_FLIGHT_LIMIT,
             shard_aware: true,
@@ -151,14 +159,12 @@ struct Partition {
 }
 
 struct Inner {
-    client: Client,
     config: ProducerConfig,
     /// By topic, then partition index (looked up by `&str`: no allocation per send).
     partitions: Mutex<HashMap<String, HashMap<u32, Partition>>>,
-    /// By topic: each partition's shard (so also the partition count).
-    topics: Mutex<HashMap<String, Vec<u32>>>,
-    /// A connection per shard (shard-aware sending), shared by its partitions.
-    shard_clients: ShardClients,
+    /// Each partition's leader and shard, and a connection per (node, shard) used,
+    /// shared by the partitions routed there.
+    routes: Routes,
     sticky: Mutex<HashMap<String, u32>>,
     closed: std::sync::atomic::AtomicBool,
     /// Producer id and epoch for sequenced batches, shared by the partitions.
@@ -195,11 +201,9 @@ impl Producer {
     pub fn new(client: Client, config: ProducerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                shard_clients: ShardClients::new(client.clone()),
-                client,
+                routes: Routes::new(client),
                 config,
                 partitions: Mutex::new(HashMap::new()),
-                topics: Mutex::new(HashMap::new()),
                 sticky: Mutex::new(HashMap::new()),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 ids: tokio::sync::Mutex::new(Ids::Unknown),
@@ -214,22 +218,10 @@ impl Producer {
     }
 
     async fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(shards) = self.inner.topics.lock().unwrap().get(topic) {
-            return Ok(shards.len() as u32);
+        if let Some(n) = self.inner.routes.partition_count(topic) {
+            return Ok(n);
         }
-        let d = Admin::new(self.inner.client.clone())
-            .describe_topic(topic)
-            .await?;
-        let n = d.partitions.len() as u32;
-        if n == 0 {
-            return Err(Error::Invalid(format!("topic {topic} has no partitions")));
-        }
-        self.inner
-            .topics
-            .lock()
-            .unwrap()
-            .insert(topic.into(), d.partitions.iter().map(|p| p.shard).collect());
-        Ok(n)
+        Ok(self.inner.routes.lookup(topic).await?.len() as u32)
     }
 
     /// Sends a record; resolves to the (partition, offset) it was stored at. A keyed
@@ -388,15 +380,16 @@ impl Producer {
 
     fn start_partition(&self, topic: &str, partition: u32) -> Partition {
         let (jobs, rx) = mpsc::unbounded_channel::<Job>();
-        let shard = self
+        let route = self
             .inner
-            .topics
-            .lock()
-            .unwrap()
-            .get(topic)
-            .and_then(|s| s.get(partition as usize).copied())
-            .filter(|_| self.inner.config.shard_aware);
-        let client = self.inner.shard_clients.get(shard);
+            .routes
+            .cached(topic, partition)
+            .unwrap_or(Route {
+                addr: None,
+                shard: None,
+            })
+            .shard_aware(self.inner.config.shard_aware);
+        let client = self.inner.routes.client(&route);
         let worker = Worker {
             client,
             inner: self.inner.clone(),
@@ -479,9 +472,9 @@ fn take_accum(inner: &Inner, topic: &str, p: &mut Partition) -> Option<(Vec<u8>,
     // Records without a key move on to another partition with each batch.
     let mut sticky = inner.sticky.lock().unwrap();
     if let Some(s) = sticky.get_mut(topic)
-        && let Some(n) = inner.topics.lock().unwrap().get(topic).map(Vec::len)
+        && let Some(n) = inner.routes.partition_count(topic)
     {
-        *s = (*s + 1) % n as u32;
+        *s = (*s + 1) % n;
     }
     Some((batch.finish(), waiters))
 }
@@ -526,6 +519,8 @@ struct InFlight {
     seq: Option<i32>,
     /// The request on the wire; `None` when it is to be sent (again).
     reply: Option<Reply>,
+    /// When it was taken to be sent (its delivery timeout runs from here).
+    taken_at: std::time::Instant,
 }
 
 /// One partition's sender: takes batches in order, keeps up to `max_in_flight` of them
@@ -621,6 +616,7 @@ impl Worker {
                     waiters,
                     seq: None,
                     reply: None,
+                    taken_at: std::time::Instant::now(),
                 };
                 self.answer(f, Err(e));
                 return;
@@ -632,6 +628,7 @@ impl Worker {
             waiters,
             seq: None,
             reply: None,
+            taken_at: std::time::Instant::now(),
         };
         // A failed send leaves `reply` empty: the batch fails in its turn and goes
         // through `recover`, like one whose answer was an error.
@@ -672,7 +669,7 @@ impl Worker {
     async fn producer_ids(&self) -> Result<Option<(i64, i16)>> {
         let mut ids = self.inner.ids.lock().await;
         if *ids == Ids::Unknown {
-            *ids = match self.inner.client.call(Request::InitProducer).await {
+            *ids = match self.inner.routes.call_any(Request::InitProducer).await {
                 Ok(Response::Producer { producer_id, epoch }) => Ids::Known { producer_id, epoch },
                 Ok(other) => {
                     return Err(Error::Protocol(format!("unexpected answer {other:?}")));
@@ -751,12 +748,19 @@ impl Worker {
                     } => true,
                     _ => false,
                 };
-                if !again || attempt >= self.inner.config.retries {
+                if !again
+                    || attempt >= self.inner.config.retries
+                    || f.taken_at.elapsed() >= self.inner.config.delivery_timeout
+                {
                     break Err(error);
                 }
                 // Right after the batch before it went in, the next one goes at once.
                 if !(attempt == 0 && last_ok) {
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt + 1))).await;
+                    let backoff = 100 * u64::from(attempt.saturating_add(1)).min(10);
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+                if error.is_retriable() {
+                    self.follow_leader().await;
                 }
                 attempt += 1;
                 match self.send(&mut f).await {
@@ -776,6 +780,17 @@ impl Worker {
             }
             last_ok = result.is_ok();
             self.answer(f, result);
+        }
+    }
+
+    /// After a failure a moved leader would explain (a connection failure, or
+    /// `Unavailable`), sends to wherever the partition is led now.
+    async fn follow_leader(&mut self) {
+        if let Ok(routes) = self.inner.routes.refresh(&self.topic).await
+            && let Some(route) = routes.get(self.partition as usize)
+        {
+            let route = route.clone().shard_aware(self.inner.config.shard_aware);
+            self.client = self.inner.routes.client(&route);
         }
     }
 

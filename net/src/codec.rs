@@ -78,11 +78,13 @@ pub enum ApiKey {
     InitProducer = 14,
     /// Move this connection to the shard that owns the partitions it will use.
     BindShard = 15,
+    /// Where each partition of a topic is led: node, native address and shard.
+    Leaders = 16,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 17] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -99,6 +101,7 @@ impl ApiKey {
         ApiKey::FetchOffsets,
         ApiKey::InitProducer,
         ApiKey::BindShard,
+        ApiKey::Leaders,
     ];
 
     /// The key for a wire value.
@@ -327,6 +330,12 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Where each partition of a topic is led (clients send each partition's requests
+    /// to its leader, and ask again when a partition answers `Unavailable`).
+    Leaders {
+        /// Topic name.
+        topic: String,
+    },
     /// Append batches.
     Produce {
         /// 0: no answer wanted (answered at once); 1: answer once the leader has it
@@ -436,6 +445,7 @@ impl Request {
             Request::DeleteTopic { .. } => ApiKey::DeleteTopic,
             Request::ListTopics => ApiKey::ListTopics,
             Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
+            Request::Leaders { .. } => ApiKey::Leaders,
             Request::Produce { .. } => ApiKey::Produce,
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
@@ -464,6 +474,23 @@ pub struct PartitionInfo {
     pub high_watermark: i64,
     /// Bytes on disk.
     pub size_bytes: u64,
+}
+
+/// Where one partition is led ([`Response::Leaders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLeader {
+    /// Partition index.
+    pub partition: u32,
+    /// The leader's node id: -1 while the partition has none (an election or a node
+    /// restart under way: ask again), 0 on a single node.
+    pub leader: i32,
+    /// The leader's epoch (0 on a single node).
+    pub leader_epoch: i32,
+    /// The leader's native listener, `host:port`; empty on a single node (the broker
+    /// that answered) and while there is no leader.
+    pub address: String,
+    /// The shard of the leader that owns the partition (for `BindShard`).
+    pub shard: u32,
 }
 
 /// Result of producing to one partition.
@@ -607,6 +634,13 @@ pub enum Response {
         partitions: Vec<PartitionInfo>,
         /// Settings.
         configs: Configs,
+    },
+    /// Answer to Leaders.
+    Leaders {
+        /// Success or why not (`UnknownTopic`).
+        error: WireError,
+        /// Every partition, in index order.
+        partitions: Vec<PartitionLeader>,
     },
     /// Per-partition produce results.
     Produce(Vec<ProduceResult>),
@@ -794,7 +828,9 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
                 out.put_u16(*rf);
             }
         }
-        Request::DeleteTopic { name } | Request::DescribeTopic { name } => put_str(&mut out, name),
+        Request::DeleteTopic { name }
+        | Request::DescribeTopic { name }
+        | Request::Leaders { topic: name } => put_str(&mut out, name),
         Request::ListTopics | Request::BrokerStats | Request::InitProducer => {}
         Request::BindShard { shard } => out.put_u32(*shard),
         Request::Produce { acks, partitions } => {
@@ -941,6 +977,9 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
             },
             ApiKey::DescribeTopic => Request::DescribeTopic {
                 name: r.str("topic")?,
+            },
+            ApiKey::Leaders => Request::Leaders {
+                topic: r.str("topic")?,
             },
             ApiKey::Produce => {
                 let acks = r.u8("acks")?;
@@ -1254,6 +1293,17 @@ fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
             }
             put_configs(out, configs);
         }
+        Response::Leaders { error, partitions } => {
+            put_err(out, error);
+            out.put_u32(partitions.len() as u32);
+            for p in partitions {
+                out.put_u32(p.partition);
+                out.put_i32(p.leader);
+                out.put_i32(p.leader_epoch);
+                put_str(out, &p.address);
+                out.put_u32(p.shard);
+            }
+        }
         Response::Produce(results) => {
             out.put_u32(results.len() as u32);
             for r in results {
@@ -1376,6 +1426,21 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
                 configs: r.configs()?,
             }
         }
+        ApiKey::Leaders => {
+            let error = r.err()?;
+            let n = r.count("partitions", 16)?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                partitions.push(PartitionLeader {
+                    partition: r.u32("partition")?,
+                    leader: r.i32("leader")?,
+                    leader_epoch: r.i32("leader epoch")?,
+                    address: r.str("address")?,
+                    shard: r.u32("shard")?,
+                });
+            }
+            Response::Leaders { error, partitions }
+        }
         ApiKey::Produce => {
             let n = r.count("results", 16)?;
             let mut v = Vec::with_capacity(n);
@@ -1471,6 +1536,7 @@ mod tests {
             Request::InitProducer,
             Request::BindShard { shard: 3 },
             Request::DescribeTopic { name: "y".into() },
+            Request::Leaders { topic: "y".into() },
             Request::Produce {
                 acks: 1,
                 partitions: vec![ProducePartition {
@@ -1577,6 +1643,19 @@ mod tests {
                         size_bytes: 999,
                     }],
                     configs: vec![("flush".into(), "every_batch".into())],
+                },
+            ),
+            (
+                ApiKey::Leaders,
+                Response::Leaders {
+                    error: WireError::none(),
+                    partitions: vec![PartitionLeader {
+                        partition: 0,
+                        leader: 2,
+                        leader_epoch: 5,
+                        address: "10.0.0.2:9093".into(),
+                        shard: 1,
+                    }],
                 },
             ),
             (

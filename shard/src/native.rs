@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use ringmq_net::codec::{
-    self, ErrorCode, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo, ProduceResult,
-    Request, Response, WireError,
+    self, ErrorCode, FetchResult, OFFSET_EARLIEST, OFFSET_LATEST, PartitionInfo, PartitionLeader,
+    ProduceResult, Request, Response, WireError,
 };
 use ringmq_net::conn::{Handler, Handoff, LocalFuture};
 
@@ -139,6 +139,7 @@ impl Shard {
             )),
             Request::ListTopics => Response::Topics(self.topic_names()),
             Request::DescribeTopic { name } => self.native_describe(name).await,
+            Request::Leaders { topic } => self.native_leaders(&topic),
             Request::CreateTopic {
                 name,
                 partitions,
@@ -304,6 +305,63 @@ impl Shard {
                     .collect(),
                 configs: meta.configs.into_iter().collect(),
             },
+        }
+    }
+
+    /// Where each partition of `topic` is led. A single node leads them all (node 0, no
+    /// address: the client goes on with the broker it asked); in a cluster, the
+    /// metadata's leader and its native listener, none while this node has not yet
+    /// caught up with the metadata after a restart.
+    fn native_leaders(&self, topic: &str) -> Response {
+        let Some(meta) = self.topic(topic) else {
+            let error = if self.clustered() && self.cluster().is_none() {
+                WireError::new(
+                    ErrorCode::Unavailable,
+                    "this node is starting: it has not learned the cluster's metadata yet",
+                )
+            } else {
+                wire(BrokerError::unknown_topic(topic))
+            };
+            return Response::Leaders {
+                error,
+                partitions: Vec::new(),
+            };
+        };
+        let cluster = self.cluster();
+        let partitions = (0..meta.partitions)
+            .map(|p| {
+                let shard = meta.placement.get(p as usize).copied().unwrap_or(0);
+                let Some(c) = &cluster else {
+                    return PartitionLeader {
+                        partition: p,
+                        leader: 0,
+                        leader_epoch: 0,
+                        address: String::new(),
+                        shard,
+                    };
+                };
+                let view = c.partition(&TopicPartition::new(topic, p));
+                let leader = view.and_then(|v| v.leader).filter(|_| c.registered);
+                let address = leader
+                    .and_then(|l| c.nodes.get(&l))
+                    .filter(|n| !n.fenced)
+                    .map(|n| n.native.clone());
+                PartitionLeader {
+                    partition: p,
+                    leader: if address.is_some() {
+                        leader.unwrap_or(-1)
+                    } else {
+                        -1
+                    },
+                    leader_epoch: view.map_or(0, |v| v.leader_epoch),
+                    address: address.unwrap_or_default(),
+                    shard,
+                }
+            })
+            .collect();
+        Response::Leaders {
+            error: WireError::none(),
+            partitions,
         }
     }
 

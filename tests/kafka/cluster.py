@@ -3,7 +3,7 @@
 
 Run by tests/cluster.rs:
 
-    cluster.py BINARY WORKDIR confluent|kafka-python|kcat
+    cluster.py BINARY WORKDIR confluent|kafka-python|kcat|native
 
 Starts three `ringmq serve` nodes on 127.0.0.1 (ports chosen free now, one shard each,
 every node a controller voter), creates a topic with 3 partitions, replication factor 3
@@ -17,7 +17,12 @@ and min.insync.replicas=2, and then, per client:
 - kafka-python: acks=all sends with retries across the same kill; every acknowledged
   value must be read back (kafka-python is not idempotent: a retried send may be stored
   twice, which is counted, not failed).
-- kcat: acks=all lines produced and consumed back, with the leader killed between.
+- kcat: acks=all lines produced and consumed back, with the leader killed between;
+  `ringmq topic create --replication-factor` through a node.
+- native: `ringmq produce --acks all` (the native client: idempotent, following leaders)
+  given lines while the leader of partition 0 is killed and restarted; it must exit 0
+  (every line acknowledged), and `ringmq consume --format json` must read every line
+  back exactly once, one line per offset.
 
 Nodes are stopped at the end whatever happens (SIGTERM, then SIGKILL). Exits non-zero
 with the reason on the first mismatch.
@@ -330,9 +335,58 @@ def kcat():
     print(f"kcat: {len(want)} lines written with acks=all, read back after a leader kill")
 
 
+def native():
+    natives = ",".join(f"127.0.0.1:{PORTS[n]['native']}" for n in NODES)
+    n = 6000
+    producer = subprocess.Popen([BINARY, "produce", TOPIC, "--acks", "all", "--brokers", natives],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+    victim = None
+    for i in range(n):
+        producer.stdin.write(f"n-{i}\n".encode())
+        if i % 50 == 49:
+            producer.stdin.flush()
+            time.sleep(0.02)
+        if i == n // 3:
+            producer.stdin.flush()
+            victim = kill_leader_and_restart(0, print)
+    producer.stdin.close()
+    producer.stdin = None
+    try:
+        out, err = producer.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        producer.kill()
+        out, err = producer.communicate()
+        fail(f"ringmq produce did not finish: {err.decode()[-800:]}")
+    if producer.returncode != 0:
+        fail(f"ringmq produce failed across the kill of node {victim}: {err.decode()[-800:]}")
+    print(f"native: {n} lines produced with acks=all across the kill of node {victim}: "
+          f"{err.decode().strip()}")
+    wait_full_isr(20)
+    c = subprocess.run([BINARY, "consume", TOPIC, "--format", "json", "--brokers", natives],
+                       capture_output=True, timeout=120)
+    if c.returncode != 0:
+        fail(f"ringmq consume: {c.stderr.decode()[-800:]}")
+    seen, at = {}, {}
+    for line in c.stdout.decode().splitlines():
+        r = json.loads(line)
+        v, where = r["value"], (r["partition"], r["offset"])
+        if where in at:
+            fail(f"offset {where} read twice")
+        at[where] = v
+        if v in seen:
+            fail(f"{v} stored twice: at {seen[v]} and {where}")
+        seen[v] = where
+    lost = [f"n-{i}" for i in range(n) if f"n-{i}" not in seen]
+    if lost:
+        fail(f"lost-write: {len(lost)} acknowledged lines never read, e.g. {lost[:5]}")
+    print(f"native: all {n} read back once")
+
+
 try:
     setup()
-    {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat}[CLIENT]()
+    {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat,
+     "native": native}[CLIENT]()
     wait_full_isr(20)
     print("final:", describe())
 finally:
