@@ -73,6 +73,12 @@ pub struct ProduceArgs {
     /// or none (sent)
     #[arg(long, default_value = "leader", value_parser = ["leader", "1", "all", "-1", "none", "0"])]
     pub acks: String,
+    /// Print each record's outcome on standard output as it is answered, one JSON
+    /// object per line: {"line":N,"partition":P,"offset":O} or {"line":N,"error":"..."}
+    /// (N counts input lines from 0). A failed record then does not stop the run; the
+    /// exit status is 1 if any failed
+    #[arg(long)]
+    pub report: bool,
 }
 
 /// `ringmq consume TOPIC`
@@ -217,6 +223,17 @@ pub fn produce(b: BrokerArgs, a: ProduceArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let (mut records, mut bytes) = (0u64, 0u64);
         let mut inflight = tokio::task::JoinSet::new();
+        let mut failed = 0u64;
+        // A send's outcome: an error ends the run, unless reported (then counted).
+        let settle = |r: Result<ringmq_client::Result<(u32, i64)>, tokio::task::JoinError>,
+                      a: &ProduceArgs|
+         -> anyhow::Result<u64> {
+            match r.context("send task")? {
+                Ok(_) => Ok(0),
+                Err(_) if a.report => Ok(1),
+                Err(e) => Err(e).with_context(|| format!("producing to {}", a.topic)),
+            }
+        };
         // Standard input is read on a thread of its own, so sends (and their retries
         // while a leader moves) go on while the next line is awaited.
         let (tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);
@@ -239,23 +256,35 @@ pub fn produce(b: BrokerArgs, a: ProduceArgs) -> anyhow::Result<()> {
             bytes += value.len() as u64 + key.as_ref().map_or(0, |k| k.len() as u64);
             records += 1;
             let (p, topic, headers) = (producer.clone(), a.topic.clone(), headers.clone());
-            let partition = a.partition;
+            let (partition, report, line_no) = (a.partition, a.report, records - 1);
             inflight.spawn(async move {
-                match partition {
+                let r = match partition {
                     Some(n) => p.send_to(&topic, n, key.as_deref(), &value, &headers).await,
                     None => p.send(&topic, key.as_deref(), &value, &headers).await,
+                };
+                if report {
+                    let line = match &r {
+                        Ok((partition, offset)) => serde_json::json!({
+                            "line": line_no, "partition": partition, "offset": offset,
+                        }),
+                        Err(e) => serde_json::json!({"line": line_no, "error": e.to_string()}),
+                    };
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
                 }
+                r
             });
             // Bounded memory: wait for the oldest answers past 10k records in flight.
             while inflight.len() > 10_000 {
                 if let Some(r) = inflight.join_next().await {
-                    r.context("send task")?.with_context(|| format!("producing to {}", a.topic))?;
+                    failed += settle(r, &a)?;
                 }
             }
         }
         producer.flush().await?;
         while let Some(r) = inflight.join_next().await {
-            r.context("send task")?.with_context(|| format!("producing to {}", a.topic))?;
+            failed += settle(r, &a)?;
         }
         producer.close().await?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -264,6 +293,9 @@ pub fn produce(b: BrokerArgs, a: ProduceArgs) -> anyhow::Result<()> {
             records as f64 / secs,
             bytes as f64 / secs / 1e6
         );
+        if failed > 0 {
+            bail!("{failed} of {records} record(s) failed (reported above)");
+        }
         Ok(())
     })
 }

@@ -2,6 +2,9 @@
 //!
 //! * [`Client`]: one connection to a broker, pipelined requests, reconnected on the next
 //!   call after a failure; [`Client::call`] sends any native-protocol request.
+//!   [`Client::connect`] takes one address or a cluster's several; producers and
+//!   consumers send each partition's requests to the node that leads it and follow it
+//!   when it moves.
 //! * [`Admin`]: create, delete, list and describe topics.
 //! * [`Producer`]: `send(topic, key, value, headers)` resolving to (partition, offset);
 //!   records are batched per partition by size and linger, up to five batches in flight
@@ -81,11 +84,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// True for errors worth retrying (connection failures, unavailable shards).
+    /// True for errors worth retrying: connection failures, `Unavailable` (a shard
+    /// busy, a partition whose leader moved or is being elected) and `Timeout` (an
+    /// acks=all batch not replicated in time; an idempotent retry is stored once).
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Io { .. } => true,
-            Error::Broker { code, .. } => matches!(code, ErrorCode::Unavailable),
+            Error::Broker { code, .. } => {
+                matches!(code, ErrorCode::Unavailable | ErrorCode::Timeout)
+            }
             _ => false,
         }
     }

@@ -31,6 +31,12 @@ use crate::ops::TopicPartition;
 use crate::partition::Partition;
 use crate::producers::{self, Producers};
 
+/// Longest an acks=all produce waits for its batch to be replicated before it is
+/// answered `Timeout` (Kafka's default `request.timeout.ms`): a leader cut off from its
+/// followers and from the controller cannot tell it lost its leadership, and native
+/// clients have no request timeout of their own.
+pub const ACKS_ALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A partition's replication state.
 #[derive(Debug)]
 pub(crate) enum Replication {
@@ -494,6 +500,7 @@ impl Partition {
         };
         self.carry_out(effects, epoch);
         let Some(cell) = cell else { return Ok(()) };
+        let deadline = std::time::Instant::now() + ACKS_ALL_TIMEOUT;
         loop {
             let moved = self.high_watermark_moved().changed();
             match cell.get() {
@@ -508,7 +515,23 @@ impl Partition {
                         ),
                     ));
                 }
-                None => moved.await,
+                None => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        // Not an acknowledgement: the batch may yet commit, or be cut
+                        // by a new leader; an idempotent retry finds out which.
+                        return Err(BrokerError::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "{}: appended at offset {} but not replicated to the in-sync replicas within {} s",
+                                self.tp(),
+                                end_offset - 1,
+                                ACKS_ALL_TIMEOUT.as_secs()
+                            ),
+                        ));
+                    }
+                    futures_lite::future::or(moved, glommio::timer::sleep(left)).await;
+                }
             }
         }
     }

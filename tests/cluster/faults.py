@@ -10,9 +10,10 @@ exist, since it writes nft rules:
 
 Nodes 1, 2, 3 listen on 127.0.0.11, .12, .13 (Kafka 9092, cluster 9093, native 9094),
 one shard each. A topic with 3 partitions, replication factor 3 and
-min.insync.replicas=2 takes unique values from two idempotent acks=all producers
-(confluent-kafka, librdkafka) while a consumer reads every partition from offset 0
-with assign(). For RINGMQ_FAULT_SECONDS (default 120), and until each kind has run and
+min.insync.replicas=2 takes unique values from two idempotent acks=all producers of
+confluent-kafka (librdkafka) and one of the native client (`ringmq produce --acks all
+--report`, which follows partition leaders) while a consumer reads every partition from
+offset 0 with assign(). For RINGMQ_FAULT_SECONDS (default 120), and until each kind has run and
 partition leaders have been killed at least 10 times, a nemesis injects one fault every
 2-4 s, healing each before the next:
 
@@ -65,7 +66,8 @@ SESSION_TIMEOUT_MS = 3000
 LAG_TIME_MAX_MS = 3000
 # Messages retry this long before the producer gives up: longer than any fault.
 MESSAGE_TIMEOUT_MS = 60000
-PRODUCERS = 2
+PRODUCERS = 2  # librdkafka (confluent-kafka)
+NATIVE_PRODUCERS = 1  # `ringmq produce`, the native client
 RATE_PER_PRODUCER = 100  # values per second
 LEADER_KILLS_MIN = 10
 ISR_RECOVERY_MAX_S = 10.0
@@ -408,6 +410,93 @@ class Producer(threading.Thread):
             left = repr(e)
             self.fatal_errors.append(repr(e))
         self.history.log(self.who, "flushed", left=left)
+
+
+class NativeProducer(threading.Thread):
+    """`ringmq produce --acks all --report`: the native client (idempotent, sending each
+    partition's batches to its leader and following it when it moves) given unique values
+    `n<i>-<seq>` at a steady rate on its standard input; each value's outcome comes from
+    the report it prints."""
+
+    def __init__(self, idx, topic, history, state, binary, log_path):
+        super().__init__(name=f"native-{idx}", daemon=True)
+        self.idx = idx
+        self.who = f"native-{idx}"
+        self.topic = topic
+        self.history = history
+        self.state = state
+        self.binary = binary
+        self.log_path = log_path
+        self.stop_event = threading.Event()
+        self.fatal_errors = []
+        self.values = []
+
+    def read_reports(self, out):
+        import json
+
+        for line in out:
+            try:
+                r = json.loads(line)
+                value = self.values[r["line"]]
+            except (ValueError, KeyError, IndexError) as e:
+                self.history.log(self.who, "bad-report", line=repr(line), error=repr(e))
+                continue
+            if "error" in r:
+                self.state.failed[value] = r["error"]
+                self.history.log(self.who, "fail", value=value, error=repr(r["error"]))
+            else:
+                self.state.acked[value] = (r["partition"], r["offset"])
+                self.state.ack_times.append(now())
+                self.history.log(self.who, "ok", value=value, partition=r["partition"],
+                                 offset=r["offset"])
+
+    def run(self):
+        natives = ",".join(f"{a}:{NATIVE_PORT}" for a in NODES.values())
+        err = open(self.log_path, "a")
+        proc = subprocess.Popen(
+            [self.binary, "produce", self.topic, "--acks", "all", "--report",
+             "--brokers", natives],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        reports = threading.Thread(target=self.read_reports, args=(proc.stdout,), daemon=True)
+        reports.start()
+        seq = 0
+        period = 1.0 / RATE_PER_PRODUCER
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            value = f"n{self.idx}-{seq}"
+            self.values.append(value)
+            self.state.invoked[value] = None  # the client picks the partition
+            self.history.log(self.who, "invoke", value=value)
+            try:
+                proc.stdin.write(f"{value}\n".encode())
+                proc.stdin.flush()
+            except OSError as e:
+                self.history.log(self.who, "write-error", error=repr(e))
+                self.fatal_errors.append(f"ringmq produce gone: {e!r}")
+                break
+            seq += 1
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_at = time.monotonic()
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            code = proc.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+            self.fatal_errors.append("ringmq produce did not finish within 150 s")
+        reports.join(10)
+        err.close()
+        # Exit status 1 only says some record failed (each is in the report).
+        if code not in (0, 1):
+            self.fatal_errors.append(f"ringmq produce exited with {code}")
+        self.history.log(self.who, "flushed", code=code)
 
 
 class State:
@@ -864,6 +953,9 @@ def run(args, rng, root, nodes, history, violations, seed):
 
     state = State()
     producers = [Producer(i, topic, history, state) for i in range(1, PRODUCERS + 1)]
+    producers += [NativeProducer(i, topic, history, state, args.binary,
+                                 os.path.join(root, f"native-{i}.log"))
+                  for i in range(1, NATIVE_PRODUCERS + 1)]
     reader = Reader(topic, history, violations)
     monitor = Monitor(cluster, nodes, history)
     for t in producers + [reader, monitor]:
