@@ -178,6 +178,32 @@ fn produce_fetch_forwarding_long_poll_restart() {
         Response::Done(e) => assert_eq!(e.code, ErrorCode::TopicExists),
         other => panic!("{other:?}"),
     }
+    // A single node leads every partition itself: node 0, no address, each one's shard.
+    let described = match c.call(Request::DescribeTopic {
+        name: "orders".into(),
+    }) {
+        Response::Topic { partitions, .. } => partitions,
+        other => panic!("{other:?}"),
+    };
+    match c.call(Request::Leaders {
+        topic: "orders".into(),
+    }) {
+        Response::Leaders { error, partitions } => {
+            assert!(error.is_ok(), "{error:?}");
+            assert_eq!(partitions.len(), 8);
+            for (l, d) in partitions.iter().zip(&described) {
+                assert_eq!((l.partition, l.leader, l.leader_epoch), (d.partition, 0, 0));
+                assert_eq!((l.address.as_str(), l.shard), ("", d.shard));
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    match c.call(Request::Leaders {
+        topic: "nope".into(),
+    }) {
+        Response::Leaders { error, .. } => assert_eq!(error.code, ErrorCode::UnknownTopic),
+        other => panic!("{other:?}"),
+    }
     // 8 partitions over 2 shards: this connection's shard forwards half the requests.
     let mut sent: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
     for seq in 0..20 {
