@@ -103,10 +103,9 @@ impl KafkaService {
             resp.cluster_id = Some(s(CLUSTER_ID));
         }
         if version >= 1 {
-            resp.controller_id = km::BrokerId(match &cluster {
-                Some(c) => c.controller.unwrap_or(-1),
-                None => NODE_ID,
-            });
+            resp.controller_id = km::BrokerId(
+                self.controller_id(&resp.brokers.iter().map(|b| b.node_id.0).collect::<Vec<_>>()),
+            );
         }
         for name in names {
             let mut t = km::metadata_response::MetadataResponseTopic::default();
@@ -176,12 +175,10 @@ impl KafkaService {
     pub(crate) fn describe_cluster(&self) -> km::DescribeClusterResponse {
         let mut resp = km::DescribeClusterResponse::default();
         resp.cluster_id = s(CLUSTER_ID);
-        resp.controller_id = km::BrokerId(match self.shard.cluster() {
-            Some(c) => c.controller.unwrap_or(-1),
-            None => NODE_ID,
-        });
-        resp.brokers = self
-            .brokers()
+        let brokers = self.brokers();
+        let ids: Vec<i32> = brokers.iter().map(|b| b.0).collect();
+        resp.controller_id = km::BrokerId(self.controller_id(&ids));
+        resp.brokers = brokers
             .into_iter()
             .map(|(id, host, port)| {
                 let mut b = km::describe_cluster_response::DescribeClusterBroker::default();
@@ -194,8 +191,38 @@ impl KafkaService {
         resp
     }
 
-    /// The brokers clients may reach: this one alone, or the cluster's unfenced nodes.
+    /// The controller a client should send administrative requests to, always one of
+    /// `listed` (the brokers of the same answer): a client told of a controller it has no
+    /// address for waits for it (librdkafka's admin requests wait until they time out).
+    /// In a cluster every node forwards topic changes to the controller quorum's leader,
+    /// as a KRaft broker does, so the quorum leader is named when it is listed, else
+    /// this node, else any listed node.
+    pub(crate) fn controller_id(&self, listed: &[i32]) -> i32 {
+        match self.shard.cluster() {
+            None => NODE_ID,
+            Some(c) => named_controller(c.controller, c.me, listed),
+        }
+    }
+
+    /// The brokers a Metadata or DescribeCluster answer lists: this one alone, or the
+    /// cluster's unfenced nodes and always this node, which the client reached. (A node
+    /// that has not yet applied its own registration would otherwise list no broker, or
+    /// only others; librdkafka drops its bootstrap brokers on such an answer and, with
+    /// none listed, is left with nobody to ask.)
     pub(crate) fn brokers(&self) -> Vec<(i32, StrBytes, i32)> {
+        let mut brokers = self.unfenced();
+        if let Some(c) = self.shard.cluster()
+            && !brokers.iter().any(|b| b.0 == c.me)
+        {
+            let (host, port) = self.broker();
+            brokers.push((c.me, host, port));
+            brokers.sort_by_key(|b| b.0);
+        }
+        brokers
+    }
+
+    /// This broker alone, or the cluster's unfenced nodes as the metadata says.
+    fn unfenced(&self) -> Vec<(i32, StrBytes, i32)> {
         match self.shard.cluster() {
             None => {
                 let (host, port) = self.broker();
@@ -211,9 +238,10 @@ impl KafkaService {
     }
 
     /// The node coordinating `group`: this one alone; in a cluster, one of the unfenced
-    /// nodes chosen by the group's name, so every client agrees.
+    /// nodes chosen by the group's name, so every client agrees (every node picks from
+    /// the same metadata, not from a list that adds itself).
     pub(crate) fn coordinator_for(&self, group: &str) -> (i32, StrBytes, i32) {
-        let brokers = self.brokers();
+        let brokers = self.unfenced();
         if brokers.len() <= 1 {
             let (host, port) = self.broker();
             let id = self.shard.cluster().map_or(NODE_ID, |c| c.me);
@@ -236,5 +264,32 @@ impl KafkaService {
             .topic_names()
             .into_iter()
             .find(|name| self.shard.topic(name).is_some_and(|m| m.id == want))
+    }
+}
+
+/// The controller a cluster node names: the quorum leader `controller` when `listed`,
+/// else this node `me` when listed, else the first listed node, else -1.
+fn named_controller(controller: Option<i32>, me: i32, listed: &[i32]) -> i32 {
+    controller
+        .filter(|l| listed.contains(l))
+        .or_else(|| listed.contains(&me).then_some(me))
+        .or_else(|| listed.first().copied())
+        .unwrap_or(-1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_controller;
+
+    /// Regression: a node that had not yet applied the other nodes' registrations listed
+    /// itself alone and named node 3 controller; librdkafka's CreateTopics waited for a
+    /// broker 3 it had no address for until it timed out.
+    #[test]
+    fn the_named_controller_is_always_a_listed_broker() {
+        assert_eq!(named_controller(Some(3), 1, &[1, 2, 3]), 3);
+        assert_eq!(named_controller(Some(3), 1, &[1]), 1);
+        assert_eq!(named_controller(None, 1, &[1, 2]), 1);
+        assert_eq!(named_controller(Some(3), 1, &[2]), 2);
+        assert_eq!(named_controller(Some(3), 1, &[]), -1);
     }
 }

@@ -30,6 +30,7 @@ with the reason on the first mismatch.
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -54,12 +55,34 @@ def fail(why):
     sys.exit(1)
 
 
+TAKEN = set()
+
+
 def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now, below the kernel's range for ephemeral ports (so no client
+    connection takes it while a node restarts on it), and not one this run already
+    chose (the kernel may hand the same port to two binds in a row once the first is
+    closed)."""
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    lo, hi = 10000, max(low, 10100)
+    rng = random.Random(os.getpid() ^ time.time_ns())
+    for _ in range(hi - lo):
+        port = rng.randrange(lo, hi)
+        if port in TAKEN:
+            continue
+        s = socket.socket(socket.AF_INET, kind)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        TAKEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {lo}..{hi}")
 
 
 PORTS = {n: {"kafka": free_port(), "native": free_port(), "cluster": free_port(socket.SOCK_DGRAM)} for n in NODES}
@@ -108,10 +131,22 @@ def stop_all():
             p.wait()
 
 
-def metadata():
+def metadata(bootstrap=BOOTSTRAP):
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": BOOTSTRAP}).list_topics(timeout=10)
+    return AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+
+
+def all_registered():
+    """Every node lists all three: a node lists itself whatever the metadata says, and
+    the others once it applied their registration, so three lists of three mean every
+    node is registered and every node knows it."""
+    for n in NODES:
+        md = metadata(f"127.0.0.1:{PORTS[n]['kafka']}")
+        # -1: the answer came from the bootstrap connection, node n's own.
+        if md.orig_broker_id not in (n, -1) or sorted(md.brokers) != NODES:
+            return False
+    return True
 
 
 def leader_of(partition):
@@ -153,7 +188,7 @@ def setup():
     deadline = time.time() + 30
     while True:
         try:
-            if len(metadata().brokers) == 3:
+            if all_registered():
                 break
         except Exception:
             pass
@@ -389,5 +424,11 @@ try:
      "native": native}[CLIENT]()
     wait_full_isr(20)
     print("final:", describe())
+except Exception:
+    # Not a check that failed (those exit through fail()): a client call that raised.
+    # The nodes' logs say what the cluster was doing.
+    import traceback
+    traceback.print_exc()
+    fail("the scenario raised an exception (traceback above)")
 finally:
     stop_all()
