@@ -1144,6 +1144,9 @@ def report(state, reader, logs, highs, nemesis, producers, isr_s, violations, hi
           f"failed {len(failed)} ({len([v for v in failed if v in present])} of them "
           f"in the log; {errors}), in doubt {len(in_doubt)} "
           f"({len([v for v in in_doubt if v in present])} in the log)")
+    native_sent = [v for v in state.invoked if v.startswith("n")]
+    print(f"  of them by the native client: sent {len(native_sent)}, acknowledged "
+          f"{len([v for v in native_sent if v in state.acked])}")
     print(f"  lost {counts.get('lost-write', 0)}, duplicated {counts.get('duplicate', 0)}, "
           f"inconsistent offsets {counts.get('inconsistent-offsets', 0)}, "
           f"unseen {counts.get('unseen', 0)}")
