@@ -39,11 +39,14 @@ pub struct ProducerConfig {
     /// When a send resolves: [`Acks::Leader`] (the default) once its batch is durable
     /// on the partition's leader under the topic's flush policy; [`Acks::All`] once
     /// every in-sync replica has it, refused with `NotEnoughReplicas` while fewer
-    /// replicas are in sync than the topic's `min.insync.replicas`; [`Acks::None`] once
+    /// replicas are in sync than the topic's `min.insync.replicas` (in a cluster, retried
+    /// like a moved leader until `delivery_timeout`; on a single node at once, as its
+    /// in-sync replicas cannot grow); [`Acks::None`] once
     /// the broker has the request (offsets are then -1).
     pub acks: Acks,
     /// Attempts after the first for a batch that failed with a retriable error (the
-    /// connection failed, or the partition's leader moved or is being elected), within
+    /// connection failed, the partition's leader moved or is being elected, or, in a
+    /// cluster, too few replicas were in sync), within
     /// `delivery_timeout`. Default: no limit but the timeout, as Kafka's producer.
     pub retries: u32,
     /// How long a batch is tried at most, from when it is first sent: long enough for
@@ -727,26 +730,17 @@ impl Worker {
             }
             let mut attempt = 0;
             let result = loop {
-                let again = match &error {
-                    e if e.is_retriable() => true,
+                let again = match retry_for(&error, self.inner.routes.clustered()) {
+                    Retry::No => false,
+                    Retry::Again => true,
                     // The broker lost this producer (it restarted before storing any of
                     // its batches): start over under new ids.
-                    Error::Broker {
-                        code: ringmq_net::codec::ErrorCode::UnknownProducer,
-                        ..
-                    } => {
+                    Retry::WithNewIds => {
                         self.renew_ids().await;
                         f.seq = None;
                         restamp = true;
                         true
                     }
-                    // A later batch refused while an earlier one was missing: it goes
-                    // again once the earlier one is in.
-                    Error::Broker {
-                        code: ringmq_net::codec::ErrorCode::OutOfOrderSequence,
-                        ..
-                    } => true,
-                    _ => false,
                 };
                 if !again
                     || attempt >= self.inner.config.retries
@@ -834,5 +828,89 @@ async fn wait_one(f: &mut InFlight) -> Result<i64> {
             }
         }
         other => Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// What a batch's failure calls for ([`retry_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Fail the batch.
+    No,
+    /// Send it again (to the partition's leader as it is now).
+    Again,
+    /// Send it again under new producer ids.
+    WithNewIds,
+}
+
+/// Whether a batch that failed with `error` goes again, on a broker that is a cluster's
+/// node (`clustered`) or a single node.
+fn retry_for(error: &Error, clustered: bool) -> Retry {
+    use ringmq_net::codec::ErrorCode;
+    match error {
+        e if e.is_retriable() => Retry::Again,
+        Error::Broker { code, .. } => match code {
+            // Too few replicas in sync: in a cluster the ISR grows back once a follower
+            // catches up (Kafka's producer retries this too); a single node's ISR is
+            // itself and never grows, so there it fails at once.
+            ErrorCode::NotEnoughReplicas if clustered => Retry::Again,
+            // The broker lost this producer (it restarted before storing any of its
+            // batches).
+            ErrorCode::UnknownProducer => Retry::WithNewIds,
+            // A later batch refused while an earlier one was missing: it goes again
+            // once the earlier one is in.
+            ErrorCode::OutOfOrderSequence => Retry::Again,
+            _ => Retry::No,
+        },
+        _ => Retry::No,
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::{Error, Retry, retry_for};
+    use ringmq_net::codec::ErrorCode;
+
+    fn broker(code: ErrorCode) -> Error {
+        Error::Broker {
+            code,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn too_few_in_sync_replicas_are_waited_for_in_a_cluster_only() {
+        let e = broker(ErrorCode::NotEnoughReplicas);
+        assert_eq!(retry_for(&e, true), Retry::Again);
+        assert_eq!(retry_for(&e, false), Retry::No);
+    }
+
+    #[test]
+    fn moved_leaders_and_lost_producers_are_retried_and_bad_batches_are_not() {
+        for clustered in [false, true] {
+            assert_eq!(
+                retry_for(&broker(ErrorCode::Unavailable), clustered),
+                Retry::Again
+            );
+            assert_eq!(
+                retry_for(&broker(ErrorCode::Timeout), clustered),
+                Retry::Again
+            );
+            assert_eq!(
+                retry_for(&broker(ErrorCode::OutOfOrderSequence), clustered),
+                Retry::Again
+            );
+            assert_eq!(
+                retry_for(&broker(ErrorCode::UnknownProducer), clustered),
+                Retry::WithNewIds
+            );
+            assert_eq!(
+                retry_for(&broker(ErrorCode::CorruptBatch), clustered),
+                Retry::No
+            );
+            assert_eq!(
+                retry_for(&broker(ErrorCode::MessageTooLarge), clustered),
+                Retry::No
+            );
+        }
     }
 }
