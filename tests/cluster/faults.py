@@ -398,12 +398,7 @@ class Producer(threading.Thread):
                 self.history.log(self.who, "poll-error", error=repr(e))
                 if self.fatal is None and e.args and hasattr(e.args[0], "name"):
                     self.fatal = e.args[0]
-            next_at += period
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_at = time.monotonic()
+            next_at = pace(next_at, period)
         try:
             left = p.flush(MESSAGE_TIMEOUT_MS / 1000 + 10)
         except BaseException as e:  # a fatal error is raised as a bare KafkaError
@@ -475,12 +470,7 @@ class NativeProducer(threading.Thread):
                 self.fatal_errors.append(f"ringmq produce gone: {e!r}")
                 break
             seq += 1
-            next_at += period
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_at = time.monotonic()
+            next_at = pace(next_at, period)
         try:
             proc.stdin.close()
         except OSError:
@@ -497,6 +487,17 @@ class NativeProducer(threading.Thread):
         if code not in (0, 1):
             self.fatal_errors.append(f"ringmq produce exited with {code}")
         self.history.log(self.who, "flushed", code=code)
+
+
+def pace(next_at, period):
+    """Sleeps until `period` after `next_at` (a steady rate); returns that time, or now
+    when behind, so a stall is not made up with a burst."""
+    next_at += period
+    delay = next_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+        return next_at
+    return time.monotonic()
 
 
 class State:
