@@ -11,7 +11,8 @@ use ringmq_client::{Acks, Admin, Client, Consumer, Position, Producer, ProducerC
 /// Where the broker is: shared by the client commands.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// Broker address, HOST:PORT (its native listener)
+    /// Broker address, HOST:PORT (its native listener); in a cluster, several
+    /// comma-separated (the first that answers is asked where each partition's leader is)
     #[arg(
         long,
         global = true,
@@ -69,8 +70,9 @@ pub struct ProduceArgs {
     #[arg(long)]
     pub partition: Option<u32>,
     /// When a record counts as written: leader (durable on the partition's leader),
-    /// all (on every in-sync replica, refused below the topic's min.insync.replicas),
-    /// or none (sent)
+    /// all (on every in-sync replica; below the topic's min.insync.replicas a single
+    /// node refuses it, a cluster's records are retried until the ISR grows back or the
+    /// 120 s delivery timeout), or none (sent)
     #[arg(long, default_value = "leader", value_parser = ["leader", "1", "all", "-1", "none", "0"])]
     pub acks: String,
     /// Print each record's outcome on standard output as it is answered, one JSON
