@@ -886,31 +886,18 @@ mod retry_tests {
 
     #[test]
     fn moved_leaders_and_lost_producers_are_retried_and_bad_batches_are_not() {
+        let expected = [
+            (ErrorCode::Unavailable, Retry::Again),
+            (ErrorCode::Timeout, Retry::Again),
+            (ErrorCode::OutOfOrderSequence, Retry::Again),
+            (ErrorCode::UnknownProducer, Retry::WithNewIds),
+            (ErrorCode::CorruptBatch, Retry::No),
+            (ErrorCode::MessageTooLarge, Retry::No),
+        ];
         for clustered in [false, true] {
-            assert_eq!(
-                retry_for(&broker(ErrorCode::Unavailable), clustered),
-                Retry::Again
-            );
-            assert_eq!(
-                retry_for(&broker(ErrorCode::Timeout), clustered),
-                Retry::Again
-            );
-            assert_eq!(
-                retry_for(&broker(ErrorCode::OutOfOrderSequence), clustered),
-                Retry::Again
-            );
-            assert_eq!(
-                retry_for(&broker(ErrorCode::UnknownProducer), clustered),
-                Retry::WithNewIds
-            );
-            assert_eq!(
-                retry_for(&broker(ErrorCode::CorruptBatch), clustered),
-                Retry::No
-            );
-            assert_eq!(
-                retry_for(&broker(ErrorCode::MessageTooLarge), clustered),
-                Retry::No
-            );
+            for (code, want) in expected {
+                assert_eq!(retry_for(&broker(code), clustered), want, "{code:?}");
+            }
         }
     }
 }
