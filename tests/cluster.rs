@@ -1,6 +1,7 @@
 //! A 3-node cluster with real Kafka clients: confluent-kafka (idempotent, acks=all),
 //! kafka-python and kcat, each producing and consuming across a kill -9 of a partition
-//! leader and its restart. The nodes are `ringmq serve` processes on 127.0.0.1 (ports
+//! leader and its restart, and a confluent-kafka consumer group across a kill -9 of its
+//! coordinator's node. The nodes are `ringmq serve` processes on 127.0.0.1 (ports
 //! chosen free at run time, one shard each, every node a controller voter); the client
 //! side and the checks are `tests/kafka/cluster.py`, which starts and stops them.
 
@@ -55,6 +56,11 @@ fn kafka_python_acks_all_across_a_leader_kill_loses_nothing() {
 #[test]
 fn kcat_reads_back_what_it_wrote_across_a_leader_kill() {
     scenario("kcat");
+}
+
+#[test]
+fn a_consumer_group_keeps_its_offsets_and_members_across_the_loss_of_its_coordinator() {
+    scenario("groups");
 }
 
 #[test]

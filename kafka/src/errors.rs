@@ -33,6 +33,8 @@ pub fn kafka_code(kind: ErrorKind) -> i16 {
         K::FencedLeaderEpoch => KErr::FencedLeaderEpoch,
         K::UnknownLeaderEpoch => KErr::UnknownLeaderEpoch,
         K::CoordinatorNotAvailable | K::LimitReached => KErr::CoordinatorNotAvailable,
+        K::NotCoordinator => KErr::NotCoordinator,
+        K::CoordinatorLoadInProgress => KErr::CoordinatorLoadInProgress,
         K::InvalidGroupId => KErr::InvalidGroupId,
         K::GroupIdNotFound => KErr::GroupIdNotFound,
         K::UnknownMember => KErr::UnknownMemberId,

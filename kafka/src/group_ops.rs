@@ -261,7 +261,12 @@ pub fn response(request: &RequestKind, version: i16, reply: GroupReply) -> Optio
         }
         (RequestKind::OffsetFetch(_), GroupReply::FetchOffsets(topics)) => {
             let mut resp = km::OffsetFetchResponse::default();
-            resp.topics = fetched_topics(topics, version);
+            match topics {
+                Ok(topics) => resp.topics = fetched_topics(topics, version),
+                // v0 and v1 have no error field: their clients see no offsets.
+                Err(e) if version >= 2 => resp.error_code = error_code(e.kind),
+                Err(_) => {}
+            }
             ResponseKind::OffsetFetch(resp)
         }
         (RequestKind::OffsetDelete(q), GroupReply::DeleteOffsets(r)) => {
@@ -372,9 +377,16 @@ pub fn fetch_group_response(
 ) -> km::offset_fetch_response::OffsetFetchResponseGroup {
     let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
     gr.group_id = group.group_id.clone();
-    let Some(GroupReply::FetchOffsets(topics)) = reply else {
-        gr.error_code = coordinator_not_available();
-        return gr;
+    let topics = match reply {
+        Some(GroupReply::FetchOffsets(Ok(topics))) => topics,
+        Some(GroupReply::FetchOffsets(Err(e))) => {
+            gr.error_code = error_code(e.kind);
+            return gr;
+        }
+        _ => {
+            gr.error_code = coordinator_not_available();
+            return gr;
+        }
     };
     // As up to v7 (leader epochs included), in v8's types.
     gr.topics = fetched_topics(topics, 7)
@@ -446,9 +458,16 @@ pub fn described_group(
 ) -> km::describe_groups_response::DescribedGroup {
     let mut dg = km::describe_groups_response::DescribedGroup::default();
     dg.group_id = group.clone();
-    let Some(GroupReply::Describe(d)) = reply else {
-        dg.error_code = coordinator_not_available();
-        return dg;
+    let d = match reply {
+        Some(GroupReply::Describe(Ok(d))) => d,
+        Some(GroupReply::Describe(Err(e))) => {
+            dg.error_code = error_code(e.kind);
+            return dg;
+        }
+        _ => {
+            dg.error_code = coordinator_not_available();
+            return dg;
+        }
     };
     let DescribedGroup {
         state,

@@ -12,7 +12,8 @@ use crate::{KafkaService, TRANSACTIONS_UNSUPPORTED, TRANSACTIONS_UNSUPPORTED_MES
 
 impl KafkaService {
     /// A single node coordinates every group (the group's shard is found inside); in a
-    /// cluster each group has a node chosen by its name ([`KafkaService::coordinator_for`]).
+    /// cluster the leader of the group's partition of the groups' topic does
+    /// ([`KafkaService::coordinator_for`]).
     /// From v4 a request names several keys (KIP-699) and each gets its own answer.
     /// Transaction coordinators (key type 1) are refused: transactions are not
     /// supported; share groups (key type 2) neither.
@@ -49,12 +50,20 @@ impl KafkaService {
                         c.host = s("");
                         c.port = -1;
                     }
-                    None => {
-                        let (id, host, port) = self.coordinator_for(c.key.as_str());
-                        c.node_id = km::BrokerId(id);
-                        c.host = host;
-                        c.port = port;
-                    }
+                    None => match self.coordinator_for(c.key.as_str()) {
+                        Ok((id, host, port)) => {
+                            c.node_id = km::BrokerId(id);
+                            c.host = host;
+                            c.port = port;
+                        }
+                        Err((code, message)) => {
+                            c.error_code = code;
+                            c.error_message = Some(s(&message));
+                            c.node_id = km::BrokerId(-1);
+                            c.host = s("");
+                            c.port = -1;
+                        }
+                    },
                 }
                 resp.coordinators.push(c);
             }
@@ -69,10 +78,21 @@ impl KafkaService {
             resp.port = -1;
             return resp;
         }
-        let (id, host, port) = self.coordinator_for(r.key.as_str());
-        resp.node_id = km::BrokerId(id);
-        resp.host = host;
-        resp.port = port;
+        match self.coordinator_for(r.key.as_str()) {
+            Ok((id, host, port)) => {
+                resp.node_id = km::BrokerId(id);
+                resp.host = host;
+                resp.port = port;
+            }
+            Err((code, message)) => {
+                resp.error_code = code;
+                if version >= 1 {
+                    resp.error_message = Some(s(&message));
+                }
+                resp.node_id = km::BrokerId(-1);
+                resp.port = -1;
+            }
+        }
         resp
     }
 

@@ -4,7 +4,8 @@ use kafka_protocol::ResponseError as KErr;
 use kafka_protocol::messages::{self as km};
 use kafka_protocol::protocol::StrBytes;
 use ringmq_shard::error::ErrorKind;
-use ringmq_shard::ops::TopicOp;
+use ringmq_shard::groups;
+use ringmq_shard::ops::{TopicOp, TopicPartition};
 use ringmq_shard::topics;
 
 use crate::{
@@ -124,6 +125,10 @@ impl KafkaService {
                     if version >= 10 {
                         t.topic_id = topic_uuid(meta.id);
                     }
+                    // Consumers leave internal topics out of pattern subscriptions.
+                    if version >= 1 {
+                        t.is_internal = name == groups::OFFSETS_TOPIC;
+                    }
                     t.partitions = (0..meta.partitions)
                         .map(|p| {
                             let mut mp =
@@ -237,20 +242,44 @@ impl KafkaService {
         }
     }
 
-    /// The node coordinating `group`: this one alone; in a cluster, one of the unfenced
-    /// nodes chosen by the group's name, so every client agrees (every node picks from
-    /// the same metadata, not from a list that adds itself).
-    pub(crate) fn coordinator_for(&self, group: &str) -> (i32, StrBytes, i32) {
-        let brokers = self.unfenced();
-        if brokers.len() <= 1 {
+    /// The node coordinating `group`: this one alone; in a cluster, the leader of the
+    /// group's partition of the groups' topic, which holds the group's state. Until
+    /// that topic exists (its creation starts here, as in Kafka) or while that
+    /// partition has no leader, COORDINATOR_NOT_AVAILABLE with why, which clients retry.
+    pub(crate) fn coordinator_for(
+        &self,
+        group: &str,
+    ) -> Result<(i32, StrBytes, i32), (i16, String)> {
+        let not_available = |why: String| (KErr::CoordinatorNotAvailable.code(), why);
+        let Some(c) = self.shard.cluster() else {
             let (host, port) = self.broker();
-            let id = self.shard.cluster().map_or(NODE_ID, |c| c.me);
-            return brokers.into_iter().next().unwrap_or((id, host, port));
+            return Ok((NODE_ID, host, port));
+        };
+        let Some(topic) = self.shard.topic(groups::OFFSETS_TOPIC) else {
+            self.shard.ensure_offsets_topic();
+            return Err(not_available(format!(
+                "the group coordinators are starting: creating topic {}",
+                groups::OFFSETS_TOPIC
+            )));
+        };
+        let p = groups::offsets_partition(group, topic.partitions);
+        let tp = TopicPartition::new(groups::OFFSETS_TOPIC, p);
+        let leader = c.partition(&tp).and_then(|pv| pv.leader);
+        match leader {
+            Some(id) if id == c.me => {
+                let (host, port) = self.broker();
+                Ok((id, host, port))
+            }
+            Some(id) => match c.nodes.get(&id) {
+                Some(n) if !n.fenced => Ok((id, s(&n.kafka_host), i32::from(n.kafka_port))),
+                _ => Err(not_available(format!(
+                    "node {id}, the coordinator of this group, is not available"
+                ))),
+            },
+            None => Err(not_available(format!(
+                "partition {tp} has no leader: an election is under way"
+            ))),
         }
-        let h = group.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
-        brokers[(h % brokers.len() as u64) as usize].clone()
     }
 
     /// The name of the topic with Kafka id `id`, if there is one.

@@ -29,7 +29,8 @@ use crate::cluster::{ClusterView, TopicAuthority};
 use crate::error::{BrokerError, ErrorKind};
 use crate::gate::Gate;
 use crate::groups::{
-    Coordinator, CoordinatorOptions, GroupLimits, GroupOp, GroupReply, group_shard,
+    Coordinator, CoordinatorOptions, GroupLimits, GroupOp, GroupReply, Leading, OFFSETS_TOPIC,
+    group_shard, offsets_partition,
 };
 use crate::metadata;
 use crate::ops::{
@@ -207,6 +208,8 @@ pub struct Shard {
     authority: RefCell<Option<Rc<dyn TopicAuthority>>>,
     /// ISR changes this shard's leaders ask the controller for.
     outbox: Rc<Outbox>,
+    /// A creation of [`OFFSETS_TOPIC`] is under way ([`Shard::ensure_offsets_topic`]).
+    creating_offsets: Cell<bool>,
     /// Time zero of the replication rules' millisecond clock.
     started: Instant,
 }
@@ -253,6 +256,7 @@ impl Shard {
                     group_max_size: opts.group_max_size,
                     pending_members_max: opts.group_pending_members_max,
                 },
+                clustered: opts.clustered,
             },
             timers.clone(),
             cache.clone(),
@@ -293,6 +297,7 @@ impl Shard {
             cluster: RefCell::new(None),
             authority: RefCell::new(None),
             outbox: Outbox::new(),
+            creating_offsets: Cell::new(false),
             started: timers.now(),
             opts,
         });
@@ -476,6 +481,7 @@ impl Shard {
             .await?;
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let mut errors = Vec::new();
+        let mut offsets_led = Vec::new();
         for p in parts {
             let Some(pv) = view.partition(p.tp()) else {
                 continue;
@@ -502,12 +508,19 @@ impl Shard {
                         .await
                     {
                         errors.push(e.message);
+                    } else if p.tp().topic == OFFSETS_TOPIC {
+                        offsets_led.push(Leading {
+                            partition: p.clone(),
+                            epoch: pv.leader_epoch,
+                        });
                     }
                 }
                 Some(l) => p.follow(view.me, l, pv.leader_epoch),
                 None => p.stand_by(),
             }
         }
+        let offsets_partitions = view.topics.topics.get(OFFSETS_TOPIC).map(|m| m.partitions);
+        self.groups.lead_offsets(offsets_partitions, offsets_led);
         self.data_arrived.notify_all();
         if errors.is_empty() {
             Ok(())
@@ -596,16 +609,69 @@ impl Shard {
         })
     }
 
+    /// In a cluster, creates [`OFFSETS_TOPIC`] if it does not exist yet (as Kafka does
+    /// at the first FindCoordinator): [`crate::groups::OFFSETS_TOPIC_PARTITIONS`]
+    /// partitions, one replica per node up to
+    /// [`crate::groups::OFFSETS_TOPIC_REPLICATION_FACTOR`], no retention. Runs in the
+    /// background, one creation at a time; until it is done, group requests are
+    /// answered COORDINATOR_NOT_AVAILABLE, which clients retry.
+    pub fn ensure_offsets_topic(self: &Rc<Self>) {
+        let Some(view) = self.cluster() else {
+            return;
+        };
+        if self.has_topic(OFFSETS_TOPIC) || !view.registered || self.creating_offsets.get() {
+            return;
+        }
+        let rf = u16::try_from(view.nodes.len())
+            .unwrap_or(u16::MAX)
+            .clamp(1, crate::groups::OFFSETS_TOPIC_REPLICATION_FACTOR);
+        self.creating_offsets.set(true);
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let r = me
+                .change_topics(TopicOp::Create {
+                    name: OFFSETS_TOPIC.to_string(),
+                    partitions: crate::groups::OFFSETS_TOPIC_PARTITIONS,
+                    configs: crate::groups::offsets_topic_configs(),
+                    replication_factor: Some(rf),
+                    validate_only: false,
+                })
+                .await;
+            match r {
+                Ok(()) => tracing::info!(replication_factor = rf, "created {OFFSETS_TOPIC}, the consumer groups' topic"),
+                Err(e) if e.kind == ErrorKind::TopicExists => {}
+                Err(e) => tracing::warn!(error = %e.message, "creating {OFFSETS_TOPIC} failed; the next group request tries again"),
+            }
+            me.creating_offsets.set(false);
+        })
+        .detach();
+    }
+
     /// Answers a consumer-group operation: here if this shard coordinates the group,
     /// else on the shard that does ([`group_shard`]); `wait` is how long it may
     /// legitimately take (a join waits for its rebalance). `None` when that shard did
     /// not answer.
     pub async fn group_request(&self, op: GroupOp, wait: Duration) -> Option<GroupReply> {
         let owner = match op.group() {
+            Some(g) if self.opts.clustered => self.offsets_shard(g),
             Some(g) => group_shard(g, self.opts.shard_count),
             None => self.opts.shard_id,
         };
         self.group_request_on(owner, op, wait).await
+    }
+
+    /// In a cluster: the shard holding `group`'s partition of [`OFFSETS_TOPIC`] (this
+    /// one until the topic exists; its coordinator then answers that it is not ready).
+    fn offsets_shard(&self, group: &str) -> u32 {
+        let table = self.topics.borrow();
+        table
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|m| {
+                let p = offsets_partition(group, m.partitions);
+                m.placement.get(p as usize).copied()
+            })
+            .unwrap_or(self.opts.shard_id)
     }
 
     /// Answers a group operation on a given shard (a list of groups asks every shard).
@@ -746,6 +812,14 @@ impl Shard {
     async fn produce_here(self: &Rc<Self>, acks: Acks, parts: Vec<ProducePart>) -> Vec<Produced> {
         let mut running = Vec::with_capacity(parts.len());
         for part in parts {
+            if part.tp.topic == OFFSETS_TOPIC {
+                let e = BrokerError::new(
+                    ErrorKind::InvalidTopic,
+                    format!("{OFFSETS_TOPIC} is internal: only the group coordinators write to it"),
+                );
+                running.push(Err(Produced::failed(part.tp, e)));
+                continue;
+            }
             let Some(partition) = self.partition(&part.tp) else {
                 let e = self.not_here(&part.tp);
                 running.push(Err(Produced::failed(part.tp, e)));
@@ -1241,6 +1315,18 @@ impl Shard {
 
     /// Creates, changes or deletes a topic (through the metadata shard).
     pub async fn change_topics(self: &Rc<Self>, op: TopicOp) -> Result<(), BrokerError> {
+        // The groups' topic maps each group to a partition by the partition count, and
+        // holds every committed offset: it is neither deleted nor resized.
+        if let TopicOp::Delete { name } | TopicOp::Partitions { name, .. } = &op
+            && name == OFFSETS_TOPIC
+        {
+            return Err(BrokerError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "{OFFSETS_TOPIC} is the consumer groups' internal topic: it cannot be deleted or get more partitions"
+                ),
+            ));
+        }
         if self.opts.shard_id == METADATA_SHARD {
             let authority = self.authority.borrow().clone();
             if let Some(a) = authority {

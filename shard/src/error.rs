@@ -65,6 +65,12 @@ pub enum ErrorKind {
     // Consumer groups.
     /// The coordinator cannot serve the group now (its log cannot be written).
     CoordinatorNotAvailable,
+    /// This node does not coordinate the group (in a cluster: it does not lead the
+    /// group's partition of the offsets topic): find the coordinator again.
+    NotCoordinator,
+    /// This node is loading the group's state (it just became leader of the group's
+    /// partition of the offsets topic): retry shortly.
+    CoordinatorLoadInProgress,
     /// The group id is empty or not valid.
     InvalidGroupId,
     /// No such group.

@@ -67,6 +67,8 @@ pub fn code(kind: ErrorKind) -> ErrorCode {
         | K::FencedLeaderEpoch
         | K::UnknownLeaderEpoch
         | K::CoordinatorNotAvailable
+        | K::NotCoordinator
+        | K::CoordinatorLoadInProgress
         | K::GroupIdNotFound
         | K::NonEmptyGroup
         | K::GroupSubscribedToTopic
@@ -278,7 +280,11 @@ impl Shard {
             | Request::GroupHeartbeat { .. }
             | Request::LeaveGroup { .. }
             | Request::CommitOffsets { .. }
-            | Request::FetchOffsets { .. } => self.native_group(req).await,
+            | Request::FetchOffsets { .. } => {
+                // In a cluster the groups' topic is created at the first group request.
+                self.ensure_offsets_topic();
+                self.native_group(req).await
+            }
         }
     }
 

@@ -147,7 +147,8 @@ pub fn response(reply: GroupReply) -> Response {
         GroupReply::CommitOffsets(results) => Response::Done(outcome(
             &results.into_iter().find(Result::is_err).unwrap_or(Ok(())),
         )),
-        GroupReply::FetchOffsets(topics) => Response::Offsets(
+        GroupReply::FetchOffsets(Err(e)) => Response::Error(crate::native::wire(e)),
+        GroupReply::FetchOffsets(Ok(topics)) => Response::Offsets(
             topics
                 .into_iter()
                 .flat_map(|t| {

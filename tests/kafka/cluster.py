@@ -3,7 +3,7 @@
 
 Run by tests/cluster.rs:
 
-    cluster.py BINARY WORKDIR confluent|kafka-python|kcat|native
+    cluster.py BINARY WORKDIR confluent|kafka-python|kcat|groups|native
 
 Starts three `ringmq serve` nodes on 127.0.0.1 (ports chosen free now, one shard each,
 every node a controller voter), creates a topic with 3 partitions, replication factor 3
@@ -19,6 +19,10 @@ and min.insync.replicas=2, and then, per client:
   twice, which is counted, not failed).
 - kcat: acks=all lines produced and consumed back, with the leader killed between;
   `ringmq topic create --replication-factor` through a node.
+- groups: a confluent-kafka consumer group reads half the topic and commits; the node
+  coordinating the group is killed (SIGKILL); the consumer must go on with the
+  committed offsets unchanged, read the rest and commit on the new coordinator; after a
+  restart of the node, a new member of the group must read only what is produced then.
 - native: `ringmq produce --acks all` (the native client: idempotent, following leaders)
   given lines while the leader of partition 0 is killed and restarted; it must exit 0
   (every line acknowledged), and `ringmq consume --format json` must read every line
@@ -418,10 +422,119 @@ def native():
     print(f"native: all {n} read back once")
 
 
+def groups():
+    """A consumer group across the loss of its coordinator's node: its committed offsets
+    and its membership live in the replicated groups' topic, so another node takes the
+    group over and the consumer goes on where it was."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    n, group = 6000, "survivor"
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True,
+                         "acks": "all", "linger.ms": 2})
+
+    def produce(prefix, count):
+        for i in range(count):
+            producer.produce(TOPIC, key=str(i).encode(), value=f"{prefix}-{i}".encode())
+            producer.poll(0)
+        if producer.flush(60):
+            fail(f"{prefix}: values left unsent")
+
+    produce("g", n)
+    parts = [TopicPartition(TOPIC, p) for p in range(3)]
+    config = {"bootstrap.servers": BOOTSTRAP, "group.id": group,
+              "enable.auto.commit": False, "auto.offset.reset": "earliest",
+              "session.timeout.ms": 10000}
+    c = Consumer(config)
+    c.subscribe([TOPIC])
+    read, since_commit = {}, 0
+
+    def consume_until(target, timeout):
+        nonlocal since_commit
+        deadline = time.time() + timeout
+        while len(read) < target:
+            if time.time() > deadline:
+                fail(f"read {len(read)} of {target} values within {timeout} s")
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            v = m.value().decode()
+            read[v] = read.get(v, 0) + 1
+            since_commit += 1
+            if since_commit >= 200:
+                commit()
+
+    def commit():
+        nonlocal since_commit
+        if since_commit == 0:
+            return
+        # A commit that meets the coordinator's move fails retriably; it is retried.
+        for attempt in range(60):
+            try:
+                c.commit(asynchronous=False)
+                since_commit = 0
+                return
+            except KafkaException as e:
+                if not e.args[0].retriable() and attempt > 0 and "COORDINATOR" not in str(e):
+                    raise
+                time.sleep(0.5)
+        fail("commits failed for 30 s")
+
+    def committed():
+        for _ in range(60):
+            try:
+                return {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+            except KafkaException:
+                time.sleep(0.5)
+        fail("the committed offsets could not be read for 30 s")
+
+    consume_until(n // 2, 60)
+    commit()
+    before = committed()
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    coordinator = admin.describe_consumer_groups([group])[group].result(timeout=30).coordinator.id
+    print(f"read {len(read)}, committed {before}; killing node {coordinator}, the group's coordinator")
+    kill(coordinator)
+    after = committed()
+    if after != before:
+        fail(f"committed offsets changed across the coordinator's loss: {before} -> {after}")
+    consume_until(n, 90)
+    commit()
+    ends = committed()
+    now = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    if now.coordinator.id == coordinator:
+        fail(f"node {coordinator} is dead and still named the coordinator")
+    print(f"all {n} read; committed {ends} on node {now.coordinator.id}, "
+          f"{len(now.members)} member(s), state {now.state}")
+    c.close()
+    start(coordinator)
+    twice = sum(1 for k in read.values() if k > 1)
+    # A new member of the group starts at the committed offsets: it reads only what
+    # is produced now.
+    produce("late", 300)
+    c = Consumer(config)
+    c.subscribe([TOPIC])
+    late, old = set(), []
+    deadline = time.time() + 60
+    while len(late) < 300 and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None or m.error():
+            continue
+        v = m.value().decode()
+        (late.add(v) if v.startswith("late-") else old.append(v))
+    c.close()
+    if old:
+        fail(f"a new member re-read {len(old)} committed values, e.g. {old[:3]}: commits lost")
+    if len(late) < 300:
+        fail(f"a new member read {len(late)} of the 300 new values")
+    print(f"groups: {n} values read ({twice} twice) across the loss of coordinator node "
+          f"{coordinator}; committed offsets kept; a new member resumed at them")
+
+
 try:
     setup()
     {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat,
-     "native": native}[CLIENT]()
+     "native": native, "groups": groups}[CLIENT]()
     wait_full_isr(20)
     print("final:", describe())
 except Exception:

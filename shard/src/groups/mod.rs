@@ -44,6 +44,7 @@
 
 pub mod assign;
 pub mod ops;
+pub mod replicated;
 pub mod subscription;
 
 use std::cell::{Cell, RefCell};
@@ -62,6 +63,10 @@ pub use ops::{
     CommitOffsets, CommittedOffset, DeleteOffsets, DescribedGroup, DescribedMember, FetchOffsets,
     GroupMember, GroupOp, GroupReply, GroupState, Heartbeat, JoinGroup, JoinReply, Joined,
     LeaveGroup, Leaving, ListedGroup, MemberLeft, OffsetCommit, SyncGroup, SyncReply, TopicOffsets,
+};
+pub use replicated::{
+    Leading, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS, OFFSETS_TOPIC_REPLICATION_FACTOR,
+    offsets_partition, offsets_topic_configs,
 };
 
 use crate::error::{BrokerError, ErrorKind};
@@ -344,6 +349,11 @@ pub struct Coordinator {
     limits: GroupLimits,
     /// Refusals by each limit, for rate-limited warnings.
     limit_logs: [LimitLog; 3],
+    /// A cluster node: group state lives in [`OFFSETS_TOPIC`] ([`replicated`]), not in
+    /// the group log.
+    clustered: bool,
+    /// In a cluster: the partitions of [`OFFSETS_TOPIC`] this shard leads.
+    offsets_topic: RefCell<replicated::OffsetsTopic>,
 }
 
 /// A stable group's membership as the group log keeps it, so a restarted broker knows
@@ -452,6 +462,9 @@ pub struct CoordinatorOptions {
     pub log_compact_bytes: u64,
     /// The caps on groups, members and pending member ids.
     pub limits: GroupLimits,
+    /// A cluster node: groups live in the replicated [`OFFSETS_TOPIC`], each coordinated
+    /// by the leader of its partition; the local group log is not used.
+    pub clustered: bool,
 }
 
 /// A topic's partition count, if the topic exists.
@@ -545,6 +558,7 @@ impl Coordinator {
             initial_rebalance_delay: initial_delay,
             log_compact_bytes: compact_bytes,
             limits,
+            clustered,
         } = options;
         let root = data_dir.join(GROUPS_DIR);
         let config = LogConfig {
@@ -596,7 +610,15 @@ impl Coordinator {
             restored: RefCell::new(HashMap::new()),
             limits,
             limit_logs: Default::default(),
+            clustered,
+            offsets_topic: Default::default(),
         });
+        if clustered {
+            // Groups load from the offsets topic's partitions as this node leads them.
+            let sweeper = me.clone();
+            glommio::spawn_local(async move { sweeper.sweep().await }).detach();
+            return Ok(me);
+        }
         // Other shards' logs first (groups that moved here), then ours: older
         // generations (left by a compaction cut short) from their files, the current
         // one through the log.
@@ -675,6 +697,17 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Whether records of `group` belong to this shard: on a single node, when it is
+    /// the group's shard; in a cluster, when the shard leads the group's partition of
+    /// [`OFFSETS_TOPIC`].
+    fn owns(&self, group: &str) -> bool {
+        if self.clustered {
+            self.holds_replicated(group)
+        } else {
+            group_shard(group, self.shard_count) == self.shard_id
+        }
+    }
+
     /// Applies the offset records of one group-log batch that belong to this shard.
     fn apply_batch(&self, b: &[u8]) {
         let Ok(records) = batch::records(b) else {
@@ -685,7 +718,7 @@ impl Coordinator {
             if let Some(name) = r.key.and_then(|k| k.strip_prefix(b"g"))
                 && let Ok(name) = std::str::from_utf8(name)
             {
-                if group_shard(name, self.shard_count) == self.shard_id {
+                if self.owns(name) {
                     let rec = r.value.and_then(|v| serde_json::from_slice(v).ok());
                     self.restored.borrow_mut().insert(name.to_string(), rec);
                 }
@@ -694,7 +727,7 @@ impl Coordinator {
             let Some((group, topic, p)) = r.key.and_then(parse_offset_key) else {
                 continue;
             };
-            if group_shard(&group, self.shard_count) != self.shard_id {
+            if !self.owns(&group) {
                 continue;
             }
             match r.value.and_then(parse_offset_value) {
@@ -744,16 +777,22 @@ impl Coordinator {
     /// Answers an operation on a group this shard coordinates ([`GroupOp::List`]: on
     /// the groups here).
     pub async fn handle(self: &Rc<Self>, op: GroupOp) -> GroupReply {
+        if self.clustered
+            && let Some(g) = op.group()
+            && let Err(e) = self.serves(g)
+        {
+            return GroupReply::refused(&op, e);
+        }
         match op {
             GroupOp::Join(o) => GroupReply::Join(self.join(o).await),
             GroupOp::Sync(o) => GroupReply::Sync(self.sync(o).await),
             GroupOp::Heartbeat(o) => GroupReply::Heartbeat(self.heartbeat(&o)),
             GroupOp::Leave(o) => GroupReply::Leave(self.leave(o)),
             GroupOp::CommitOffsets(o) => GroupReply::CommitOffsets(self.commit(o).await),
-            GroupOp::FetchOffsets(o) => GroupReply::FetchOffsets(self.fetch_offsets(&o)),
+            GroupOp::FetchOffsets(o) => GroupReply::FetchOffsets(Ok(self.fetch_offsets(&o))),
             GroupOp::DeleteOffsets(o) => GroupReply::DeleteOffsets(self.delete_offsets(o).await),
             GroupOp::List => GroupReply::List(self.list()),
-            GroupOp::Describe { group } => GroupReply::Describe(self.describe(&group)),
+            GroupOp::Describe { group } => GroupReply::Describe(Ok(self.describe(&group))),
             GroupOp::Delete { group } => GroupReply::Delete(self.delete_group(&group).await),
         }
     }
@@ -1315,8 +1354,20 @@ impl Coordinator {
                 .sleep_until(self.timers.now() + Duration::from_millis(100))
                 .await;
             let records = self.sweep_once();
+            let groups: Vec<String> = records
+                .iter()
+                .filter_map(|(k, _)| k.strip_prefix(b"g"))
+                .filter_map(|g| std::str::from_utf8(g).ok().map(str::to_string))
+                .collect();
             if let Err(e) = self.write(records).await {
                 tracing::warn!(shard = self.shard_id, error = %e, "writing group membership failed");
+                // In a cluster the failure passes (a replica returns to the ISR, or
+                // another node takes the groups over): written again at the next
+                // sweep, if this shard still holds them.
+                if self.clustered {
+                    let mut dirty = self.dirty.borrow_mut();
+                    dirty.extend(groups.into_iter().filter(|g| self.owns(g)));
+                }
             }
         }
     }
@@ -1385,6 +1436,9 @@ impl Coordinator {
     ) -> Result<(), String> {
         if records.is_empty() {
             return Ok(());
+        }
+        if self.clustered {
+            return self.write_replicated(records).await;
         }
         let b = Self::encode(records);
         let size = {
@@ -1828,6 +1882,7 @@ mod tests {
                     initial_rebalance_delay: Duration::ZERO,
                     log_compact_bytes: 1 << 20,
                     limits,
+                    clustered: false,
                 };
                 let c = Coordinator::open(&data, options, timers.clone(), SegmentCache::new(16))
                     .await

@@ -207,17 +207,45 @@ pub enum GroupReply {
     Leave(Result<Vec<MemberLeft>>),
     /// To [`GroupOp::CommitOffsets`]: one answer per offset, in the operation's order.
     CommitOffsets(Vec<Result<()>>),
-    /// To [`GroupOp::FetchOffsets`].
-    FetchOffsets(Vec<TopicOffsets>),
+    /// To [`GroupOp::FetchOffsets`], or why not (this node does not coordinate the
+    /// group).
+    FetchOffsets(Result<Vec<TopicOffsets>>),
     /// To [`GroupOp::DeleteOffsets`]: one answer per partition, in the operation's
     /// order, or why none (no such group, or one whose subscriptions are unknown).
     DeleteOffsets(Result<Vec<Result<()>>>),
     /// To [`GroupOp::List`].
     List(Vec<ListedGroup>),
-    /// To [`GroupOp::Describe`].
-    Describe(DescribedGroup),
+    /// To [`GroupOp::Describe`], or why not (this node does not coordinate the group).
+    Describe(Result<DescribedGroup>),
     /// To [`GroupOp::Delete`].
     Delete(Result<()>),
+}
+
+impl GroupReply {
+    /// The answer to `op` when the coordinator cannot take it at all: `e` wherever
+    /// the reply of that operation carries an error.
+    pub fn refused(op: &GroupOp, e: crate::error::BrokerError) -> Self {
+        match op {
+            GroupOp::Join(j) => GroupReply::Join(JoinReply {
+                member_id: j.member_id.clone(),
+                result: Err(e),
+            }),
+            GroupOp::Sync(_) => GroupReply::Sync(SyncReply {
+                protocol: None,
+                assignment: Err(e),
+            }),
+            GroupOp::Heartbeat(_) => GroupReply::Heartbeat(Err(e)),
+            GroupOp::Leave(_) => GroupReply::Leave(Err(e)),
+            GroupOp::CommitOffsets(c) => {
+                GroupReply::CommitOffsets(c.offsets.iter().map(|_| Err(e.clone())).collect())
+            }
+            GroupOp::FetchOffsets(_) => GroupReply::FetchOffsets(Err(e)),
+            GroupOp::DeleteOffsets(_) => GroupReply::DeleteOffsets(Err(e)),
+            GroupOp::List => GroupReply::List(Vec::new()),
+            GroupOp::Describe { .. } => GroupReply::Describe(Err(e)),
+            GroupOp::Delete { .. } => GroupReply::Delete(Err(e)),
+        }
+    }
 }
 
 /// The answer to a [`JoinGroup`].
