@@ -694,3 +694,168 @@ fn a_cluster_node_answers_retriable_errors_for_partitions_it_does_not_hold() {
         shard.shutdown().await;
     });
 }
+
+/// A cluster node's groups live in `__consumer_offsets`: the node coordinates a group
+/// only while it leads the group's partition, a commit is written to that partition,
+/// and a node that leads it again (a new epoch) rebuilds the group's offsets from the
+/// log. Before the topic exists, and for a partition led elsewhere, group requests get
+/// the retriable errors that send Kafka clients to the coordinator.
+#[test]
+fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use ringmq_shard::cluster::{ClusterView, PartitionView};
+    use ringmq_shard::groups::{
+        CommitOffsets, FetchOffsets, GroupOp, GroupReply, OFFSETS_TOPIC, OffsetCommit,
+        offsets_partition,
+    };
+    use ringmq_shard::topics::TopicMeta;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    run(move || async move {
+        let key = IdKey::load_or_create(&data).unwrap();
+        let mut opts = options(&data, key, 0, 1);
+        opts.clustered = true;
+        let l = links(1).into_iter().next().unwrap();
+        let shard = Shard::start(opts, TopicTable::default(), l).await.unwrap();
+        let group = "billing";
+        let commit = |offset: i64| {
+            let shard = shard.clone();
+            async move {
+                let op = GroupOp::CommitOffsets(CommitOffsets {
+                    group: group.into(),
+                    member_id: String::new(),
+                    instance_id: None,
+                    generation: -1,
+                    offsets: vec![OffsetCommit {
+                        topic: "t".into(),
+                        partition: 0,
+                        offset,
+                        leader_epoch: -1,
+                        metadata: None,
+                    }],
+                });
+                match shard.group_request(op, Duration::ZERO).await {
+                    Some(GroupReply::CommitOffsets(r)) => r[0].clone().map_err(|e| e.kind),
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+        };
+        let fetch = || {
+            let shard = shard.clone();
+            async move {
+                let op = GroupOp::FetchOffsets(FetchOffsets {
+                    group: group.into(),
+                    topics: None,
+                    require_stable: false,
+                });
+                match shard.group_request(op, Duration::ZERO).await {
+                    Some(GroupReply::FetchOffsets(r)) => r
+                        .map(|ts| {
+                            ts.iter()
+                                .flat_map(|t| t.partitions.iter())
+                                .filter_map(|(_, c)| c.as_ref().map(|c| c.offset))
+                                .collect::<Vec<_>>()
+                        })
+                        .map_err(|e| e.kind),
+                    other => panic!("unexpected answer {other:?}"),
+                }
+            }
+        };
+        // Fetched until the partition's load is done (it runs in the background).
+        let fetch_loaded = || async {
+            for _ in 0..200 {
+                match fetch().await {
+                    Err(ErrorKind::CoordinatorLoadInProgress) => {
+                        glommio::timer::sleep(Duration::from_millis(5)).await
+                    }
+                    r => return r,
+                }
+            }
+            panic!("the load did not end");
+        };
+        let table = {
+            let mut topics = TopicTable::default();
+            let meta = |id, partitions| TopicMeta {
+                id,
+                partitions,
+                configs: BTreeMap::new(),
+                placement: vec![0; partitions as usize],
+            };
+            topics.topics.insert("t".into(), meta(1, 1));
+            topics.topics.insert(OFFSETS_TOPIC.into(), meta(2, 2));
+            topics
+        };
+        let p = offsets_partition(group, 2);
+        // This node (1) leads the group's partition in `epoch`, or node 2 does.
+        let view = |leader: i32, epoch: i32| {
+            let pv = |leader| PartitionView {
+                replicas: vec![1, 2],
+                leader: Some(leader),
+                leader_epoch: epoch,
+                isr: vec![leader],
+                partition_epoch: epoch,
+            };
+            let mut partitions = BTreeMap::new();
+            partitions.insert(TopicPartition::new("t", 0), pv(1));
+            partitions.insert(TopicPartition::new(OFFSETS_TOPIC, p), pv(leader));
+            partitions.insert(TopicPartition::new(OFFSETS_TOPIC, 1 - p), pv(2));
+            Arc::new(ClusterView {
+                me: 1,
+                topics: table.clone(),
+                partitions,
+                registered: true,
+                ..ClusterView::default()
+            })
+        };
+
+        assert_eq!(commit(5).await, Err(ErrorKind::CoordinatorNotAvailable));
+        shard.apply_cluster(view(1, 1)).await.unwrap();
+        assert_eq!(fetch_loaded().await, Ok(vec![]));
+        assert_eq!(commit(5).await, Ok(()));
+        assert_eq!(commit(7).await, Ok(()));
+        assert_eq!(fetch().await, Ok(vec![7]));
+        let log_end = |shard: &Rc<Shard>| {
+            shard
+                .partition(&TopicPartition::new(OFFSETS_TOPIC, p))
+                .unwrap()
+                .log_end_offset()
+        };
+        assert_eq!(
+            log_end(&shard),
+            2,
+            "each commit is a record of the partition"
+        );
+        assert_eq!(
+            shard
+                .produce(
+                    Acks::All,
+                    vec![ProducePart {
+                        tp: TopicPartition::new(OFFSETS_TOPIC, p),
+                        batch: batch(b"forged"),
+                    }],
+                )
+                .await[0]
+                .result
+                .as_ref()
+                .map_err(|e| e.kind)
+                .copied(),
+            Err(ErrorKind::InvalidTopic),
+            "clients do not write to the groups' topic"
+        );
+
+        // Node 2 takes the partition over: the group is not coordinated here.
+        shard.apply_cluster(view(2, 2)).await.unwrap();
+        assert_eq!(fetch().await, Err(ErrorKind::NotCoordinator));
+        assert_eq!(commit(9).await, Err(ErrorKind::NotCoordinator));
+
+        // Back here in epoch 3: the offsets come back from the partition's log.
+        shard.apply_cluster(view(1, 3)).await.unwrap();
+        assert_eq!(fetch_loaded().await, Ok(vec![7]));
+        assert_eq!(commit(11).await, Ok(()));
+        assert_eq!(fetch().await, Ok(vec![11]));
+        shard.shutdown().await;
+    });
+}

@@ -290,10 +290,7 @@ impl Coordinator {
     /// Appends records to the partitions of [`OFFSETS_TOPIC`] their groups belong to,
     /// acks=all, and applies each batch in memory once it is replicated. Fails for a
     /// group whose partition this shard does not lead.
-    pub(super) async fn write_replicated(
-        &self,
-        records: Vec<KeyValue>,
-    ) -> Result<(), String> {
+    pub(super) async fn write_replicated(&self, records: Vec<KeyValue>) -> Result<(), String> {
         let mut by_partition: BTreeMap<u32, Vec<KeyValue>> = BTreeMap::new();
         for (k, v) in records {
             let p = record_group(&k)
