@@ -506,7 +506,16 @@ def groups():
         fail(f"node {coordinator} is dead and still named the coordinator")
     print(f"all {n} read; committed {ends} on node {now.coordinator.id}, "
           f"{len(now.members)} member(s), state {now.state}")
+    member = c.memberid()
     c.close()
+    # The new coordinator took the group over with its members (the membership was
+    # replicated too): no node started a second generation while the member lived.
+    rebalances = 0
+    for node in NODES:
+        with open(os.path.join(WORK, f"node{node}.log"), errors="replace") as f:
+            rebalances += sum(1 for line in f if "group rebalanced" in line and group in line)
+    if rebalances != 1:
+        fail(f"the group rebalanced {rebalances} times, not once, across its coordinator's loss")
     start(coordinator)
     twice = sum(1 for k in read.values() if k > 1)
     # A new member of the group starts at the committed offsets: it reads only what
@@ -527,8 +536,9 @@ def groups():
         fail(f"a new member re-read {len(old)} committed values, e.g. {old[:3]}: commits lost")
     if len(late) < 300:
         fail(f"a new member read {len(late)} of the 300 new values")
-    print(f"groups: {n} values read ({twice} twice) across the loss of coordinator node "
-          f"{coordinator}; committed offsets kept; a new member resumed at them")
+    print(f"groups: {n} values read ({twice} twice) by member {member} across the loss of "
+          f"coordinator node {coordinator}, one generation; committed offsets kept; a new "
+          f"member resumed at them")
 
 
 try:
