@@ -697,8 +697,8 @@ fn a_cluster_node_answers_retriable_errors_for_partitions_it_does_not_hold() {
 
 /// A cluster node's groups live in `__consumer_offsets`: the node coordinates a group
 /// only while it leads the group's partition, a commit is written to that partition,
-/// and a node that leads it again (a new epoch) rebuilds the group's offsets from the
-/// log. Before the topic exists, and for a partition led elsewhere, group requests get
+/// the partition is compacted to a snapshot once it grows, and a node that leads it
+/// again (a new epoch) rebuilds the group's offsets from the log. Before the topic exists, and for a partition led elsewhere, group requests get
 /// the retriable errors that send Kafka clients to the coordinator.
 #[test]
 fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
@@ -718,6 +718,7 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
         let key = IdKey::load_or_create(&data).unwrap();
         let mut opts = options(&data, key, 0, 1);
         opts.clustered = true;
+        opts.group_log_compact_bytes = 0;
         let l = links(1).into_iter().next().unwrap();
         let shard = Shard::start(opts, TopicTable::default(), l).await.unwrap();
         let group = "billing";
@@ -846,14 +847,37 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
             "clients do not write to the groups' topic"
         );
 
+        // Commits past the compaction threshold (64 KiB at least): a snapshot of the
+        // group's offsets is written and the partition's log start moves to it.
+        let log_start = |shard: &Rc<Shard>| {
+            shard
+                .partition(&TopicPartition::new(OFFSETS_TOPIC, p))
+                .unwrap()
+                .log()
+                .start_offset()
+        };
+        for offset in 100..1100 {
+            assert_eq!(commit(offset).await, Ok(()));
+        }
+        for _ in 0..200 {
+            if log_start(&shard) > 0 {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(log_start(&shard) > 0, "the partition was compacted");
+        assert!(log_start(&shard) < log_end(&shard));
+        assert_eq!(fetch().await, Ok(vec![1099]));
+
         // Node 2 takes the partition over: the group is not coordinated here.
         shard.apply_cluster(view(2, 2)).await.unwrap();
         assert_eq!(fetch().await, Err(ErrorKind::NotCoordinator));
         assert_eq!(commit(9).await, Err(ErrorKind::NotCoordinator));
 
-        // Back here in epoch 3: the offsets come back from the partition's log.
+        // Back here in epoch 3: the offsets come back from the partition's log, which
+        // starts at the snapshot.
         shard.apply_cluster(view(1, 3)).await.unwrap();
-        assert_eq!(fetch_loaded().await, Ok(vec![7]));
+        assert_eq!(fetch_loaded().await, Ok(vec![1099]));
         assert_eq!(commit(11).await, Ok(()));
         assert_eq!(fetch().await, Ok(vec![11]));
         shard.shutdown().await;

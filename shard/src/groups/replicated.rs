@@ -14,8 +14,11 @@
 //! COORDINATOR_LOAD_IN_PROGRESS. When it stops leading one, it drops those groups: their
 //! requests get NOT_COORDINATOR, and clients look the coordinator up again.
 //!
-//! Not done yet: the topic is not compacted (a load reads every record ever written to
-//! the partition), and its partition count is fixed at [`OFFSETS_TOPIC_PARTITIONS`].
+//! Once a partition has taken more than the group log's compaction threshold since it
+//! was last compacted (and four times the last snapshot), the coordinator writes a
+//! snapshot of its groups to it and moves its log start there
+//! ([`Coordinator::compact_offsets`]). The partition count is fixed at
+//! [`OFFSETS_TOPIC_PARTITIONS`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -62,6 +65,11 @@ pub(super) struct Led {
     partition: Rc<Partition>,
     /// Its groups are loaded; until then their requests wait.
     loaded: bool,
+    /// Bytes this shard wrote to it since it led it or last compacted it.
+    written: u64,
+    /// Bytes of the last snapshot written by a compaction.
+    snapshot: u64,
+    compacting: bool,
 }
 
 /// What a clustered coordinator knows of [`OFFSETS_TOPIC`].
@@ -171,6 +179,9 @@ impl Coordinator {
                         epoch: l.epoch,
                         partition: l.partition.clone(),
                         loaded: false,
+                        written: 0,
+                        snapshot: 0,
+                        compacting: false,
                     });
                     to_load.push(l);
                 }
@@ -290,7 +301,10 @@ impl Coordinator {
     /// Appends records to the partitions of [`OFFSETS_TOPIC`] their groups belong to,
     /// acks=all, and applies each batch in memory once it is replicated. Fails for a
     /// group whose partition this shard does not lead.
-    pub(super) async fn write_replicated(&self, records: Vec<KeyValue>) -> Result<(), String> {
+    pub(super) async fn write_replicated(
+        self: &Rc<Self>,
+        records: Vec<KeyValue>,
+    ) -> Result<(), String> {
         let mut by_partition: BTreeMap<u32, Vec<KeyValue>> = BTreeMap::new();
         for (k, v) in records {
             let p = record_group(&k)
@@ -325,8 +339,119 @@ impl Coordinator {
             if current {
                 self.apply_batch(&b);
             }
+            let due = {
+                let mut t = self.offsets_topic.borrow_mut();
+                match t.led.get_mut(&p) {
+                    Some(l) if l.epoch == epoch => {
+                        l.written += b.len() as u64;
+                        let due =
+                            !l.compacting && l.written > self.compact_bytes.max(4 * l.snapshot);
+                        l.compacting |= due;
+                        due
+                    }
+                    _ => false,
+                }
+            };
+            if due {
+                let me = self.clone();
+                glommio::spawn_local(async move { me.compact_offsets(p, epoch).await }).detach();
+            }
         }
         Ok(())
+    }
+
+    /// Compaction of a partition of [`OFFSETS_TOPIC`] this shard leads: appends every
+    /// live record of its groups (their committed offsets and stable memberships) as a
+    /// snapshot, then moves the partition's log start to the snapshot, so the next
+    /// leader reads only that and what follows. No write to the partition runs
+    /// meanwhile (the snapshot is the state at its offset). Followers keep their older
+    /// records until they lead and compact (DeleteRecords moves the leader's log start
+    /// only); reading them first gives the same state.
+    async fn compact_offsets(self: Rc<Self>, p: u32, epoch: i32) {
+        let _permit = self.writing.acquire_permit(1).await;
+        let partition = {
+            let t = self.offsets_topic.borrow();
+            match t.led.get(&p) {
+                Some(l) if l.epoch == epoch => l.partition.clone(),
+                _ => return,
+            }
+        };
+        let n = self.offsets_topic.borrow().partitions;
+        let mine = |g: &str| n.is_some_and(|n| offsets_partition(g, n) == p);
+        let mut records: Vec<KeyValue> = self
+            .offsets
+            .borrow()
+            .iter()
+            .filter(|(g, _)| mine(g))
+            .flat_map(|(g, o)| {
+                o.iter().map(move |((t, part), (off, e, m))| {
+                    (
+                        super::offset_key(g, t, *part),
+                        Some(super::offset_value(*off, *e, m.as_deref())),
+                    )
+                })
+            })
+            .collect();
+        records.extend(
+            self.groups
+                .borrow()
+                .iter()
+                .filter(|(name, _)| mine(name))
+                .filter_map(|(name, g)| {
+                    super::GroupRecord::of(g)
+                        .map(|r| (super::group_key(name), serde_json::to_vec(&r).ok()))
+                }),
+        );
+        let result = async {
+            let mut start = partition.log_end_offset();
+            let mut bytes = 0u64;
+            let mut first = true;
+            let mut it = records.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<KeyValue> = it.by_ref().take(1000).collect();
+                let b = Self::encode(chunk);
+                bytes += b.len() as u64;
+                let a = partition
+                    .produce(Bytes::from(b), Acks::All, ringmq_storage::now_ms())
+                    .await
+                    .map_err(|(e, _)| e.message)?;
+                if first {
+                    start = a.base_offset;
+                    first = false;
+                }
+            }
+            let before = partition.log().start_offset();
+            partition
+                .delete_records_before(start)
+                .await
+                .map_err(|e| e.message)?;
+            Ok::<_, String>((before, start, bytes))
+        }
+        .await;
+        let mut t = self.offsets_topic.borrow_mut();
+        let Some(l) = t.led.get_mut(&p).filter(|l| l.epoch == epoch) else {
+            return;
+        };
+        l.compacting = false;
+        match result {
+            Ok((before, start, bytes)) => {
+                l.written = 0;
+                l.snapshot = bytes;
+                tracing::info!(
+                    shard = self.shard_id,
+                    partition = p,
+                    log_start_before = before,
+                    log_start = start,
+                    snapshot_bytes = bytes,
+                    "{OFFSETS_TOPIC} partition compacted"
+                );
+            }
+            Err(e) => {
+                // Tried again after as many bytes more.
+                l.written = 0;
+                tracing::warn!(shard = self.shard_id, partition = p, error = %e, "compacting {OFFSETS_TOPIC} failed");
+            }
+        }
     }
 }
 
