@@ -54,7 +54,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_GROUP_INITIAL_REBALANCE_DELAY_MS")]
     group_initial_rebalance_delay_ms: Option<u64>,
     /// Compact a shard's group log (committed offsets) once it is larger than this many
-    /// bytes and four times its last snapshot [default: 16777216]
+    /// bytes and four times its last snapshot; in a cluster, a partition of
+    /// __consumer_offsets once this many bytes were written to it since its last
+    /// snapshot (and four times that snapshot) [default: 16777216]
     #[arg(long, env = "RINGMQ_GROUP_LOG_COMPACT_BYTES")]
     group_log_compact_bytes: Option<u64>,
     /// Consumer groups one shard holds at most (groups with members or with member ids
