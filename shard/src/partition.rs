@@ -279,6 +279,38 @@ impl Partition {
                 ));
             }
         }
+        // A leader with followers admits appends within its replication window, in the
+        // order they arrive (before the sequence check, which must see them in order).
+        let window = if alone { None } else { self.window() };
+        let window_bytes = (batch.len() as u64).min(crate::replica::REPLICATION_WINDOW_BYTES);
+        if let Some(w) = &window
+            && !w.admit(window_bytes).await
+        {
+            return Err((
+                BrokerError::new(
+                    ErrorKind::NotLeader,
+                    format!("{}: the leadership moved while the append waited", self.tp),
+                ),
+                Vec::new(),
+            ));
+        }
+        let r = self.produce_admitted(batch, acks, now_ms, policy, alone).await;
+        if let Some(w) = &window {
+            let end = r.as_ref().ok().map(|a| a.end_offset);
+            w.appended(end, window_bytes, self.high_watermark());
+        }
+        r
+    }
+
+    /// [`Partition::produce`] once the replication window admitted the batch.
+    async fn produce_admitted(
+        &self,
+        batch: Bytes,
+        acks: Acks,
+        now_ms: i64,
+        policy: Rc<TopicPolicy>,
+        alone: bool,
+    ) -> Result<Appended, (BrokerError, Vec<(i32, String)>)> {
         // Applied before the sequence check, so a refused batch leaves no trace.
         let rewritten = match policy.apply(&batch, now_ms) {
             Ok(b) => b,

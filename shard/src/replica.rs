@@ -37,6 +37,118 @@ use crate::producers::{self, Producers};
 /// clients have no request timeout of their own.
 pub const ACKS_ALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Bytes a leader of a replicated partition admits above its high watermark: appends
+/// past it wait (in arrival order) until the followers have taken enough. Without a
+/// bound a fast producer puts the leader tens of MB ahead of its followers, whose
+/// fetches then read the data back from the segment files (a copy per follower, 40% of
+/// the leader's CPU in `benches/cluster.sh`); within it they are served from the log's
+/// tail cache, sized to hold it. An acks=all produce waits for the followers anyway;
+/// acks=1 and acks=0 producers are slowed to what the followers take.
+pub const REPLICATION_WINDOW_BYTES: u64 = 8 << 20;
+
+/// The replication window of a leader ([`REPLICATION_WINDOW_BYTES`]): appends are
+/// admitted first come, first served (an idempotent producer's batches keep their
+/// order), and their bytes are given back as the high watermark passes them.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    /// Bytes admitted and not yet below the high watermark.
+    in_flight: Cell<u64>,
+    next_ticket: Cell<u64>,
+    /// The ticket admitted next.
+    serving: Cell<u64>,
+    /// Tickets whose produce went away before its turn.
+    abandoned: RefCell<std::collections::BTreeSet<u64>>,
+    /// Appended batches above the high watermark: (end offset, bytes).
+    held: RefCell<std::collections::VecDeque<(i64, u64)>>,
+    closed: Cell<bool>,
+    changed: Notify,
+}
+
+/// A place in a [`Window`]'s queue; given up if dropped before its turn.
+struct Ticket<'a> {
+    window: &'a Window,
+    ticket: u64,
+    admitted: bool,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.admitted {
+            self.window.abandoned.borrow_mut().insert(self.ticket);
+            self.window.changed.notify_all();
+        }
+    }
+}
+
+impl Window {
+    /// Waits for room for `bytes` (all of the window when it is empty, whatever the
+    /// size); `false` once the window is closed (the leadership moved).
+    pub(crate) async fn admit(&self, bytes: u64) -> bool {
+        let mut t = Ticket {
+            window: self,
+            ticket: self.next_ticket.get(),
+            admitted: false,
+        };
+        self.next_ticket.set(t.ticket + 1);
+        loop {
+            if self.closed.get() {
+                return false;
+            }
+            {
+                let mut abandoned = self.abandoned.borrow_mut();
+                while abandoned.remove(&self.serving.get()) {
+                    self.serving.set(self.serving.get() + 1);
+                }
+            }
+            let room = self.in_flight.get() == 0
+                || self.in_flight.get() + bytes <= REPLICATION_WINDOW_BYTES;
+            if self.serving.get() == t.ticket && room {
+                t.admitted = true;
+                self.in_flight.set(self.in_flight.get() + bytes);
+                self.serving.set(t.ticket + 1);
+                self.changed.notify_all();
+                return true;
+            }
+            self.changed.changed().await;
+        }
+    }
+
+    /// An admitted append of `bytes` ended at `end_offset` (`None`: it failed, or was
+    /// a duplicate): held until the high watermark `hw` passes it.
+    pub(crate) fn appended(&self, end_offset: Option<i64>, bytes: u64, hw: i64) {
+        match end_offset {
+            Some(end) if end > hw => self.held.borrow_mut().push_back((end, bytes)),
+            _ => self.give_back(bytes),
+        }
+    }
+
+    /// The high watermark moved to `hw`: the bytes below it are given back.
+    fn release_to(&self, hw: i64) {
+        let mut freed = 0;
+        {
+            let mut held = self.held.borrow_mut();
+            while held.front().is_some_and(|&(end, _)| end <= hw) {
+                freed += held.pop_front().expect("checked").1;
+            }
+        }
+        if freed > 0 {
+            self.give_back(freed);
+        }
+    }
+
+    fn give_back(&self, bytes: u64) {
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(bytes));
+        self.changed.notify_all();
+    }
+
+    /// The leadership moved: every waiting append is refused.
+    fn close(&self) {
+        self.closed.set(true);
+        self.changed.notify_all();
+    }
+}
+
 /// A partition's replication state.
 #[derive(Debug)]
 pub(crate) enum Replication {
@@ -60,6 +172,8 @@ pub(crate) struct Leading {
     state: LeaderState,
     waiters: BTreeMap<WaiterId, Outcome>,
     outbox: Rc<Outbox>,
+    /// With followers: the replication window.
+    window: Option<Rc<Window>>,
 }
 
 /// Where an acks=all produce's outcome lands once the rules settle it.
@@ -328,12 +442,19 @@ impl Partition {
             self.leader_config(settings),
             now_ms,
         );
+        let replicated = leadership.replicas.len() > 1;
         let old = self.set_replication(Replication::Leader(Box::new(Leading {
             state,
             waiters: BTreeMap::new(),
             outbox,
+            window: replicated.then(|| Rc::new(Window::default())),
         })));
         drop(old);
+        if replicated {
+            // What the followers have yet to fetch stays in memory.
+            self.log()
+                .set_tail_cache_floor(REPLICATION_WINDOW_BYTES as usize + (1 << 20));
+        }
         self.set_leader_epoch_cell(leadership.leader_epoch);
         tracing::info!(partition = %self.tp(), epoch = leadership.leader_epoch, isr = ?leadership.isr, log_end_offset, high_watermark, "leading");
         self.high_watermark_moved().notify_all();
@@ -381,12 +502,19 @@ impl Partition {
     /// Replaces the replication state; a leader's waiting produces fail with
     /// NOT_LEADER_OR_FOLLOWER.
     fn set_replication(&self, new: Replication) -> Replication {
+        let leads = matches!(new, Replication::Leader(_));
         let old = std::mem::replace(&mut *self.replication.borrow_mut(), new);
         if let Replication::Leader(l) = &old {
             for cell in l.waiters.values() {
                 cell.set(Some(Err(ErrorKind::NotLeader)));
             }
+            if let Some(w) = &l.window {
+                w.close();
+            }
             self.high_watermark_moved().notify_all();
+            if !leads {
+                self.log().set_tail_cache_floor(0);
+            }
         }
         old
     }
@@ -412,6 +540,9 @@ impl Partition {
             self.last_high_watermark.set(effects.high_watermark);
             moved = true;
         }
+        if let Some(w) = &l.window {
+            w.release_to(self.last_high_watermark.get());
+        }
         if let Some(proposal) = effects.proposal {
             l.outbox.push(IsrChange {
                 tp: self.tp().clone(),
@@ -423,6 +554,14 @@ impl Partition {
         if moved {
             self.high_watermark_moved().notify_all();
             self.signal_data();
+        }
+    }
+
+    /// The replication window of a leader with followers.
+    pub(crate) fn window(&self) -> Option<Rc<Window>> {
+        match &*self.replication.borrow() {
+            Replication::Leader(l) => l.window.clone(),
+            _ => None,
         }
     }
 

@@ -356,6 +356,8 @@ struct State {
     failed: Option<String>,
     closed_for_writes: bool,
     tail: TailCache,
+    /// See [`PartitionLog::set_tail_cache_floor`].
+    tail_floor: usize,
     leader_epochs: Vec<(i32, i64)>,
     config: LogConfig,
     stats: LogStats,
@@ -846,6 +848,7 @@ impl PartitionLog {
             failed: None,
             closed_for_writes: false,
             tail,
+            tail_floor: 0,
             leader_epochs,
             config,
             stats: LogStats::default(),
@@ -913,12 +916,24 @@ impl PartitionLog {
         self.state.borrow().config.clone()
     }
 
+    /// Keeps at least `bytes` of recent batches in memory, above the config's
+    /// `tail_cache_bytes_max` (`0`: the config's size alone). A replicated leader keeps
+    /// what its followers have yet to fetch there, so their reads are not file reads.
+    pub fn set_tail_cache_floor(&self, bytes: usize) {
+        let mut s = self.state.borrow_mut();
+        s.tail_floor = bytes;
+        s.tail.bytes_max = s.config.tail_cache_bytes_max.max(bytes);
+        if s.tail.bytes > s.tail.bytes_max {
+            s.tail.clear();
+        }
+    }
+
     /// Replaces the configuration (retention, flush, roll and cache settings take
     /// effect from the next operation; `io_mode` from the next open).
     pub fn set_config(&self, config: LogConfig) -> Result<()> {
         config.validate()?;
         let mut s = self.state.borrow_mut();
-        s.tail.bytes_max = config.tail_cache_bytes_max;
+        s.tail.bytes_max = config.tail_cache_bytes_max.max(s.tail_floor);
         if s.tail.bytes > s.tail.bytes_max {
             s.tail.clear();
         }
