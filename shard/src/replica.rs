@@ -18,7 +18,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ringmq_replication::{
     BatchMeta, Durability, Effects, EpochEndOffset, EpochEntry, EpochHistory, FetchResponse,
     FetchVerdict, FollowerFetch, FollowerRequest, FollowerState, IsrProposal, LeaderConfig,
@@ -930,7 +930,7 @@ impl Partition {
                 let log = self.log().clone();
                 let ids = producers::batch_ids(&frame);
                 let task = glommio::spawn_local(async move {
-                    log.append_replica(BytesMut::from(&frame[..])).await
+                    log.append_replica(frame).await
                 });
                 (ids, task)
             })

@@ -1105,7 +1105,9 @@ impl PartitionLog {
     /// batch that starts a newer epoch records it in the leader-epoch checkpoint, durably,
     /// before the batch is queued. Returns like [`PartitionLog::append`]: durable under
     /// `every_batch`, written otherwise.
-    pub async fn append_replica(&self, batch: BytesMut) -> Result<AppendInfo> {
+    pub async fn append_replica(&self, batch: impl Into<Bytes>) -> Result<AppendInfo> {
+        // Taken as it came from the leader (a slice of the fetch answer): not copied.
+        let batch: Bytes = batch.into();
         let message_bytes_max = self.state.borrow().config.message_bytes_max;
         let info = batch::validate(&batch, message_bytes_max)?;
         let mut waiting = self.admit(batch.len()).await?;
@@ -1135,10 +1137,7 @@ impl PartitionLog {
             let end = info.next_offset();
             s.next_offset = end;
             s.pending_bytes += batch.len();
-            s.pending.push_back(Pending {
-                bytes: batch.freeze(),
-                info,
-            });
+            s.pending.push_back(Pending { bytes: batch, info });
             (
                 end,
                 s.abort_generation,
