@@ -294,7 +294,9 @@ impl Partition {
                 Vec::new(),
             ));
         }
-        let r = self.produce_admitted(batch, acks, now_ms, policy, alone).await;
+        let r = self
+            .produce_admitted(batch, acks, now_ms, policy, alone)
+            .await;
         if let Some(w) = &window {
             let end = r.as_ref().ok().map(|a| a.end_offset);
             w.appended(end, window_bytes, self.high_watermark());

@@ -929,9 +929,7 @@ impl Partition {
             .map(|frame| {
                 let log = self.log().clone();
                 let ids = producers::batch_ids(&frame);
-                let task = glommio::spawn_local(async move {
-                    log.append_replica(frame).await
-                });
+                let task = glommio::spawn_local(async move { log.append_replica(frame).await });
                 (ids, task)
             })
             .collect();
@@ -974,5 +972,76 @@ impl Partition {
     /// The follower's durable offset as it reports it to the leader.
     pub fn durable_offset_for_leader(&self) -> i64 {
         self.log().durable_offset().min(self.log().end_offset())
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn run<Fut: std::future::Future<Output = ()> + 'static>(
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// Appends wait for room in arrival order (a small one does not pass a large one
+    /// queued before it), get room as the high watermark passes appended batches, and
+    /// are refused once the leadership moves; an append that went away does not hold
+    /// up the ones behind it.
+    #[test]
+    fn the_window_admits_in_order_frees_below_the_high_watermark_and_closes() {
+        run(|| async {
+            const MIB: u64 = 1 << 20;
+            let w = Rc::new(Window::default());
+            let order = Rc::new(RefCell::new(Vec::new()));
+            let admit = |name: &'static str, bytes: u64| {
+                let (w, order) = (w.clone(), order.clone());
+                glommio::spawn_local(async move {
+                    let ok = w.admit(bytes).await;
+                    order.borrow_mut().push((name, ok));
+                })
+            };
+            let settle = || glommio::timer::sleep(Duration::from_millis(5));
+            let first = admit("6 MiB", 6 * MIB);
+            settle().await;
+            let large = admit("4 MiB", 4 * MIB);
+            settle().await;
+            let gone = admit("gone", MIB);
+            settle().await;
+            let small = admit("1 KiB", 1024);
+            settle().await;
+            first.await;
+            assert_eq!(*order.borrow(), vec![("6 MiB", true)], "the rest wait");
+            drop(gone); // its produce went away before its turn
+            w.appended(Some(10), 6 * MIB, 0);
+            settle().await;
+            assert_eq!(
+                order.borrow().len(),
+                1,
+                "nothing is free below the high watermark"
+            );
+            w.release_to(10);
+            large.await;
+            small.await;
+            assert_eq!(
+                *order.borrow(),
+                vec![("6 MiB", true), ("4 MiB", true), ("1 KiB", true)]
+            );
+            // Full again: a waiting append is refused when the leadership moves.
+            let refused = admit("8 MiB", 8 * MIB);
+            settle().await;
+            w.close();
+            refused.await;
+            assert_eq!(order.borrow().last(), Some(&("8 MiB", false)));
+            // A batch larger than the window goes through alone.
+            let w = Rc::new(Window::default());
+            assert!(w.admit(64 * MIB).await);
+        });
     }
 }
