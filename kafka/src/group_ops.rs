@@ -646,15 +646,15 @@ mod tests {
         }
         // OffsetFetch from v1, as advertised.
         for version in 1..=7 {
-            let reply = GroupReply::FetchOffsets(vec![TopicOffsets {
+            let reply = GroupReply::FetchOffsets(Ok(vec![TopicOffsets {
                 topic: "t".into(),
                 partitions: vec![(0, None)],
-            }]);
+            }]));
             let request = RequestKind::OffsetFetch(Default::default());
             encodes(response(&request, version, reply).unwrap(), version);
         }
         for version in 0..=6 {
-            let reply = GroupReply::Describe(DescribedGroup {
+            let reply = GroupReply::Describe(Ok(DescribedGroup {
                 state: GroupState::Stable,
                 protocol_type: "consumer".into(),
                 protocol: "range".into(),
@@ -666,7 +666,7 @@ mod tests {
                     metadata: Bytes::new(),
                     assignment: Bytes::new(),
                 }],
-            });
+            }));
             let mut resp = km::DescribeGroupsResponse::default();
             let group = km::GroupId(s("g"));
             resp.groups = vec![described_group(&group, Some(reply), version)];
