@@ -67,6 +67,16 @@ fn options(data: &Path, key: IdKey, shard_id: u32, shard_count: u32) -> ShardOpt
     }
 }
 
+/// The one shard of a cluster node with no metadata yet, its options changed by `tweak`.
+async fn cluster_node(data: &Path, tweak: impl FnOnce(&mut ShardOptions)) -> Rc<Shard> {
+    let key = IdKey::load_or_create(data).unwrap();
+    let mut opts = options(data, key, 0, 1);
+    opts.clustered = true;
+    tweak(&mut opts);
+    let l = links(1).into_iter().next().unwrap();
+    Shard::start(opts, TopicTable::default(), l).await.unwrap()
+}
+
 /// A partition's log end and high watermark, reads bounded by the reader, acks=all
 /// against `min.insync.replicas`, and the leader-epoch history.
 #[test]
@@ -616,11 +626,7 @@ fn a_cluster_node_answers_retriable_errors_for_partitions_it_does_not_hold() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     run(move || async move {
-        let key = IdKey::load_or_create(&data).unwrap();
-        let mut opts = options(&data, key, 0, 1);
-        opts.clustered = true;
-        let l = links(1).into_iter().next().unwrap();
-        let shard = Shard::start(opts, TopicTable::default(), l).await.unwrap();
+        let shard = cluster_node(&data, |_| {}).await;
         let produce = |topic: &str, partition| {
             let shard = shard.clone();
             let tp = TopicPartition::new(topic, partition);
@@ -715,12 +721,7 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
     run(move || async move {
-        let key = IdKey::load_or_create(&data).unwrap();
-        let mut opts = options(&data, key, 0, 1);
-        opts.clustered = true;
-        opts.group_log_compact_bytes = 0;
-        let l = links(1).into_iter().next().unwrap();
-        let shard = Shard::start(opts, TopicTable::default(), l).await.unwrap();
+        let shard = cluster_node(&data, |o| o.group_log_compact_bytes = 0).await;
         let group = "billing";
         let commit = |offset: i64| {
             let shard = shard.clone();
