@@ -46,6 +46,16 @@ pub fn coordinator_not_available() -> i16 {
     ResponseError::CoordinatorNotAvailable.code()
 }
 
+/// A group's answer, or the code for why there is none: the coordinator's error, or
+/// COORDINATOR_NOT_AVAILABLE when the group's shard gave no answer of that kind.
+fn answered<T>(answer: Option<Result<T, BrokerError>>) -> Result<T, i16> {
+    match answer {
+        Some(Ok(t)) => Ok(t),
+        Some(Err(e)) => Err(error_code(e.kind)),
+        None => Err(coordinator_not_available()),
+    }
+}
+
 fn code_of(r: &Result<(), BrokerError>) -> i16 {
     match r {
         Ok(()) => 0,
@@ -377,14 +387,14 @@ pub fn fetch_group_response(
 ) -> km::offset_fetch_response::OffsetFetchResponseGroup {
     let mut gr = km::offset_fetch_response::OffsetFetchResponseGroup::default();
     gr.group_id = group.group_id.clone();
-    let topics = match reply {
-        Some(GroupReply::FetchOffsets(Ok(topics))) => topics,
-        Some(GroupReply::FetchOffsets(Err(e))) => {
-            gr.error_code = error_code(e.kind);
-            return gr;
-        }
-        _ => {
-            gr.error_code = coordinator_not_available();
+    let answer = reply.and_then(|r| match r {
+        GroupReply::FetchOffsets(r) => Some(r),
+        _ => None,
+    });
+    let topics = match answered(answer) {
+        Ok(topics) => topics,
+        Err(code) => {
+            gr.error_code = code;
             return gr;
         }
     };
@@ -458,14 +468,14 @@ pub fn described_group(
 ) -> km::describe_groups_response::DescribedGroup {
     let mut dg = km::describe_groups_response::DescribedGroup::default();
     dg.group_id = group.clone();
-    let d = match reply {
-        Some(GroupReply::Describe(Ok(d))) => d,
-        Some(GroupReply::Describe(Err(e))) => {
-            dg.error_code = error_code(e.kind);
-            return dg;
-        }
-        _ => {
-            dg.error_code = coordinator_not_available();
+    let answer = reply.and_then(|r| match r {
+        GroupReply::Describe(r) => Some(r),
+        _ => None,
+    });
+    let d = match answered(answer) {
+        Ok(d) => d,
+        Err(code) => {
+            dg.error_code = code;
             return dg;
         }
     };
