@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use ringmq_client::{Acks, Admin, Client, Consumer, Position, Producer, ProducerConfig};
+use ringmq_client::{
+    Acks, Admin, Client, Consumer, GroupConfig, GroupConsumer, Position, Producer, ProducerConfig,
+};
 
 /// Where the broker is: shared by the client commands.
 #[derive(Args, Debug, Clone)]
@@ -101,8 +103,14 @@ pub struct ConsumeArgs {
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub format: String,
     /// Read only this partition (default: all)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     pub partition: Option<u32>,
+    /// Read as a member of this consumer group: the broker assigns the partitions,
+    /// reading starts at the group's committed offsets (--from where it has none), and
+    /// positions are committed every 5 s and on exit. Without --follow or --count,
+    /// stops once nothing new arrived for 2 s.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -320,6 +328,9 @@ fn parse_from(s: &str) -> anyhow::Result<Position> {
 /// Runs `ringmq consume TOPIC`.
 pub fn consume(b: BrokerArgs, a: ConsumeArgs) -> anyhow::Result<()> {
     let from = parse_from(&a.from)?;
+    if let Some(group) = a.group.clone() {
+        return consume_in_group(b, a, from, &group);
+    }
     runtime()?.block_on(async move {
         let client = connect(&b).await?;
         let d = Admin::new(client.clone())
@@ -361,32 +372,7 @@ pub fn consume(b: BrokerArgs, a: ConsumeArgs) -> anyhow::Result<()> {
                     break;
                 }
                 n += 1;
-                if a.format == "json" {
-                    let text = |b: &Option<bytes::Bytes>| {
-                        b.as_ref()
-                            .map(|v| {
-                                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
-                            })
-                            .unwrap_or(serde_json::Value::Null)
-                    };
-                    let headers: serde_json::Map<String, serde_json::Value> = r
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
-                        .collect();
-                    let obj = serde_json::json!({
-                        "partition": r.partition,
-                        "offset": r.offset,
-                        "timestamp": r.timestamp_ms,
-                        "key": text(&r.key),
-                        "value": text(&r.value),
-                        "headers": headers,
-                    });
-                    writeln!(out, "{obj}")?;
-                } else {
-                    out.write_all(r.value.as_deref().unwrap_or_default())?;
-                    out.write_all(b"\n")?;
-                }
+                write_record(&mut out, &r, &a.format)?;
             }
             out.flush()?;
             if a.follow {
@@ -395,4 +381,98 @@ pub fn consume(b: BrokerArgs, a: ConsumeArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// How long `consume --group` without --follow waits for more records before it stops.
+const GROUP_IDLE_STOP: Duration = Duration::from_secs(2);
+
+/// `consume --group`: reads as a member of `group`, commits on the way and on exit,
+/// then leaves the group. With --count, the positions committed are exactly past the
+/// records printed, so the next member starts at the first record not printed.
+fn consume_in_group(
+    b: BrokerArgs,
+    a: ConsumeArgs,
+    from: Position,
+    group: &str,
+) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = connect(&b).await?;
+        let config = GroupConfig {
+            start: from,
+            ..GroupConfig::default()
+        };
+        let mut member = GroupConsumer::join(client, group, &[&a.topic], config)
+            .await
+            .with_context(|| format!("joining group {group}"))?;
+        eprintln!(
+            "joined group {group} as member {}, generation {}, coordinator node {}; partitions {:?}",
+            member.member_id(),
+            member.generation(),
+            member.coordinator(),
+            member.assignment()
+        );
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut n = 0u64;
+        let mut last_record = std::time::Instant::now();
+        let result = async {
+            loop {
+                if a.count.is_some_and(|c| n >= c) {
+                    break;
+                }
+                if !a.follow && a.count.is_none() && last_record.elapsed() >= GROUP_IDLE_STOP {
+                    break;
+                }
+                let remaining = a.count.map_or(u64::MAX, |c| c - n);
+                let records = member.poll_at_most(remaining).await?;
+                if !records.is_empty() {
+                    last_record = std::time::Instant::now();
+                }
+                for r in records {
+                    n += 1;
+                    write_record(&mut out, &r, &a.format)?;
+                }
+                out.flush()?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        // Commit what was printed and leave, also after an error.
+        let closed = member
+            .close()
+            .await
+            .with_context(|| format!("committing and leaving group {group}"));
+        result.and(closed)
+    })
+}
+
+fn write_record(
+    out: &mut impl Write,
+    r: &ringmq_client::ConsumerRecord,
+    format: &str,
+) -> anyhow::Result<()> {
+    if format == "json" {
+        let text = |b: &Option<bytes::Bytes>| {
+            b.as_ref()
+                .map(|v| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()))
+                .unwrap_or(serde_json::Value::Null)
+        };
+        let headers: serde_json::Map<String, serde_json::Value> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned().into()))
+            .collect();
+        let obj = serde_json::json!({
+            "partition": r.partition,
+            "offset": r.offset,
+            "timestamp": r.timestamp_ms,
+            "key": text(&r.key),
+            "value": text(&r.value),
+            "headers": headers,
+        });
+        writeln!(out, "{obj}")?;
+    } else {
+        out.write_all(r.value.as_deref().unwrap_or_default())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }

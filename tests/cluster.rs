@@ -67,3 +67,8 @@ fn a_consumer_group_keeps_its_offsets_and_members_across_the_loss_of_its_coordin
 fn the_native_client_follows_leaders_across_a_leader_kill() {
     scenario("native");
 }
+
+#[test]
+fn a_native_consumer_group_finds_its_new_coordinator_with_its_offsets() {
+    scenario("native-groups");
+}

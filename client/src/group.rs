@@ -1,15 +1,125 @@
 //! Consumer groups for native consumers: the broker assigns the partitions (range,
 //! round-robin or sticky), the consumer heartbeats in the background, rejoins when the
 //! group rebalances, starts each partition at the group's committed offset, and
-//! commits automatically or on request.
+//! commits automatically or on request. Group requests go to the node that coordinates
+//! the group (FindCoordinator), which in a cluster can move: a coordinator that answers
+//! `Unavailable` or cannot be reached is looked up again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringmq_net::codec::{ErrorCode, Request, Response};
 
+use crate::routes::{Route, Routes};
 use crate::{Client, Consumer, ConsumerRecord, Error, Position, Result};
+
+/// First pause before asking again for a coordinator that moved; doubled up to
+/// [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// Where a group's requests go.
+#[derive(Debug)]
+struct Coordinator {
+    routes: Routes,
+    group: String,
+    /// The coordinator's connection as last found; `None`: ask again.
+    current: Mutex<Option<Client>>,
+    /// The group is coordinated by a cluster's node, so a coordinator that cannot be
+    /// reached or answers `Unavailable` may have moved: worth finding again.
+    clustered: AtomicBool,
+    /// The coordinator's node id as last found (0: a single node; -1: not found yet).
+    node: AtomicI32,
+}
+
+impl Coordinator {
+    fn new(client: Client, group: &str) -> Self {
+        Self {
+            routes: Routes::new(client),
+            group: group.into(),
+            current: Mutex::new(None),
+            clustered: AtomicBool::new(false),
+            node: AtomicI32::new(-1),
+        }
+    }
+
+    /// The coordinator's connection: as last found, or asked for now (from the client's
+    /// broker, or any other known one when that does not answer). A broker without
+    /// FindCoordinator coordinates its groups itself.
+    async fn find(&self) -> Result<Client> {
+        if let Some(c) = self.current.lock().unwrap().clone() {
+            return Ok(c);
+        }
+        let found = self
+            .routes
+            .call_any(Request::FindCoordinator {
+                group: self.group.clone(),
+            })
+            .await;
+        let route = match found {
+            Ok(Response::Coordinator { error, coordinator }) if error.is_ok() => {
+                if coordinator.leader > 0 {
+                    self.clustered.store(true, Ordering::Relaxed);
+                }
+                self.node.store(coordinator.leader, Ordering::Relaxed);
+                Route {
+                    addr: Some(coordinator.address).filter(|a| !a.is_empty()),
+                    shard: None,
+                }
+            }
+            Ok(Response::Coordinator { error, .. }) | Ok(Response::Error(error)) => {
+                if error.code == ErrorCode::Unavailable {
+                    self.clustered.store(true, Ordering::Relaxed);
+                }
+                return Err(Error::broker(&error));
+            }
+            Err(Error::Broker {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            }) => Route {
+                addr: None,
+                shard: None,
+            },
+            Ok(other) => return Err(Error::Protocol(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(e),
+        };
+        let client = self.routes.client(&route);
+        *self.current.lock().unwrap() = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Sends `req` to the coordinator. In a cluster, a coordinator that cannot be
+    /// reached or answers `Unavailable` (not the coordinator, still loading the group,
+    /// no leader for the group's partition) is looked up again and the request sent
+    /// there, for up to `patience`; then the last error is returned.
+    async fn call(&self, req: Request, patience: Duration) -> Result<Response> {
+        let deadline = Instant::now() + patience;
+        let mut pause = RETRY_PAUSE;
+        loop {
+            let r = match self.find().await {
+                Ok(c) => c.call(req.clone()).await,
+                Err(e) => Err(e),
+            };
+            let failed = match &r {
+                Err(e) => e.is_retriable(),
+                Ok(Response::Joined { error, .. })
+                | Ok(Response::Done(error))
+                | Ok(Response::Error(error)) => error.code == ErrorCode::Unavailable,
+                Ok(_) => false,
+            };
+            if !failed {
+                return r;
+            }
+            *self.current.lock().unwrap() = None;
+            if !self.clustered.load(Ordering::Relaxed) || Instant::now() + pause > deadline {
+                return r;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+        }
+    }
+}
 
 /// Settings of a [`GroupConsumer`].
 #[derive(Debug, Clone)]
@@ -60,6 +170,7 @@ impl Default for GroupConfig {
 #[derive(Debug)]
 pub struct GroupConsumer {
     client: Client,
+    coordinator: Arc<Coordinator>,
     group: String,
     topics: Vec<String>,
     config: GroupConfig,
@@ -98,6 +209,7 @@ impl GroupConsumer {
         config: GroupConfig,
     ) -> Result<Self> {
         let mut me = Self {
+            coordinator: Arc::new(Coordinator::new(client.clone(), group)),
             client,
             group: group.into(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -124,6 +236,12 @@ impl GroupConsumer {
         self.generation
     }
 
+    /// The node that coordinated the group at the last group request: its id in a
+    /// cluster, 0 on a single node, -1 before any.
+    pub fn coordinator(&self) -> i32 {
+        self.coordinator.node.load(Ordering::Relaxed)
+    }
+
     /// The id the broker gave this member.
     pub fn member_id(&self) -> &str {
         &self.member_id
@@ -136,15 +254,18 @@ impl GroupConsumer {
         self.rejoin.store(false, Ordering::SeqCst);
         let (generation, assignment) = loop {
             let resp = self
-                .client
-                .call(Request::JoinGroup {
-                    group: self.group.clone(),
-                    member_id: self.member_id.clone(),
-                    session_timeout_ms: self.config.session_timeout.as_millis() as u32,
-                    rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
-                    topics: self.topics.clone(),
-                    assignor: self.config.assignor.clone(),
-                })
+                .coordinator
+                .call(
+                    Request::JoinGroup {
+                        group: self.group.clone(),
+                        member_id: self.member_id.clone(),
+                        session_timeout_ms: self.config.session_timeout.as_millis() as u32,
+                        rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
+                        topics: self.topics.clone(),
+                        assignor: self.config.assignor.clone(),
+                    },
+                    self.config.rebalance_timeout,
+                )
                 .await?;
             match resp {
                 Response::Joined {
@@ -173,14 +294,18 @@ impl GroupConsumer {
         let mut consumer = Consumer::new(self.client.clone());
         if !self.assignment.is_empty() {
             let committed = match self
-                .client
-                .call(Request::FetchOffsets {
-                    group: self.group.clone(),
-                    partitions: self.assignment.clone(),
-                })
+                .coordinator
+                .call(
+                    Request::FetchOffsets {
+                        group: self.group.clone(),
+                        partitions: self.assignment.clone(),
+                    },
+                    self.config.session_timeout,
+                )
                 .await?
             {
                 Response::Offsets(v) => v,
+                Response::Error(e) => return Err(Error::broker(&e)),
                 other => return Err(Error::Protocol(format!("unexpected answer {other:?}"))),
             };
             for (t, p) in &self.assignment {
@@ -195,8 +320,8 @@ impl GroupConsumer {
         self.consumer = Some(consumer);
         self.last_commit = Instant::now();
         // Heartbeats for this generation; a stale one cannot ask for another rejoin.
-        let (client, group, member, flag, every) = (
-            self.client.clone(),
+        let (coordinator, group, member, flag, every) = (
+            self.coordinator.clone(),
             self.group.clone(),
             self.member_id.clone(),
             self.rejoin.clone(),
@@ -205,12 +330,17 @@ impl GroupConsumer {
         self.heartbeat = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let r = client
-                    .call(Request::GroupHeartbeat {
-                        group: group.clone(),
-                        member_id: member.clone(),
-                        generation,
-                    })
+                // Patience of one interval: a heartbeat that cannot reach the
+                // coordinator gives way to the next one.
+                let r = coordinator
+                    .call(
+                        Request::GroupHeartbeat {
+                            group: group.clone(),
+                            member_id: member.clone(),
+                            generation,
+                        },
+                        every,
+                    )
                     .await;
                 if let Ok(Response::Done(e)) = r
                     && needs_rejoin(e.code)
@@ -263,6 +393,36 @@ impl GroupConsumer {
             .await
     }
 
+    /// Like [`poll`](Self::poll), returning at most `max` records: the positions, and so
+    /// what a commit stores, stay just past the records returned; the next poll reads
+    /// the others again.
+    pub async fn poll_at_most(&mut self, max: u64) -> Result<Vec<ConsumerRecord>> {
+        let mut records = self.poll().await?;
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        if records.len() <= max {
+            return Ok(records);
+        }
+        // A partition's records come in offset order: its first one left over is where
+        // it resumes.
+        let mut resume: Vec<(String, u32, i64)> = Vec::new();
+        for r in records.split_off(max) {
+            if !resume
+                .iter()
+                .any(|(t, p, _)| *t == r.topic && *p == r.partition)
+            {
+                resume.push((r.topic, r.partition, r.offset));
+            }
+        }
+        let consumer = self
+            .consumer
+            .as_mut()
+            .expect("a member with records has a consumer");
+        for (t, p, o) in resume {
+            consumer.assign(&t, p, Position::Offset(o)).await?;
+        }
+        Ok(records)
+    }
+
     /// Commits the positions of this member's partitions (the next offsets to read);
     /// returns once the commit is durable. An error whose code asks for a rejoin means
     /// the partitions may already belong to another member.
@@ -280,13 +440,16 @@ impl GroupConsumer {
             return Ok(());
         }
         match self
-            .client
-            .call(Request::CommitOffsets {
-                group: self.group.clone(),
-                member_id: self.member_id.clone(),
-                generation: self.generation,
-                offsets,
-            })
+            .coordinator
+            .call(
+                Request::CommitOffsets {
+                    group: self.group.clone(),
+                    member_id: self.member_id.clone(),
+                    generation: self.generation,
+                    offsets,
+                },
+                self.config.session_timeout,
+            )
             .await?
         {
             Response::Done(e) if e.is_ok() => Ok(()),
@@ -310,11 +473,14 @@ impl GroupConsumer {
             let _ = self.commit().await;
         }
         match self
-            .client
-            .call(Request::LeaveGroup {
-                group: self.group.clone(),
-                member_id: self.member_id.clone(),
-            })
+            .coordinator
+            .call(
+                Request::LeaveGroup {
+                    group: self.group.clone(),
+                    member_id: self.member_id.clone(),
+                },
+                self.config.session_timeout,
+            )
             .await?
         {
             Response::Done(e) if e.is_ok() || e.code == ErrorCode::UnknownMember => Ok(()),

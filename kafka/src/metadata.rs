@@ -3,9 +3,10 @@
 use kafka_protocol::ResponseError as KErr;
 use kafka_protocol::messages::{self as km};
 use kafka_protocol::protocol::StrBytes;
+use ringmq_shard::broker::CoordinatorNode;
 use ringmq_shard::error::ErrorKind;
 use ringmq_shard::groups;
-use ringmq_shard::ops::{TopicOp, TopicPartition};
+use ringmq_shard::ops::TopicOp;
 use ringmq_shard::topics;
 
 use crate::{
@@ -250,35 +251,20 @@ impl KafkaService {
         &self,
         group: &str,
     ) -> Result<(i32, StrBytes, i32), (i16, String)> {
-        let not_available = |why: String| (KErr::CoordinatorNotAvailable.code(), why);
-        let Some(c) = self.shard.cluster() else {
-            let (host, port) = self.broker();
-            return Ok((NODE_ID, host, port));
-        };
-        let Some(topic) = self.shard.topic(groups::OFFSETS_TOPIC) else {
-            self.shard.ensure_offsets_topic();
-            return Err(not_available(format!(
-                "the group coordinators are starting: creating topic {}",
-                groups::OFFSETS_TOPIC
-            )));
-        };
-        let p = groups::offsets_partition(group, topic.partitions);
-        let tp = TopicPartition::new(groups::OFFSETS_TOPIC, p);
-        let leader = c.partition(&tp).and_then(|pv| pv.leader);
-        match leader {
-            Some(id) if id == c.me => {
+        match self.shard.group_coordinator(group) {
+            Ok(CoordinatorNode::Single { .. }) => {
                 let (host, port) = self.broker();
-                Ok((id, host, port))
+                Ok((NODE_ID, host, port))
             }
-            Some(id) => match c.nodes.get(&id) {
-                Some(n) if !n.fenced => Ok((id, s(&n.kafka_host), i32::from(n.kafka_port))),
-                _ => Err(not_available(format!(
-                    "node {id}, the coordinator of this group, is not available"
-                ))),
-            },
-            None => Err(not_available(format!(
-                "partition {tp} has no leader: an election is under way"
-            ))),
+            Ok(CoordinatorNode::Node { id, node, .. }) => {
+                if self.shard.cluster().is_some_and(|c| c.me == id) {
+                    let (host, port) = self.broker();
+                    Ok((id, host, port))
+                } else {
+                    Ok((id, s(&node.kafka_host), i32::from(node.kafka_port)))
+                }
+            }
+            Err(e) => Err((crate::errors::code(&e), e.message)),
         }
     }
 

@@ -80,11 +80,13 @@ pub enum ApiKey {
     BindShard = 15,
     /// Where each partition of a topic is led: node, native address and shard.
     Leaders = 16,
+    /// Which node coordinates a consumer group.
+    FindCoordinator = 17,
 }
 
 impl ApiKey {
     /// Every API, in key order.
-    pub const ALL: [ApiKey; 17] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopic,
         ApiKey::DeleteTopic,
@@ -102,6 +104,7 @@ impl ApiKey {
         ApiKey::InitProducer,
         ApiKey::BindShard,
         ApiKey::Leaders,
+        ApiKey::FindCoordinator,
     ];
 
     /// The key for a wire value.
@@ -336,6 +339,13 @@ pub enum Request {
         /// Topic name.
         topic: String,
     },
+    /// Which node coordinates a group: group requests go there (in a cluster, the
+    /// leader of the group's partition of the groups' topic; ask again when a group
+    /// request answers `Unavailable`).
+    FindCoordinator {
+        /// The group.
+        group: String,
+    },
     /// Append batches.
     Produce {
         /// 0: no answer wanted (answered at once); 1: answer once the leader has it
@@ -446,6 +456,7 @@ impl Request {
             Request::ListTopics => ApiKey::ListTopics,
             Request::DescribeTopic { .. } => ApiKey::DescribeTopic,
             Request::Leaders { .. } => ApiKey::Leaders,
+            Request::FindCoordinator { .. } => ApiKey::FindCoordinator,
             Request::Produce { .. } => ApiKey::Produce,
             Request::Fetch { .. } => ApiKey::Fetch,
             Request::ListOffsets { .. } => ApiKey::ListOffsets,
@@ -642,6 +653,15 @@ pub enum Response {
         /// Every partition, in index order.
         partitions: Vec<PartitionLeader>,
     },
+    /// Answer to FindCoordinator.
+    Coordinator {
+        /// Success or why not (`Unavailable` while no node can coordinate the group).
+        error: WireError,
+        /// The coordinating node, as a partition leader: `partition` is the group's
+        /// partition of the groups' topic (0 on a single node), `address` is empty on a
+        /// single node (the broker that answered).
+        coordinator: PartitionLeader,
+    },
     /// Per-partition produce results.
     Produce(Vec<ProduceResult>),
     /// Per-partition fetch results.
@@ -680,6 +700,14 @@ fn put_bytes(out: &mut BytesMut, b: &[u8]) {
 fn put_err(out: &mut BytesMut, e: &WireError) {
     out.put_u16(e.code as u16);
     put_str(out, &e.message);
+}
+
+fn put_leader(out: &mut BytesMut, p: &PartitionLeader) {
+    out.put_u32(p.partition);
+    out.put_i32(p.leader);
+    out.put_i32(p.leader_epoch);
+    put_str(out, &p.address);
+    out.put_u32(p.shard);
 }
 
 fn put_configs(out: &mut BytesMut, c: &Configs) {
@@ -766,6 +794,15 @@ impl<'a> Reader<'a> {
             message: self.str("error message")?,
         })
     }
+    fn leader(&mut self) -> Result<PartitionLeader, DecodeError> {
+        Ok(PartitionLeader {
+            partition: self.u32("partition")?,
+            leader: self.i32("leader")?,
+            leader_epoch: self.i32("leader epoch")?,
+            address: self.str("address")?,
+            shard: self.u32("shard")?,
+        })
+    }
     fn configs(&mut self) -> Result<Configs, DecodeError> {
         let n = self.count("configs", 4)?;
         let mut c = Vec::with_capacity(n);
@@ -830,7 +867,8 @@ pub fn encode_request(request_id: u32, req: &Request) -> BytesMut {
         }
         Request::DeleteTopic { name }
         | Request::DescribeTopic { name }
-        | Request::Leaders { topic: name } => put_str(&mut out, name),
+        | Request::Leaders { topic: name }
+        | Request::FindCoordinator { group: name } => put_str(&mut out, name),
         Request::ListTopics | Request::BrokerStats | Request::InitProducer => {}
         Request::BindShard { shard } => out.put_u32(*shard),
         Request::Produce { acks, partitions } => {
@@ -980,6 +1018,9 @@ pub fn decode_request(frame: Bytes) -> (Option<RequestHeader>, Result<Request, D
             },
             ApiKey::Leaders => Request::Leaders {
                 topic: r.str("topic")?,
+            },
+            ApiKey::FindCoordinator => Request::FindCoordinator {
+                group: r.str("group")?,
             },
             ApiKey::Produce => {
                 let acks = r.u8("acks")?;
@@ -1297,12 +1338,12 @@ fn encode_response_body(frame: &mut OutFrame, resp: &Response) {
             put_err(out, error);
             out.put_u32(partitions.len() as u32);
             for p in partitions {
-                out.put_u32(p.partition);
-                out.put_i32(p.leader);
-                out.put_i32(p.leader_epoch);
-                put_str(out, &p.address);
-                out.put_u32(p.shard);
+                put_leader(out, p);
             }
+        }
+        Response::Coordinator { error, coordinator } => {
+            put_err(out, error);
+            put_leader(out, coordinator);
         }
         Response::Produce(results) => {
             out.put_u32(results.len() as u32);
@@ -1431,16 +1472,14 @@ pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<(u32, Response), Dec
             let n = r.count("partitions", 16)?;
             let mut partitions = Vec::with_capacity(n);
             for _ in 0..n {
-                partitions.push(PartitionLeader {
-                    partition: r.u32("partition")?,
-                    leader: r.i32("leader")?,
-                    leader_epoch: r.i32("leader epoch")?,
-                    address: r.str("address")?,
-                    shard: r.u32("shard")?,
-                });
+                partitions.push(r.leader()?);
             }
             Response::Leaders { error, partitions }
         }
+        ApiKey::FindCoordinator => Response::Coordinator {
+            error: r.err()?,
+            coordinator: r.leader()?,
+        },
         ApiKey::Produce => {
             let n = r.count("results", 16)?;
             let mut v = Vec::with_capacity(n);
@@ -1537,6 +1576,9 @@ mod tests {
             Request::BindShard { shard: 3 },
             Request::DescribeTopic { name: "y".into() },
             Request::Leaders { topic: "y".into() },
+            Request::FindCoordinator {
+                group: "billing".into(),
+            },
             Request::Produce {
                 acks: 1,
                 partitions: vec![ProducePartition {
@@ -1643,6 +1685,19 @@ mod tests {
                         size_bytes: 999,
                     }],
                     configs: vec![("flush".into(), "every_batch".into())],
+                },
+            ),
+            (
+                ApiKey::FindCoordinator,
+                Response::Coordinator {
+                    error: WireError::none(),
+                    coordinator: PartitionLeader {
+                        partition: 5,
+                        leader: 2,
+                        leader_epoch: 7,
+                        address: "10.0.0.2:9093".into(),
+                        shard: 1,
+                    },
                 },
             ),
             (

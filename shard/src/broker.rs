@@ -51,6 +51,29 @@ pub use crate::router::{Links, links};
 /// Shard that owns topic metadata changes.
 pub const METADATA_SHARD: u32 = 0;
 
+/// Which node coordinates a consumer group ([`Shard::group_coordinator`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoordinatorNode {
+    /// A single node, which coordinates every group itself, on `shard`.
+    Single {
+        /// The shard that keeps the group.
+        shard: u32,
+    },
+    /// A cluster's node, possibly this one.
+    Node {
+        /// Its id.
+        id: i32,
+        /// Its listeners.
+        node: crate::cluster::NodeInfo,
+        /// The group's partition of [`OFFSETS_TOPIC`], which that node leads.
+        partition: u32,
+        /// That partition's leader epoch.
+        leader_epoch: i32,
+        /// Its shard that holds the partition (as this node places it).
+        shard: u32,
+    },
+}
+
 /// Settings of one shard.
 #[derive(Debug, Clone)]
 pub struct ShardOptions {
@@ -645,6 +668,52 @@ impl Shard {
             me.creating_offsets.set(false);
         })
         .detach();
+    }
+
+    /// The node that coordinates `group`, for FindCoordinator on either protocol: on a
+    /// single node, this one; in a cluster, the leader of the group's partition of
+    /// [`OFFSETS_TOPIC`] (creating the topic if it does not exist yet). Errors with
+    /// CoordinatorNotAvailable, which clients retry, while the topic is being created,
+    /// while the partition has no leader, or while its leader is fenced.
+    pub fn group_coordinator(self: &Rc<Self>, group: &str) -> Result<CoordinatorNode, BrokerError> {
+        let not_available = |why: String| BrokerError::new(ErrorKind::CoordinatorNotAvailable, why);
+        let Some(c) = self.cluster() else {
+            if self.opts.clustered {
+                return Err(not_available(
+                    "this node is starting: it has not learned the cluster's metadata yet".into(),
+                ));
+            }
+            return Ok(CoordinatorNode::Single {
+                shard: group_shard(group, self.opts.shard_count),
+            });
+        };
+        let Some(partitions) = self.topic(OFFSETS_TOPIC).map(|t| t.partitions) else {
+            self.ensure_offsets_topic();
+            return Err(not_available(format!(
+                "the group coordinators are starting: creating topic {OFFSETS_TOPIC}"
+            )));
+        };
+        let tp = TopicPartition::new(OFFSETS_TOPIC, offsets_partition(group, partitions));
+        let Some((id, leader_epoch)) = c
+            .partition(&tp)
+            .and_then(|pv| pv.leader.map(|l| (l, pv.leader_epoch)))
+        else {
+            return Err(not_available(format!(
+                "partition {tp} has no leader: an election is under way"
+            )));
+        };
+        match c.nodes.get(&id) {
+            Some(n) if !n.fenced => Ok(CoordinatorNode::Node {
+                id,
+                node: n.clone(),
+                partition: tp.partition,
+                leader_epoch,
+                shard: self.offsets_shard(group),
+            }),
+            _ => Err(not_available(format!(
+                "node {id}, the coordinator of this group, is not available"
+            ))),
+        }
     }
 
     /// Answers a consumer-group operation: here if this shard coordinates the group,

@@ -15,7 +15,7 @@ use ringmq_net::codec::{
 };
 use ringmq_net::conn::{Handler, Handoff, LocalFuture};
 
-use crate::broker::Shard;
+use crate::broker::{CoordinatorNode, Shard};
 use crate::error::{BrokerError, ErrorKind};
 use crate::groups::GroupOp;
 use crate::ops::{
@@ -142,6 +142,7 @@ impl Shard {
             Request::ListTopics => Response::Topics(self.topic_names()),
             Request::DescribeTopic { name } => self.native_describe(name).await,
             Request::Leaders { topic } => self.native_leaders(&topic),
+            Request::FindCoordinator { group } => self.native_find_coordinator(&group),
             Request::CreateTopic {
                 name,
                 partitions,
@@ -369,6 +370,51 @@ impl Shard {
             error: WireError::none(),
             partitions,
         }
+    }
+
+    /// Which node coordinates `group`, as a partition leader: on a single node, node 0
+    /// with no address (the broker asked) and the group's shard; in a cluster, the
+    /// leader of the group's partition of the groups' topic and its native listener.
+    fn native_find_coordinator(self: &Rc<Self>, group: &str) -> Response {
+        let (error, coordinator) = match self.group_coordinator(group) {
+            Ok(CoordinatorNode::Single { shard }) => (
+                WireError::none(),
+                PartitionLeader {
+                    partition: 0,
+                    leader: 0,
+                    leader_epoch: 0,
+                    address: String::new(),
+                    shard,
+                },
+            ),
+            Ok(CoordinatorNode::Node {
+                id,
+                node,
+                partition,
+                leader_epoch,
+                shard,
+            }) => (
+                WireError::none(),
+                PartitionLeader {
+                    partition,
+                    leader: id,
+                    leader_epoch,
+                    address: node.native,
+                    shard,
+                },
+            ),
+            Err(e) => (
+                wire(e),
+                PartitionLeader {
+                    partition: 0,
+                    leader: -1,
+                    leader_epoch: 0,
+                    address: String::new(),
+                    shard: 0,
+                },
+            ),
+        };
+        Response::Coordinator { error, coordinator }
     }
 
     /// A native group request: answered by the group's coordinator, as Kafka's are.

@@ -711,7 +711,8 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use ringmq_shard::cluster::{ClusterView, PartitionView};
+    use ringmq_shard::broker::CoordinatorNode;
+    use ringmq_shard::cluster::{ClusterView, NodeInfo, PartitionView};
     use ringmq_shard::groups::{
         CommitOffsets, FetchOffsets, GroupOp, GroupReply, OFFSETS_TOPIC, OffsetCommit,
         offsets_partition,
@@ -804,17 +805,38 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
             partitions.insert(TopicPartition::new("t", 0), pv(1));
             partitions.insert(TopicPartition::new(OFFSETS_TOPIC, p), pv(leader));
             partitions.insert(TopicPartition::new(OFFSETS_TOPIC, 1 - p), pv(2));
+            let node = |n: i32| NodeInfo {
+                kafka_host: "127.0.0.1".into(),
+                kafka_port: 9092,
+                native: format!("127.0.0.{n}:9093"),
+                fenced: false,
+            };
             Arc::new(ClusterView {
                 me: 1,
+                nodes: [(1, node(1)), (2, node(2))].into(),
                 topics: table.clone(),
                 partitions,
                 registered: true,
                 ..ClusterView::default()
             })
         };
+        // FindCoordinator's answer: (node, its native listener, partition, epoch).
+        let coordinator = || match shard.group_coordinator(group) {
+            Ok(CoordinatorNode::Node {
+                id,
+                node,
+                partition,
+                leader_epoch,
+                ..
+            }) => Ok((id, node.native, partition, leader_epoch)),
+            Ok(other) => panic!("a cluster node answered {other:?}"),
+            Err(e) => Err(e.kind),
+        };
 
         assert_eq!(commit(5).await, Err(ErrorKind::CoordinatorNotAvailable));
+        assert_eq!(coordinator(), Err(ErrorKind::CoordinatorNotAvailable));
         shard.apply_cluster(view(1, 1)).await.unwrap();
+        assert_eq!(coordinator(), Ok((1, "127.0.0.1:9093".into(), p, 1)));
         assert_eq!(fetch_loaded().await, Ok(vec![]));
         assert_eq!(commit(5).await, Ok(()));
         assert_eq!(commit(7).await, Ok(()));
@@ -872,6 +894,7 @@ fn a_cluster_nodes_groups_follow_the_leadership_of_their_offsets_partition() {
 
         // Node 2 takes the partition over: the group is not coordinated here.
         shard.apply_cluster(view(2, 2)).await.unwrap();
+        assert_eq!(coordinator(), Ok((2, "127.0.0.2:9093".into(), p, 2)));
         assert_eq!(fetch().await, Err(ErrorKind::NotCoordinator));
         assert_eq!(commit(9).await, Err(ErrorKind::NotCoordinator));
 

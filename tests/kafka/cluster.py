@@ -3,7 +3,7 @@
 
 Run by tests/cluster.rs:
 
-    cluster.py BINARY WORKDIR confluent|kafka-python|kcat|groups|native
+    cluster.py BINARY WORKDIR confluent|kafka-python|kcat|groups|native|native-groups
 
 Starts three `ringmq serve` nodes on 127.0.0.1 (ports chosen free now, one shard each,
 every node a controller voter), creates a topic with 3 partitions, replication factor 3
@@ -27,6 +27,10 @@ and min.insync.replicas=2, and then, per client:
   given lines while the leader of partition 0 is killed and restarted; it must exit 0
   (every line acknowledged), and `ringmq consume --format json` must read every line
   back exactly once, one line per offset.
+- native-groups: `ringmq consume --group` (the native client's group consumer) reads
+  half of what was produced, commits and leaves; the node coordinating the group is
+  killed; a second member, given every node, must find the new coordinator and read
+  exactly the other half (the committed offsets survived; nothing read twice).
 
 Nodes are stopped at the end whatever happens (SIGTERM, then SIGKILL). Exits non-zero
 with the reason on the first mismatch.
@@ -541,10 +545,51 @@ def groups():
           f"member resumed at them")
 
 
+def native_groups():
+    natives = ",".join(f"127.0.0.1:{PORTS[n]['native']}" for n in NODES)
+    n, group = 4000, "native-survivor"
+    p = subprocess.run([BINARY, "produce", TOPIC, "--acks", "all", "--brokers", natives],
+                       input="".join(f"g-{i}\n" for i in range(n)).encode(),
+                       capture_output=True, timeout=120)
+    if p.returncode != 0:
+        fail(f"ringmq produce: {p.stderr.decode()[-800:]}")
+
+    def member(count):
+        c = subprocess.run([BINARY, "consume", TOPIC, "--group", group, "--count", str(count),
+                            "--format", "json", "--brokers", natives],
+                           capture_output=True, timeout=120)
+        if c.returncode != 0:
+            fail(f"ringmq consume --group: {c.stderr.decode()[-800:]}")
+        # stderr: "joined group G as member M, generation N, coordinator node K; ..."
+        joined = [l for l in c.stderr.decode().splitlines() if l.startswith("joined group")]
+        if not joined:
+            fail(f"ringmq consume --group did not say it joined: {c.stderr.decode()[-800:]}")
+        node = int(joined[-1].split("coordinator node ")[1].split(";")[0])
+        return [json.loads(line)["value"] for line in c.stdout.decode().splitlines()], node
+
+    first, before = member(n // 2)
+    print(f"native-groups: first member read {len(first)}, committed and left; "
+          f"killing node {before}, the group's coordinator")
+    kill(before)
+    second, after = member(n - n // 2)
+    start(before)
+    if after == before:
+        fail(f"node {before} is dead and still named the coordinator")
+    twice = set(first) & set(second)
+    if twice:
+        fail(f"{len(twice)} values read by both members, e.g. {sorted(twice)[:3]}: "
+             "the committed offsets were lost with the coordinator")
+    missing = [f"g-{i}" for i in range(n) if f"g-{i}" not in set(first) | set(second)]
+    if missing:
+        fail(f"{len(missing)} values read by neither member, e.g. {missing[:3]}")
+    print(f"native-groups: the second member read the other {len(second)} through node "
+          f"{after}, the new coordinator; none twice, none missing")
+
+
 try:
     setup()
     {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat,
-     "native": native, "groups": groups}[CLIENT]()
+     "native": native, "groups": groups, "native-groups": native_groups}[CLIENT]()
     wait_full_isr(20)
     print("final:", describe())
 except Exception:
