@@ -22,7 +22,8 @@ pub struct DevArgs {
     #[arg(long, default_value = "./data")]
     data_dir: PathBuf,
     /// Node N's Kafka listener is on this port + 10 × (N − 1); its native listener one
-    /// above, its cluster listener two above (node 1: 9092, 9093, 9094)
+    /// above, its cluster listener two above, its admin HTTP listener three above
+    /// (node 1: 9092, 9093, 9094, 9095)
     #[arg(long, default_value_t = 9092)]
     base_port: u16,
     /// Shards per node
@@ -85,6 +86,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
             .args(["--kafka-listen", &kafka])
             .args(["--native-listen", &format!("127.0.0.1:{}", port(n, 1)?)])
             .args(["--cluster-listen", &format!("127.0.0.1:{}", port(n, 2)?)])
+            .args(["--admin-listen", &format!("127.0.0.1:{}", port(n, 3)?)])
             .args(["--cluster-transport", &args.cluster_transport])
             .args(["--shards", &args.shards.to_string()])
             .args(["--default-replication-factor", &rf.to_string()])
@@ -102,10 +104,11 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
     );
     for n in 1..=args.nodes {
         println!(
-            "  node {n}: kafka 127.0.0.1:{}  native 127.0.0.1:{}  cluster 127.0.0.1:{}  data {}  log {}",
+            "  node {n}: kafka 127.0.0.1:{}  native 127.0.0.1:{}  cluster 127.0.0.1:{}  admin http://127.0.0.1:{}  data {}  log {}",
             port(n, 0)?,
             port(n, 1)?,
             port(n, 2)?,
+            port(n, 3)?,
             args.data_dir.join(format!("node{n}")).display(),
             args.data_dir.join(format!("node{n}/serve.log")).display()
         );

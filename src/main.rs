@@ -7,6 +7,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
+mod admin;
 mod cluster;
 mod dev;
 mod group;

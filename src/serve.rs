@@ -37,6 +37,11 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:9092]
     #[arg(long, env = "RINGMQ_KAFKA_LISTEN")]
     kafka_listen: Option<String>,
+    /// Admin HTTP listen address (Prometheus metrics at /metrics, JSON API under /v1/);
+    /// "off" disables it. When the default address is busy the broker starts without it
+    /// (with a warning); an address given here must be free [default: 127.0.0.1:9644]
+    #[arg(long, env = "RINGMQ_ADMIN_LISTEN")]
+    admin_listen: Option<String>,
     /// HOST:PORT that Kafka Metadata responses tell clients to connect to
     /// [default: the Kafka listen address]
     #[arg(long, env = "RINGMQ_KAFKA_ADVERTISE")]
@@ -235,6 +240,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     native_listen: Option<SocketAddr>,
     kafka_listen: Option<String>,
+    admin_listen: Option<String>,
     kafka_advertise: Option<String>,
     auto_create_topics: Option<bool>,
     default_partitions: Option<u32>,
@@ -277,6 +283,9 @@ struct FileConfig {
 /// durable produce at 20k records/s, 2 shards): see docs/architecture.md.
 const DISK_POLL_US_DEFAULT: u64 = 1000;
 
+/// The admin listener's address by default (Redpanda's admin port).
+const ADMIN_LISTEN_DEFAULT: &str = "127.0.0.1:9644";
+
 /// Connections a shard serves at once by default (see `--connections-max`): far more
 /// than clients open in practice, few enough that a connection flood cannot exhaust
 /// the broker's file descriptors and memory (each connection holds buffers).
@@ -288,6 +297,9 @@ struct Settings {
     data_dir: PathBuf,
     native_listen: SocketAddr,
     kafka_listen: Option<SocketAddr>,
+    /// The admin listener, and whether its address was given (a busy default is
+    /// skipped with a warning, a busy given address stops the start).
+    admin_listen: Option<(SocketAddr, bool)>,
     kafka: KafkaOptions,
     group_initial_rebalance_delay: Duration,
     group_log_compact_bytes: u64,
@@ -372,6 +384,15 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             a.parse::<SocketAddr>()
                 .with_context(|| format!("--kafka-listen {a}: expected HOST:PORT or off"))?,
         ),
+    };
+    let admin_given = args.admin_listen.or(file.admin_listen);
+    let admin_listen = match admin_given.as_deref().unwrap_or(ADMIN_LISTEN_DEFAULT) {
+        "off" => None,
+        a => Some((
+            a.parse::<SocketAddr>()
+                .with_context(|| format!("--admin-listen {a}: expected HOST:PORT or off"))?,
+            admin_given.is_some(),
+        )),
     };
     let (advertise_host, advertise_port) = match args.kafka_advertise.or(file.kafka_advertise) {
         Some(a) => {
@@ -512,6 +533,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
             .or(file.group_log_compact_bytes)
             .unwrap_or(16 << 20),
         kafka_listen,
+        admin_listen,
         kafka: KafkaOptions {
             advertise_host,
             advertise_port,
@@ -734,6 +756,28 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let (sockets, steering) = bind_listeners(&s)?;
     println!("  steering         {steering}");
+    let mut admin = match s.admin_listen {
+        None => {
+            println!("  admin listener   off");
+            None
+        }
+        Some((addr, given)) => match bind_admin(addr) {
+            Ok(l) => {
+                println!(
+                    "  admin listener   http://{addr} (Prometheus metrics at /metrics, JSON API under /v1/)"
+                );
+                Some(l)
+            }
+            Err(e) if !given => {
+                tracing::warn!(address = %addr, error = %e, "the admin listener is not started: its default address is busy; set --admin-listen (or off)");
+                println!(
+                    "  admin listener   not started: {addr} is busy ({e}); set --admin-listen"
+                );
+                None
+            }
+            Err(e) => bail!("cannot listen on {addr} (--admin-listen): {e}"),
+        },
+    };
     if !s.spin_before_park.is_zero() {
         println!(
             "  idle shards      poll {} µs before sleeping",
@@ -823,6 +867,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = Listeners {
             native: s.native_listen,
             kafka: s.kafka_listen,
+            admin: if i == 0 { admin.take() } else { None },
             sockets,
             kafka_options: s.kafka.clone(),
             limits: s.limits,
@@ -961,10 +1006,25 @@ fn bind_listeners(s: &Settings) -> anyhow::Result<(Vec<ShardSockets>, String)> {
     })
 }
 
+/// The admin listener's socket (not SO_REUSEPORT: one shard serves it).
+fn bind_admin(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(128)?;
+    Ok(s)
+}
+
 /// What a shard listens on.
 struct Listeners {
     native: SocketAddr,
     kafka: Option<SocketAddr>,
+    /// The admin listener, on the shard that serves it.
+    admin: Option<socket2::Socket>,
     sockets: ShardSockets,
     kafka_options: KafkaOptions,
     limits: ConnLimits,
@@ -989,7 +1049,15 @@ async fn run_shard(
     let kafka = listeners.sockets.kafka.map(glommio_listener);
     tracing::info!(shard = id, partitions = shard.partition_count(), native = %listeners.native, kafka = ?listeners.kafka, "shard ready");
     let budget = MemoryBudget::new(listeners.memory);
-    let conns = Rc::new(std::cell::Cell::new(0usize));
+    shard.set_memory_budget(budget.clone());
+    let conns = shard.connection_count();
+    let admin = listeners.admin.map(|l| {
+        glommio::spawn_local(crate::admin::serve(
+            glommio_listener(l),
+            shard.clone(),
+            stop.clone(),
+        ))
+    });
     let accepting = |protocol| Accepting {
         shard: shard.clone(),
         budget: budget.clone(),
@@ -1031,6 +1099,9 @@ async fn run_shard(
         }
     };
     futures_lite::future::zip(accept_native, accept_kafka).await;
+    if let Some(admin) = admin {
+        admin.await;
+    }
     tracing::info!(
         shard = id,
         connections = conns.get(),

@@ -7,7 +7,10 @@ use ringmq_storage::batch::{Record, encode_batch};
 use ringmq_storage::{LogConfig, PartitionLog, SegmentCache};
 
 fn ringmq() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ringmq"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+    // A broker these tests start must not take the admin listener's default port.
+    c.env("RINGMQ_ADMIN_LISTEN", "off");
+    c
 }
 
 #[test]

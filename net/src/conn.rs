@@ -180,6 +180,11 @@ impl MemoryBudget {
         })
     }
 
+    /// The budget's size in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Bytes in use.
     pub fn used(&self) -> usize {
         self.max - self.bytes.available() as usize

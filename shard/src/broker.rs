@@ -225,6 +225,12 @@ pub struct Shard {
     producer_ids: ProducerIds,
     adopt: RefCell<Option<Adopt>>,
     counters: Counters,
+    /// Request counts and latencies for the metrics.
+    metrics: crate::metrics::ShardMetrics,
+    /// Client connections open on this shard (kept by the listener).
+    connections: Rc<Cell<usize>>,
+    /// The listener's memory budget, once set.
+    memory_budget: RefCell<Option<Rc<ringmq_net::conn::MemoryBudget>>>,
     /// The cluster as the controller's metadata last said (`None`: a single node).
     cluster: RefCell<Option<Arc<ClusterView>>>,
     /// Where topic changes go in a cluster (set on the metadata shard).
@@ -317,6 +323,9 @@ impl Shard {
             producer_ids,
             adopt: RefCell::new(None),
             counters: Counters::default(),
+            metrics: Default::default(),
+            connections: Rc::new(Cell::new(0)),
+            memory_budget: RefCell::new(None),
             cluster: RefCell::new(None),
             authority: RefCell::new(None),
             outbox: Outbox::new(),
@@ -863,16 +872,30 @@ impl Shard {
     /// Produces batches to their partitions. With `Acks::None` each result is
     /// `Ok(-1)` once the append has started.
     pub async fn produce(self: &Rc<Self>, acks: Acks, parts: Vec<ProducePart>) -> Vec<Produced> {
-        self.on_owners(parts, move |me, owner, parts| async move {
-            if owner == me.opts.shard_id {
-                return Some(me.produce_here(acks, parts).await);
+        let started = Instant::now();
+        let out = self
+            .on_owners(parts, move |me, owner, parts| async move {
+                if owner == me.opts.shard_id {
+                    return Some(me.produce_here(acks, parts).await);
+                }
+                match me.router.call(owner, Call::Produce { acks, parts }).await {
+                    Some(Reply::Produced(v)) => Some(v),
+                    _ => None,
+                }
+            })
+            .await;
+        let acks_index = match acks {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => 2,
+        };
+        self.metrics.produced(acks_index, started.elapsed());
+        for p in &out {
+            if let Err(e) = &p.result {
+                self.metrics.failed("produce", e.kind);
             }
-            match me.router.call(owner, Call::Produce { acks, parts }).await {
-                Some(Reply::Produced(v)) => Some(v),
-                _ => None,
-            }
-        })
-        .await
+        }
+        out
     }
 
     /// Produce to partitions this shard owns. Each part's append runs in its own task
@@ -934,10 +957,14 @@ impl Shard {
             let task = glommio::spawn_local(async move {
                 let _pass = pass;
                 let _budget = budget;
+                let bytes = batch.len() as u64;
                 let r = partition
                     .produce(batch, acks, ringmq_storage::now_ms())
                     .await;
-                if r.is_ok() {
+                if let Ok(a) = &r {
+                    partition
+                        .traffic
+                        .appended((a.end_offset - a.base_offset).max(0) as u64, bytes);
                     me.data_arrived.notify_all();
                 }
                 match r {
@@ -988,6 +1015,19 @@ impl Shard {
     /// what they have: data arriving on one shard answers the fetch without waiting
     /// out the max wait on the others.
     pub async fn fetch(self: &Rc<Self>, fetch: Fetch) -> Vec<Fetched> {
+        let started = Instant::now();
+        let follower = matches!(fetch.reader, crate::ops::Reader::Follower { .. });
+        let out = self.fetch_unmetered(fetch).await;
+        self.metrics.fetched(follower, started.elapsed());
+        for f in &out {
+            if let Err(e) = &f.records {
+                self.metrics.failed("fetch", e.kind);
+            }
+        }
+        out
+    }
+
+    async fn fetch_unmetered(self: &Rc<Self>, fetch: Fetch) -> Vec<Fetched> {
         let limits: Vec<usize> = fetch.parts.iter().map(|p| p.max_bytes as usize).collect();
         let Fetch {
             reader,
@@ -1149,6 +1189,10 @@ impl Shard {
                 } else {
                     match partition.read(p.offset, budget.max(1), f.reader).await {
                         Ok(r) => {
+                            partition.traffic.read(
+                                matches!(f.reader, crate::ops::Reader::Follower { .. }),
+                                r.len() as u64,
+                            );
                             for c in &r.chunks {
                                 let counter = match c {
                                     ReadChunk::File { .. } => &self.counters.fetch_file_bytes,
@@ -1358,6 +1402,250 @@ impl Shard {
             ("requests_forwarded".into(), c.forwarded.get()),
             ("shards".into(), 1),
         ]
+    }
+
+    /// This shard's metric samples: its requests, I/O and connections, and its
+    /// partitions and groups.
+    fn metrics_here(&self) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::Sample;
+        let shard = self.opts.shard_id.to_string();
+        let mut out = Vec::new();
+        self.metrics.samples(&shard, &mut out);
+        let s = || ("shard", shard.clone());
+        let sent = self.files.stats();
+        let c = &self.counters;
+        let mut number =
+            |family, labels, v: u64| out.push(Sample::number(family, labels, v as f64));
+        number(
+            "ringmq_requests_forwarded_total",
+            vec![s()],
+            c.forwarded.get(),
+        );
+        number(
+            "ringmq_fetch_bytes_total",
+            vec![s(), ("source", "memory".into())],
+            c.fetch_memory_bytes.get(),
+        );
+        number(
+            "ringmq_fetch_bytes_total",
+            vec![s(), ("source", "file".into())],
+            c.fetch_file_bytes.get(),
+        );
+        number(
+            "ringmq_send_file_bytes_total",
+            vec![s(), ("mode", "spliced".into())],
+            sent.spliced_bytes,
+        );
+        number(
+            "ringmq_send_file_bytes_total",
+            vec![s(), ("mode", "copied".into())],
+            sent.copied_bytes,
+        );
+        number(
+            "ringmq_connections",
+            vec![s()],
+            self.connections.get() as u64,
+        );
+        if let Some(b) = &*self.memory_budget.borrow() {
+            number(
+                "ringmq_memory_budget_used_bytes",
+                vec![s()],
+                b.used() as u64,
+            );
+            number("ringmq_memory_budget_bytes", vec![s()], b.max() as u64);
+        }
+        let mut partitions: Vec<(TopicPartition, Rc<Partition>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(tp, p)| (tp.clone(), p.clone()))
+            .collect();
+        partitions.sort_by(|a, b| a.0.cmp(&b.0));
+        for (tp, p) in partitions {
+            let tpl = || {
+                vec![
+                    ("topic", tp.topic.clone()),
+                    ("partition", tp.partition.to_string()),
+                ]
+            };
+            let with = |k: &'static str, v: &str| {
+                let mut l = tpl();
+                l.push((k, v.to_string()));
+                l
+            };
+            let t = &p.traffic;
+            let log = p.log();
+            let figures = p.replication_figures();
+            let mut gauge =
+                |family, labels, v: i64| out.push(Sample::number(family, labels, v as f64));
+            gauge(
+                "ringmq_partition_records_in_total",
+                tpl(),
+                t.records_in.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_bytes_in_total",
+                tpl(),
+                t.bytes_in.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_bytes_out_total",
+                with("reader", "consumer"),
+                t.bytes_out_consumers.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_bytes_out_total",
+                with("reader", "follower"),
+                t.bytes_out_followers.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_log_start_offset",
+                tpl(),
+                p.log_start_offset(),
+            );
+            gauge("ringmq_partition_log_end_offset", tpl(), log.end_offset());
+            gauge("ringmq_partition_high_watermark", tpl(), p.high_watermark());
+            gauge(
+                "ringmq_partition_size_bytes",
+                tpl(),
+                log.size_bytes() as i64,
+            );
+            gauge(
+                "ringmq_partition_segments",
+                tpl(),
+                log.segment_count() as i64,
+            );
+            gauge("ringmq_partition_leader", tpl(), i64::from(figures.leads));
+            if figures.leads {
+                gauge("ringmq_partition_replicas", tpl(), figures.replicas as i64);
+                gauge(
+                    "ringmq_partition_in_sync_replicas",
+                    tpl(),
+                    figures.in_sync as i64,
+                );
+                gauge(
+                    "ringmq_partition_under_replicated",
+                    tpl(),
+                    i64::from(figures.in_sync < figures.replicas),
+                );
+            }
+            for (replica, lag) in figures.follower_lag {
+                gauge(
+                    "ringmq_partition_replica_lag_offsets",
+                    with("replica", &replica.to_string()),
+                    lag,
+                );
+            }
+        }
+        for (group, members) in self.groups.member_counts() {
+            out.push(Sample::number(
+                "ringmq_group_members",
+                vec![("group", group)],
+                members as f64,
+            ));
+        }
+        for (group, topic, partition, offset) in self.groups.all_committed() {
+            out.push(Sample::number(
+                "ringmq_group_committed_offset",
+                vec![
+                    ("group", group),
+                    ("topic", topic),
+                    ("partition", partition.to_string()),
+                ],
+                offset as f64,
+            ));
+        }
+        out
+    }
+
+    /// The whole broker's metrics in the Prometheus text format: every shard's samples
+    /// (one cross-shard call each), the node's, and each group's lag where this node
+    /// holds the partition.
+    pub async fn scrape(self: &Rc<Self>) -> Result<String, BrokerError> {
+        use crate::metrics::{Sample, Value};
+        let started = Instant::now();
+        let mut samples = self.metrics_here();
+        for to in 0..self.opts.shard_count {
+            if to == self.opts.shard_id {
+                continue;
+            }
+            match self.router.call(to, Call::Metrics).await {
+                Some(Reply::Metrics(m)) => samples.extend(m),
+                _ => return Err(BrokerError::shard_silent(to)),
+            }
+        }
+        let number = |family, labels, v: f64| Sample::number(family, labels, v);
+        samples.push(number(
+            "ringmq_build_info",
+            vec![("version", env!("CARGO_PKG_VERSION").into())],
+            1.0,
+        ));
+        samples.push(number(
+            "ringmq_shards",
+            vec![],
+            f64::from(self.opts.shard_count),
+        ));
+        samples.push(number("ringmq_node_id", vec![], f64::from(self.node_id())));
+        if let Some(c) = self.cluster() {
+            samples.push(number(
+                "ringmq_cluster_controller_leader",
+                vec![],
+                f64::from(c.controller.unwrap_or(-1)),
+            ));
+            let fenced = c.nodes.values().filter(|n| n.fenced).count();
+            samples.push(number(
+                "ringmq_cluster_nodes",
+                vec![("state", "alive".into())],
+                (c.nodes.len() - fenced) as f64,
+            ));
+            samples.push(number(
+                "ringmq_cluster_nodes",
+                vec![("state", "fenced".into())],
+                fenced as f64,
+            ));
+        }
+        // Lag: the partition's high watermark (from whichever shard holds it) minus the
+        // committed offset (from the group's coordinator shard).
+        let watermarks: HashMap<(String, String), f64> = samples
+            .iter()
+            .filter(|s| s.family == "ringmq_partition_high_watermark")
+            .filter_map(|s| match &s.value {
+                Value::Number(v) => Some(((s.labels[0].1.clone(), s.labels[1].1.clone()), *v)),
+                Value::Histogram(_) => None,
+            })
+            .collect();
+        let lags: Vec<Sample> = samples
+            .iter()
+            .filter(|s| s.family == "ringmq_group_committed_offset")
+            .filter_map(|s| {
+                let Value::Number(committed) = s.value else {
+                    return None;
+                };
+                let hw = watermarks.get(&(s.labels[1].1.clone(), s.labels[2].1.clone()))?;
+                Some(number(
+                    "ringmq_group_lag_offsets",
+                    s.labels.clone(),
+                    (hw - committed).max(0.0),
+                ))
+            })
+            .collect();
+        samples.extend(lags);
+        samples.push(number(
+            "ringmq_scrape_duration_seconds",
+            vec![],
+            started.elapsed().as_secs_f64(),
+        ));
+        Ok(crate::metrics::render(&samples))
+    }
+
+    /// The count of client connections open on this shard, kept by the listener.
+    pub fn connection_count(&self) -> Rc<Cell<usize>> {
+        self.connections.clone()
+    }
+
+    /// The listener's memory budget, for the metrics.
+    pub fn set_memory_budget(&self, budget: Rc<ringmq_net::conn::MemoryBudget>) {
+        *self.memory_budget.borrow_mut() = Some(budget);
     }
 
     /// Every shard's counters, summed by name.
@@ -1602,6 +1890,7 @@ impl Shard {
             Call::DeleteRecords(d) => Reply::Deleted(self.delete_records_here(d).await),
             Call::Stats(tps) => Reply::Stats(self.stats_here(tps)),
             Call::Counters => Reply::Counters(self.counters()),
+            Call::Metrics => Reply::Metrics(self.metrics_here()),
             Call::ChangeTopics(op) => Reply::TopicsChanged(self.change_topics(op).await),
             Call::ApplyCluster(view) => Reply::Applied(self.apply_cluster_here(view).await),
             Call::ApplyTopics(table) => Reply::Applied(self.apply_topics(table).await),

@@ -7,7 +7,9 @@ use std::fmt;
 
 /// What went wrong, in the broker's terms. Each front-end maps every kind to a code of
 /// its protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ErrorKind {
     // Topics and partitions.
     /// No such topic.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod gate;
 pub mod groups;
 pub mod metadata;
+pub mod metrics;
 pub mod native;
 pub mod native_groups;
 pub mod ops;

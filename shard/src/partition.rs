@@ -69,6 +69,8 @@ pub struct Partition {
     /// The shard's "data arrived" signal, woken after an append and when the high
     /// watermark moves (long-polling fetches wait on it).
     data_arrived: RefCell<Option<Rc<Notify>>>,
+    /// Records and bytes in and out, for the metrics.
+    pub(crate) traffic: crate::metrics::Traffic,
 }
 
 impl Partition {
@@ -115,6 +117,7 @@ impl Partition {
             last_high_watermark: Cell::new(-1),
             checkpointed_high_watermark: Cell::new(-1),
             data_arrived: RefCell::new(None),
+            traffic: Default::default(),
             high_watermark_moved: Notify::new(),
         }))
     }

@@ -316,6 +316,42 @@ impl Partition {
         }
     }
 
+    /// The partition's replication for the metrics: whether this replica leads it, the
+    /// assigned replicas, the in-sync ones, and on a leader each follower's distance
+    /// behind the log end (the whole log end while the follower has not fetched).
+    pub(crate) fn replication_figures(&self) -> ReplicationFigures {
+        let log_end = self.log().end_offset();
+        match &*self.replication.borrow() {
+            Replication::Alone => ReplicationFigures {
+                leads: true,
+                replicas: 1,
+                in_sync: 1,
+                follower_lag: Vec::new(),
+            },
+            Replication::Leader(l) => ReplicationFigures {
+                leads: true,
+                replicas: l.state.assignment().len(),
+                in_sync: l.state.isr().len(),
+                follower_lag: l
+                    .state
+                    .assignment()
+                    .iter()
+                    .filter(|&&r| r != self.me())
+                    .map(|&r| {
+                        let at = l.state.follower_log_end_offset(r).unwrap_or(0);
+                        (r, (log_end - at).max(0))
+                    })
+                    .collect(),
+            },
+            Replication::Follower(_) | Replication::Leaderless { .. } => ReplicationFigures {
+                leads: false,
+                replicas: 0,
+                in_sync: 0,
+                follower_lag: Vec::new(),
+            },
+        }
+    }
+
     /// Whether `replica` is an assigned follower of this leader.
     pub(crate) fn has_follower(&self, replica: i32) -> bool {
         match &*self.replication.borrow() {
@@ -973,6 +1009,19 @@ impl Partition {
     pub fn durable_offset_for_leader(&self) -> i64 {
         self.log().durable_offset().min(self.log().end_offset())
     }
+}
+
+/// A partition's replication, for the metrics ([`Partition::replication_figures`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplicationFigures {
+    /// This replica leads the partition (or is alone).
+    pub leads: bool,
+    /// Assigned replicas (0 where this replica does not lead: the leader reports them).
+    pub replicas: usize,
+    /// In-sync replicas (likewise).
+    pub in_sync: usize,
+    /// On a leader: (follower, offsets it is behind the log end).
+    pub follower_lag: Vec<(i32, i64)>,
 }
 
 #[cfg(test)]

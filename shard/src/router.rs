@@ -60,6 +60,8 @@ pub enum Call {
     Stats(Vec<TopicPartition>),
     /// The shard's counters.
     Counters,
+    /// Its metric samples.
+    Metrics,
     /// Change the topics (on the metadata shard).
     ChangeTopics(TopicOp),
     /// Replace the topic table and open or close partitions to match.
@@ -105,6 +107,8 @@ pub enum Reply {
     Stats(Vec<PartitionStats>),
     /// To `Call::Counters`.
     Counters(Vec<(String, u64)>),
+    /// To `Call::Metrics`.
+    Metrics(Vec<crate::metrics::Sample>),
     /// To `Call::StopFetch`.
     Stopped,
     /// To any call the callee had no room for (too many calls in flight).

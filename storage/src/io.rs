@@ -460,10 +460,12 @@ impl SegmentWriter {
 
     /// fdatasync of everything written.
     pub(crate) async fn sync(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let r = match &self.file {
             WriterFile::Direct { fd, .. } => sync_direct(fd).await,
             WriterFile::Buffered(file) => file.fdatasync().await.map_err(Into::into),
         };
+        crate::metrics::record_sync(started.elapsed());
         r.map_err(|e| Error::io("syncing segment", &self.path, e))
     }
 

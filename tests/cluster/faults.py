@@ -156,6 +156,7 @@ class Node:
             "--voters", voters, "--cluster-certs", self.certs,
             "--kafka-listen", f"{self.addr}:{KAFKA_PORT}",
             "--native-listen", f"{self.addr}:{NATIVE_PORT}",
+            "--admin-listen", "off",
             "--shards", "1",
             "--node-session-timeout-ms", str(SESSION_TIMEOUT_MS),
             "--replica-lag-time-max-ms", str(LAG_TIME_MAX_MS),

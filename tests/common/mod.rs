@@ -13,6 +13,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// The Kafka listener.
     pub kafka: SocketAddr,
+    /// The admin HTTP listener.
+    pub admin: SocketAddr,
 }
 
 /// A port that is free now, below the kernel's range for ephemeral ports, so no
@@ -92,11 +94,14 @@ impl Broker {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Option<Self> {
+        let admin = free_addr();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["serve", "--log-level", "warn", "--native-listen"])
             .arg(addr.to_string())
             .arg("--kafka-listen")
             .arg(kafka.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
             .arg("--shards")
             .arg(shards.to_string())
             .arg("--data-dir")
@@ -135,7 +140,12 @@ impl Broker {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, addr, kafka })
+        Some(Self {
+            child,
+            addr,
+            kafka,
+            admin,
+        })
     }
 
     pub fn stop(mut self) {

@@ -93,7 +93,8 @@ def free_port(kind=socket.SOCK_STREAM):
     raise RuntimeError(f"no free port in {lo}..{hi}")
 
 
-PORTS = {n: {"kafka": free_port(), "native": free_port(), "cluster": free_port(socket.SOCK_DGRAM)} for n in NODES}
+PORTS = {n: {"kafka": free_port(), "native": free_port(), "admin": free_port(),
+             "cluster": free_port(socket.SOCK_DGRAM)} for n in NODES}
 VOTERS = ",".join(f"{n}@127.0.0.1:{PORTS[n]['cluster']}" for n in NODES)
 BOOTSTRAP = ",".join(f"127.0.0.1:{PORTS[n]['kafka']}" for n in NODES)
 CERTS = os.path.join(WORK, "certs")
@@ -111,6 +112,7 @@ def start(n):
             "--cluster-certs", CERTS,
             "--kafka-listen", f"127.0.0.1:{PORTS[n]['kafka']}",
             "--native-listen", f"127.0.0.1:{PORTS[n]['native']}",
+            "--admin-listen", f"127.0.0.1:{PORTS[n]['admin']}",
             "--shards", "1",
             "--node-session-timeout-ms", "2000",
             "--replica-lag-time-max-ms", "3000",

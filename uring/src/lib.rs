@@ -81,6 +81,10 @@ pub struct Ring {
     poll: Cell<Duration>,
     /// Polling spent in the current budget window, and when that window began.
     polled: Cell<(Duration, Instant)>,
+    /// Entries pushed to the submission queue and completions reaped, since the ring
+    /// was set up (for the broker's metrics).
+    submitted: Cell<u64>,
+    completed: Cell<u64>,
     _eventfd: OwnedFd,
 }
 
@@ -141,10 +145,22 @@ impl Ring {
             broken: Cell::new(false),
             poll: Cell::new(Duration::ZERO),
             polled: Cell::new((Duration::ZERO, Instant::now())),
+            submitted: Cell::new(0),
+            completed: Cell::new(0),
             _eventfd: eventfd,
         });
         glommio::spawn_local(completions(Rc::downgrade(&me), reader)).detach();
         Ok(me)
+    }
+
+    /// Entries submitted and completions reaped on this thread's ring since it was set
+    /// up: (0, 0) when the thread has not used it.
+    pub fn counts_here() -> (u64, u64) {
+        CURRENT.with(|c| {
+            c.borrow()
+                .as_ref()
+                .map_or((0, 0), |r| (r.submitted.get(), r.completed.get()))
+        })
     }
 
     /// True when the kernel supports `op` on this ring.
@@ -328,6 +344,7 @@ impl Ring {
                 return Err(io::Error::other("io_uring submission queue full"));
             }
             idxs.push(idx);
+            self.submitted.set(self.submitted.get() + 1);
         }
         if let Err(e) = ring.submit() {
             // The entries may not have reached the kernel; they stay in their slots and
@@ -359,6 +376,7 @@ impl Ring {
                 done.push((cqe.user_data() as usize, cqe.result()));
             }
         }
+        self.completed.set(self.completed.get() + done.len() as u64);
         for (idx, res) in done {
             let mut slots = self.slots.borrow_mut();
             let Some(Some(slot)) = slots.get_mut(idx) else {

@@ -1838,6 +1838,28 @@ impl Coordinator {
         }
     }
 
+    /// Member counts of the groups with members, for the metrics: (group, members).
+    pub fn member_counts(&self) -> Vec<(String, usize)> {
+        self.groups
+            .borrow()
+            .iter()
+            .filter(|(_, g)| !g.members.is_empty())
+            .map(|(name, g)| (name.clone(), g.members.len()))
+            .collect()
+    }
+
+    /// Every committed offset, for the metrics: (group, topic, partition, offset).
+    pub fn all_committed(&self) -> Vec<(String, String, i32, i64)> {
+        let offsets = self.offsets.borrow();
+        let mut out = Vec::new();
+        for (group, o) in offsets.iter() {
+            for ((t, p), (off, _, _)) in o {
+                out.push((group.clone(), t.clone(), *p, *off));
+            }
+        }
+        out
+    }
+
     /// Committed offsets of a group, for tools: (topic, partition, offset).
     pub fn committed(&self, group: &str) -> Vec<(String, i32, i64)> {
         self.offsets

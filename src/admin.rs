@@ -1,0 +1,446 @@
+//! The admin HTTP listener (`--admin-listen`, default 127.0.0.1:9644): Prometheus
+//! metrics at `/metrics` and a JSON API under `/v1/`.
+//!
+//! It runs on shard 0, in a task queue of its own with few shares (`ADMIN_SHARES`
+//! against the connections' default 1000): when the shard is busy with produce and
+//! fetch work, admin requests get a small slice of the core and wait, rather than the
+//! data path waiting for them. A thread of its own would need locks or channels to
+//! reach the shards' state; here it asks the shards as any request does (one
+//! cross-shard call per shard for a scrape). HTTP/1.1 is parsed with `httparse`; keep-
+//! alive is honoured, one request at a time per connection.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, Shares, TaskQueueHandle};
+use ringmq_shard::broker::Shard;
+use ringmq_shard::error::{BrokerError, ErrorKind};
+use ringmq_shard::ops::TopicPartition;
+use serde_json::{Value, json};
+
+/// Shares of the admin task queue (connections run in the default queue, 1000).
+const ADMIN_SHARES: usize = 50;
+/// Largest request head (request line and headers).
+const HEAD_BYTES_MAX: usize = 16 << 10;
+/// Largest request body.
+const BODY_BYTES_MAX: usize = 1 << 20;
+/// A connection idle this long between requests, or this slow to send one, is closed.
+const IDLE: Duration = Duration::from_secs(60);
+/// Admin connections served at once; more are closed at once.
+const CONNECTIONS_MAX: usize = 256;
+
+/// Serves the admin API on `listener` until `stop` is set.
+pub(crate) async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+    let tq = glommio::executor().create_task_queue(
+        Shares::Static(ADMIN_SHARES),
+        Latency::NotImportant,
+        "admin",
+    );
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    // As the data listeners do: one accept in flight across the ticks that look at the
+    // stop flag (dropping an accept could lose a connection the kernel took).
+    let mut accept = Box::pin(listener.accept());
+    loop {
+        let tick = shard
+            .timers()
+            .sleep_until(Instant::now() + Duration::from_millis(100));
+        let accepted = futures_lite::future::or(async { Some((&mut accept).await) }, async {
+            tick.await;
+            None
+        })
+        .await;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let Some(r) = accepted else { continue };
+        accept = Box::pin(listener.accept());
+        match r {
+            Ok(stream) if open.get() < CONNECTIONS_MAX => {
+                open.set(open.get() + 1);
+                let (shard, open) = (shard.clone(), open.clone());
+                spawn(tq, async move {
+                    if let Err(e) = connection(stream, &shard).await {
+                        tracing::debug!(error = %e, "admin connection ended");
+                    }
+                    open.set(open.get() - 1);
+                });
+            }
+            Ok(stream) => drop(stream),
+            Err(e) => {
+                tracing::warn!(error = %e, "admin listener: accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn spawn(tq: TaskQueueHandle, f: impl Future<Output = ()> + 'static) {
+    glommio::spawn_local_into(f, tq)
+        .expect("the admin task queue lives as long as the shard")
+        .detach();
+}
+
+/// A request as the router sees it (no endpoint takes a query string yet).
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+}
+
+/// An answer.
+struct Response {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: u16, v: &Value) -> Self {
+        let mut body = serde_json::to_vec_pretty(v).expect("JSON values serialize");
+        body.push(b'\n');
+        Self {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    fn error(status: u16, code: &str, message: impl Into<String>) -> Self {
+        Self::json(
+            status,
+            &json!({"error": {"code": code, "message": message.into()}}),
+        )
+    }
+
+    fn broker_error(e: &BrokerError) -> Self {
+        let status = match e.kind {
+            ErrorKind::UnknownTopic | ErrorKind::UnknownPartition | ErrorKind::GroupIdNotFound => {
+                404
+            }
+            ErrorKind::TopicExists | ErrorKind::NonEmptyGroup => 409,
+            ErrorKind::InvalidTopic
+            | ErrorKind::InvalidPartitions
+            | ErrorKind::InvalidConfig
+            | ErrorKind::InvalidReplicationFactor
+            | ErrorKind::InvalidRequest => 400,
+            _ => 503,
+        };
+        let code = format!("{:?}", e.kind);
+        Self::error(status, &code, e.message.clone())
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Serves one connection's requests in turn until the client closes it, asks to, or
+/// sends something that is not HTTP/1.x.
+async fn connection(mut stream: TcpStream, shard: &Rc<Shard>) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        // The head: read until it parses completely.
+        let (head_len, method, path, body_len, close) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let mut body_len = 0usize;
+                    let mut close = req.version == Some(0);
+                    for h in req.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            body_len = match std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse().ok())
+                            {
+                                Some(n) => n,
+                                None => {
+                                    let r = Response::error(
+                                        400,
+                                        "bad_request",
+                                        "a Content-Length that is not a number",
+                                    );
+                                    return write(&mut stream, &r, true).await;
+                                }
+                            };
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                            close = v.contains("close")
+                                || (req.version == Some(0) && !v.contains("keep-alive"));
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            let r = Response::error(
+                                400,
+                                "bad_request",
+                                "chunked request bodies are not supported: send a Content-Length",
+                            );
+                            return write(&mut stream, &r, true).await;
+                        }
+                    }
+                    let method = req.method.unwrap_or("").to_string();
+                    let path = req.path.unwrap_or("/").to_string();
+                    break (n, method, path, body_len, close);
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= HEAD_BYTES_MAX => {
+                    let r = Response::error(
+                        431,
+                        "head_too_large",
+                        format!("request line and headers over {HEAD_BYTES_MAX} bytes"),
+                    );
+                    return write(&mut stream, &r, true).await;
+                }
+                Ok(httparse::Status::Partial) => {
+                    if read_more(&mut stream, &mut buf).await? == 0 {
+                        return Ok(()); // closed between requests (or mid-head)
+                    }
+                }
+                Err(e) => {
+                    let r = Response::error(
+                        400,
+                        "bad_request",
+                        format!("not an HTTP/1.x request: {e}"),
+                    );
+                    return write(&mut stream, &r, true).await;
+                }
+            }
+        };
+        if body_len > BODY_BYTES_MAX {
+            let r = Response::error(
+                413,
+                "body_too_large",
+                format!("request bodies are at most {BODY_BYTES_MAX} bytes"),
+            );
+            return write(&mut stream, &r, true).await;
+        }
+        while buf.len() < head_len + body_len {
+            if read_more(&mut stream, &mut buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+        let req = Request {
+            method: &method,
+            path,
+        };
+        let resp = route(shard, &req).await;
+        write(&mut stream, &resp, close).await?;
+        buf.drain(..head_len + body_len);
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`; 0 when the peer closed it. Times out after
+/// [`IDLE`].
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 4096];
+    let read = futures_lite::future::or(async { Some(stream.read(&mut chunk).await) }, async {
+        glommio::timer::sleep(IDLE).await;
+        None
+    })
+    .await;
+    match read {
+        Some(Ok(n)) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(n)
+        }
+        Some(Err(e)) => Err(e),
+        None => Ok(0),
+    }
+}
+
+async fn write(stream: &mut TcpStream, r: &Response, close: bool) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n{}\r\n",
+        r.status,
+        reason(r.status),
+        r.content_type,
+        r.body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&r.body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}
+
+/// Every endpoint, for `GET /` and for 404 answers.
+const ENDPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "/metrics",
+        "Prometheus metrics (text format 0.0.4); docs/operations.md lists them",
+    ),
+    ("GET", "/v1/health", "200 while the broker serves"),
+    (
+        "GET",
+        "/v1/ready",
+        "200 once this node can serve (in a cluster: it has the metadata and is registered), 503 before",
+    ),
+    (
+        "GET",
+        "/v1/broker",
+        "version, node id, shards, cluster nodes and controller",
+    ),
+    ("GET", "/v1/topics", "every topic with its partition count"),
+    (
+        "GET",
+        "/v1/topics/{name}",
+        "a topic's settings and partitions: offsets, size, leader, replicas, ISR",
+    ),
+];
+
+async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
+    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    let known = matches!(
+        segments.as_slice(),
+        [] | ["metrics"] | ["v1", "health" | "ready" | "broker" | "topics"] | ["v1", "topics", _]
+    );
+    if !known {
+        return Response::json(
+            404,
+            &json!({
+                "error": {"code": "not_found", "message": format!("no endpoint {}", req.path)},
+                "endpoints": endpoints(),
+            }),
+        );
+    }
+    if req.method != "GET" {
+        return Response::error(
+            405,
+            "method_not_allowed",
+            format!("{} {} is not supported: only GET", req.method, req.path),
+        );
+    }
+    match segments.as_slice() {
+        [] => Response::json(
+            200,
+            &json!({"ringmq": env!("CARGO_PKG_VERSION"), "endpoints": endpoints()}),
+        ),
+        ["metrics"] => match shard.scrape().await {
+            Ok(text) => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: text.into_bytes(),
+            },
+            Err(e) => Response::broker_error(&e),
+        },
+        ["v1", "health"] => Response::json(200, &json!({"status": "ok"})),
+        ["v1", "ready"] => {
+            let (ready, why) = readiness(shard);
+            Response::json(
+                if ready { 200 } else { 503 },
+                &json!({"ready": ready, "reason": why}),
+            )
+        }
+        ["v1", "broker"] => Response::json(200, &broker(shard)),
+        ["v1", "topics"] => {
+            let mut names = shard.topic_names();
+            names.sort();
+            let topics: Vec<Value> = names
+                .iter()
+                .filter_map(|n| shard.topic(n).map(|m| json!({"name": n, "partitions": m.partitions, "internal": n.starts_with("__")})))
+                .collect();
+            Response::json(200, &json!({"topics": topics}))
+        }
+        ["v1", "topics", name] => match topic(shard, name).await {
+            Ok(v) => Response::json(200, &v),
+            Err(e) => Response::broker_error(&e),
+        },
+        _ => unreachable!("matched above"),
+    }
+}
+
+fn endpoints() -> Vec<Value> {
+    ENDPOINTS
+        .iter()
+        .map(|(m, p, what)| json!({"method": m, "path": p, "description": what}))
+        .collect()
+}
+
+fn readiness(shard: &Shard) -> (bool, String) {
+    if !shard.clustered() {
+        return (true, "a single node".into());
+    }
+    match shard.cluster() {
+        None => (
+            false,
+            "the node has not learned the cluster's metadata yet".into(),
+        ),
+        Some(c) if !c.registered => (
+            false,
+            "the controller has not registered this node yet".into(),
+        ),
+        Some(_) => (true, "registered with the controller".into()),
+    }
+}
+
+fn broker(shard: &Shard) -> Value {
+    let cluster = shard.cluster().map(|c| {
+        let nodes: Vec<Value> = c
+            .nodes
+            .iter()
+            .map(|(id, n)| json!({"id": id, "kafka": format!("{}:{}", n.kafka_host, n.kafka_port), "native": n.native, "fenced": n.fenced}))
+            .collect();
+        json!({"controller": c.controller, "nodes": nodes, "metadata_index": c.applied_index})
+    });
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": shard.node_id(),
+        "shards": shard.shard_count(),
+        "clustered": shard.clustered(),
+        "cluster": cluster,
+    })
+}
+
+async fn topic(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
+    let (meta, stats) = shard.describe_topic(name).await?;
+    let cluster = shard.cluster();
+    let partitions: Vec<Value> = stats
+        .iter()
+        .map(|s| {
+            let view = cluster.as_ref().and_then(|c| {
+                c.partition(&TopicPartition::new(name, s.tp.partition))
+                    .cloned()
+            });
+            let (leader, replicas, isr) = match &view {
+                Some(v) => (v.leader, v.replicas.clone(), v.isr.clone()),
+                None if cluster.is_none() => (
+                    Some(shard.node_id()),
+                    vec![shard.node_id()],
+                    vec![shard.node_id()],
+                ),
+                None => (None, Vec::new(), Vec::new()),
+            };
+            json!({
+                "partition": s.tp.partition,
+                "shard": s.shard,
+                "log_start_offset": s.start_offset,
+                "high_watermark": s.high_watermark,
+                "size_bytes": s.size_bytes,
+                "leader": leader,
+                "leader_epoch": s.leader_epoch,
+                "replicas": replicas,
+                "isr": isr,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "name": name,
+        "partitions": partitions,
+        "configs": meta.configs,
+    }))
+}

@@ -1,0 +1,269 @@
+//! The admin HTTP listener of a real broker (`ringmq serve --admin-listen`): its
+//! Prometheus metrics, checked with the Prometheus client library's parser
+//! (`tests/admin/metrics.py`) against what was produced and consumed, and its JSON API
+//! with its errors. The broker must survive every bad request.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Sends `request` as is and returns (status, body).
+fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let (status, body) = get(addr, path);
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, v)
+}
+
+fn ringmq(broker: &common::Broker, args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(args)
+        .env("RINGMQ_BROKERS", broker.addr.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ringmq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every sample of `name` whose labels include `want`, as values.
+fn values(samples: &[Value], name: &str, want: &[(&str, &str)]) -> Vec<f64> {
+    samples
+        .iter()
+        .filter(|s| s[0] == name)
+        .filter(|s| want.iter().all(|(k, v)| s[1][k] == *v))
+        .map(|s| s[2].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_count_what_clients_did() {
+    let python = root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test, which installs prometheus-client",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start_with(dir.path(), 2);
+    ringmq(
+        &broker,
+        &["topic", "create", "orders", "--partitions", "3"],
+        "",
+    );
+    let lines: String = (0..600).map(|i| format!("value-{i}\n")).collect();
+    ringmq(&broker, &["produce", "orders"], &lines);
+    // A native group reads 200 of them and commits: 400 left to read.
+    ringmq(
+        &broker,
+        &["consume", "orders", "--group", "billing", "--count", "200"],
+        "",
+    );
+
+    let (status, text) = get(broker.admin, "/metrics");
+    assert_eq!(status, 200);
+    let mut check = Command::new(&python)
+        .arg(root().join("tests/admin/metrics.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let samples = parsed["samples"].as_array().unwrap();
+    let sum = |name: &str, want: &[(&str, &str)]| values(samples, name, want).iter().sum::<f64>();
+
+    assert_eq!(
+        parsed["families"]["ringmq_produce_duration_seconds"],
+        "histogram"
+    );
+    assert_eq!(sum("ringmq_shards", &[]), 2.0);
+    assert_eq!(
+        sum("ringmq_partition_records_in_total", &[("topic", "orders")]),
+        600.0
+    );
+    assert_eq!(
+        sum("ringmq_partition_high_watermark", &[("topic", "orders")]),
+        600.0
+    );
+    assert_eq!(
+        values(
+            samples,
+            "ringmq_partition_log_end_offset",
+            &[("topic", "orders")]
+        )
+        .len(),
+        3,
+        "one per partition"
+    );
+    assert!(sum("ringmq_partition_bytes_in_total", &[("topic", "orders")]) > 600.0 * 9.0);
+    assert!(
+        sum(
+            "ringmq_partition_bytes_out_total",
+            &[("topic", "orders"), ("reader", "consumer")]
+        ) > 0.0
+    );
+    assert!(sum("ringmq_produce_requests_total", &[]) >= 1.0);
+    assert!(sum("ringmq_produce_duration_seconds_count", &[]) >= 1.0);
+    assert!(sum("ringmq_fetch_requests_total", &[("reader", "consumer")]) >= 1.0);
+    assert!(
+        sum("ringmq_log_syncs_total", &[]) >= 1.0,
+        "every_batch syncs each produce"
+    );
+    assert_eq!(
+        sum("ringmq_group_committed_offset", &[("group", "billing")]),
+        200.0
+    );
+    assert_eq!(
+        sum("ringmq_group_lag_offsets", &[("group", "billing")]),
+        400.0,
+        "high watermarks 600 in all, 200 committed"
+    );
+    assert!(sum("ringmq_memory_budget_bytes", &[]) > 0.0);
+    broker.stop();
+}
+
+#[test]
+fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = common::Broker::start_with(dir.path(), 2);
+    ringmq(
+        &broker,
+        &["topic", "create", "orders", "--partitions", "2"],
+        "",
+    );
+    ringmq(
+        &broker,
+        &["produce", "orders", "--partition", "1"],
+        "a\nb\nc\n",
+    );
+    let admin = broker.admin;
+
+    assert_eq!(
+        get_json(admin, "/v1/health"),
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    let (status, ready) = get_json(admin, "/v1/ready");
+    assert_eq!((status, &ready["ready"]), (200, &Value::Bool(true)));
+    let (_, b) = get_json(admin, "/v1/broker");
+    assert_eq!(b["shards"], 2);
+    assert_eq!(b["node_id"], 0);
+    let (_, topics) = get_json(admin, "/v1/topics");
+    assert_eq!(
+        topics["topics"],
+        serde_json::json!([{"name": "orders", "partitions": 2, "internal": false}])
+    );
+    let (status, t) = get_json(admin, "/v1/topics/orders");
+    assert_eq!(status, 200);
+    assert_eq!(t["partitions"][1]["high_watermark"], 3);
+    assert_eq!(t["partitions"][0]["high_watermark"], 0);
+    assert_eq!(t["partitions"][1]["leader"], 0);
+
+    // Errors: JSON with a code, and the right status.
+    let (status, e) = get_json(admin, "/v1/topics/nope");
+    assert_eq!(status, 404);
+    assert_eq!(e["error"]["code"], "UnknownTopic");
+    let (status, e) = get_json(admin, "/v1/nothing-here");
+    assert_eq!(status, 404);
+    assert!(e["endpoints"].as_array().unwrap().len() >= 5);
+    let (status, _) = raw(
+        admin,
+        b"DELETE /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 405);
+    let (status, _) = raw(admin, b"\x16\x03\x01 this is not HTTP\r\n\r\n");
+    assert_eq!(status, 400);
+    let huge = format!(
+        "GET /v1/health HTTP/1.1\r\nX-Filler: {}\r\n\r\n",
+        "x".repeat(20_000)
+    );
+    assert_eq!(raw(admin, huge.as_bytes()).0, 431);
+    assert_eq!(
+        raw(
+            admin,
+            b"POST /v1/topics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"
+        )
+        .0,
+        413
+    );
+    // A client that sends half a request and vanishes.
+    {
+        let mut s = TcpStream::connect(admin).unwrap();
+        s.write_all(b"GET /metr").unwrap();
+    }
+    // Keep-alive: two requests on one connection, both answered.
+    let (status, body) = raw(
+        admin,
+        b"GET /v1/health HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/ready HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("\"ready\": true"), "{body}");
+
+    // Still serving, data listeners included.
+    assert_eq!(get(admin, "/v1/health").0, 200);
+    assert_eq!(
+        ringmq(&broker, &["consume", "orders", "--partition", "1"], ""),
+        "a\nb\nc\n"
+    );
+    broker.stop();
+}
