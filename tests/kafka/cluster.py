@@ -32,6 +32,10 @@ and min.insync.replicas=2, and then, per client:
   killed; a second member, given every node, must find the new coordinator and read
   exactly the other half (the committed offsets survived; nothing read twice).
 
+Every scenario ends by waiting for the full ISR and checking each node's /metrics (admin
+listener, parsed with prometheus-client): three live nodes, one controller, and per
+partition one leader reporting three in-sync replicas.
+
 Nodes are stopped at the end whatever happens (SIGTERM, then SIGKILL). Exits non-zero
 with the reason on the first mismatch.
 """
@@ -177,6 +181,45 @@ def wait_full_isr(timeout):
             pass
         time.sleep(0.2)
     fail(f"the ISR of {TOPIC} did not come back to 3 within {timeout} s: {describe()}")
+
+
+def node_metrics(n):
+    """Node n's /metrics, parsed by the Prometheus client library: {(name, labels): value}
+    with labels as a sorted tuple of pairs."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{PORTS[n]['admin']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def check_metrics(timeout):
+    """With the ISR full: every node's metrics say 3 live nodes and the same controller;
+    each partition of the topic is led by exactly one node, which reports 3 in-sync
+    replicas and no under-replication."""
+    deadline, why = time.time() + timeout, ""
+    while time.time() < deadline:
+        m = {n: node_metrics(n) for n in NODES}
+        alive = {n: m[n].get(("ringmq_cluster_nodes", (("state", "alive"),))) for n in NODES}
+        controllers = {m[n].get(("ringmq_cluster_controller_leader", ())) for n in NODES}
+        leaders = {}
+        for n in NODES:
+            for (name, labels), v in m[n].items():
+                d = dict(labels)
+                if name == "ringmq_partition_leader" and d.get("topic") == TOPIC and v == 1:
+                    leaders.setdefault(int(d["partition"]), []).append((n, labels))
+        isr_ok = all(len(ls) == 1
+                     and m[ls[0][0]].get(("ringmq_partition_in_sync_replicas", ls[0][1])) == 3
+                     and m[ls[0][0]].get(("ringmq_partition_under_replicated", ls[0][1])) == 0
+                     for ls in leaders.values())
+        if (all(a == 3 for a in alive.values()) and len(controllers) == 1
+                and controllers.pop() in NODES and sorted(leaders) == [0, 1, 2] and isr_ok):
+            return
+        why = f"alive {alive}, controllers {controllers}, leaders {leaders}"
+        time.sleep(0.5)
+    fail(f"the nodes' metrics do not show the healthy cluster: {why}")
 
 
 def describe():
@@ -593,6 +636,7 @@ try:
     {"confluent": confluent, "kafka-python": kafka_python, "kcat": kcat,
      "native": native, "groups": groups, "native-groups": native_groups}[CLIENT]()
     wait_full_isr(20)
+    check_metrics(10)
     print("final:", describe())
 except Exception:
     # Not a check that failed (those exit through fail()): a client call that raised.
