@@ -19,7 +19,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ringmq_shard::broker::Shard;
 use ringmq_shard::error::{BrokerError, ErrorKind};
-use ringmq_shard::ops::TopicPartition;
+use ringmq_shard::groups::{FetchOffsets, GroupOp, GroupReply, GroupState};
+use ringmq_shard::ops::{TopicOp, TopicPartition};
 use serde_json::{Value, json};
 
 /// Shares of the admin task queue (connections run in the default queue, 1000).
@@ -88,6 +89,7 @@ fn spawn(tq: TaskQueueHandle, f: impl Future<Output = ()> + 'static) {
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
+    body: &'a [u8],
 }
 
 /// An answer.
@@ -136,6 +138,7 @@ impl Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -233,6 +236,7 @@ async fn connection(mut stream: TcpStream, shard: &Rc<Shard>) -> std::io::Result
         let req = Request {
             method: &method,
             path,
+            body: &buf[head_len..head_len + body_len],
         };
         let resp = route(shard, &req).await;
         write(&mut stream, &resp, close).await?;
@@ -301,15 +305,40 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "/v1/topics/{name}",
         "a topic's settings and partitions: offsets, size, leader, replicas, ISR",
     ),
+    (
+        "POST",
+        "/v1/topics",
+        "create a topic: {\"name\", \"partitions\", \"replication_factor\"?, \"configs\"?: {key: value}}",
+    ),
+    ("DELETE", "/v1/topics/{name}", "delete a topic and its data"),
+    (
+        "GET",
+        "/v1/groups",
+        "the consumer groups this node coordinates, with their state",
+    ),
+    (
+        "GET",
+        "/v1/groups/{name}",
+        "a group's state, members, and per partition its committed offset, high watermark and lag",
+    ),
+    (
+        "DELETE",
+        "/v1/groups/{name}",
+        "delete a group without members, with its committed offsets",
+    ),
 ];
 
 async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
-    let known = matches!(
-        segments.as_slice(),
-        [] | ["metrics"] | ["v1", "health" | "ready" | "broker" | "topics"] | ["v1", "topics", _]
-    );
-    if !known {
+    // The methods each path takes (none: no such path).
+    let allowed: &[&str] = match segments.as_slice() {
+        [] | ["metrics"] | ["v1", "health" | "ready" | "broker"] => &["GET"],
+        ["v1", "topics"] => &["GET", "POST"],
+        ["v1", "topics", _] | ["v1", "groups", _] => &["GET", "DELETE"],
+        ["v1", "groups"] => &["GET"],
+        _ => &[],
+    };
+    if allowed.is_empty() {
         return Response::json(
             404,
             &json!({
@@ -318,19 +347,28 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
             }),
         );
     }
-    if req.method != "GET" {
+    if !allowed.contains(&req.method) {
         return Response::error(
             405,
             "method_not_allowed",
-            format!("{} {} is not supported: only GET", req.method, req.path),
+            format!(
+                "{} {} is not supported: {} only",
+                req.method,
+                req.path,
+                allowed.join(", ")
+            ),
         );
     }
-    match segments.as_slice() {
-        [] => Response::json(
+    let answer = |r: Result<Value, BrokerError>| match r {
+        Ok(v) => Response::json(200, &v),
+        Err(e) => Response::broker_error(&e),
+    };
+    match (req.method, segments.as_slice()) {
+        ("GET", []) => Response::json(
             200,
             &json!({"ringmq": env!("CARGO_PKG_VERSION"), "endpoints": endpoints()}),
         ),
-        ["metrics"] => match shard.scrape().await {
+        ("GET", ["metrics"]) => match shard.scrape().await {
             Ok(text) => Response {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
@@ -338,29 +376,182 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
             },
             Err(e) => Response::broker_error(&e),
         },
-        ["v1", "health"] => Response::json(200, &json!({"status": "ok"})),
-        ["v1", "ready"] => {
+        ("GET", ["v1", "health"]) => Response::json(200, &json!({"status": "ok"})),
+        ("GET", ["v1", "ready"]) => {
             let (ready, why) = readiness(shard);
             Response::json(
                 if ready { 200 } else { 503 },
                 &json!({"ready": ready, "reason": why}),
             )
         }
-        ["v1", "broker"] => Response::json(200, &broker(shard)),
-        ["v1", "topics"] => {
+        ("GET", ["v1", "broker"]) => Response::json(200, &broker(shard)),
+        ("GET", ["v1", "topics"]) => {
             let mut names = shard.topic_names();
             names.sort();
             let topics: Vec<Value> = names
                 .iter()
-                .filter_map(|n| shard.topic(n).map(|m| json!({"name": n, "partitions": m.partitions, "internal": n.starts_with("__")})))
+                .filter_map(|n| {
+                    shard.topic(n).map(|m| {
+                        json!({"name": n, "partitions": m.partitions, "internal": n.starts_with("__")})
+                    })
+                })
                 .collect();
             Response::json(200, &json!({"topics": topics}))
         }
-        ["v1", "topics", name] => match topic(shard, name).await {
-            Ok(v) => Response::json(200, &v),
-            Err(e) => Response::broker_error(&e),
+        ("POST", ["v1", "topics"]) => match create_topic(shard, req.body).await {
+            Ok(v) => Response::json(201, &v),
+            Err(r) => r,
         },
-        _ => unreachable!("matched above"),
+        ("GET", ["v1", "topics", name]) => answer(topic(shard, name).await),
+        ("DELETE", ["v1", "topics", name]) => answer(
+            shard
+                .change_topics(TopicOp::Delete {
+                    name: name.to_string(),
+                })
+                .await
+                .map(|()| json!({"deleted": name})),
+        ),
+        ("GET", ["v1", "groups"]) => answer(groups(shard).await),
+        ("GET", ["v1", "groups", name]) => answer(group(shard, name).await),
+        ("DELETE", ["v1", "groups", name]) => answer(delete_group(shard, name).await),
+        _ => unreachable!("the methods of each path are checked above"),
+    }
+}
+
+/// `POST /v1/topics`: the body's topic, created through the metadata shard (the
+/// controller in a cluster), as `ringmq topic create` does.
+async fn create_topic(shard: &Rc<Shard>, body: &[u8]) -> Result<Value, Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: Option<u16>,
+        #[serde(default)]
+        configs: std::collections::BTreeMap<String, String>,
+    }
+    let t: NewTopic = serde_json::from_slice(body).map_err(|e| {
+        Response::error(
+            400,
+            "bad_request",
+            format!(
+                "the body is not a topic ({{\"name\", \"partitions\", \"replication_factor\"?, \"configs\"?}}): {e}"
+            ),
+        )
+    })?;
+    shard
+        .change_topics(TopicOp::Create {
+            name: t.name.clone(),
+            partitions: t.partitions,
+            configs: t.configs.into_iter().collect(),
+            replication_factor: t.replication_factor,
+            validate_only: false,
+        })
+        .await
+        .map_err(|e| Response::broker_error(&e))?;
+    Ok(json!({"created": t.name, "partitions": t.partitions}))
+}
+
+/// The groups this node's shards coordinate.
+async fn groups(shard: &Rc<Shard>) -> Result<Value, BrokerError> {
+    let mut out = Vec::new();
+    for s in 0..shard.shard_count() {
+        match shard.group_request_on(s, GroupOp::List, Duration::ZERO).await {
+            Some(GroupReply::List(gs)) => out.extend(gs.into_iter().map(|g| {
+                json!({"name": g.group, "state": g.state.name(), "protocol_type": g.protocol_type})
+            })),
+            _ => return Err(BrokerError::shard_silent(s)),
+        }
+    }
+    out.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(json!({"groups": out}))
+}
+
+fn group_shard_silent() -> BrokerError {
+    BrokerError::new(ErrorKind::Unavailable, "the group's shard did not answer")
+}
+
+/// A group's state, members and lag, from its coordinator: this node (in a cluster, a
+/// group another node coordinates is refused, NotCoordinator).
+async fn group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
+    let described = match shard
+        .group_request(GroupOp::Describe { group: name.into() }, Duration::ZERO)
+        .await
+    {
+        Some(GroupReply::Describe(r)) => r?,
+        _ => return Err(group_shard_silent()),
+    };
+    if described.state == GroupState::Dead {
+        return Err(BrokerError::new(
+            ErrorKind::GroupIdNotFound,
+            format!("no group {name:?}"),
+        ));
+    }
+    let committed = match shard
+        .group_request(
+            GroupOp::FetchOffsets(FetchOffsets {
+                group: name.into(),
+                topics: None,
+                require_stable: false,
+            }),
+            Duration::ZERO,
+        )
+        .await
+    {
+        Some(GroupReply::FetchOffsets(r)) => r?,
+        _ => return Err(group_shard_silent()),
+    };
+    let mut offsets = Vec::new();
+    let mut total_lag = 0i64;
+    for t in committed {
+        // The high watermarks of the topic's partitions, as this node knows them.
+        let hws: Vec<i64> = match shard.describe_topic(&t.topic).await {
+            Ok((_, stats)) => stats.iter().map(|s| s.high_watermark).collect(),
+            Err(_) => Vec::new(),
+        };
+        for (p, c) in t.partitions {
+            let Some(c) = c else { continue };
+            let hw = usize::try_from(p)
+                .ok()
+                .and_then(|i| hws.get(i))
+                .copied()
+                .filter(|&h| h >= 0);
+            let lag = hw.map(|h| (h - c.offset).max(0));
+            total_lag += lag.unwrap_or(0);
+            offsets.push(json!({
+                "topic": t.topic, "partition": p, "committed": c.offset,
+                "high_watermark": hw, "lag": lag,
+            }));
+        }
+    }
+    let members: Vec<Value> = described
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id, "instance_id": m.instance_id,
+                "client_id": m.client_id, "client_host": m.client_host,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "name": name,
+        "state": described.state.name(),
+        "protocol_type": described.protocol_type,
+        "protocol": described.protocol,
+        "members": members,
+        "offsets": offsets,
+        "lag": total_lag,
+    }))
+}
+
+async fn delete_group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
+    match shard
+        .group_request(GroupOp::Delete { group: name.into() }, Duration::ZERO)
+        .await
+    {
+        Some(GroupReply::Delete(r)) => r.map(|()| json!({"deleted": name})),
+        _ => Err(group_shard_silent()),
     }
 }
 

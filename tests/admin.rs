@@ -44,6 +44,19 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
+fn send_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, body) = raw(
+        addr,
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, v)
+}
+
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = get(addr, path);
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
@@ -258,6 +271,79 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
     );
     assert_eq!(status, 200);
     assert!(body.contains("\"ready\": true"), "{body}");
+
+    // Topic actions.
+    let (status, v) = send_json(
+        admin,
+        "POST",
+        "/v1/topics",
+        r#"{"name": "made", "partitions": 3, "configs": {"retention.ms": "60000"}}"#,
+    );
+    assert_eq!((status, &v["created"]), (201, &Value::from("made")), "{v}");
+    let (_, t) = get_json(admin, "/v1/topics/made");
+    assert_eq!(t["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(t["configs"]["retention.ms"], "60000");
+    let (status, e) = send_json(
+        admin,
+        "POST",
+        "/v1/topics",
+        r#"{"name": "made", "partitions": 1}"#,
+    );
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (409, &Value::from("TopicExists"))
+    );
+    let (status, e) = send_json(
+        admin,
+        "POST",
+        "/v1/topics",
+        r#"{"name": "x", "partitions": "many"}"#,
+    );
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &Value::from("bad_request"))
+    );
+    let (status, e) = send_json(
+        admin,
+        "POST",
+        "/v1/topics",
+        r#"{"name": "bad/name", "partitions": 1}"#,
+    );
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &Value::from("InvalidTopic")),
+        "{e}"
+    );
+    let (status, _) = send_json(admin, "DELETE", "/v1/topics/made", "");
+    assert_eq!(status, 200);
+    assert_eq!(get_json(admin, "/v1/topics/made").0, 404);
+
+    // Groups: a native group reads 2 of the 3 records and commits.
+    ringmq(
+        &broker,
+        &["consume", "orders", "--group", "audit", "--count", "2"],
+        "",
+    );
+    let (_, gs) = get_json(admin, "/v1/groups");
+    assert_eq!(gs["groups"][0]["name"], "audit", "{gs}");
+    assert_eq!(gs["groups"][0]["state"], "Empty");
+    let (status, g) = get_json(admin, "/v1/groups/audit");
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["lag"], 1, "{g}");
+    assert_eq!(g["members"], serde_json::json!([]));
+    let p1 = g["offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["partition"] == 1)
+        .unwrap();
+    assert_eq!(
+        (&p1["committed"], &p1["high_watermark"], &p1["lag"]),
+        (&Value::from(2), &Value::from(3), &Value::from(1))
+    );
+    assert_eq!(get_json(admin, "/v1/groups/nobody").0, 404);
+    assert_eq!(send_json(admin, "DELETE", "/v1/groups/audit", "").0, 200);
+    assert_eq!(get_json(admin, "/v1/groups/audit").0, 404);
 
     // Still serving, data listeners included.
     assert_eq!(get(admin, "/v1/health").0, 200);
