@@ -13,6 +13,7 @@ mod dev;
 mod group;
 mod serve;
 mod tools;
+mod top;
 mod tune;
 
 #[derive(Parser)]
@@ -87,6 +88,9 @@ enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// The broker's live figures in the terminal, read from its admin listener's
+    /// /metrics: produce and fetch rates, ack latency, topics, consumer group lag, shards.
+    Top(top::TopArgs),
     /// Read records and print them, one per line (text) or one JSON object per record.
     Consume {
         #[command(flatten)]
@@ -135,6 +139,7 @@ fn run() -> anyhow::Result<bool> {
         Command::Group { kafka, command } => group::group(kafka, command),
         Command::Cluster { command } => cluster::cluster(command),
         Command::Dev(args) => dev::dev(args),
+        Command::Top(args) => top::run(args),
         Command::Bench(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -193,6 +193,30 @@ fn metrics_parse_as_prometheus_text_and_count_what_clients_did() {
         "high watermarks 600 in all, 200 committed"
     );
     assert!(sum("ringmq_memory_budget_bytes", &[]) > 0.0);
+
+    // `ringmq top` shows the same from the terminal: one refresh, printed.
+    let top = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["top", "--count", "1", "--interval", "0.2", "--admin"])
+        .arg(broker.admin.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let screen = String::from_utf8_lossy(&top.stdout);
+    assert!(screen.contains("2 shard(s)"), "{screen}");
+    let group_line = screen
+        .lines()
+        .find(|l| l.starts_with("billing "))
+        .unwrap_or_else(|| panic!("no line for group billing:\n{screen}"));
+    assert_eq!(
+        group_line.split_whitespace().nth(2),
+        Some("400"),
+        "lag 400: {group_line}"
+    );
+    assert!(screen.lines().any(|l| l.starts_with("orders ")), "{screen}");
     broker.stop();
 }
 

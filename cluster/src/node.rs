@@ -623,7 +623,9 @@ impl Controller {
                 .encode(&[]),
                 Err(e) => Response::Refused(e).encode(&[]),
             },
-            Request::ReplicaFetch(f) => crate::replicas::serve_fetch(&self.shard, from, f).await,
+            Request::ReplicaFetch(f) => {
+                return req.respond(crate::replicas::serve_fetch(&self.shard, from, f).await);
+            }
             Request::EpochEnds(asks) => crate::replicas::serve_epochs(&self.shard, asks).await,
         };
         req.respond(answer);

@@ -598,7 +598,8 @@ async fn serve_stream(
             let _ = send.reset(VarInt::from_u32(CODE_TOO_LARGE));
         }
         Ok(resp) => {
-            if send.write_chunk(resp).await.is_ok() {
+            let mut parts = resp.into_parts();
+            if send.write_all_chunks(&mut parts).await.is_ok() {
                 let _ = send.finish();
             }
         }

@@ -351,13 +351,14 @@ async fn alter_partition(
 
 /// Answers another node's replica fetch through the shard's own fetch (a follower
 /// reader: up to the log end, counted by the leader's rules).
-pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch) -> Bytes {
+pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch) -> crate::Frame {
     if f.replica != from {
         return Response::Refused(BrokerError::new(
             ErrorKind::InvalidRequest,
             format!("node {from} fetched as replica {}", f.replica),
         ))
-        .encode(&[]);
+        .encode(&[])
+        .into();
     }
     let fetch = Fetch {
         reader: Reader::Follower {
@@ -398,7 +399,7 @@ pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch)
         });
         payload.extend(bytes);
     }
-    Response::Fetched(answers).encode(&payload)
+    Response::Fetched(answers).encode_parts(payload)
 }
 
 /// The bytes of fetched records. Chunks in memory are shared; file ranges are read with

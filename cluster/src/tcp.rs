@@ -96,7 +96,7 @@ impl Header {
 /// A frame on its way to the writer task.
 struct Out {
     header: Header,
-    body: Bytes,
+    body: crate::Frame,
 }
 
 /// The fds of every live connection of this transport, to shut them down at the end.
@@ -233,6 +233,7 @@ impl Tcp {
             id,
             len,
         };
+        let body = body.into();
         if conn.out.send(Out { header, body }).await.is_err() {
             return Err(conn.dead_error(to));
         }
@@ -377,14 +378,28 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, rx: LocalReceiver<Out>, fd:
     let r: io::Result<()> = async {
         while let Some(f) = rx.recv().await {
             let header = f.header.encode();
-            if f.body.len() <= COALESCE_BYTES_MAX {
-                let mut buf = BytesMut::with_capacity(HEADER_BYTES + f.body.len());
+            let len = f.body.len();
+            let parts = f.body.into_parts();
+            if len <= COALESCE_BYTES_MAX {
+                let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
                 buf.extend_from_slice(&header);
-                buf.extend_from_slice(&f.body);
+                for p in &parts {
+                    buf.extend_from_slice(p);
+                }
                 w.write_all(&buf).await?;
             } else {
-                w.write_all(&header).await?;
-                w.write_all(&f.body).await?;
+                // The header and the first part (a replica fetch answer's JSON header)
+                // go in one TLS record; the large parts as they are.
+                let mut parts = parts.into_iter().peekable();
+                let mut head = BytesMut::with_capacity(HEADER_BYTES + 4096);
+                head.extend_from_slice(&header);
+                while let Some(p) = parts.next_if(|p| head.len() + p.len() <= COALESCE_BYTES_MAX) {
+                    head.extend_from_slice(&p);
+                }
+                w.write_all(&head).await?;
+                for p in parts {
+                    w.write_all(&p).await?;
+                }
             }
             w.flush().await?;
         }
@@ -582,7 +597,7 @@ async fn serve_connection(stream: TcpStream, server: &Server) {
             id,
             len: 1,
         },
-        body: Bytes::copy_from_slice(&[reason]),
+        body: Bytes::copy_from_slice(&[reason]).into(),
     };
     loop {
         let h = match read_header(&mut r).await {

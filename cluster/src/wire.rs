@@ -160,6 +160,16 @@ impl std::fmt::Display for WireError {
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 
+/// The frame's prefix and header, without the payload.
+fn encode_head<T: Serialize>(kind: u8, header: &T) -> Bytes {
+    let json = serde_json::to_vec(header).expect("wire headers serialize");
+    let mut out = BytesMut::with_capacity(PREFIX_BYTES + json.len());
+    out.put_u8(kind);
+    out.put_u32(json.len() as u32);
+    out.put_slice(&json);
+    out.freeze()
+}
+
 fn encode<T: Serialize>(kind: u8, header: &T, payload: &[Bytes]) -> Bytes {
     let json = serde_json::to_vec(header).expect("wire headers serialize");
     let total: usize = payload.iter().map(Bytes::len).sum();
@@ -223,6 +233,16 @@ impl Response {
     pub fn decode(frame: &Bytes) -> Result<(Self, Bytes), WireError> {
         decode(KIND_RESPONSE, frame)
     }
+
+    /// The frame for this answer with `payload` after its header, in parts: the
+    /// payload's slices are sent as they are, not copied behind the header. Decodes as
+    /// [`Response::encode`]'s frame does.
+    pub fn encode_parts(&self, payload: Vec<Bytes>) -> crate::Frame {
+        let mut parts = Vec::with_capacity(payload.len() + 1);
+        parts.push(encode_head(KIND_RESPONSE, self));
+        parts.extend(payload.into_iter().filter(|p| !p.is_empty()));
+        crate::Frame::from(parts)
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +264,22 @@ mod tests {
         let a = Response::Refused(BrokerError::new(ErrorKind::NotLeader, "no"));
         let (back, payload) = Response::decode(&a.encode(&[])).unwrap();
         assert_eq!((back, payload.len()), (a, 0));
+    }
+
+    #[test]
+    fn a_frame_in_parts_is_the_frame_in_one_piece() {
+        let a = Response::Fetched(vec![]);
+        let payload = vec![
+            Bytes::from_static(b"first"),
+            Bytes::new(),
+            Bytes::from_static(b"second"),
+        ];
+        let parts = a.encode_parts(payload.clone());
+        assert_eq!(parts.len(), a.encode(&payload).len());
+        let joined: Vec<u8> = parts.into_parts().concat();
+        assert_eq!(joined, a.encode(&payload).to_vec());
+        let (back, p) = Response::decode(&Bytes::from(joined)).unwrap();
+        assert_eq!((back, &p[..]), (a, &b"firstsecond"[..]));
     }
 
     #[test]
