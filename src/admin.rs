@@ -20,7 +20,11 @@ use glommio::{Latency, Shares, TaskQueueHandle};
 use ringmq_shard::broker::Shard;
 use ringmq_shard::error::{BrokerError, ErrorKind};
 use ringmq_shard::groups::{FetchOffsets, GroupOp, GroupReply, GroupState};
-use ringmq_shard::ops::{TopicOp, TopicPartition};
+use ringmq_shard::ops::{
+    Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec, Reader, TopicOp, TopicPartition,
+    records_bytes,
+};
+use ringmq_storage::batch::{self, Compression};
 use serde_json::{Value, json};
 
 /// Shares of the admin task queue (connections run in the default queue, 1000).
@@ -85,10 +89,11 @@ fn spawn(tq: TaskQueueHandle, f: impl Future<Output = ()> + 'static) {
         .detach();
 }
 
-/// A request as the router sees it (no endpoint takes a query string yet).
+/// A request as the router sees it.
 struct Request<'a> {
     method: &'a str,
     path: &'a str,
+    query: &'a str,
     body: &'a [u8],
 }
 
@@ -232,10 +237,11 @@ async fn connection(mut stream: TcpStream, shard: &Rc<Shard>) -> std::io::Result
                 return Ok(());
             }
         }
-        let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+        let (path, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
         let req = Request {
             method: &method,
             path,
+            query,
             body: &buf[head_len..head_len + body_len],
         };
         let resp = route(shard, &req).await;
@@ -281,8 +287,14 @@ async fn write(stream: &mut TcpStream, r: &Response, close: bool) -> std::io::Re
     stream.flush().await
 }
 
-/// Every endpoint, for `GET /` and for 404 answers.
+/// The web console: one page (HTML, CSS and JavaScript, no build step) that reads this
+/// API and `/metrics`, embedded in the binary.
+const CONSOLE: &str = include_str!("console/index.html");
+
+/// Every endpoint, for `GET /v1` and for 404 answers.
 const ENDPOINTS: &[(&str, &str, &str)] = &[
+    ("GET", "/", "the web console"),
+    ("GET", "/v1", "this list"),
     (
         "GET",
         "/metrics",
@@ -313,6 +325,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     ("DELETE", "/v1/topics/{name}", "delete a topic and its data"),
     (
         "GET",
+        "/v1/topics/{name}/records?partition=P&offset=O|timestamp=MS&limit=N",
+        "records of a partition from an offset or a time (default: the last N), keys, values and headers as text",
+    ),
+    (
+        "GET",
         "/v1/groups",
         "the consumer groups this node coordinates, with their state",
     ),
@@ -332,9 +349,10 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     // The methods each path takes (none: no such path).
     let allowed: &[&str] = match segments.as_slice() {
-        [] | ["metrics"] | ["v1", "health" | "ready" | "broker"] => &["GET"],
+        [] | ["metrics"] | ["v1"] | ["v1", "health" | "ready" | "broker"] => &["GET"],
         ["v1", "topics"] => &["GET", "POST"],
         ["v1", "topics", _] | ["v1", "groups", _] => &["GET", "DELETE"],
+        ["v1", "topics", _, "records"] => &["GET"],
         ["v1", "groups"] => &["GET"],
         _ => &[],
     };
@@ -364,7 +382,12 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
         Err(e) => Response::broker_error(&e),
     };
     match (req.method, segments.as_slice()) {
-        ("GET", []) => Response::json(
+        ("GET", []) => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: CONSOLE.as_bytes().to_vec(),
+        },
+        ("GET", ["v1"]) => Response::json(
             200,
             &json!({"ringmq": env!("CARGO_PKG_VERSION"), "endpoints": endpoints()}),
         ),
@@ -411,6 +434,7 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
                 .await
                 .map(|()| json!({"deleted": name})),
         ),
+        ("GET", ["v1", "topics", name, "records"]) => answer(browse(shard, name, req.query).await),
         ("GET", ["v1", "groups"]) => answer(groups(shard).await),
         ("GET", ["v1", "groups", name]) => answer(group(shard, name).await),
         ("DELETE", ["v1", "groups", name]) => answer(delete_group(shard, name).await),
@@ -634,4 +658,213 @@ async fn topic(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
         "partitions": partitions,
         "configs": meta.configs,
     }))
+}
+
+/// Records shown by the message browser at most per request.
+const BROWSE_RECORDS_MAX: usize = 500;
+
+/// `GET /v1/topics/{name}/records?partition=P&offset=O|timestamp=MS&limit=N`: up to N
+/// records (default 50) of one partition (default 0) from an offset, from the first
+/// record at or after a timestamp, or by default the last N below the high watermark.
+/// Keys, values and header values are shown as UTF-8 (invalid bytes replaced), with
+/// their sizes.
+async fn browse(shard: &Rc<Shard>, topic: &str, query: &str) -> Result<Value, BrokerError> {
+    let bad = |m: String| BrokerError::new(ErrorKind::InvalidRequest, m);
+    let mut partition = 0u32;
+    let (mut offset, mut timestamp) = (None, None);
+    let mut limit = 50usize;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let int = |v: &str| {
+            v.parse::<i64>()
+                .map_err(|_| bad(format!("{k}={v}: not a number")))
+        };
+        match k {
+            "partition" => {
+                partition = u32::try_from(int(v)?).map_err(|_| bad(format!("partition={v}")))?
+            }
+            "offset" => offset = Some(int(v)?),
+            "timestamp" => timestamp = Some(int(v)?),
+            "limit" => {
+                limit = usize::try_from(int(v)?)
+                    .unwrap_or(0)
+                    .clamp(1, BROWSE_RECORDS_MAX)
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown parameter {k:?}: partition, offset, timestamp and limit are"
+                )));
+            }
+        }
+    }
+    let meta = shard
+        .topic(topic)
+        .ok_or_else(|| BrokerError::unknown_topic(topic))?;
+    if partition >= meta.partitions {
+        return Err(BrokerError::new(
+            ErrorKind::UnknownPartition,
+            format!(
+                "topic {topic} has {} partition(s); there is no partition {partition}",
+                meta.partitions
+            ),
+        ));
+    }
+    let tp = TopicPartition::new(topic, partition);
+    let lookup = |spec| {
+        let (shard, tp) = (shard.clone(), tp.clone());
+        async move {
+            let found = shard
+                .list_offsets(vec![OffsetQuery {
+                    tp,
+                    spec,
+                    leader_epoch: None,
+                }])
+                .await
+                .pop()
+                .map(|f| f.result);
+            match found {
+                Some(Ok(Some((o, _, _)))) => Ok(Some(o)),
+                Some(Ok(None)) => Ok(None),
+                Some(Err(e)) => Err(e),
+                None => Err(BrokerError::new(
+                    ErrorKind::Unavailable,
+                    "no answer for the partition",
+                )),
+            }
+        }
+    };
+    let high_watermark = lookup(OffsetSpec::Latest).await?.unwrap_or(0);
+    let log_start = lookup(OffsetSpec::Earliest).await?.unwrap_or(0);
+    let start = match (offset, timestamp) {
+        (Some(o), _) => o.max(log_start),
+        (None, Some(t)) => lookup(OffsetSpec::Timestamp(t))
+            .await?
+            .unwrap_or(high_watermark),
+        (None, None) => (high_watermark - limit as i64).max(log_start),
+    };
+    let mut out = Vec::new();
+    let mut at = start;
+    // Batches come whole: a fetch may start before `at` (in the batch that holds it).
+    while out.len() < limit && at < high_watermark {
+        let fetched = shard
+            .fetch(Fetch {
+                reader: Reader::Consumer(Isolation::ReadUncommitted),
+                max_wait: Duration::ZERO,
+                min_bytes: 0,
+                max_bytes: 4 << 20,
+                parts: vec![FetchPart {
+                    tp: tp.clone(),
+                    offset: at,
+                    max_bytes: 4 << 20,
+                    leader_epoch: None,
+                    durable_offset: None,
+                }],
+            })
+            .await;
+        let records = fetched
+            .into_iter()
+            .next()
+            .map(|f| f.records)
+            .unwrap_or_else(|| {
+                Err(BrokerError::new(
+                    ErrorKind::Unavailable,
+                    "no answer for the partition",
+                ))
+            })?;
+        let before = at;
+        for chunk in records_bytes(&records)? {
+            let mut pos = 0;
+            while pos < chunk.len() && out.len() < limit {
+                let Some((_, size)) =
+                    batch::peek_frame(&chunk[pos..]).filter(|(_, s)| pos + s <= chunk.len())
+                else {
+                    break;
+                };
+                let b = &chunk[pos..pos + size];
+                pos += size;
+                let info = batch::parse_header(b)
+                    .map_err(|e| BrokerError::new(ErrorKind::CorruptBatch, e.to_string()))?;
+                at = at.max(info.last_offset() + 1);
+                if info.is_control {
+                    continue;
+                }
+                let plain;
+                let b = if info.compression == Compression::None {
+                    b
+                } else {
+                    let section = ringmq_storage::codecs::decompress_max(
+                        &b[batch::HEADER_BYTES..],
+                        info.compression,
+                        64 << 20,
+                    )
+                    .map_err(|e| BrokerError::new(ErrorKind::CorruptBatch, e))?;
+                    plain = batch::with_records_section(b, Compression::None, &section);
+                    &plain[..]
+                };
+                let recs = batch::records(b)
+                    .map_err(|e| BrokerError::new(ErrorKind::CorruptBatch, e.to_string()))?;
+                for r in recs {
+                    let offset = info.base_offset + i64::from(r.offset_delta);
+                    if offset < start || out.len() >= limit {
+                        continue;
+                    }
+                    let text =
+                        |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned());
+                    out.push(json!({
+                        "offset": offset,
+                        "timestamp": info.base_timestamp + r.timestamp_delta,
+                        "key": text(r.key),
+                        "value": text(r.value),
+                        "value_bytes": r.value.map_or(0, <[u8]>::len),
+                        "headers": headers(r.headers_raw),
+                    }));
+                }
+            }
+        }
+        if at == before {
+            break; // nothing more below the high watermark could be read
+        }
+    }
+    let next = out
+        .last()
+        .and_then(|r| r["offset"].as_i64())
+        .map_or(start, |o| o + 1);
+    Ok(json!({
+        "topic": topic,
+        "partition": partition,
+        "log_start_offset": log_start,
+        "high_watermark": high_watermark,
+        "start_offset": start,
+        "next_offset": next,
+        "records": out,
+    }))
+}
+
+/// A record's headers as `[[key, value], ...]` (values as UTF-8, invalid bytes
+/// replaced); empty when they do not decode.
+fn headers(raw: &[u8]) -> Value {
+    let mut out = Vec::new();
+    let Some((count, mut p)) = batch::read_varint(raw) else {
+        return json!([]);
+    };
+    for _ in 0..count.max(0) {
+        let field = |p: &mut usize| -> Option<Option<&[u8]>> {
+            let (len, n) = batch::read_varint(raw.get(*p..)?)?;
+            *p += n;
+            if len < 0 {
+                return Some(None);
+            }
+            let v = raw.get(*p..*p + len as usize)?;
+            *p += len as usize;
+            Some(Some(v))
+        };
+        let (Some(Some(k)), Some(v)) = (field(&mut p), field(&mut p)) else {
+            return json!(out);
+        };
+        out.push(json!([
+            String::from_utf8_lossy(k),
+            v.map(|v| String::from_utf8_lossy(v).into_owned())
+        ]));
+    }
+    json!(out)
 }

@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringmq_net::codec::RecordsChunk;
 use ringmq_replication::{EpochEndOffset, FollowerRequest};
 use ringmq_shard::broker::Shard;
 use ringmq_shard::error::{BrokerError, ErrorKind};
@@ -385,7 +384,7 @@ pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch)
     let mut payload = Vec::new();
     for r in fetched {
         let (error, bytes) = match r.records {
-            Ok(records) => match materialize(records.chunks()) {
+            Ok(records) => match ringmq_shard::ops::records_bytes(&records) {
                 Ok(b) => (None, b),
                 Err(e) => (Some(e), Vec::new()),
             },
@@ -400,48 +399,6 @@ pub async fn serve_fetch(shard: &Rc<Shard>, from: NodeId, f: wire::ReplicaFetch)
         payload.extend(bytes);
     }
     Response::Fetched(answers).encode_parts(payload)
-}
-
-/// The bytes of fetched records. Chunks in memory are shared; file ranges are read with
-/// `pread` (they are recent segment data, in the page cache; QUIC encrypts in user
-/// space, so a copy is needed anyway).
-fn materialize(chunks: &[RecordsChunk]) -> Result<Vec<Bytes>, BrokerError> {
-    use std::os::fd::AsRawFd;
-    let mut out = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        match c {
-            RecordsChunk::Memory(b) => out.push(b.clone()),
-            RecordsChunk::File(r) => {
-                let mut buf = vec![0u8; r.len as usize];
-                let mut done = 0usize;
-                while done < buf.len() {
-                    // SAFETY: the buffer is valid for `len - done` bytes from `done`, and
-                    // the descriptor is kept open by the range's `Arc`.
-                    let n = unsafe {
-                        libc::pread(
-                            r.fd.as_raw_fd(),
-                            buf[done..].as_mut_ptr().cast(),
-                            buf.len() - done,
-                            (r.position + done as u64) as libc::off_t,
-                        )
-                    };
-                    if n <= 0 {
-                        return Err(BrokerError::new(
-                            ErrorKind::Storage,
-                            format!(
-                                "reading {} bytes of a segment: {}",
-                                r.len,
-                                std::io::Error::last_os_error()
-                            ),
-                        ));
-                    }
-                    done += n as usize;
-                }
-                out.push(Bytes::from(buf));
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Answers another node's epoch questions.

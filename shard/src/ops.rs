@@ -310,3 +310,47 @@ pub enum TopicOp {
         validate_only: bool,
     },
 }
+
+/// The bytes of fetched records, for a reader that needs them in memory (a follower's
+/// fetch over an encrypted transport, the admin API's message browser). Chunks in
+/// memory are shared; file ranges are read with `pread` (recent segment data is in the
+/// page cache).
+pub fn records_bytes(records: &Records) -> Result<Vec<Bytes>, BrokerError> {
+    let chunks = records.chunks();
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        match c {
+            ringmq_net::codec::RecordsChunk::Memory(b) => out.push(b.clone()),
+            ringmq_net::codec::RecordsChunk::File(r) => {
+                let mut buf = vec![0u8; r.len as usize];
+                let mut done = 0usize;
+                while done < buf.len() {
+                    // SAFETY: the buffer is valid for `len - done` bytes from `done`, and
+                    // the descriptor is kept open by the range's `Arc`.
+                    let n = unsafe {
+                        libc::pread(
+                            r.fd.as_raw_fd(),
+                            buf[done..].as_mut_ptr().cast(),
+                            buf.len() - done,
+                            (r.position + done as u64) as libc::off_t,
+                        )
+                    };
+                    if n <= 0 {
+                        return Err(BrokerError::new(
+                            crate::error::ErrorKind::Storage,
+                            format!(
+                                "reading {} bytes of a segment: {}",
+                                r.len,
+                                std::io::Error::last_os_error()
+                            ),
+                        ));
+                    }
+                    done += n as usize;
+                }
+                out.push(Bytes::from(buf));
+            }
+        }
+    }
+    Ok(out)
+}
