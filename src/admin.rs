@@ -19,7 +19,9 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use ringmq_shard::broker::Shard;
 use ringmq_shard::error::{BrokerError, ErrorKind};
-use ringmq_shard::groups::{FetchOffsets, GroupOp, GroupReply, GroupState};
+use ringmq_shard::groups::{
+    CommitOffsets, FetchOffsets, GroupOp, GroupReply, GroupState, OffsetCommit,
+};
 use ringmq_shard::ops::{
     Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec, Reader, TopicOp, TopicPartition,
     records_bytes,
@@ -39,7 +41,12 @@ const IDLE: Duration = Duration::from_secs(60);
 const CONNECTIONS_MAX: usize = 256;
 
 /// Serves the admin API on `listener` until `stop` is set.
-pub(crate) async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: Arc<AtomicBool>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shard: Rc<Shard>,
+    settings: Rc<Value>,
+    stop: Arc<AtomicBool>,
+) {
     let tq = glommio::executor().create_task_queue(
         Shares::Static(ADMIN_SHARES),
         Latency::NotImportant,
@@ -66,9 +73,9 @@ pub(crate) async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: Arc<Ato
         match r {
             Ok(stream) if open.get() < CONNECTIONS_MAX => {
                 open.set(open.get() + 1);
-                let (shard, open) = (shard.clone(), open.clone());
+                let (shard, open, settings) = (shard.clone(), open.clone(), settings.clone());
                 spawn(tq, async move {
-                    if let Err(e) = connection(stream, &shard).await {
+                    if let Err(e) = connection(stream, &shard, &settings).await {
                         tracing::debug!(error = %e, "admin connection ended");
                     }
                     open.set(open.get() - 1);
@@ -157,7 +164,11 @@ fn reason(status: u16) -> &'static str {
 
 /// Serves one connection's requests in turn until the client closes it, asks to, or
 /// sends something that is not HTTP/1.x.
-async fn connection(mut stream: TcpStream, shard: &Rc<Shard>) -> std::io::Result<()> {
+async fn connection(
+    mut stream: TcpStream,
+    shard: &Rc<Shard>,
+    settings: &Value,
+) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         // The head: read until it parses completely.
@@ -244,7 +255,7 @@ async fn connection(mut stream: TcpStream, shard: &Rc<Shard>) -> std::io::Result
             query,
             body: &buf[head_len..head_len + body_len],
         };
-        let resp = route(shard, &req).await;
+        let resp = route(shard, settings, &req).await;
         write(&mut stream, &resp, close).await?;
         buf.drain(..head_len + body_len);
         if close {
@@ -311,6 +322,11 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "/v1/broker",
         "version, node id, shards, cluster nodes and controller",
     ),
+    (
+        "GET",
+        "/v1/configs",
+        "the broker's settings in effect (flags, variables, file, defaults)",
+    ),
     ("GET", "/v1/topics", "every topic with its partition count"),
     (
         "GET",
@@ -339,20 +355,26 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
         "a group's state, members, and per partition its committed offset, high watermark and lag",
     ),
     (
+        "POST",
+        "/v1/groups/{name}/reset-offsets",
+        "set a group's committed offsets for a topic: {\"topic\", \"to\": \"earliest\" | \"latest\" | OFFSET | \"@TIMESTAMP_MS\"}; refused while it has members",
+    ),
+    (
         "DELETE",
         "/v1/groups/{name}",
         "delete a group without members, with its committed offsets",
     ),
 ];
 
-async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
+async fn route(shard: &Rc<Shard>, settings: &Value, req: &Request<'_>) -> Response {
     let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
     // The methods each path takes (none: no such path).
     let allowed: &[&str] = match segments.as_slice() {
-        [] | ["metrics"] | ["v1"] | ["v1", "health" | "ready" | "broker"] => &["GET"],
+        [] | ["metrics"] | ["v1"] | ["v1", "health" | "ready" | "broker" | "configs"] => &["GET"],
         ["v1", "topics"] => &["GET", "POST"],
         ["v1", "topics", _] | ["v1", "groups", _] => &["GET", "DELETE"],
         ["v1", "topics", _, "records"] => &["GET"],
+        ["v1", "groups", _, "reset-offsets"] => &["POST"],
         ["v1", "groups"] => &["GET"],
         _ => &[],
     };
@@ -408,6 +430,7 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
             )
         }
         ("GET", ["v1", "broker"]) => Response::json(200, &broker(shard)),
+        ("GET", ["v1", "configs"]) => Response::json(200, &json!({"broker": settings})),
         ("GET", ["v1", "topics"]) => {
             let mut names = shard.topic_names();
             names.sort();
@@ -438,6 +461,12 @@ async fn route(shard: &Rc<Shard>, req: &Request<'_>) -> Response {
         ("GET", ["v1", "groups"]) => answer(groups(shard).await),
         ("GET", ["v1", "groups", name]) => answer(group(shard, name).await),
         ("DELETE", ["v1", "groups", name]) => answer(delete_group(shard, name).await),
+        ("POST", ["v1", "groups", name, "reset-offsets"]) => {
+            match reset_offsets(shard, name, req.body).await {
+                Ok(v) => Response::json(200, &v),
+                Err(r) => r,
+            }
+        }
         _ => unreachable!("the methods of each path are checked above"),
     }
 }
@@ -867,4 +896,135 @@ fn headers(raw: &[u8]) -> Value {
         ]));
     }
     json!(out)
+}
+
+/// `POST /v1/groups/{name}/reset-offsets` with `{"topic": ..., "to": "earliest" |
+/// "latest" | OFFSET | "@TIMESTAMP_MS"}`: commits, for every partition of the topic, the
+/// offset `to` names (as `ringmq group reset-offsets` does). Refused while the group has
+/// members (their commits would undo it).
+async fn reset_offsets(shard: &Rc<Shard>, group: &str, body: &[u8]) -> Result<Value, Response> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Reset {
+        topic: String,
+        to: Value,
+    }
+    let bad = |m: String| Response::error(400, "bad_request", m);
+    let r: Reset = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the body is not a reset ({{\"topic\", \"to\": \"earliest\" | \"latest\" | OFFSET | \"@TIMESTAMP_MS\"}}): {e}"
+        ))
+    })?;
+    let spec = match &r.to {
+        Value::Number(n) => n.as_i64().filter(|&o| o >= 0).map(Err),
+        Value::String(s) if s == "earliest" => Some(Ok(OffsetSpec::Earliest)),
+        Value::String(s) if s == "latest" => Some(Ok(OffsetSpec::Latest)),
+        Value::String(s) => match s.strip_prefix('@').map(str::parse::<i64>) {
+            Some(Ok(ts)) => Some(Ok(OffsetSpec::Timestamp(ts))),
+            _ => s.parse::<i64>().ok().filter(|&o| o >= 0).map(Err),
+        },
+        _ => None,
+    }
+    .ok_or_else(|| {
+        bad(format!(
+            "\"to\": {}: expected earliest, latest, an offset or @TIMESTAMP_MS",
+            r.to
+        ))
+    })?;
+    let meta = shard
+        .topic(&r.topic)
+        .ok_or_else(|| Response::broker_error(&BrokerError::unknown_topic(&r.topic)))?;
+    let mut offsets = Vec::new();
+    for p in 0..meta.partitions {
+        let tp = TopicPartition::new(r.topic.as_str(), p);
+        let offset = match spec {
+            Err(fixed) => fixed,
+            Ok(spec) => {
+                let q = OffsetQuery {
+                    tp: tp.clone(),
+                    spec,
+                    leader_epoch: None,
+                };
+                match shard.list_offsets(vec![q]).await.pop().map(|f| f.result) {
+                    Some(Ok(Some((o, _, _)))) => o,
+                    // No record at or after the time: the end.
+                    Some(Ok(None)) => {
+                        let q = OffsetQuery {
+                            tp,
+                            spec: OffsetSpec::Latest,
+                            leader_epoch: None,
+                        };
+                        match shard.list_offsets(vec![q]).await.pop().map(|f| f.result) {
+                            Some(Ok(Some((o, _, _)))) => o,
+                            Some(Err(e)) => return Err(Response::broker_error(&e)),
+                            _ => {
+                                return Err(Response::error(
+                                    503,
+                                    "Unavailable",
+                                    "no answer for the partition",
+                                ));
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Err(Response::broker_error(&e)),
+                    None => {
+                        return Err(Response::error(
+                            503,
+                            "Unavailable",
+                            "no answer for the partition",
+                        ));
+                    }
+                }
+            }
+        };
+        offsets.push(OffsetCommit {
+            topic: r.topic.clone(),
+            partition: p as i32,
+            offset,
+            leader_epoch: -1,
+            metadata: None,
+        });
+    }
+    let members = match shard
+        .group_request(
+            GroupOp::Describe {
+                group: group.into(),
+            },
+            Duration::ZERO,
+        )
+        .await
+    {
+        Some(GroupReply::Describe(Ok(d))) => d.members.len(),
+        Some(GroupReply::Describe(Err(e))) => return Err(Response::broker_error(&e)),
+        _ => return Err(Response::broker_error(&group_shard_silent())),
+    };
+    if members > 0 {
+        return Err(Response::error(
+            409,
+            "NonEmptyGroup",
+            format!(
+                "group {group:?} has {members} member(s); stop its consumers before resetting its offsets"
+            ),
+        ));
+    }
+    let committed: Vec<Value> = offsets
+        .iter()
+        .map(|o| json!({"topic": o.topic, "partition": o.partition, "offset": o.offset}))
+        .collect();
+    let op = GroupOp::CommitOffsets(CommitOffsets {
+        group: group.into(),
+        member_id: String::new(),
+        instance_id: None,
+        generation: -1,
+        offsets,
+    });
+    match shard.group_request(op, Duration::ZERO).await {
+        Some(GroupReply::CommitOffsets(results)) => {
+            if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+                return Err(Response::broker_error(&e));
+            }
+        }
+        _ => return Err(Response::broker_error(&group_shard_silent())),
+    }
+    Ok(json!({"group": group, "committed": committed}))
 }

@@ -320,6 +320,53 @@ struct Settings {
     cluster: Option<ClusterSettings>,
 }
 
+/// The settings as the admin API's `GET /v1/configs` shows them: the names of the flags
+/// (with `_`), the values in effect after flags, variables, file and defaults.
+fn settings_json(s: &Settings) -> serde_json::Value {
+    let l = &s.log_defaults;
+    serde_json::json!({
+        "data_dir": s.data_dir.display().to_string(),
+        "native_listen": s.native_listen.to_string(),
+        "kafka_listen": s.kafka_listen.map_or("off".to_string(), |a| a.to_string()),
+        "kafka_advertise": format!("{}:{}", s.kafka.advertise_host, s.kafka.advertise_port),
+        "admin_listen": s.admin_listen.map_or("off".to_string(), |(a, _)| a.to_string()),
+        "auto_create_topics": s.kafka.auto_create_topics,
+        "default_partitions": s.kafka.default_partitions,
+        "cpus": s.cpus,
+        "segment_bytes": l.segment_bytes,
+        "retention_ms": l.retention_ms.map_or(-1, |v| v as i64),
+        "retention_bytes": l.retention_bytes.map_or(-1, |v| v as i64),
+        "flush": l.flush.to_string(),
+        "message_bytes_max": l.message_bytes_max,
+        "write_buffer_bytes_max": l.write_buffer_bytes_max,
+        "inflight_max": s.limits.inflight_max,
+        "idle_timeout_ms": s.limits.idle_timeout.map_or(0, |d| d.as_millis() as u64),
+        "request_memory_bytes_max": s.request_memory_bytes_max,
+        "request_timeout_ms": s.request_timeout_ms,
+        "connections_max": s.connections_max,
+        "min_insync_replicas": s.min_insync_replicas,
+        "acks_none_bytes_max": s.acks_none_bytes_max,
+        "zero_copy": s.zero_copy,
+        "steer_connections": s.steer_connections,
+        "spin_before_park_us": s.spin_before_park.as_micros() as u64,
+        "disk_poll_us": s.disk_poll.as_micros() as u64,
+        "group_initial_rebalance_delay_ms": s.group_initial_rebalance_delay.as_millis() as u64,
+        "group_log_compact_bytes": s.group_log_compact_bytes,
+        "groups_max": s.group_limits.groups_max,
+        "group_max_size": s.group_limits.group_max_size,
+        "replica_lag_time_max_ms": s.replica_lag_time_max_ms,
+        "node_id": s.cluster.as_ref().map(|c| c.me),
+        "voters": s.cluster.as_ref().map(|c| c.voters.iter().map(|(id, a)| format!("{id}@{a}")).collect::<Vec<_>>().join(",")),
+        "cluster_listen": s.cluster.as_ref().map(|c| c.listen.to_string()),
+        "cluster_transport": s.cluster.as_ref().map(|c| match c.transport {
+            ringmq_cluster::TransportKind::Quic => "quic",
+            ringmq_cluster::TransportKind::Tcp => "tcp",
+        }),
+        "node_session_timeout_ms": s.cluster.as_ref().map(|c| c.session_timeout.as_millis() as u64),
+        "default_replication_factor": s.cluster.as_ref().map(|c| c.default_replication_factor),
+    })
+}
+
 fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(p) => {
@@ -867,7 +914,11 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listeners = Listeners {
             native: s.native_listen,
             kafka: s.kafka_listen,
-            admin: if i == 0 { admin.take() } else { None },
+            admin: if i == 0 {
+                admin.take().map(|l| (l, settings_json(&s)))
+            } else {
+                None
+            },
             sockets,
             kafka_options: s.kafka.clone(),
             limits: s.limits,
@@ -1023,8 +1074,8 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 struct Listeners {
     native: SocketAddr,
     kafka: Option<SocketAddr>,
-    /// The admin listener, on the shard that serves it.
-    admin: Option<socket2::Socket>,
+    /// The admin listener, on the shard that serves it, and the settings it shows.
+    admin: Option<(socket2::Socket, serde_json::Value)>,
     sockets: ShardSockets,
     kafka_options: KafkaOptions,
     limits: ConnLimits,
@@ -1051,10 +1102,11 @@ async fn run_shard(
     let budget = MemoryBudget::new(listeners.memory);
     shard.set_memory_budget(budget.clone());
     let conns = shard.connection_count();
-    let admin = listeners.admin.map(|l| {
+    let admin = listeners.admin.map(|(l, settings)| {
         glommio::spawn_local(crate::admin::serve(
             glommio_listener(l),
             shard.clone(),
+            Rc::new(settings),
             stop.clone(),
         ))
     });

@@ -366,6 +366,48 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
         (&Value::from(2), &Value::from(3), &Value::from(1))
     );
     assert_eq!(get_json(admin, "/v1/groups/nobody").0, 404);
+    // Offsets reset: to the start, to an offset, and refusals.
+    let (status, v) = send_json(
+        admin,
+        "POST",
+        "/v1/groups/audit/reset-offsets",
+        r#"{"topic": "orders", "to": "earliest"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(get_json(admin, "/v1/groups/audit").1["lag"], 3);
+    let (status, _) = send_json(
+        admin,
+        "POST",
+        "/v1/groups/audit/reset-offsets",
+        r#"{"topic": "orders", "to": 3}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(get_json(admin, "/v1/groups/audit").1["lag"], 0);
+    let (status, e) = send_json(
+        admin,
+        "POST",
+        "/v1/groups/audit/reset-offsets",
+        r#"{"topic": "orders", "to": "yesterday"}"#,
+    );
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (400, &Value::from("bad_request"))
+    );
+    let (status, e) = send_json(
+        admin,
+        "POST",
+        "/v1/groups/audit/reset-offsets",
+        r#"{"topic": "nope", "to": "latest"}"#,
+    );
+    assert_eq!(
+        (status, &e["error"]["code"]),
+        (404, &Value::from("UnknownTopic"))
+    );
+    // The broker's settings.
+    let (status, c) = get_json(admin, "/v1/configs");
+    assert_eq!(status, 200);
+    assert_eq!(c["broker"]["admin_listen"], admin.to_string());
+    assert_eq!(c["broker"]["flush"], "every_batch");
     assert_eq!(send_json(admin, "DELETE", "/v1/groups/audit", "").0, 200);
     assert_eq!(get_json(admin, "/v1/groups/audit").0, 404);
 
