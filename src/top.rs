@@ -208,6 +208,7 @@ fn ms(v: Option<f64>) -> String {
 /// One screen: the figures between two reads `secs` apart.
 fn render(before: &Samples, now: &Samples, secs: f64, admin: &str) -> String {
     let per_s = |name: &str| (total(now, name) - total(before, name)).max(0.0) / secs;
+    let q = |name: &str, p: f64| ms(quantile(before, now, name, p));
     let mut out = String::new();
     let node = total(now, "ringmq_node_id");
     let shards = total(now, "ringmq_shards");
@@ -219,30 +220,15 @@ fn render(before: &Samples, now: &Samples, secs: f64, admin: &str) -> String {
         rate_text(per_s("ringmq_partition_records_in_total")),
         bytes_text(per_s("ringmq_partition_bytes_in_total")),
         rate_text(per_s("ringmq_produce_requests_total")),
-        ms(quantile(
-            before,
-            now,
-            "ringmq_produce_duration_seconds",
-            0.5
-        )),
-        ms(quantile(
-            before,
-            now,
-            "ringmq_produce_duration_seconds",
-            0.99
-        )),
+        q("ringmq_produce_duration_seconds", 0.5),
+        q("ringmq_produce_duration_seconds", 0.99),
     ));
     out.push_str(&format!(
         "fetch    {:>10}/s out  {:>8} requests/s   fdatasync {:>6}/s, p99 {} ms   errors {}/s\n\n",
         bytes_text(per_s("ringmq_partition_bytes_out_total")),
         rate_text(per_s("ringmq_fetch_requests_total")),
         rate_text(per_s("ringmq_log_syncs_total")),
-        ms(quantile(
-            before,
-            now,
-            "ringmq_log_sync_duration_seconds",
-            0.99
-        )),
+        q("ringmq_log_sync_duration_seconds", 0.99),
         rate_text(per_s("ringmq_request_errors_total")),
     ));
     // Topics.

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -57,6 +57,13 @@ fn send_json(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Va
     (status, v)
 }
 
+/// The status and error code of a request the API must refuse.
+fn refusal(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let (status, e) = send_json(addr, method, path, body);
+    let code = e["error"]["code"].as_str().unwrap_or_default().to_string();
+    (status, code)
+}
+
 fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
     let (status, body) = get(addr, path);
     let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
@@ -64,27 +71,7 @@ fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
 }
 
 fn ringmq(broker: &common::Broker, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .env("RINGMQ_BROKERS", broker.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ringmq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::ringmq_cli(broker, args, stdin)
 }
 
 /// Every sample of `name` whose labels include `want`, as values.
@@ -123,20 +110,10 @@ fn metrics_parse_as_prometheus_text_and_count_what_clients_did() {
 
     let (status, text) = get(broker.admin, "/metrics");
     assert_eq!(status, 200);
-    let mut check = Command::new(&python)
-        .arg(root().join("tests/admin/metrics.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = check.wait_with_output().unwrap();
+    let out = common::run_with_input(
+        Command::new(&python).arg(root().join("tests/admin/metrics.py")),
+        &text,
+    );
     assert!(
         out.status.success(),
         "the Prometheus parser refused /metrics: {}\n{text}",
@@ -307,36 +284,32 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
     let (_, t) = get_json(admin, "/v1/topics/made");
     assert_eq!(t["partitions"].as_array().unwrap().len(), 3);
     assert_eq!(t["configs"]["retention.ms"], "60000");
-    let (status, e) = send_json(
-        admin,
-        "POST",
-        "/v1/topics",
-        r#"{"name": "made", "partitions": 1}"#,
+    assert_eq!(
+        refusal(
+            admin,
+            "POST",
+            "/v1/topics",
+            r#"{"name": "made", "partitions": 1}"#
+        ),
+        (409, "TopicExists".to_string())
     );
     assert_eq!(
-        (status, &e["error"]["code"]),
-        (409, &Value::from("TopicExists"))
-    );
-    let (status, e) = send_json(
-        admin,
-        "POST",
-        "/v1/topics",
-        r#"{"name": "x", "partitions": "many"}"#,
-    );
-    assert_eq!(
-        (status, &e["error"]["code"]),
-        (400, &Value::from("bad_request"))
-    );
-    let (status, e) = send_json(
-        admin,
-        "POST",
-        "/v1/topics",
-        r#"{"name": "bad/name", "partitions": 1}"#,
+        refusal(
+            admin,
+            "POST",
+            "/v1/topics",
+            r#"{"name": "x", "partitions": "many"}"#
+        ),
+        (400, "bad_request".to_string())
     );
     assert_eq!(
-        (status, &e["error"]["code"]),
-        (400, &Value::from("InvalidTopic")),
-        "{e}"
+        refusal(
+            admin,
+            "POST",
+            "/v1/topics",
+            r#"{"name": "bad/name", "partitions": 1}"#
+        ),
+        (400, "InvalidTopic".to_string())
     );
     let (status, _) = send_json(admin, "DELETE", "/v1/topics/made", "");
     assert_eq!(status, 200);
@@ -383,25 +356,23 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
     );
     assert_eq!(status, 200);
     assert_eq!(get_json(admin, "/v1/groups/audit").1["lag"], 0);
-    let (status, e) = send_json(
-        admin,
-        "POST",
-        "/v1/groups/audit/reset-offsets",
-        r#"{"topic": "orders", "to": "yesterday"}"#,
+    assert_eq!(
+        refusal(
+            admin,
+            "POST",
+            "/v1/groups/audit/reset-offsets",
+            r#"{"topic": "orders", "to": "yesterday"}"#
+        ),
+        (400, "bad_request".to_string())
     );
     assert_eq!(
-        (status, &e["error"]["code"]),
-        (400, &Value::from("bad_request"))
-    );
-    let (status, e) = send_json(
-        admin,
-        "POST",
-        "/v1/groups/audit/reset-offsets",
-        r#"{"topic": "nope", "to": "latest"}"#,
-    );
-    assert_eq!(
-        (status, &e["error"]["code"]),
-        (404, &Value::from("UnknownTopic"))
+        refusal(
+            admin,
+            "POST",
+            "/v1/groups/audit/reset-offsets",
+            r#"{"topic": "nope", "to": "latest"}"#
+        ),
+        (404, "UnknownTopic".to_string())
     );
     // The broker's settings.
     let (status, c) = get_json(admin, "/v1/configs");

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -22,26 +21,7 @@ fn chromium() -> Option<PathBuf> {
 }
 
 fn ringmq(broker: &common::Broker, args: &[&str], stdin: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(args)
-        .env("RINGMQ_BROKERS", broker.addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "ringmq {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::ringmq_cli(broker, args, stdin);
 }
 
 /// Opens `url` in headless Chromium, lets its scripts run (virtual time: the console

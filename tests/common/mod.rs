@@ -207,3 +207,36 @@ pub fn run_scenario(mut cmd: Command, what: &str, timeout: Duration) -> String {
     print!("{text}");
     text
 }
+
+/// Runs `cmd` with `stdin` as its standard input (standard output and error captured).
+pub fn run_with_input(cmd: &mut Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs `ringmq ARGS` against `broker`'s native listener with `stdin`; returns its
+/// standard output, panics with its standard error when it fails.
+pub fn ringmq_cli(broker: &Broker, args: &[&str], stdin: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+    cmd.args(args)
+        .env("RINGMQ_BROKERS", broker.addr.to_string());
+    let out = run_with_input(&mut cmd, stdin);
+    assert!(
+        out.status.success(),
+        "ringmq {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
