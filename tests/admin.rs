@@ -153,6 +153,13 @@ fn metrics_parse_as_prometheus_text_and_count_what_clients_did() {
             &[("topic", "orders"), ("reader", "consumer")]
         ) > 0.0
     );
+    assert!(
+        sum(
+            "ringmq_partition_records_out_total",
+            &[("topic", "orders"), ("reader", "consumer")]
+        ) >= 200.0,
+        "the group read 200"
+    );
     assert!(sum("ringmq_produce_requests_total", &[]) >= 1.0);
     assert!(sum("ringmq_produce_duration_seconds_count", &[]) >= 1.0);
     assert!(sum("ringmq_fetch_requests_total", &[("reader", "consumer")]) >= 1.0);

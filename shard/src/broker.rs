@@ -1191,6 +1191,7 @@ impl Shard {
                         Ok(r) => {
                             partition.traffic.read(
                                 matches!(f.reader, crate::ops::Reader::Follower { .. }),
+                                (r.next_offset - p.offset).max(0) as u64,
                                 r.len() as u64,
                             );
                             for c in &r.chunks {
@@ -1487,6 +1488,16 @@ impl Shard {
                 "ringmq_partition_bytes_in_total",
                 tpl(),
                 t.bytes_in.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_records_out_total",
+                with("reader", "consumer"),
+                t.records_out_consumers.get() as i64,
+            );
+            gauge(
+                "ringmq_partition_records_out_total",
+                with("reader", "follower"),
+                t.records_out_followers.get() as i64,
             );
             gauge(
                 "ringmq_partition_bytes_out_total",

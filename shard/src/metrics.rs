@@ -173,6 +173,12 @@ pub const FAMILIES: &[(&str, Kind, &str, &str)] = &[
         "Batch bytes appended by producers.",
     ),
     (
+        "ringmq_partition_records_out_total",
+        Kind::Counter,
+        "topic, partition, reader",
+        "Records read by consumers and by follower replicas (the offsets each read moved its reader on).",
+    ),
+    (
         "ringmq_partition_bytes_out_total",
         Kind::Counter,
         "topic, partition, reader",
@@ -314,6 +320,8 @@ pub struct Traffic {
     pub(crate) bytes_in: Cell<u64>,
     pub(crate) bytes_out_consumers: Cell<u64>,
     pub(crate) bytes_out_followers: Cell<u64>,
+    pub(crate) records_out_consumers: Cell<u64>,
+    pub(crate) records_out_followers: Cell<u64>,
 }
 
 impl Traffic {
@@ -322,13 +330,15 @@ impl Traffic {
         self.bytes_in.set(self.bytes_in.get() + bytes);
     }
 
-    pub(crate) fn read(&self, follower: bool, bytes: u64) {
-        let c = if follower {
-            &self.bytes_out_followers
+    /// A read of `bytes` that took the reader `records` offsets further.
+    pub(crate) fn read(&self, follower: bool, records: u64, bytes: u64) {
+        let (r, b) = if follower {
+            (&self.records_out_followers, &self.bytes_out_followers)
         } else {
-            &self.bytes_out_consumers
+            (&self.records_out_consumers, &self.bytes_out_consumers)
         };
-        c.set(c.get() + bytes);
+        r.set(r.get() + records);
+        b.set(b.get() + bytes);
     }
 }
 
