@@ -49,6 +49,7 @@ pub mod index;
 mod io;
 #[cfg(feature = "log")]
 mod log;
+#[cfg(feature = "log")]
 pub mod metrics;
 #[cfg(feature = "log")]
 mod notify;
