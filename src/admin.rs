@@ -367,7 +367,14 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
 ];
 
 async fn route(shard: &Rc<Shard>, settings: &Value, req: &Request<'_>) -> Response {
-    let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
+    // Segments percent-decoded: a group id may hold any character.
+    let decoded: Vec<String> = req
+        .path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     // The methods each path takes (none: no such path).
     let allowed: &[&str] = match segments.as_slice() {
         [] | ["metrics"] | ["v1"] | ["v1", "health" | "ready" | "broker" | "configs"] => &["GET"],
@@ -606,6 +613,32 @@ async fn delete_group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerErro
         Some(GroupReply::Delete(r)) => r.map(|()| json!({"deleted": name})),
         _ => Err(group_shard_silent()),
     }
+}
+
+/// `%XX` escapes of a path segment decoded (invalid UTF-8 replaced; a `%` not followed
+/// by two hex digits kept as it is).
+fn percent_decode(segment: &str) -> String {
+    let b = segment.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn endpoints() -> Vec<Value> {
@@ -1027,4 +1060,15 @@ async fn reset_offsets(shard: &Rc<Shard>, group: &str, body: &[u8]) -> Result<Va
         _ => return Err(Response::broker_error(&group_shard_silent())),
     }
     Ok(json!({"group": group, "committed": committed}))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(super::percent_decode("my%20group%2F1"), "my group/1");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(super::percent_decode("caf%C3%A9"), "café");
+    }
 }

@@ -346,6 +346,21 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
         (&Value::from(2), &Value::from(3), &Value::from(1))
     );
     assert_eq!(get_json(admin, "/v1/groups/nobody").0, 404);
+    // A group id with characters a path must escape.
+    ringmq(
+        &broker,
+        &[
+            "consume",
+            "orders",
+            "--group",
+            "night shift/2",
+            "--count",
+            "1",
+        ],
+        "",
+    );
+    let (status, g) = get_json(admin, "/v1/groups/night%20shift%2F2");
+    assert_eq!((status, &g["lag"]), (200, &Value::from(2)), "{g}");
     // Offsets reset: to the start, to an offset, and refusals.
     let (status, v) = send_json(
         admin,
