@@ -1469,83 +1469,38 @@ impl Shard {
                     ("partition", tp.partition.to_string()),
                 ]
             };
-            let with = |k: &'static str, v: &str| {
-                let mut l = tpl();
-                l.push((k, v.to_string()));
-                l
-            };
-            let t = &p.traffic;
+            p.traffic.samples(&tpl(), &mut out);
             let log = p.log();
             let figures = p.replication_figures();
-            let mut gauge =
-                |family, labels, v: i64| out.push(Sample::number(family, labels, v as f64));
-            gauge(
-                "ringmq_partition_records_in_total",
-                tpl(),
-                t.records_in.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_bytes_in_total",
-                tpl(),
-                t.bytes_in.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_records_out_total",
-                with("reader", "consumer"),
-                t.records_out_consumers.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_records_out_total",
-                with("reader", "follower"),
-                t.records_out_followers.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_bytes_out_total",
-                with("reader", "consumer"),
-                t.bytes_out_consumers.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_bytes_out_total",
-                with("reader", "follower"),
-                t.bytes_out_followers.get() as i64,
-            );
-            gauge(
-                "ringmq_partition_log_start_offset",
-                tpl(),
-                p.log_start_offset(),
-            );
-            gauge("ringmq_partition_log_end_offset", tpl(), log.end_offset());
-            gauge("ringmq_partition_high_watermark", tpl(), p.high_watermark());
-            gauge(
-                "ringmq_partition_size_bytes",
-                tpl(),
-                log.size_bytes() as i64,
-            );
-            gauge(
-                "ringmq_partition_segments",
-                tpl(),
-                log.segment_count() as i64,
-            );
-            gauge("ringmq_partition_leader", tpl(), i64::from(figures.leads));
+            let mut gauges = vec![
+                ("ringmq_partition_log_start_offset", p.log_start_offset()),
+                ("ringmq_partition_log_end_offset", log.end_offset()),
+                ("ringmq_partition_high_watermark", p.high_watermark()),
+                ("ringmq_partition_size_bytes", log.size_bytes() as i64),
+                ("ringmq_partition_segments", log.segment_count() as i64),
+                ("ringmq_partition_leader", i64::from(figures.leads)),
+            ];
             if figures.leads {
-                gauge("ringmq_partition_replicas", tpl(), figures.replicas as i64);
-                gauge(
-                    "ringmq_partition_in_sync_replicas",
-                    tpl(),
-                    figures.in_sync as i64,
-                );
-                gauge(
-                    "ringmq_partition_under_replicated",
-                    tpl(),
-                    i64::from(figures.in_sync < figures.replicas),
-                );
+                gauges.extend([
+                    ("ringmq_partition_replicas", figures.replicas as i64),
+                    ("ringmq_partition_in_sync_replicas", figures.in_sync as i64),
+                    (
+                        "ringmq_partition_under_replicated",
+                        i64::from(figures.in_sync < figures.replicas),
+                    ),
+                ]);
+            }
+            for (family, v) in gauges {
+                out.push(Sample::number(family, tpl(), v as f64));
             }
             for (replica, lag) in figures.follower_lag {
-                gauge(
+                let mut labels = tpl();
+                labels.push(("replica", replica.to_string()));
+                out.push(Sample::number(
                     "ringmq_partition_replica_lag_offsets",
-                    with("replica", &replica.to_string()),
-                    lag,
-                );
+                    labels,
+                    lag as f64,
+                ));
             }
         }
         for (group, members) in self.groups.member_counts() {

@@ -316,18 +316,54 @@ impl Sample {
 /// A partition's traffic since this process opened it.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    pub(crate) records_in: Cell<u64>,
-    pub(crate) bytes_in: Cell<u64>,
-    pub(crate) bytes_out_consumers: Cell<u64>,
-    pub(crate) bytes_out_followers: Cell<u64>,
-    pub(crate) records_out_consumers: Cell<u64>,
-    pub(crate) records_out_followers: Cell<u64>,
+    records_in: Cell<u64>,
+    bytes_in: Cell<u64>,
+    bytes_out_consumers: Cell<u64>,
+    bytes_out_followers: Cell<u64>,
+    records_out_consumers: Cell<u64>,
+    records_out_followers: Cell<u64>,
 }
 
 impl Traffic {
     pub(crate) fn appended(&self, records: u64, bytes: u64) {
         self.records_in.set(self.records_in.get() + records);
         self.bytes_in.set(self.bytes_in.get() + bytes);
+    }
+
+    /// The partition's traffic samples, labelled `labels` (its topic and partition) and
+    /// the reader where it matters.
+    pub(crate) fn samples(&self, labels: &[(&'static str, String)], out: &mut Vec<Sample>) {
+        let with = |reader: Option<&str>| {
+            let mut l = labels.to_vec();
+            l.extend(reader.map(|r| ("reader", r.to_string())));
+            l
+        };
+        for (family, reader, v) in [
+            ("ringmq_partition_records_in_total", None, &self.records_in),
+            ("ringmq_partition_bytes_in_total", None, &self.bytes_in),
+            (
+                "ringmq_partition_records_out_total",
+                Some("consumer"),
+                &self.records_out_consumers,
+            ),
+            (
+                "ringmq_partition_records_out_total",
+                Some("follower"),
+                &self.records_out_followers,
+            ),
+            (
+                "ringmq_partition_bytes_out_total",
+                Some("consumer"),
+                &self.bytes_out_consumers,
+            ),
+            (
+                "ringmq_partition_bytes_out_total",
+                Some("follower"),
+                &self.bytes_out_followers,
+            ),
+        ] {
+            out.push(Sample::number(family, with(reader), v.get() as f64));
+        }
     }
 
     /// A read of `bytes` that took the reader `records` offsets further.
