@@ -20,7 +20,8 @@ use glommio::{Latency, Shares, TaskQueueHandle};
 use ringmq_shard::broker::Shard;
 use ringmq_shard::error::{BrokerError, ErrorKind};
 use ringmq_shard::groups::{
-    CommitOffsets, FetchOffsets, GroupOp, GroupReply, GroupState, OffsetCommit,
+    CONSUMER_PROTOCOL_TYPE, CommitOffsets, FetchOffsets, GroupOp, GroupReply, GroupState,
+    NATIVE_PROTOCOL_TYPE, OffsetCommit, assign,
 };
 use ringmq_shard::ops::{
     Fetch, FetchPart, Isolation, OffsetQuery, OffsetSpec, Reader, TopicOp, TopicPartition,
@@ -352,7 +353,7 @@ const ENDPOINTS: &[(&str, &str, &str)] = &[
     (
         "GET",
         "/v1/groups/{name}",
-        "a group's state, members, and per partition its committed offset, high watermark and lag",
+        "a group's state, members with their assigned partitions, and per partition its committed offset, high watermark, lag and the member reading it",
     ),
     (
         "POST",
@@ -584,13 +585,39 @@ async fn group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
             }));
         }
     }
+    // Each member's partitions, from its assignment in the group's protocol.
+    let assignments: Vec<Vec<(String, Vec<i32>)>> = described
+        .members
+        .iter()
+        .map(|m| assigned_partitions(&described.protocol_type, &m.assignment))
+        .collect();
+    let owner = |topic: &str, partition: i32| {
+        described.members.iter().zip(&assignments).find_map(|(m, a)| {
+            a.iter()
+                .any(|(t, ps)| t == topic && ps.contains(&partition))
+                .then(|| m.member_id.clone())
+        })
+    };
+    for o in &mut offsets {
+        let (Some(t), Some(p)) = (o["topic"].as_str(), o["partition"].as_i64()) else {
+            continue;
+        };
+        let member = i32::try_from(p).ok().and_then(|p| owner(t, p));
+        o["member"] = json!(member);
+    }
     let members: Vec<Value> = described
         .members
         .iter()
-        .map(|m| {
+        .zip(&assignments)
+        .map(|(m, a)| {
+            let assignment: Vec<Value> = a
+                .iter()
+                .map(|(t, ps)| json!({"topic": t, "partitions": ps}))
+                .collect();
             json!({
                 "member_id": m.member_id, "instance_id": m.instance_id,
                 "client_id": m.client_id, "client_host": m.client_host,
+                "assignment": assignment,
             })
         })
         .collect();
@@ -603,6 +630,27 @@ async fn group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
         "offsets": offsets,
         "lag": total_lag,
     }))
+}
+
+/// The partitions a member's assignment gives it: native groups' own encoding, or Kafka's
+/// consumer protocol (a version, then the assignment in that version). Other protocols
+/// (Kafka Connect, for one) are opaque to the broker: no partitions.
+fn assigned_partitions(protocol_type: &str, assignment: &[u8]) -> Vec<(String, Vec<i32>)> {
+    match protocol_type {
+        NATIVE_PROTOCOL_TYPE => {
+            let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
+            for (t, p) in assign::decode_assignment(assignment) {
+                let p = i32::try_from(p).unwrap_or(i32::MAX);
+                match by_topic.iter_mut().find(|(x, _)| *x == t) {
+                    Some((_, ps)) => ps.push(p),
+                    None => by_topic.push((t, vec![p])),
+                }
+            }
+            by_topic
+        }
+        CONSUMER_PROTOCOL_TYPE => crate::group::parse_assignment(assignment),
+        _ => Vec::new(),
+    }
 }
 
 async fn delete_group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
@@ -1070,5 +1118,27 @@ mod tests {
         assert_eq!(super::percent_decode("100%"), "100%");
         assert_eq!(super::percent_decode("%zz%4"), "%zz%4");
         assert_eq!(super::percent_decode("caf%C3%A9"), "café");
+    }
+
+    #[test]
+    fn assignments_are_read_in_the_groups_protocol() {
+        use ringmq_shard::groups::assign::encode_assignment;
+        let native = encode_assignment(&[("a".into(), 0), ("b".into(), 2), ("a".into(), 3)]);
+        assert_eq!(
+            super::assigned_partitions("ringmq", &native),
+            vec![("a".to_string(), vec![0, 3]), ("b".to_string(), vec![2])]
+        );
+        // Kafka's consumer protocol, version 0: topics (name, partitions), user data.
+        let mut kafka = vec![0, 0, 0, 0, 0, 1, 0, 3];
+        kafka.extend_from_slice(b"ord");
+        kafka.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 4, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            super::assigned_partitions("consumer", &kafka),
+            vec![("ord".to_string(), vec![4, 5])]
+        );
+        // A protocol the broker cannot read, and garbage: no partitions, no panic.
+        assert!(super::assigned_partitions("connect", &kafka).is_empty());
+        assert!(super::assigned_partitions("ringmq", &[1, 2, 3]).is_empty());
+        assert!(super::assigned_partitions("consumer", &[0]).is_empty());
     }
 }

@@ -70,7 +70,7 @@ fn consumer(k: &KafkaArgs, group: &str) -> anyhow::Result<BaseConsumer> {
 
 /// Partitions assigned to a member, from its consumer-protocol assignment (a version,
 /// then the assignment in that version).
-fn parse_assignment(b: &[u8]) -> Vec<(String, Vec<i32>)> {
+pub(crate) fn parse_assignment(b: &[u8]) -> Vec<(String, Vec<i32>)> {
     use kafka_protocol::messages::ConsumerProtocolAssignment;
     use kafka_protocol::protocol::Decodable;
     let Some(version) = b.get(..2).map(|v| i16::from_be_bytes([v[0], v[1]])) else {

@@ -346,6 +346,40 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
         (&Value::from(2), &Value::from(3), &Value::from(1))
     );
     assert_eq!(get_json(admin, "/v1/groups/nobody").0, 404);
+    // A live member: its assigned partitions, and per partition who reads it.
+    let mut live = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["consume", "orders", "--group", "live"])
+        .env("RINGMQ_BROKERS", broker.addr.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let g = loop {
+        let (status, g) = get_json(admin, "/v1/groups/live");
+        // Stable, and the member has committed (`ringmq consume` commits every 5 s).
+        if status == 200 && g["state"] == "Stable" && !g["offsets"].as_array().unwrap().is_empty()
+        {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live member never showed with committed offsets: {g}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = live.kill();
+    let _ = live.wait();
+    let members = g["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{g}");
+    assert_eq!(
+        members[0]["assignment"],
+        serde_json::json!([{"topic": "orders", "partitions": [0, 1]}]),
+        "{g}"
+    );
+    for o in g["offsets"].as_array().unwrap() {
+        assert_eq!(o["member"], members[0]["member_id"], "{g}");
+    }
     // A group id with characters a path must escape.
     ringmq(
         &broker,

@@ -222,6 +222,47 @@ def check_metrics(timeout):
     fail(f"the nodes' metrics do not show the healthy cluster: {why}")
 
 
+def check_console():
+    """Node 1's web console, rendered by headless Chromium, shows the cluster as it is: the
+    three nodes alive, a controller, and every partition of the topic with three in-sync
+    replicas. Screenshots go to WORK. Skipped (said so) without Chromium."""
+    import re
+    import shutil
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                    if shutil.which(b)), None)
+    if browser is None:
+        print("console: no Chromium on this machine, the console check is skipped")
+        return
+    base = f"http://127.0.0.1:{PORTS[1]['admin']}/"
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1280,900", "--virtual-time-budget=6000"]
+
+    def render(page):
+        url = base + page
+        dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True,
+                             timeout=60)
+        if dom.returncode != 0:
+            fail(f"chromium --dump-dom {url}: {dom.stderr.decode()[-500:]}")
+        shot = os.path.join(WORK, "console-" + page.strip("#/").replace("/", "-") + ".png")
+        subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True,
+                       timeout=60)
+        return dom.stdout.decode()
+
+    dom = render("#/cluster")
+    alive = dom.count('pill good">alive<')
+    controller = re.search(r'Controller</div><div class="value">node (\d+)<', dom)
+    if alive != 3 or not controller or int(controller.group(1)) not in NODES:
+        fail(f"the console's cluster page shows {alive} live nodes and controller "
+             f"{controller and controller.group(1)}:\n{dom[-3000:]}")
+    dom = render(f"#/topics/{TOPIC}")
+    isrs = [sorted(int(x) for x in m.split(", "))
+            for m in re.findall(r'pill (?:good|warn)">([0-9, ]+)</span>', dom)]
+    if sorted(isrs) != [[1, 2, 3]] * 3:
+        fail(f"the console's page of {TOPIC} shows in-sync replicas {isrs}:\n{dom[-3000:]}")
+    print(f"console: node 1's console shows 3 live nodes, controller node "
+          f"{controller.group(1)}, and 3 in-sync replicas for each of {TOPIC}'s 3 partitions")
+
+
 def describe():
     try:
         t = metadata().topics[TOPIC]
@@ -637,6 +678,8 @@ try:
      "native": native, "groups": groups, "native-groups": native_groups}[CLIENT]()
     wait_full_isr(20)
     check_metrics(10)
+    if CLIENT == "native":
+        check_console()
     print("final:", describe())
 except Exception:
     # Not a check that failed (those exit through fail()): a client call that raised.
