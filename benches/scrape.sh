@@ -4,8 +4,8 @@
 #
 # One `ringmq serve` (SHARDS shards, flush every_batch) holds the load topic and EXTRA
 # partitions in other topics (so each scrape carries what a broker with that many
-# partitions exports). One run of `ringmq bench` (native driver, PRODUCERS producers, one
-# consumer, 1 KiB messages, max rate) lasts ROUNDS rounds; a round is PHASE seconds without
+# partitions exports). One run of `ringmq bench` (native driver, PRODUCERS producers,
+# CONSUMERS consumers, 1 KiB messages, max rate) lasts ROUNDS rounds; a round is PHASE seconds without
 # scraping and PHASE seconds with a scraper that GETs /metrics every SCRAPE_EVERY seconds
 # (the order flips each round). The bench's rate each second is labelled with its phase.
 # Reports the per-second rates of each mode, each round's scraped / alone (neighbouring
@@ -13,20 +13,24 @@
 # scrape is (bytes, samples, how long the broker took to gather it:
 # ringmq_scrape_duration_seconds), then a scrape's direct CPU cost on the idle broker.
 #
-#   benches/scrape.sh                                   # 10 rounds of 2 x 6 s, 200 extra partitions
+# No consumer by default: with one, the rate of a second varies 3 times as much here
+# (stdev 22 % of the mean against 7.5 %), which hides a 2 % effect.
+#
+#   benches/scrape.sh                                   # 20 rounds of 2 x 6 s, 200 extra partitions
 #   ROUNDS=6 EXTRA=1000 benches/scrape.sh
 #   RINGMQ_BIN=/path/to/ringmq benches/scrape.sh
 #
-# Knobs: ROUNDS (10), PHASE (s, 6), EXTRA (partitions besides the load topic's, 200),
-# SHARDS (2), PRODUCERS (2), SCRAPE_EVERY (s, 1), DATA_DIR (./bench-data).
+# Knobs: ROUNDS (20), PHASE (s, 6), EXTRA (partitions besides the load topic's, 200),
+# SHARDS (2), PRODUCERS (2), CONSUMERS (0), SCRAPE_EVERY (s, 1), DATA_DIR (./bench-data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-10}
+ROUNDS=${ROUNDS:-20}
 PHASE=${PHASE:-6}
 EXTRA=${EXTRA:-200}
 SHARDS=${SHARDS:-2}
 PRODUCERS=${PRODUCERS:-2}
+CONSUMERS=${CONSUMERS:-0}
 SCRAPE_EVERY=${SCRAPE_EVERY:-1}
 DATA_DIR=${DATA_DIR:-./bench-data}
 
@@ -74,7 +78,7 @@ echo "== broker $NATIVE (admin http://$ADMIN), $SHARDS shards, load topic of $SH
 # first second of a phase is dropped: it straddles the switch). A round is one phase of
 # each; its figure is scraped / alone of the phases' mean rates. Neighbouring phases share
 # the machine's slow drifts, so the ratio sees the scrapes, not the drift.
-python3 - "$RINGMQ_BIN" "$ADMIN" "$ROUNDS" "$PHASE" "$SCRAPE_EVERY" "$PRODUCERS" "$WORK" "$BROKER_PID" <<'PY'
+python3 - "$RINGMQ_BIN" "$ADMIN" "$ROUNDS" "$PHASE" "$SCRAPE_EVERY" "$PRODUCERS" "$WORK" "$BROKER_PID" "$CONSUMERS" <<'PY'
 import json, re, subprocess, sys, threading, time, urllib.request
 binary, admin, rounds, phase, every, producers, work = sys.argv[1:8]
 rounds, phase, every = int(rounds), int(phase), float(every)
@@ -96,7 +100,7 @@ def scraper():
 thread = threading.Thread(target=scraper)
 thread.start()
 bench = subprocess.Popen(
-    [binary, "bench", "--topic", "load", "--producers", producers, "--consumers", "1",
+    [binary, "bench", "--topic", "load", "--producers", producers, "--consumers", sys.argv[9],
      "--warmup", "2", "--duration", str(seconds)],
     stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 def cpu_times():

@@ -348,7 +348,7 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
     assert_eq!(get_json(admin, "/v1/groups/nobody").0, 404);
     // A live member: its assigned partitions, and per partition who reads it.
     let mut live = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
-        .args(["consume", "orders", "--group", "live"])
+        .args(["consume", "orders", "--group", "live", "--follow"])
         .env("RINGMQ_BROKERS", broker.addr.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

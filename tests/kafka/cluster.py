@@ -246,7 +246,9 @@ def check_console():
         shot = os.path.join(WORK, "console-" + page.strip("#/").replace("/", "-") + ".png")
         subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True,
                        timeout=60)
-        return dom.stdout.decode()
+        # The rendered page, without the page's own script (its templates hold the same
+        # markup with placeholders).
+        return re.sub(r"(?s)<script.*?</script>", "", dom.stdout.decode())
 
     dom = render("#/cluster")
     alive = dom.count('pill good">alive<')
