@@ -148,7 +148,7 @@ pub struct ServeArgs {
     #[arg(long, env = "RINGMQ_STEER_CONNECTIONS", action = clap::ArgAction::Set)]
     steer_connections: Option<bool>,
     /// Microseconds a shard with nothing to do keeps polling before it sleeps: fewer
-    /// sleep/wake cycles (each costs a process-wide memory barrier and a context switch)
+    /// sleep/wake cycles (each costs a context switch, dear in a VM)
     /// for lower latency under light load, paid in CPU while idle; 0 sleeps at once
     /// [default: 0]
     #[arg(long, env = "RINGMQ_SPIN_BEFORE_PARK_US")]

@@ -15,7 +15,8 @@
 //!   foreign-wake queue and, when the executor is asleep or preparing to sleep
 //!   (`should_notify`), a write to the executor's own eventfd wakes its ring, the same
 //!   eventfd mechanism `ringmq-uring` uses for its second ring; the executor drains the
-//!   queue before sleeping (after a membarrier), so no wake is lost. A test
+//!   queue before sleeping (after a full fence, paired with one on the waking side:
+//!   `vendor/README.md`), so no wake is lost. A test
 //!   (`tests/wakeup.rs`) measures the delay from the tokio thread's send to the glommio
 //!   task running.
 //!
