@@ -592,11 +592,15 @@ async fn group(shard: &Rc<Shard>, name: &str) -> Result<Value, BrokerError> {
         .map(|m| assigned_partitions(&described.protocol_type, &m.assignment))
         .collect();
     let owner = |topic: &str, partition: i32| {
-        described.members.iter().zip(&assignments).find_map(|(m, a)| {
-            a.iter()
-                .any(|(t, ps)| t == topic && ps.contains(&partition))
-                .then(|| m.member_id.clone())
-        })
+        described
+            .members
+            .iter()
+            .zip(&assignments)
+            .find_map(|(m, a)| {
+                a.iter()
+                    .any(|(t, ps)| t == topic && ps.contains(&partition))
+                    .then(|| m.member_id.clone())
+            })
     };
     for o in &mut offsets {
         let (Some(t), Some(p)) = (o["topic"].as_str(), o["partition"].as_i64()) else {

@@ -177,6 +177,19 @@ fn metrics_parse_as_prometheus_text_and_count_what_clients_did() {
         "high watermarks 600 in all, 200 committed"
     );
     assert!(sum("ringmq_memory_budget_bytes", &[]) > 0.0);
+    // Every shard's executor submits to its own io_uring rings (sockets, timers, its
+    // wake-up eventfd), and consumes what completes.
+    for shard in ["0", "1"] {
+        for family in [
+            "ringmq_uring_submissions_total",
+            "ringmq_uring_completions_total",
+        ] {
+            assert!(
+                sum(family, &[("shard", shard), ("ring", "glommio")]) > 0.0,
+                "{family} of shard {shard}'s glommio rings"
+            );
+        }
+    }
 
     // `ringmq top` shows the same from the terminal: one refresh, printed.
     let top = Command::new(env!("CARGO_BIN_EXE_ringmq"))
@@ -358,8 +371,7 @@ fn the_admin_api_answers_json_and_refuses_bad_requests_clearly() {
     let g = loop {
         let (status, g) = get_json(admin, "/v1/groups/live");
         // Stable, and the member has committed (`ringmq consume` commits every 5 s).
-        if status == 200 && g["state"] == "Stable" && !g["offsets"].as_array().unwrap().is_empty()
-        {
+        if status == 200 && g["state"] == "Stable" && !g["offsets"].as_array().unwrap().is_empty() {
             break g;
         }
         assert!(

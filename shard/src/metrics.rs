@@ -151,14 +151,14 @@ pub const FAMILIES: &[(&str, Kind, &str, &str)] = &[
     (
         "ringmq_uring_submissions_total",
         Kind::Counter,
-        "shard",
-        "Entries submitted to the shard's second io_uring ring: O_DIRECT segment writes, their fdatasyncs, and splice sends.",
+        "shard, ring",
+        "Entries submitted to the kernel on the shard's io_uring rings: `ring=\"glommio\"` the executor's own rings (sockets, files through glommio, timers, wake-ups), `ring=\"second\"` the shard's second ring (O_DIRECT segment writes, their fdatasyncs, splice sends).",
     ),
     (
         "ringmq_uring_completions_total",
         Kind::Counter,
-        "shard",
-        "Completions reaped from that ring.",
+        "shard, ring",
+        "Completions consumed from those rings.",
     ),
     (
         "ringmq_partition_records_in_total",
@@ -388,9 +388,9 @@ pub struct ShardMetrics {
     fetch_requests: [Cell<u64>; 2],
     fetch_latency: [Histogram; 2],
     errors: RefCell<BTreeMap<(&'static str, ErrorKind), u64>>,
-    /// glommio's file I/O counters, which it hands out as deltas: summed here. Reads,
-    /// read bytes, writes, written bytes.
-    io: Cell<[u64; 4]>,
+    /// glommio's I/O counters, which it hands out as deltas: summed here. File reads,
+    /// read bytes, writes, written bytes; ring entries submitted, completions consumed.
+    io: Cell<[u64; 6]>,
 }
 
 impl ShardMetrics {
@@ -459,11 +459,14 @@ impl ShardMetrics {
         let (breads, bread_bytes) = io.file_buffered_reads();
         let (writes, written) = io.file_writes();
         let (bwrites, bwritten) = io.file_buffered_writes();
+        let (entries, completions) = io.ring_entries();
         let mut t = self.io.get();
         t[0] += reads + breads;
         t[1] += read_bytes + bread_bytes;
         t[2] += writes + bwrites;
         t[3] += written + bwritten;
+        t[4] += entries;
+        t[5] += completions;
         self.io.set(t);
         for (op, ops, bytes) in [("read", t[0], t[1]), ("write", t[2], t[3])] {
             out.push(Sample::number(
@@ -489,16 +492,20 @@ impl ShardMetrics {
             value: Value::Histogram(syncs),
         });
         let (submitted, completed) = ringmq_uring::Ring::counts_here();
-        out.push(Sample::number(
-            "ringmq_uring_submissions_total",
-            vec![s()],
-            submitted as f64,
-        ));
-        out.push(Sample::number(
-            "ringmq_uring_completions_total",
-            vec![s()],
-            completed as f64,
-        ));
+        for (ring, submitted, completed) in
+            [("glommio", t[4], t[5]), ("second", submitted, completed)]
+        {
+            out.push(Sample::number(
+                "ringmq_uring_submissions_total",
+                vec![s(), ("ring", ring.into())],
+                submitted as f64,
+            ));
+            out.push(Sample::number(
+                "ringmq_uring_completions_total",
+                vec![s(), ("ring", ring.into())],
+                completed as f64,
+            ));
+        }
     }
 }
 

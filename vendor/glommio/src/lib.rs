@@ -536,6 +536,9 @@ pub struct RingIoStats {
     pub(crate) file_bytes_written: u64,
     pub(crate) file_buffered_writes: u64,
     pub(crate) file_buffered_bytes_written: u64,
+    // ringmq patch: entries submitted to the kernel and completions consumed.
+    pub(crate) ring_submitted: u64,
+    pub(crate) ring_completed: u64,
 
     // Distributions
     pub(crate) pre_reactor_io_scheduler_latency_us: sketches_ddsketch::DDSketch,
@@ -558,6 +561,8 @@ impl Default for RingIoStats {
             file_bytes_written: 0,
             file_buffered_writes: 0,
             file_buffered_bytes_written: 0,
+            ring_submitted: 0,
+            ring_completed: 0,
             pre_reactor_io_scheduler_latency_us: sketches_ddsketch::DDSketch::new(
                 sketches_ddsketch::Config::new(0.01, 2048, 1.0e-9),
             ),
@@ -612,6 +617,12 @@ impl RingIoStats {
     /// [`files_closed`]: RingIoStats::files_closed
     pub fn files_closed(&self) -> u64 {
         self.files_closed
+    }
+
+    /// ringmq patch: the ring's entries submitted to the kernel and completions
+    /// consumed, every kind of operation (sockets, files, timers, eventfds) counted.
+    pub fn ring_entries(&self) -> (u64, u64) {
+        (self.ring_submitted, self.ring_completed)
     }
 
     /// File read IO stats
@@ -692,6 +703,8 @@ impl<'a> Sum<&'a RingIoStats> for RingIoStats {
             a.file_bytes_written += b.file_bytes_written;
             a.file_buffered_writes += b.file_buffered_writes;
             a.file_buffered_bytes_written += b.file_buffered_bytes_written;
+            a.ring_submitted += b.ring_submitted;
+            a.ring_completed += b.ring_completed;
             a.pre_reactor_io_scheduler_latency_us
                 .merge(&b.pre_reactor_io_scheduler_latency_us)
                 .unwrap();

@@ -705,6 +705,8 @@ pub(crate) trait UringCommon {
                 }
             }
         }
+        // ringmq patch: counted for the broker's metrics (`RingIoStats::ring_entries`).
+        self.io_stats_mut().ring_completed += completed as u64;
         completed
     }
 
@@ -833,6 +835,8 @@ impl UringCommon for PollRing {
     fn submit_sqes(&mut self) -> io::Result<usize> {
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
+        // ringmq patch: counted for the broker's metrics (`RingIoStats::ring_entries`).
+        self.stats.ring_submitted += x as u64;
         Ok(x)
     }
 
@@ -1159,6 +1163,8 @@ impl UringCommon for SleepableRing {
     fn submit_sqes(&mut self) -> io::Result<usize> {
         let x = self.ring.submit_sqes()? as usize;
         self.in_kernel += x;
+        // ringmq patch: counted for the broker's metrics (`RingIoStats::ring_entries`).
+        self.stats.ring_submitted += x as u64;
         Ok(x)
     }
 
