@@ -71,9 +71,9 @@ fn ping_pong_between_parking_executors_loses_no_wake() {
         match done_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(i) => last = Some(i),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!(
-                "no round trip completed for 10 s after {last:?}: a wake-up was lost"
-            ),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no round trip completed for 10 s after {last:?}: a wake-up was lost")
+            }
         }
     }
     assert_eq!(last, Some(ROUND_TRIPS - 1), "the pinger stopped early");
