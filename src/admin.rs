@@ -528,6 +528,35 @@ async fn groups(shard: &Rc<Shard>) -> Result<Value, BrokerError> {
     Ok(json!({"groups": out}))
 }
 
+/// The offset `spec` names in `tp`, as the partition's leader shard answers it: `None`
+/// when there is none (no record at or after a time).
+async fn offset_of(
+    shard: &Rc<Shard>,
+    tp: &TopicPartition,
+    spec: OffsetSpec,
+) -> Result<Option<i64>, BrokerError> {
+    let query = OffsetQuery {
+        tp: tp.clone(),
+        spec,
+        leader_epoch: None,
+    };
+    match shard
+        .list_offsets(vec![query])
+        .await
+        .pop()
+        .map(|f| f.result)
+    {
+        Some(Ok(found)) => Ok(found.map(|(o, _, _)| o)),
+        Some(Err(e)) => Err(e),
+        None => Err(no_answer()),
+    }
+}
+
+/// A partition's shard that gave no answer.
+fn no_answer() -> BrokerError {
+    BrokerError::new(ErrorKind::Unavailable, "no answer for the partition")
+}
+
 fn group_shard_silent() -> BrokerError {
     BrokerError::new(ErrorKind::Unavailable, "the group's shard did not answer")
 }
@@ -824,34 +853,15 @@ async fn browse(shard: &Rc<Shard>, topic: &str, query: &str) -> Result<Value, Br
         ));
     }
     let tp = TopicPartition::new(topic, partition);
-    let lookup = |spec| {
-        let (shard, tp) = (shard.clone(), tp.clone());
-        async move {
-            let found = shard
-                .list_offsets(vec![OffsetQuery {
-                    tp,
-                    spec,
-                    leader_epoch: None,
-                }])
-                .await
-                .pop()
-                .map(|f| f.result);
-            match found {
-                Some(Ok(Some((o, _, _)))) => Ok(Some(o)),
-                Some(Ok(None)) => Ok(None),
-                Some(Err(e)) => Err(e),
-                None => Err(BrokerError::new(
-                    ErrorKind::Unavailable,
-                    "no answer for the partition",
-                )),
-            }
-        }
-    };
-    let high_watermark = lookup(OffsetSpec::Latest).await?.unwrap_or(0);
-    let log_start = lookup(OffsetSpec::Earliest).await?.unwrap_or(0);
+    let high_watermark = offset_of(shard, &tp, OffsetSpec::Latest)
+        .await?
+        .unwrap_or(0);
+    let log_start = offset_of(shard, &tp, OffsetSpec::Earliest)
+        .await?
+        .unwrap_or(0);
     let start = match (offset, timestamp) {
         (Some(o), _) => o.max(log_start),
-        (None, Some(t)) => lookup(OffsetSpec::Timestamp(t))
+        (None, Some(t)) => offset_of(shard, &tp, OffsetSpec::Timestamp(t))
             .await?
             .unwrap_or(high_watermark),
         (None, None) => (high_watermark - limit as i64).max(log_start),
@@ -879,12 +889,7 @@ async fn browse(shard: &Rc<Shard>, topic: &str, query: &str) -> Result<Value, Br
             .into_iter()
             .next()
             .map(|f| f.records)
-            .unwrap_or_else(|| {
-                Err(BrokerError::new(
-                    ErrorKind::Unavailable,
-                    "no answer for the partition",
-                ))
-            })?;
+            .unwrap_or_else(|| Err(no_answer()))?;
         let before = at;
         for chunk in records_bytes(&records)? {
             let mut pos = 0;
@@ -1025,41 +1030,14 @@ async fn reset_offsets(shard: &Rc<Shard>, group: &str, body: &[u8]) -> Result<Va
         let offset = match spec {
             Err(fixed) => fixed,
             Ok(spec) => {
-                let q = OffsetQuery {
-                    tp: tp.clone(),
-                    spec,
-                    leader_epoch: None,
-                };
-                match shard.list_offsets(vec![q]).await.pop().map(|f| f.result) {
-                    Some(Ok(Some((o, _, _)))) => o,
+                let found = match offset_of(shard, &tp, spec).await {
                     // No record at or after the time: the end.
-                    Some(Ok(None)) => {
-                        let q = OffsetQuery {
-                            tp,
-                            spec: OffsetSpec::Latest,
-                            leader_epoch: None,
-                        };
-                        match shard.list_offsets(vec![q]).await.pop().map(|f| f.result) {
-                            Some(Ok(Some((o, _, _)))) => o,
-                            Some(Err(e)) => return Err(Response::broker_error(&e)),
-                            _ => {
-                                return Err(Response::error(
-                                    503,
-                                    "Unavailable",
-                                    "no answer for the partition",
-                                ));
-                            }
-                        }
-                    }
-                    Some(Err(e)) => return Err(Response::broker_error(&e)),
-                    None => {
-                        return Err(Response::error(
-                            503,
-                            "Unavailable",
-                            "no answer for the partition",
-                        ));
-                    }
-                }
+                    Ok(None) => offset_of(shard, &tp, OffsetSpec::Latest).await,
+                    other => other,
+                };
+                found
+                    .and_then(|o| o.ok_or_else(no_answer))
+                    .map_err(|e| Response::broker_error(&e))?
             }
         };
         offsets.push(OffsetCommit {

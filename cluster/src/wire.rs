@@ -160,23 +160,19 @@ impl std::fmt::Display for WireError {
 const KIND_REQUEST: u8 = 1;
 const KIND_RESPONSE: u8 = 2;
 
-/// The frame's prefix and header, without the payload.
-fn encode_head<T: Serialize>(kind: u8, header: &T) -> Bytes {
+/// The frame's prefix and JSON header, with room for `payload_len` bytes after them.
+fn encode_head<T: Serialize>(kind: u8, header: &T, payload_len: usize) -> BytesMut {
     let json = serde_json::to_vec(header).expect("wire headers serialize");
-    let mut out = BytesMut::with_capacity(PREFIX_BYTES + json.len());
+    let mut out = BytesMut::with_capacity(PREFIX_BYTES + json.len() + payload_len);
     out.put_u8(kind);
     out.put_u32(json.len() as u32);
     out.put_slice(&json);
-    out.freeze()
+    out
 }
 
 fn encode<T: Serialize>(kind: u8, header: &T, payload: &[Bytes]) -> Bytes {
-    let json = serde_json::to_vec(header).expect("wire headers serialize");
     let total: usize = payload.iter().map(Bytes::len).sum();
-    let mut out = BytesMut::with_capacity(PREFIX_BYTES + json.len() + total);
-    out.put_u8(kind);
-    out.put_u32(json.len() as u32);
-    out.put_slice(&json);
+    let mut out = encode_head(kind, header, total);
     for p in payload {
         out.put_slice(p);
     }
@@ -239,7 +235,7 @@ impl Response {
     /// [`Response::encode`]'s frame does.
     pub fn encode_parts(&self, payload: Vec<Bytes>) -> crate::Frame {
         let mut parts = Vec::with_capacity(payload.len() + 1);
-        parts.push(encode_head(KIND_RESPONSE, self));
+        parts.push(encode_head(KIND_RESPONSE, self, 0).freeze());
         parts.extend(payload.into_iter().filter(|p| !p.is_empty()));
         crate::Frame::from(parts)
     }
