@@ -468,16 +468,29 @@ impl ShardMetrics {
         t[4] += entries;
         t[5] += completions;
         self.io.set(t);
-        for (op, ops, bytes) in [("read", t[0], t[1]), ("write", t[2], t[3])] {
+        let (submitted, completed) = ringmq_uring::Ring::counts_here();
+        for (family, (key, value), n) in [
+            ("ringmq_io_file_operations_total", ("op", "read"), t[0]),
+            ("ringmq_io_file_bytes_total", ("op", "read"), t[1]),
+            ("ringmq_io_file_operations_total", ("op", "write"), t[2]),
+            ("ringmq_io_file_bytes_total", ("op", "write"), t[3]),
+            ("ringmq_uring_submissions_total", ("ring", "glommio"), t[4]),
+            ("ringmq_uring_completions_total", ("ring", "glommio"), t[5]),
+            (
+                "ringmq_uring_submissions_total",
+                ("ring", "second"),
+                submitted,
+            ),
+            (
+                "ringmq_uring_completions_total",
+                ("ring", "second"),
+                completed,
+            ),
+        ] {
             out.push(Sample::number(
-                "ringmq_io_file_operations_total",
-                vec![s(), ("op", op.into())],
-                ops as f64,
-            ));
-            out.push(Sample::number(
-                "ringmq_io_file_bytes_total",
-                vec![s(), ("op", op.into())],
-                bytes as f64,
+                family,
+                vec![s(), (key, value.into())],
+                n as f64,
             ));
         }
         let syncs = ringmq_storage::metrics::sync_latency_here();
@@ -491,21 +504,6 @@ impl ShardMetrics {
             labels: vec![s()],
             value: Value::Histogram(syncs),
         });
-        let (submitted, completed) = ringmq_uring::Ring::counts_here();
-        for (ring, submitted, completed) in
-            [("glommio", t[4], t[5]), ("second", submitted, completed)]
-        {
-            out.push(Sample::number(
-                "ringmq_uring_submissions_total",
-                vec![s(), ("ring", ring.into())],
-                submitted as f64,
-            ));
-            out.push(Sample::number(
-                "ringmq_uring_completions_total",
-                vec![s(), ("ring", ring.into())],
-                completed as f64,
-            ));
-        }
     }
 }
 
