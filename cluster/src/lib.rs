@@ -52,6 +52,7 @@
 mod error;
 pub mod node;
 mod quic;
+mod records;
 pub mod replicas;
 mod tcp;
 pub mod tls;

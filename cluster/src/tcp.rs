@@ -1,6 +1,12 @@
-//! TCP: TLS (rustls, through `futures-rustls`) over glommio's `TcpStream`, on the shard's
-//! own executor. One connection per peer per shard carries every request to that peer,
-//! multiplexed by request id; the answers come back in any order.
+//! TCP: TLS over glommio's `TcpStream`, on the shard's own executor. One connection per
+//! peer per shard carries every request to that peer, multiplexed by request id; the
+//! answers come back in any order.
+//!
+//! rustls (through `futures-rustls`) does the handshake and checks both certificates;
+//! then the server sends one byte, `READY`, which the client reads, and from there on
+//! both sides protect their records with the keys taken out of rustls (`records`, which
+//! says why). Neither side sends anything between the handshake and `READY`, so no byte
+//! can be left inside rustls when its keys are taken.
 //!
 //! A frame is a 13-byte header and a body:
 //!
@@ -23,13 +29,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_channel::oneshot;
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use futures_lite::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::sync::Semaphore;
 
+use crate::records::{Keys, RecordReader, RecordWriter};
 use crate::tls::{TlsConfigs, node_of, server_name};
 use crate::{
     IncomingRequest, NodeId, TransportConfig, TransportError, TransportErrorKind, with_timeout,
@@ -37,12 +46,12 @@ use crate::{
 
 /// Bytes in a frame header.
 pub(crate) const HEADER_BYTES: usize = 13;
-/// Read buffer of a connection, under TLS (socket reads) and over it (frame reads): many
-/// records per socket read. rustls alone reads at most one record's worth (about 16 KiB)
-/// per call, an io_uring round trip each.
+/// Read buffer of a connection: many records per socket read.
 const READ_BUFFER_BYTES: usize = 256 << 10;
-/// Bodies up to this size are copied behind their header so both go in one TLS record.
-const COALESCE_BYTES_MAX: usize = 64 << 10;
+/// Read buffer during the handshake.
+const HANDSHAKE_BUFFER_BYTES: usize = 16 << 10;
+/// The byte a server sends after the handshake (see the module's comment).
+const READY: u8 = 0x52;
 /// Chunk in which an over-limit frame is read and dropped.
 const SKIP_CHUNK_BYTES: usize = 64 << 10;
 
@@ -91,6 +100,24 @@ impl Header {
         }
         Ok(Self { kind, id, len })
     }
+}
+
+/// A connection's receiving half.
+type Reader = RecordReader<ReadHalf<TcpStream>>;
+/// A connection's sending half.
+type Writer = RecordWriter<WriteHalf<TcpStream>>;
+
+/// Leaves rustls after the handshake: the connection's two halves, with the bytes the
+/// handshake read past its end (none, by the protocol; kept all the same).
+fn take_over(
+    io: BufReader<TcpStream>,
+    secrets: Result<rustls::ExtractedSecrets, rustls::Error>,
+) -> io::Result<(Reader, Writer)> {
+    let secrets = secrets.map_err(io::Error::other)?;
+    let early = io.buffer().to_vec();
+    let (r, w) = futures_lite::io::split(io.into_inner());
+    let r = RecordReader::new(r, Keys::new(secrets.rx)?, &early, READ_BUFFER_BYTES);
+    Ok((r, RecordWriter::new(w, Keys::new(secrets.tx)?)))
 }
 
 /// A frame on its way to the writer task.
@@ -305,16 +332,29 @@ impl Tcp {
             .set_nodelay(true)
             .map_err(|e| TransportError::from_io(&ctx(), &io::Error::from(e)))?;
         let fd = stream.as_raw_fd();
-        let connector = futures_rustls::TlsConnector::from(self.tls.client.clone());
-        let tls = connector
+        let connector = futures_rustls::TlsConnector::from(self.tls.tcp_client.clone());
+        let tls_ctx = format!("TLS with node {to} at {addr}");
+        let mut tls = connector
             .connect(
                 server_name(to),
-                BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+                BufReader::with_capacity(HANDSHAKE_BUFFER_BYTES, stream),
             )
             .await
-            .map_err(|e| TransportError::from_io(&format!("TLS with node {to} at {addr}"), &e))?;
+            .map_err(|e| TransportError::from_io(&tls_ctx, &e))?;
+        let mut ready = [0u8; 1];
+        tls.read_exact(&mut ready)
+            .await
+            .map_err(|e| TransportError::from_io(&tls_ctx, &e))?;
+        if ready[0] != READY {
+            return Err(TransportError::new(
+                TransportErrorKind::Io,
+                format!("{tls_ctx}: the peer is not a ringmq node of this version"),
+            ));
+        }
+        let (io, session) = tls.into_inner();
+        let (r, w) = take_over(io, session.dangerous_extract_secrets())
+            .map_err(|e| TransportError::from_io(&tls_ctx, &e))?;
         tracing::debug!(node = to, %addr, "TCP connection open");
-        let (r, w) = futures_lite::io::split(tls);
         let (out, out_rx) = local_channel::new_bounded(self.in_flight_max);
         let conn = Rc::new(ClientConn {
             out,
@@ -328,8 +368,7 @@ impl Tcp {
         let reader_conn = conn.clone();
         let max = self.frame_bytes_max;
         glommio::spawn_local(async move {
-            let reader = BufReader::with_capacity(READ_BUFFER_BYTES, r);
-            let err = client_read_loop(reader, &reader_conn, max, to).await;
+            let err = client_read_loop(r, &reader_conn, max, to).await;
             registry.remove(key);
             shutdown(fd);
             reader_conn.fail_all(err);
@@ -374,32 +413,13 @@ impl ClientConn {
 
 /// Writes frames from `rx` until it closes or a write fails (then shuts the socket down,
 /// so the reader ends too).
+/// The writer packs the header and the parts into records as they come.
 async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, rx: LocalReceiver<Out>, fd: RawFd) {
     let r: io::Result<()> = async {
         while let Some(f) = rx.recv().await {
-            let header = f.header.encode();
-            let len = f.body.len();
-            let parts = f.body.into_parts();
-            if len <= COALESCE_BYTES_MAX {
-                let mut buf = BytesMut::with_capacity(HEADER_BYTES + len);
-                buf.extend_from_slice(&header);
-                for p in &parts {
-                    buf.extend_from_slice(p);
-                }
-                w.write_all(&buf).await?;
-            } else {
-                // The header and the first part (a replica fetch answer's JSON header)
-                // go in one TLS record; the large parts as they are.
-                let mut parts = parts.into_iter().peekable();
-                let mut head = BytesMut::with_capacity(HEADER_BYTES + 4096);
-                head.extend_from_slice(&header);
-                while let Some(p) = parts.next_if(|p| head.len() + p.len() <= COALESCE_BYTES_MAX) {
-                    head.extend_from_slice(&p);
-                }
-                w.write_all(&head).await?;
-                for p in parts {
-                    w.write_all(&p).await?;
-                }
+            w.write_all(&f.header.encode()).await?;
+            for p in f.body.into_parts() {
+                w.write_all(&p).await?;
             }
             w.flush().await?;
         }
@@ -431,10 +451,8 @@ async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<[u8; 
 }
 
 /// Reads a body of `len` bytes (already checked against the limit).
-async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    r.read_exact(&mut buf).await?;
-    Ok(buf.freeze())
+async fn read_body(r: &mut Reader, len: usize) -> io::Result<Bytes> {
+    r.read_bytes(len).await
 }
 
 /// Reads and drops `len` bytes, never holding more than a chunk.
@@ -449,8 +467,8 @@ async fn skip<R: AsyncRead + Unpin>(r: &mut R, mut len: usize) -> io::Result<()>
 }
 
 /// Reads answers until the connection ends: the reason it ended.
-async fn client_read_loop<R: AsyncRead + Unpin>(
-    mut r: R,
+async fn client_read_loop(
+    mut r: Reader,
     conn: &ClientConn,
     frame_bytes_max: usize,
     to: NodeId,
@@ -506,10 +524,7 @@ async fn client_read_loop<R: AsyncRead + Unpin>(
         }
         .await;
         if let Err(e) = step {
-            if e.kind() == io::ErrorKind::InvalidData
-                && e.get_ref()
-                    .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_none())
-            {
+            if e.kind() == io::ErrorKind::InvalidData {
                 tracing::warn!(node = to, error = %e, "garbage from a cluster peer; disconnecting");
             }
             return TransportError::from_io(&ctx, &e);
@@ -553,14 +568,32 @@ async fn serve_connection(stream: TcpStream, server: &Server) {
     let remote = stream.peer_addr().ok();
     let fd = stream.as_raw_fd();
     let _ = stream.set_nodelay(true);
-    let acceptor = futures_rustls::TlsAcceptor::from(server.tls.server.clone());
+    let acceptor = futures_rustls::TlsAcceptor::from(server.tls.tcp_server.clone());
     let handshake = async {
-        acceptor
-            .accept(BufReader::with_capacity(READ_BUFFER_BYTES, stream))
+        let err = |e| TransportError::from_io("TLS handshake", &e);
+        let mut tls = acceptor
+            .accept(BufReader::with_capacity(HANDSHAKE_BUFFER_BYTES, stream))
             .await
-            .map_err(|e| TransportError::from_io("TLS handshake", &e))
+            .map_err(err)?;
+        let from = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| node_of(c, server.known.iter().copied()));
+        let Some(from) = from else {
+            return Err(TransportError::new(
+                TransportErrorKind::Tls,
+                "a cluster peer's certificate names no known node".to_string(),
+            ));
+        };
+        tls.write_all(&[READY]).await.map_err(err)?;
+        tls.flush().await.map_err(err)?;
+        let (io, session) = tls.into_inner();
+        let halves = take_over(io, session.dangerous_extract_secrets()).map_err(err)?;
+        Ok((from, halves))
     };
-    let tls = match with_timeout(server.handshake_timeout, handshake, || {
+    let (from, (mut r, w)) = match with_timeout(server.handshake_timeout, handshake, || {
         "TLS handshake timed out".into()
     })
     .await
@@ -571,24 +604,9 @@ async fn serve_connection(stream: TcpStream, server: &Server) {
             return;
         }
     };
-    let from = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| node_of(c, server.known.iter().copied()));
-    let Some(from) = from else {
-        tracing::warn!(
-            ?remote,
-            "a cluster peer's certificate names no known node; closing"
-        );
-        return;
-    };
-    let (r, w) = futures_lite::io::split(tls);
     let (out, out_rx) = local_channel::new_bounded::<Out>(server.in_flight_max);
     let out = Rc::new(out);
     let writer = glommio::spawn_local(write_loop(w, out_rx, fd));
-    let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, r);
     let in_flight = Rc::new(Semaphore::new(server.in_flight_max as u64));
     let max = server.frame_bytes_max;
     let refuse = |id: u64, reason: u8| Out {

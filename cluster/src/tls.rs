@@ -6,8 +6,9 @@
 //! name, so the standard WebPKI check proves it reached node N; a server requires a
 //! client certificate from the same CA (`WebPkiClientVerifier`) and takes the caller's
 //! node id from it ([`node_of`]), never from the payload. Both transports use the same
-//! two rustls configurations (TLS 1.3 only, `ring` provider: it builds offline here
-//! without cmake or nasm).
+//! rustls settings (TLS 1.3 only, `ring` provider: it builds offline here without cmake
+//! or nasm); the TCP transport's have their own ALPN and let the traffic keys be taken
+//! out after the handshake.
 
 use std::fs;
 use std::io::Write;
@@ -24,6 +25,10 @@ use crate::{NodeId, TransportError, TransportErrorKind};
 
 /// The ALPN protocol both sides require.
 pub(crate) const ALPN: &[u8] = b"ringmq-cluster/1";
+/// The ALPN protocol of the TCP transport, whose records are protected by
+/// `records` after the handshake: a node of an older version fails the handshake with
+/// `no_application_protocol` rather than misreading the stream.
+pub(crate) const ALPN_TCP: &[u8] = b"ringmq-cluster-tcp/2";
 
 /// The paths of one node's TLS material.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,11 +140,15 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Both rustls configurations of one node, built once and shared by its connections.
+/// The rustls configurations of one node, built once and shared by its connections.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsConfigs {
     pub(crate) server: Arc<ServerConfig>,
     pub(crate) client: Arc<ClientConfig>,
+    /// The TCP transport's: its own ALPN, and the traffic keys may be taken out after the
+    /// handshake (see `records`).
+    pub(crate) tcp_server: Arc<ServerConfig>,
+    pub(crate) tcp_client: Arc<ClientConfig>,
 }
 
 impl TlsConfigs {
@@ -182,9 +191,17 @@ impl TlsConfigs {
             .with_client_auth_cert(chain, key)
             .map_err(|e| err(&files.cert, &e))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
+        let mut tcp_server = server.clone();
+        tcp_server.alpn_protocols = vec![ALPN_TCP.to_vec()];
+        tcp_server.enable_secret_extraction = true;
+        let mut tcp_client = client.clone();
+        tcp_client.alpn_protocols = vec![ALPN_TCP.to_vec()];
+        tcp_client.enable_secret_extraction = true;
         Ok(Self {
             server: Arc::new(server),
             client: Arc::new(client),
+            tcp_server: Arc::new(tcp_server),
+            tcp_client: Arc::new(tcp_client),
         })
     }
 }
