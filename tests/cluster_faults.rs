@@ -8,7 +8,9 @@
 //! `unshare -n` (root) or `unshare -Urn`, with the Python of `.venv` that
 //! `scripts/test` installs.
 //!
-//! `RINGMQ_FAULT_SECONDS` (default 120) sets how long faults are injected, e.g. a soak:
+//! The scenario runs twice, one after the other: over the QUIC cluster transport, then
+//! over TLS on TCP (`RINGMQ_FAULT_TRANSPORTS`, default `quic,tcp`, picks them).
+//! `RINGMQ_FAULT_SECONDS` (default 120) sets how long faults are injected in each, e.g. a soak:
 //! `RINGMQ_FAULT_SECONDS=1800 cargo test --test cluster_faults -- --nocapture`;
 //! `RINGMQ_FAULT_SEED` replays a schedule. Without `unshare` or `nft`, or where a
 //! namespace cannot be made, the test says why and passes without running, except as
@@ -80,17 +82,31 @@ fn cluster_keeps_acknowledged_writes_through_kills_pauses_partitions_and_a_lost_
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    let mut cmd = Command::new("unshare");
-    cmd.arg(unshare_flags())
-        .arg(python)
-        .arg(root().join("tests/cluster/faults.py"))
-        .arg("--binary")
-        .arg(env!("CARGO_BIN_EXE_ringmq"))
-        // The build directories `cargo test` puts on LD_LIBRARY_PATH hold another
-        // librdkafka than the one of confluent-kafka's wheel.
-        .env_remove("LD_LIBRARY_PATH");
-    // Faults, then at most 5 minutes more for the kinds still due, the producers'
-    // flush, the ISR, the final read and the log comparison.
-    let timeout = Duration::from_secs(seconds + 600);
-    common::run_scenario(cmd, "tests/cluster/faults.py", timeout);
+    let transports =
+        std::env::var("RINGMQ_FAULT_TRANSPORTS").unwrap_or_else(|_| "quic,tcp".to_string());
+    for transport in transports
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        assert!(
+            matches!(transport, "quic" | "tcp"),
+            "RINGMQ_FAULT_TRANSPORTS names {transport:?}: quic or tcp"
+        );
+        eprintln!("fault suite over {transport}");
+        let mut cmd = Command::new("unshare");
+        cmd.arg(unshare_flags())
+            .arg(&python)
+            .arg(root().join("tests/cluster/faults.py"))
+            .arg("--binary")
+            .arg(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--transport", transport])
+            // The build directories `cargo test` puts on LD_LIBRARY_PATH hold another
+            // librdkafka than the one of confluent-kafka's wheel.
+            .env_remove("LD_LIBRARY_PATH");
+        // Faults, then at most 5 minutes more for the kinds still due, the producers'
+        // flush, the ISR, the final read and the log comparison.
+        let timeout = Duration::from_secs(seconds + 600);
+        common::run_scenario(cmd, "tests/cluster/faults.py", timeout);
+    }
 }

@@ -162,6 +162,9 @@ fn shutdown(fd: RawFd) {
 /// The TCP transport of one shard.
 pub(crate) struct Tcp {
     tls: TlsConfigs,
+    /// The source address of outgoing connections: the listener's, when it names one,
+    /// so peers (and firewall rules) see the node's own address, as over QUIC.
+    local: Option<SocketAddr>,
     frame_bytes_max: usize,
     in_flight_max: usize,
     request_timeout: Duration,
@@ -222,8 +225,13 @@ impl Tcp {
             });
             accept = Some(glommio::spawn_local(accept_loop(listener, server)));
         }
+        let local = config
+            .listen
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| SocketAddr::new(a.ip(), 0));
         let t = Tcp {
             tls,
+            local,
             frame_bytes_max: config.frame_bytes_max,
             in_flight_max: config.in_flight_max,
             request_timeout: config.request_timeout,
@@ -325,9 +333,11 @@ impl Tcp {
         addr: SocketAddr,
     ) -> Result<Rc<ClientConn>, TransportError> {
         let ctx = || format!("connecting to node {to} at {addr}");
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| TransportError::from_io(&ctx(), &io::Error::from(e)))?;
+        let stream = match self.local {
+            Some(local) => TcpStream::connect_from(local, addr).await,
+            None => TcpStream::connect(addr).await,
+        };
+        let stream = stream.map_err(|e| TransportError::from_io(&ctx(), &io::Error::from(e)))?;
         stream
             .set_nodelay(true)
             .map_err(|e| TransportError::from_io(&ctx(), &io::Error::from(e)))?;

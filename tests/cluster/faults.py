@@ -41,8 +41,8 @@ timestamp; on failure its tail and the lines of each violation's value are print
 
 Options: --binary PATH (required), --seconds N (else RINGMQ_FAULT_SECONDS), --seed N
 (else RINGMQ_FAULT_SEED, else random; printed), --keep (keep the data directory),
---transport quic|tcp (the cluster transport; nft partitions need quic, whose sockets
-carry the node's address).
+--transport quic|tcp (the cluster transport, quic by default; both carry the node's
+address on their sockets, which the nft rules match).
 """
 
 import argparse
