@@ -143,6 +143,12 @@ pub(crate) struct SegmentWriter {
     write_pos: u64,
     allocated: u64,
     preallocate_step_bytes: u64,
+    /// Everything before this position has been written and synced (data, or the
+    /// zeros of [`SegmentWriter::prepare_ahead`]): a direct write that ends before it
+    /// overwrites written blocks, which ext4 makes durable without a journal commit.
+    zeroed: u64,
+    /// When the last zero-fill ran, to bound the share of the disk it takes.
+    last_zero_fill: Option<std::time::Instant>,
 }
 
 /// A buffer being filled for one write.
@@ -261,6 +267,8 @@ impl SegmentWriter {
             write_pos,
             allocated: 0,
             preallocate_step_bytes: preallocate_step_bytes.max(4096),
+            zeroed: write_pos,
+            last_zero_fill: None,
         };
         w.truncate_file(write_pos).await?;
         w.allocated = write_pos;
@@ -345,13 +353,65 @@ impl SegmentWriter {
 
     /// Extends the preallocated runway when less than half a step is left, after a
     /// round was acknowledged, so the next append does not wait for it.
-    pub(crate) async fn prepare_ahead(&mut self) -> Result<()> {
+    ///
+    /// In direct mode, and when `all_synced` (nothing written is waiting for an
+    /// fdatasync, so this one's error cannot hide the loss of data), it also writes
+    /// zeros over the next [`ZERO_FILL_CHUNK_BYTES`] past the end and syncs them, up to
+    /// [`ZERO_FILL_AHEAD_BYTES`] ahead, at most once per [`ZERO_FILL_INTERVAL`]. An
+    /// append into preallocated space changes the extent from unwritten to written,
+    /// and its fdatasync then waits for a journal commit; an append over written zeros
+    /// does not: 4 KiB write and fdatasync p50 61 + 54 µs against 69 + 165 µs here
+    /// (fio, io_uring, O_DIRECT, 1,000 a second; docs/latency.md). The zeros cost
+    /// disk bandwidth, hence the interval: at high rates the fill falls behind and
+    /// appends go to preallocated space as before.
+    /// Returns the bytes zero-filled.
+    pub(crate) async fn prepare_ahead(&mut self, all_synced: bool) -> Result<u64> {
         let runway = self.allocated.saturating_sub(self.write_pos);
         if runway < self.preallocate_step_bytes / 2 {
             self.ensure_allocated(self.write_pos + self.preallocate_step_bytes)
                 .await?;
         }
-        Ok(())
+        if all_synced {
+            return self.zero_fill().await;
+        }
+        Ok(0)
+    }
+
+    async fn zero_fill(&mut self) -> Result<u64> {
+        let WriterFile::Direct { file, fd, .. } = &self.file else {
+            return Ok(0);
+        };
+        if self
+            .last_zero_fill
+            .is_some_and(|t| t.elapsed() < ZERO_FILL_INTERVAL)
+        {
+            return Ok(0);
+        }
+        let from = self
+            .zeroed
+            .max(self.write_pos.next_multiple_of(FS_BLOCK_BYTES));
+        let until = from + ZERO_FILL_CHUNK_BYTES as u64;
+        if until > self.write_pos + ZERO_FILL_AHEAD_BYTES || until > self.allocated {
+            return Ok(0);
+        }
+        self.last_zero_fill = Some(std::time::Instant::now());
+        let mut zeros = file.alloc_dma_buffer(ZERO_FILL_CHUNK_BYTES);
+        zeros.as_bytes_mut().fill(0);
+        let wrote = write_direct(fd, vec![(zeros, from)], 0)
+            .await
+            .map_err(|e| Error::io("zero-filling segment", &self.path, e))?;
+        if wrote != ZERO_FILL_CHUNK_BYTES {
+            return Err(Error::io(
+                "short zero-fill of segment",
+                &self.path,
+                std::io::Error::from(std::io::ErrorKind::WriteZero),
+            ));
+        }
+        sync_direct(fd)
+            .await
+            .map_err(|e| Error::io("syncing segment zero-fill", &self.path, e))?;
+        self.zeroed = until;
+        Ok(ZERO_FILL_CHUNK_BYTES as u64)
     }
 
     /// Writes a filled buffer at the end. On error nothing past the old end counts as
@@ -499,6 +559,13 @@ impl SegmentWriter {
 /// each): 16 KiB 327-332 µs with fdatasync vs 355-362 µs with RWF_DSYNC; 64 KiB 386-397
 /// vs 380-405 µs; 1 MiB 962-965 vs 875-901 µs (1.07-1.10x the throughput).
 const DSYNC_WRITE_MIN_BYTES: u64 = 128 << 10;
+
+/// Zeros written at a time ahead of the end (see [`SegmentWriter::prepare_ahead`]).
+const ZERO_FILL_CHUNK_BYTES: usize = 256 << 10;
+/// How far past the end zeros are kept.
+const ZERO_FILL_AHEAD_BYTES: u64 = 1 << 20;
+/// At most one zero-fill per interval: 256 KiB per 20 ms is 12.8 MB/s of zeros at most.
+const ZERO_FILL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Alignment of direct writes: ext4's block size on these machines.
 const FS_BLOCK_BYTES: u64 = 4096;

@@ -376,6 +376,9 @@ pub struct LogStats {
     pub syncs: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Bytes of zeros written and synced ahead of the active segment's end, so that
+    /// appends overwrite written blocks (see `SegmentWriter::prepare_ahead`).
+    pub zero_filled_bytes: u64,
 }
 
 /// One partition's log: a directory of segments. See the crate docs for the format.
@@ -1388,10 +1391,17 @@ impl PartitionLog {
             self.changed.notify_all();
             if self.state.borrow().pending.is_empty() {
                 // Acknowledged: extend the segment's runway off the append path.
+                let all_synced = {
+                    let s = self.state.borrow();
+                    s.durable_offset >= s.written_offset
+                };
                 let writer = self.state.borrow_mut().writer.take();
                 let mut writer = writer.expect("writer present while driving");
-                let r = writer.prepare_ahead().await;
-                self.state.borrow_mut().writer = Some(writer);
+                let r = writer.prepare_ahead(all_synced).await;
+                let mut s = self.state.borrow_mut();
+                s.writer = Some(writer);
+                let r = r.map(|zeroed| s.stats.zero_filled_bytes += zeroed);
+                drop(s);
                 if let Err(e) = r {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "segment preallocation failed");
                 }

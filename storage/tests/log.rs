@@ -54,6 +54,45 @@ fn round_trip_across_segment_rolls_both_io_modes() {
 }
 
 #[test]
+fn appends_over_zero_filled_space_survive_an_unclean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let cfg = LogConfig {
+            preallocate_step_bytes: 4 << 20,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let log = open(&path, cfg.clone()).await;
+        let mut sent = Vec::new();
+        for i in 0..40u64 {
+            let b = make_batch(i, 3, 700, 1000 + i as i64);
+            let at = log.append(bm(&b)).await.unwrap();
+            sent.push((at.base_offset, content_hash(&b)));
+            // Idle past the zero-fill interval, so a fill runs after this round.
+            glommio::timer::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        // 1 MiB ahead of an end that moved about 90 KB: four fills of 256 KiB, and
+        // later appends went over the zeros.
+        let zeroed = log.stats().zero_filled_bytes;
+        assert!(
+            (1 << 20..=(2 << 20)).contains(&zeroed),
+            "{zeroed} bytes zero-filled"
+        );
+        assert_eq!(log.durable_offset(), log.end_offset());
+        let got = read_all(&log).await;
+        let hashes: Vec<_> = got.iter().map(|(o, b)| (*o, content_hash(b))).collect();
+        assert_eq!(hashes, sent);
+        drop(log); // no close(): the next open recovers over the zeros
+        let log = open(&path, cfg).await;
+        assert!(!log.recovery_report().clean_shutdown);
+        assert_eq!(read_all(&log).await, got);
+        let at = log.append(bm(&make_batch(99, 1, 10, 5))).await.unwrap();
+        assert_eq!(at.base_offset, log.end_offset() - 1);
+    });
+}
+
+#[test]
 fn reads_return_whole_batches_from_file_ranges_and_cache() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
