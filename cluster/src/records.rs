@@ -197,11 +197,11 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for RecordWriter<W> {
         let room = PLAINTEXT_MAX - (this.out.len() - start - HEADER_BYTES);
         let n = room.min(buf.len());
         this.out.extend_from_slice(&buf[..n]);
-        if n == room {
-            if let Err(e) = this.seal() {
-                this.failed = true;
-                return Poll::Ready(Err(e));
-            }
+        if n == room
+            && let Err(e) = this.seal()
+        {
+            this.failed = true;
+            return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(n))
     }
