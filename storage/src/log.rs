@@ -1362,7 +1362,8 @@ impl PartitionLog {
                 want.then_some(s.written_offset)
             };
             if let Some(target) = sync {
-                let r = if synced_by_write && earlier_durable {
+                let by_write = synced_by_write && earlier_durable;
+                let r = if by_write {
                     Ok(())
                 } else {
                     let writer = self.state.borrow_mut().writer.take();
@@ -1374,7 +1375,7 @@ impl PartitionLog {
                 let mut s = self.state.borrow_mut();
                 match r {
                     Ok(()) => {
-                        s.stats.syncs += 1;
+                        s.stats.syncs += u64::from(!by_write);
                         s.durable_offset = s.durable_offset.max(target);
                         s.unsynced_bytes = 0;
                         s.last_sync_ms = now_ms();
