@@ -167,8 +167,7 @@ impl<W: AsyncWrite + Unpin> RecordWriter<W> {
         if self.failed {
             return Poll::Ready(Err(io::Error::other("the connection failed before")));
         }
-        let r = self.seal().and(Ok(()));
-        let r = match r {
+        let r = match self.seal() {
             Ok(()) => ready!(self.poll_send(cx)),
             Err(e) => Err(e),
         };
@@ -268,8 +267,11 @@ impl<R: AsyncRead + Unpin> RecordReader<R> {
                     return Poll::Ready(Err(e));
                 }
             }
-            // A partial record: move it to the front if the rest would not fit.
-            if self.buf.len() - self.start < HEADER_BYTES + CIPHERTEXT_MAX {
+            // Nothing left, or a partial record: start over at the front when the
+            // buffer is empty or the rest of the record would not fit.
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+            } else if self.buf.len() - self.start < HEADER_BYTES + CIPHERTEXT_MAX {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;

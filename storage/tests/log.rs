@@ -97,6 +97,29 @@ fn appends_over_zero_filled_space_survive_an_unclean_stop() {
 }
 
 #[test]
+fn the_runway_is_not_filled_while_appends_outpace_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    run(move || async move {
+        let cfg = LogConfig {
+            preallocate_step_bytes: 8 << 20,
+            retention_ms: None,
+            ..LogConfig::default()
+        };
+        let log = open(&path, cfg).await;
+        log.append(bm(&make_batch(0, 1, 100, 1))).await.unwrap();
+        // The first look fills once.
+        assert_eq!(log.stats().zero_filled_bytes, 256 << 10);
+        for i in 1..6u64 {
+            glommio::timer::sleep(std::time::Duration::from_millis(25)).await;
+            // Each look finds more than a fill's worth (256 KiB) written since the last.
+            log.append(bm(&make_batch(i, 1, 400_000, 1))).await.unwrap();
+        }
+        assert_eq!(log.stats().zero_filled_bytes, 256 << 10);
+    });
+}
+
+#[test]
 fn reads_return_whole_batches_from_file_ranges_and_cache() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p");
