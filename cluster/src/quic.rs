@@ -452,8 +452,8 @@ async fn request(
         });
     }
     let _ = send.finish();
-    match recv.read_to_end(settings.frame_bytes_max).await {
-        Ok(v) => Ok(Bytes::from(v)),
+    match read_to_end(&mut recv, settings.frame_bytes_max).await {
+        Ok(v) => Ok(v),
         Err(ReadToEndError::TooLong) => {
             let _ = recv.stop(VarInt::from_u32(CODE_TOO_LARGE));
             Err(TransportError::new(
@@ -558,6 +558,36 @@ async fn serve_connection(
     }
 }
 
+/// The rest of `recv`, at most `limit` bytes. Like quinn's `read_to_end`, without its
+/// zero-filled buffer of the whole length: one chunk is kept as it came, more are joined
+/// with one copy.
+async fn read_to_end(recv: &mut quinn::RecvStream, limit: usize) -> Result<Bytes, ReadToEndError> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(c) = recv
+        .read_chunk(usize::MAX, true)
+        .await
+        .map_err(ReadToEndError::Read)?
+    {
+        len += c.bytes.len();
+        if len > limit {
+            return Err(ReadToEndError::TooLong);
+        }
+        chunks.push(c.bytes);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.swap_remove(0),
+        _ => {
+            let mut b = bytes::BytesMut::with_capacity(len);
+            for c in &chunks {
+                b.extend_from_slice(c);
+            }
+            b.freeze()
+        }
+    })
+}
+
 async fn serve_stream(
     from: NodeId,
     mut send: quinn::SendStream,
@@ -565,8 +595,8 @@ async fn serve_stream(
     incoming: async_channel::Sender<IncomingRequest>,
     frame_bytes_max: usize,
 ) {
-    let body = match recv.read_to_end(frame_bytes_max).await {
-        Ok(b) => Bytes::from(b),
+    let body = match read_to_end(&mut recv, frame_bytes_max).await {
+        Ok(b) => b,
         Err(ReadToEndError::TooLong) => {
             tracing::warn!(
                 node = from,
